@@ -1,0 +1,282 @@
+"""`tagifai`: one command per pipeline step, plus `pipeline` and `predict`.
+
+Logs go to stderr; each command's last stdout line is a one-line JSON object (run ids and
+whatever the next step needs), which Airflow pushes to XCom. Errors print one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    help="Tag ML projects: elt → validate → optimize → train → evaluate → register, tracked in MLflow.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ProjectsUrl = Annotated[
+    str | None,
+    typer.Option(
+        envvar="TAGIFAI_PROJECTS_URL", show_default="pinned upstream", help="projects.csv: http(s)/file:// URL or path."
+    ),
+]
+TagsUrl = Annotated[
+    str | None,
+    typer.Option(
+        envvar="TAGIFAI_TAGS_URL", show_default="pinned upstream", help="tags.csv: http(s)/file:// URL or path."
+    ),
+]
+ExperimentName = Annotated[
+    str | None,
+    typer.Option(envvar="MLFLOW_EXPERIMENT_NAME", show_default="tagifai", help="MLflow experiment for the runs."),
+]
+NumTrials = Annotated[int | None, typer.Option(min=1, show_default="20 (config)", help="Optuna trials.")]
+Storage = Annotated[
+    str | None,
+    typer.Option(
+        envvar="TAGIFAI_OPTUNA_STORAGE",
+        show_default="in-memory",
+        help="Optuna RDB storage URL, to share one study between processes.",
+    ),
+]
+StudyName = Annotated[str | None, typer.Option(show_default="tagifai-<pipeline run id>", help="Optuna study name.")]
+MinF1 = Annotated[float | None, typer.Option(show_default="config", help="Lowest test f1 a champion may have.")]
+MaxRegression = Annotated[
+    float | None, typer.Option(show_default="config", help="How far below the champion's f1 a challenger may be.")
+]
+ModelName = Annotated[
+    str | None, typer.Option(envvar="TAGIFAI_MODEL_NAME", show_default="tagifai", help="Registered model name.")
+]
+
+
+def emit(result: dict[str, Any]) -> None:
+    """Print the hand-off line: the last line of stdout."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stderr.flush()
+    print(json.dumps(result, default=str), flush=True)
+
+
+def command(func: Callable[..., dict[str, Any]]) -> Callable[..., None]:
+    """Run a step: load settings, connect to MLflow, print its result; errors exit 1 with one line."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        from tagifai import tracking
+        from tagifai.errors import TagifaiError
+        from tagifai.settings import load_settings
+
+        try:
+            settings = load_settings()
+            tracking.connect(settings)
+            emit(func(settings, *args, **kwargs))
+        except TagifaiError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+    # Typer sees the options only: `settings` is supplied here, not on the command line.
+    signature = inspect.signature(func, eval_str=True)
+    wrapper.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
+    return wrapper
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    """Configure logging to stderr (only when a command runs, never at import)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("alembic", "mlflow", "urllib3", "git", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*is experimental.*")
+
+
+def data_urls(settings: dict[str, Any], projects_url: str | None, tags_url: str | None) -> tuple[str, str]:
+    """The data sources: options/env first, then the pinned defaults."""
+    return projects_url or settings["data"]["projects_url"], tags_url or settings["data"]["tags_url"]
+
+
+@app.command()
+@command
+def elt(
+    settings: dict, projects_url: ProjectsUrl = None, tags_url: TagsUrl = None, experiment_name: ExperimentName = None
+) -> dict[str, Any]:
+    """Extract projects.csv and tags.csv, join them on id, log raw and labeled data to MLflow."""
+    from tagifai import steps
+
+    projects, tags = data_urls(settings, projects_url, tags_url)
+    return steps.elt(settings, projects, tags, experiment_name or settings["mlflow"]["experiment_name"])
+
+
+@app.command()
+@command
+def validate(
+    settings: dict,
+    elt_run: Annotated[str, typer.Option(help="Run id of the elt step.")],
+    allow_drift: Annotated[
+        bool, typer.Option(help="Report drift against the last validated data as a warning instead of failing.")
+    ] = False,
+    reference_run: Annotated[
+        str | None, typer.Option(help="Validate run to compare against for drift.", show_default="last passed")
+    ] = None,
+) -> dict[str, Any]:
+    """Check the data contract and drift; on success log train/val/test splits."""
+    from tagifai import steps
+
+    return steps.validate(settings, elt_run, allow_drift, reference_run)
+
+
+@app.command()
+@command
+def optimize(
+    settings: dict,
+    data_run: Annotated[str, typer.Option(help="Run id of the validate step.")],
+    num_trials: NumTrials = None,
+    storage: Storage = None,
+    study_name: StudyName = None,
+) -> dict[str, Any]:
+    """Tune hyperparameters with Optuna (TPE + median pruning); each trial is a child run."""
+    from tagifai import steps
+
+    return steps.optimize(settings, data_run, num_trials or settings["optimize"]["num_trials"], storage, study_name)
+
+
+@app.command()
+@command
+def train(
+    settings: dict,
+    data_run: Annotated[str, typer.Option(help="Run id of the validate step.")],
+    optimize_run: Annotated[
+        str | None, typer.Option(help="Run id of the optimize step (best params).", show_default="config defaults")
+    ] = None,
+) -> dict[str, Any]:
+    """Train the model and log it as an MLflow pyfunc model (raw text in, tag out)."""
+    from tagifai import steps
+
+    return steps.train(settings, data_run, optimize_run)
+
+
+@app.command()
+@command
+def evaluate(
+    settings: dict, train_run: Annotated[str, typer.Option(help="Run id of the train step.")]
+) -> dict[str, Any]:
+    """Score the trained model on the held-out test split: overall, per class, slices, behavior."""
+    from tagifai import steps
+
+    return steps.evaluate(settings, train_run)
+
+
+@app.command()
+@command
+def register(
+    settings: dict,
+    evaluate_run: Annotated[str, typer.Option(help="Run id of the evaluate step.")],
+    min_f1: MinF1 = None,
+    max_regression: MaxRegression = None,
+    model_name: ModelName = None,
+) -> dict[str, Any]:
+    """Register the model as `challenger`; move `champion` to it only if the gate passes."""
+    from tagifai import steps
+
+    gate = settings["register"]
+    return steps.register(
+        settings,
+        evaluate_run,
+        gate["min_f1"] if min_f1 is None else min_f1,
+        gate["max_regression"] if max_regression is None else max_regression,
+        model_name or gate["model_name"],
+    )
+
+
+@app.command()
+@command
+def pipeline(
+    settings: dict,
+    num_trials: NumTrials = None,
+    projects_url: ProjectsUrl = None,
+    tags_url: TagsUrl = None,
+    experiment_name: ExperimentName = None,
+    min_f1: MinF1 = None,
+    max_regression: MaxRegression = None,
+    model_name: ModelName = None,
+    allow_drift: Annotated[bool, typer.Option(help="Do not fail on drift.")] = False,
+) -> dict[str, Any]:
+    """Run the six steps in order in this process (no Airflow or Docker needed)."""
+    from tagifai import steps, tracking
+
+    os.environ.setdefault("TAGIFAI_PIPELINE_RUN_ID", tracking.new_pipeline_run_id())
+    projects, tags = data_urls(settings, projects_url, tags_url)
+    gate = settings["register"]
+    elt_out = steps.elt(settings, projects, tags, experiment_name or settings["mlflow"]["experiment_name"])
+    validate_out = steps.validate(settings, elt_out["run_id"], allow_drift)
+    optimize_out = steps.optimize(settings, validate_out["run_id"], num_trials or settings["optimize"]["num_trials"])
+    train_out = steps.train(settings, validate_out["run_id"], optimize_out["run_id"])
+    evaluate_out = steps.evaluate(settings, train_out["run_id"])
+    register_out = steps.register(
+        settings,
+        evaluate_out["run_id"],
+        gate["min_f1"] if min_f1 is None else min_f1,
+        gate["max_regression"] if max_regression is None else max_regression,
+        model_name or gate["model_name"],
+    )
+    return {
+        "pipeline_run_id": os.environ["TAGIFAI_PIPELINE_RUN_ID"],
+        **{
+            f"{name}_run_id": out["run_id"]
+            for name, out in [
+                ("elt", elt_out),
+                ("validate", validate_out),
+                ("optimize", optimize_out),
+                ("train", train_out),
+                ("evaluate", evaluate_out),
+                ("register", register_out),
+            ]
+        },
+        **{k: evaluate_out[k] for k in ("test_f1", "test_precision", "test_recall")},
+        **{k: register_out[k] for k in ("model_name", "version", "promoted")},
+    }
+
+
+@app.command()
+@command
+def predict(
+    settings: dict,
+    texts: Annotated[list[str], typer.Argument(help="Project text(s): title and description.")],
+    model_uri: Annotated[str, typer.Option(envvar="TAGIFAI_MODEL_URI")] = "models:/tagifai@champion",
+) -> dict[str, Any]:
+    """Predict the tag of each text with a registered (or any MLflow) model."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from tagifai import steps
+    from tagifai.errors import TagifaiError
+
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except (MlflowException, OSError) as exc:
+        raise TagifaiError(f"cannot load model {model_uri}: {exc}".splitlines()[0]) from exc
+    output = model.predict(steps.texts_frame(texts))
+    return {
+        "model_uri": model_uri,
+        "predictions": [
+            {"text": text, "tag": row.tag, "probability": float(row.probability)}
+            for text, row in zip(texts, output.itertuples(), strict=True)
+        ],
+    }

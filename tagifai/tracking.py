@@ -1,0 +1,175 @@
+"""The small MLflow shell every step uses: where to log, step runs, lineage, artifacts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+import tagifai
+from tagifai.errors import TagifaiError
+
+# Run tags that tie the steps of one pipeline together.
+STEP_TAG = "tagifai.step"
+PIPELINE_TAG = "pipeline_run_id"
+UPSTREAM_TAGS = {
+    "elt": "elt_run_id",
+    "validate": "data_run_id",
+    "optimize": "optimize_run_id",
+    "train": "train_run_id",
+    "evaluate": "evaluate_run_id",
+}
+
+
+def tracking_uri(settings: dict[str, Any]) -> str:
+    """`MLFLOW_TRACKING_URI`, else SQLite under the embedded local store."""
+    if uri := os.environ.get("MLFLOW_TRACKING_URI"):
+        return uri
+    store = Path(settings["mlflow"]["local_store"]).resolve()
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / 'mlflow.db'}"
+
+
+def local_artifact_root(uri: str) -> str | None:
+    """Where a new experiment keeps artifacts: beside a SQLite store; a server decides otherwise."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "artifacts").as_uri()
+
+
+def connect(settings: dict[str, Any]) -> None:
+    """Point MLflow (tracking and registry) at the configured store."""
+    mlflow.set_tracking_uri(tracking_uri(settings))
+
+
+def experiment_id(name: str) -> str:
+    """Return the id of experiment `name`, creating it if needed."""
+    client = MlflowClient()
+    try:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            return client.create_experiment(name, artifact_location=local_artifact_root(mlflow.get_tracking_uri()))
+    except MlflowException as exc:
+        if "already exists" in str(exc):  # created concurrently by another step
+            return client.get_experiment_by_name(name).experiment_id
+        raise TagifaiError(f"MLflow at {mlflow.get_tracking_uri()} refused experiment {name!r}: {exc.message}") from exc
+    if experiment.lifecycle_stage == "deleted":
+        raise TagifaiError(f"experiment {name!r} is deleted; restore it or choose another --experiment-name")
+    return experiment.experiment_id
+
+
+def code_version() -> str:
+    """`TAGIFAI_CODE_VERSION`, else the git commit of the checkout, else the package version."""
+    if version := os.environ.get("TAGIFAI_CODE_VERSION"):
+        return version
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(tagifai.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if sha.returncode == 0 and sha.stdout.strip():
+            return sha.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tagifai.__version__
+
+
+def new_pipeline_run_id() -> str:
+    """`TAGIFAI_PIPELINE_RUN_ID` (e.g. an Airflow run id), else a fresh one."""
+    return os.environ.get("TAGIFAI_PIPELINE_RUN_ID") or f"manual__{uuid.uuid4().hex[:12]}"
+
+
+def get_run(run_id: str, step: str) -> Run:
+    """Fetch an upstream run and check it is a finished run of `step`.
+
+    Raises:
+        TagifaiError: the run is missing, of another step, or did not finish.
+    """
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException as exc:
+        raise TagifaiError(f"no MLflow run {run_id!r} at {mlflow.get_tracking_uri()} (expected a {step} run)") from exc
+    actual = run.data.tags.get(STEP_TAG)
+    if actual != step:
+        raise TagifaiError(f"run {run_id} is a {actual or 'non-tagifai'} run, not a {step} run")
+    if run.info.status != "FINISHED":
+        raise TagifaiError(f"{step} run {run_id} did not finish successfully (status {run.info.status})")
+    return run
+
+
+@contextmanager
+def step_run(step: str, experiment: str, upstream: Run | None = None, **tags: str) -> Iterator[Run]:
+    """Start the MLflow run of one step, tagged with its lineage.
+
+    The pipeline id comes from `TAGIFAI_PIPELINE_RUN_ID`, else from the upstream run, else is new.
+    Lineage tags of the upstream run are carried over, and the upstream run itself is recorded.
+    A step that raises ends its run FAILED with the error as a tag.
+    """
+    lineage = {k: v for k, v in (upstream.data.tags.items() if upstream else []) if k in UPSTREAM_TAGS.values()}
+    if upstream is not None:
+        lineage[UPSTREAM_TAGS[upstream.data.tags[STEP_TAG]]] = upstream.info.run_id
+    pipeline = os.environ.get("TAGIFAI_PIPELINE_RUN_ID") or (upstream.data.tags.get(PIPELINE_TAG) if upstream else None)
+    all_tags = {
+        STEP_TAG: step,
+        PIPELINE_TAG: pipeline or new_pipeline_run_id(),
+        "code_version": code_version(),
+        "image": os.environ.get("TAGIFAI_IMAGE", ""),
+        **lineage,
+        **tags,
+    }
+    mlflow.set_experiment(experiment_id=experiment)  # nested runs (Optuna trials) land beside their parent
+    with mlflow.start_run(
+        experiment_id=experiment, run_name=f"{step}-{all_tags[PIPELINE_TAG]}"[:250], tags=all_tags
+    ) as run:
+        try:
+            yield run
+        except Exception as exc:
+            mlflow.set_tag("error", str(exc)[:5000] or type(exc).__name__)
+            raise  # start_run's context then ends the run FAILED
+
+
+def log_bytes(content: bytes, artifact_file: str) -> None:
+    """Log `content` as the artifact `artifact_file` (e.g. "data/labeled.csv") of the active run."""
+    path = Path(artifact_file)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / path.name
+        local.write_bytes(content)
+        mlflow.log_artifact(str(local), artifact_path=str(path.parent) if str(path.parent) != "." else None)
+
+
+def log_json(obj: Any, artifact_file: str) -> None:
+    """Log `obj` as a JSON artifact."""
+    log_bytes(json.dumps(obj, indent=2, sort_keys=True, default=str).encode(), artifact_file)
+
+
+def read_artifact(run_id: str, artifact_file: str) -> bytes:
+    """Download one artifact of a run and return its bytes.
+
+    Raises:
+        TagifaiError: the run has no such artifact.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_file, dst_path=tmp)
+        except (MlflowException, OSError) as exc:
+            raise TagifaiError(f"run {run_id} has no artifact {artifact_file!r}: {exc}".splitlines()[0]) from exc
+        return Path(local).read_bytes()
+
+
+def read_json_artifact(run_id: str, artifact_file: str) -> Any:
+    """Download and parse a JSON artifact."""
+    return json.loads(read_artifact(run_id, artifact_file))

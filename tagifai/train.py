@@ -1,0 +1,172 @@
+"""Train the TF-IDF + SGD model epoch by epoch, and the Optuna objective around it.
+
+Pure: frames and params in, fitted model and history out. The CLI does the logging.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from imblearn.over_sampling import RandomOverSampler
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import SGDClassifier
+from sklearn.metrics import log_loss, precision_recall_fscore_support
+from sklearn.pipeline import FeatureUnion
+
+from tagifai.predict import TagifaiModel, custom_predict
+
+# Called after every epoch with (epoch, train_loss, val_loss); may raise to stop training.
+EpochCallback = Callable[[int, float, float], None]
+
+PARAM_TYPES = {
+    "analyzer": str,
+    "ngram_max_range": int,
+    "sublinear_tf": bool,
+    "word_features": bool,
+    "stem": bool,
+    "alpha": float,
+    "learning_rate": float,
+    "num_epochs": int,
+    "threshold_quantile": float,
+    "seed": int,
+}
+
+
+def coerce_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Cast known params to their types (MLflow hands params back as strings)."""
+    coerced = dict(params)
+    for name, kind in PARAM_TYPES.items():
+        if name in coerced and isinstance(coerced[name], str):
+            value = coerced[name]
+            coerced[name] = value.lower() == "true" if kind is bool else kind(float(value) if kind is int else value)
+    return coerced
+
+
+def build_vectorizer(params: dict[str, Any]) -> FeatureUnion:
+    """Character n-gram TF-IDF, plus word uni/bi-grams when `word_features` is on."""
+    parts = [
+        (
+            "char",
+            TfidfVectorizer(
+                analyzer=params["analyzer"],
+                ngram_range=(2, params["ngram_max_range"]),
+                sublinear_tf=params["sublinear_tf"],
+            ),
+        ),
+    ]
+    if params.get("word_features"):
+        parts.append(
+            ("word", TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=params["sublinear_tf"]))
+        )
+    return FeatureUnion(parts)
+
+
+def find_threshold(y_prob: np.ndarray, quantile: float) -> float:
+    """The `quantile` of the top-class probabilities: below it a prediction becomes `other`."""
+    return float(np.quantile(y_prob.max(axis=1), q=quantile))
+
+
+def weighted_scores(y_true: Any, y_pred: Any) -> dict[str, float]:
+    """Weighted precision, recall and f1."""
+    precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, average="weighted", zero_division=0)
+    return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
+
+
+def train(
+    params: dict[str, Any],
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    stopwords: list[str],
+    other_label: str = "other",
+    on_epoch: EpochCallback | None = None,
+) -> dict[str, Any]:
+    """Fit vectorizer and classifier on `train_df`; pick the threshold on `val_df`.
+
+    Args:
+        params: hyperparameters (see `config/tagifai.toml` `[train]`).
+        train_df: rows with `title`, `description`, `tag`.
+        val_df: same columns; used for per-epoch loss and the threshold.
+        stopwords: words removed during cleaning.
+        other_label: the label predicted below the threshold.
+        on_epoch: called after each epoch (e.g. to report to Optuna and prune).
+
+    Returns:
+        `model` (a `TagifaiModel`), `history` (per-epoch losses), `threshold`, `val` scores.
+    """
+    params = coerce_params(params)
+    model = TagifaiModel(build_vectorizer(params), None, [], 0.0, other_label, stopwords, params.get("stem", False))
+    x_train = model.vectorizer.fit_transform(model.clean(train_df))
+    x_val = model.features(val_df)
+    y_train, y_val = train_df["tag"].to_numpy(), val_df["tag"].to_numpy()
+
+    # Oversample minority classes
+    x_over, y_over = RandomOverSampler(sampling_strategy="all", random_state=params["seed"]).fit_resample(
+        x_train, y_train
+    )
+
+    classifier = SGDClassifier(
+        loss="log_loss",
+        penalty="l2",
+        alpha=params["alpha"],
+        learning_rate="constant",
+        eta0=params["learning_rate"],
+        max_iter=1,
+        warm_start=True,
+        random_state=params["seed"],
+    )
+    history = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # one pass per fit is the point
+        for epoch in range(params["num_epochs"]):
+            classifier.fit(x_over, y_over)
+            labels = classifier.classes_
+            train_loss = log_loss(y_train, classifier.predict_proba(x_train), labels=labels)
+            val_loss = log_loss(y_val, classifier.predict_proba(x_val), labels=labels)
+            history.append({"epoch": epoch, "train_loss": float(train_loss), "val_loss": float(val_loss)})
+            if on_epoch is not None:
+                on_epoch(epoch, float(train_loss), float(val_loss))
+
+    model.classifier = classifier
+    model.classes = [str(c) for c in classifier.classes_]
+    y_prob = classifier.predict_proba(x_val)
+    model.threshold = find_threshold(y_prob, params["threshold_quantile"])
+    other_index = model.classes.index(other_label) if other_label in model.classes else -1
+    val_pred = [
+        model.classes[i] if i >= 0 else other_label for i in custom_predict(y_prob, model.threshold, other_index)
+    ]
+    return {
+        "model": model,
+        "history": history,
+        "threshold": model.threshold,
+        "val": weighted_scores(y_val, val_pred),
+        "params": params,
+    }
+
+
+def suggest_params(trial: Any, space: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """Draw one set of params from the `[optimize]` search space on top of `base`.
+
+    A list of two numbers is a range (ints stay ints; floats named in LOG_SCALE are log-uniform);
+    any other list is a set of choices.
+    """
+    params = dict(base)
+    for name in PARAM_TYPES:
+        if name not in space or name == "seed":
+            continue
+        values = space[name]
+        numeric = len(values) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if numeric and all(isinstance(v, int) for v in values):
+            params[name] = trial.suggest_int(name, values[0], values[1])
+        elif numeric:
+            params[name] = trial.suggest_float(name, values[0], values[1], log=name in LOG_SCALE)
+        else:
+            params[name] = trial.suggest_categorical(name, values)
+    return params
+
+
+LOG_SCALE = {"alpha", "learning_rate"}

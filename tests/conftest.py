@@ -1,0 +1,49 @@
+"""Fixtures shared by every test folder (standard library only: both venvs load this file)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import synthetic  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = REPO.parent / "shared" / "datasets"
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> tuple[Path, Path]:
+    """A synthetic projects.csv and tags.csv, 40 projects per tag."""
+    return synthetic.write_dataset(tmp_path / "data")
+
+
+@pytest.fixture
+def small_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point TAGIFAI_CONFIG at settings sized for synthetic data."""
+    path = synthetic.write_small_config(tmp_path / "small.toml")
+    monkeypatch.setenv("TAGIFAI_CONFIG", str(path))
+    return path
+
+
+@pytest.fixture
+def settings(small_config: Path) -> dict:
+    """All settings, with the small-data override."""
+    from tagifai.settings import load_settings
+
+    return load_settings()
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A throwaway SQLite MLflow store (artifacts beside it); returns the tracking URI."""
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    (tmp_path / "mlflow").mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    monkeypatch.delenv("TAGIFAI_PIPELINE_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    return uri
