@@ -34,7 +34,7 @@ test-core: install ## Unit, data, model and CLI tests, and the MLflow-server-on-
 	$(BIN)/pytest tests/code tests/data tests/model tests/cli tests/e2e -m "not airflow"
 
 .PHONY: test
-test: lint test-core test-dags ## Everything CI runs: lint, package tests, DAG tests, e2e
+test: lint test-core ## Everything CI runs: lint, package tests, e2e
 
 .PHONY: pipeline
 pipeline: install ## Run the six steps in-process (embedded MLflow store in ./stores)

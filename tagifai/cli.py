@@ -217,6 +217,7 @@ def pipeline(
     max_regression: MaxRegression = None,
     model_name: ModelName = None,
     allow_drift: Annotated[bool, typer.Option(help="Do not fail on drift.")] = False,
+    storage: Storage = None,
 ) -> dict[str, Any]:
     """Run the six steps in order in this process (no Airflow or Docker needed)."""
     from tagifai import steps, tracking
@@ -226,7 +227,9 @@ def pipeline(
     gate = settings["register"]
     elt_out = steps.elt(settings, projects, tags, experiment_name or settings["mlflow"]["experiment_name"])
     validate_out = steps.validate(settings, elt_out["run_id"], allow_drift)
-    optimize_out = steps.optimize(settings, validate_out["run_id"], num_trials or settings["optimize"]["num_trials"])
+    optimize_out = steps.optimize(
+        settings, validate_out["run_id"], num_trials or settings["optimize"]["num_trials"], storage
+    )
     train_out = steps.train(settings, validate_out["run_id"], optimize_out["run_id"])
     evaluate_out = steps.evaluate(settings, train_out["run_id"])
     register_out = steps.register(

@@ -98,9 +98,7 @@ def validate(
     df = data.read_frame(tracking.read_artifact(elt_run_id, LABELED))
     reference_run_id = reference_run_id or last_validated_run(experiment)
     reference = tracking.read_json_artifact(reference_run_id, PROFILE) if reference_run_id else None
-    with tracking.step_run(
-        "validate", experiment, upstream, data_sha256=upstream.data.tags.get("data_sha256", "")
-    ) as run:
+    with tracking.step_run("validate", experiment, upstream) as run:
         report = validation.validate(df, settings, reference, drift_blocks=not allow_drift)
         report["reference_run_id"] = reference_run_id
         tracking.log_json(report, "validation/report.json")

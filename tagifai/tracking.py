@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 import tagifai
 from tagifai.errors import TagifaiError
 
-# Run tags that tie the steps of one pipeline together.
+# Run tags that tie the steps of one pipeline together; each step carries its upstream's forward.
 STEP_TAG = "tagifai.step"
 PIPELINE_TAG = "pipeline_run_id"
 UPSTREAM_TAGS = {
@@ -119,7 +119,8 @@ def step_run(step: str, experiment: str, upstream: Run | None = None, **tags: st
     Lineage tags of the upstream run are carried over, and the upstream run itself is recorded.
     A step that raises ends its run FAILED with the error as a tag.
     """
-    lineage = {k: v for k, v in (upstream.data.tags.items() if upstream else []) if k in UPSTREAM_TAGS.values()}
+    carried = {*UPSTREAM_TAGS.values(), "data_sha256"}
+    lineage = {k: v for k, v in (upstream.data.tags.items() if upstream else []) if k in carried}
     if upstream is not None:
         lineage[UPSTREAM_TAGS[upstream.data.tags[STEP_TAG]]] = upstream.info.run_id
     pipeline = os.environ.get("TAGIFAI_PIPELINE_RUN_ID") or (upstream.data.tags.get(PIPELINE_TAG) if upstream else None)

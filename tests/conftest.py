@@ -11,9 +11,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import synthetic  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-REAL_DATA = REPO.parent / "shared" / "datasets"
-
 
 @pytest.fixture
 def dataset(tmp_path: Path) -> tuple[Path, Path]:

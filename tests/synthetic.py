@@ -6,19 +6,86 @@ import csv
 import random
 from pathlib import Path
 
+# The real dataset, where CI and developers keep it (beside the repo; never committed).
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
 # Words that mark each tag, and filler every project shares.
 VOCABULARY = {
-    "natural-language-processing": ["text", "language", "transformer", "bert", "sentiment", "translation", "nlp",
-                                    "tokens", "question answering", "summarization", "word embeddings", "chatbot"],
-    "computer-vision": ["image", "images", "pixels", "object detection", "segmentation", "yolo", "convnet", "cnn",
-                        "video", "faces", "gan", "photos"],
-    "mlops": ["deployment", "monitoring", "pipeline", "kubernetes", "serving", "docker", "feature store",
-              "experiment tracking", "ci cd", "model registry", "drift", "orchestration"],
-    "reinforcement-learning": ["agent", "reward", "policy", "environment", "q-learning", "games", "atari",
-                               "exploration", "robot control", "bandits", "episodes", "simulation"],
+    "natural-language-processing": [
+        "text",
+        "language",
+        "transformer",
+        "bert",
+        "sentiment",
+        "translation",
+        "nlp",
+        "tokens",
+        "question answering",
+        "summarization",
+        "word embeddings",
+        "chatbot",
+    ],
+    "computer-vision": [
+        "image",
+        "images",
+        "pixels",
+        "object detection",
+        "segmentation",
+        "yolo",
+        "convnet",
+        "cnn",
+        "video",
+        "faces",
+        "gan",
+        "photos",
+    ],
+    "mlops": [
+        "deployment",
+        "monitoring",
+        "pipeline",
+        "kubernetes",
+        "serving",
+        "docker",
+        "feature store",
+        "experiment tracking",
+        "ci cd",
+        "model registry",
+        "drift",
+        "orchestration",
+    ],
+    "reinforcement-learning": [
+        "agent",
+        "reward",
+        "policy",
+        "environment",
+        "q-learning",
+        "games",
+        "atari",
+        "exploration",
+        "robot control",
+        "bandits",
+        "episodes",
+        "simulation",
+    ],
 }
-FILLER = ["a", "simple", "library", "for", "with", "using", "python", "open source", "project", "approach", "fast",
-          "new", "learning", "tutorial", "model", "framework"]
+FILLER = [
+    "a",
+    "simple",
+    "library",
+    "for",
+    "with",
+    "using",
+    "python",
+    "open source",
+    "project",
+    "approach",
+    "fast",
+    "new",
+    "learning",
+    "tutorial",
+    "model",
+    "framework",
+]
 
 
 def make_projects(per_tag: int = 40, seed: int = 0) -> tuple[list[dict], list[dict]]:
@@ -36,8 +103,14 @@ def make_projects(per_tag: int = 40, seed: int = 0) -> tuple[list[dict], list[di
                 body.append(rng.choice(others))
             rng.shuffle(body)
             description = " ".join(body) + "."
-            projects.append({"id": next_id, "created_on": f"2020-03-{1 + next_id % 28:02d} 10:00:00",
-                             "title": title, "description": description})
+            projects.append(
+                {
+                    "id": next_id,
+                    "created_on": f"2020-03-{1 + next_id % 28:02d} 10:00:00",
+                    "title": title,
+                    "description": description,
+                }
+            )
             tags.append({"id": next_id, "tag": tag})
             next_id += 1
     order = list(range(len(projects)))

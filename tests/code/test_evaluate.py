@@ -8,9 +8,22 @@ from tagifai import evaluate
 TEST = pd.DataFrame(
     {
         "title": ["CNN for text", "Text convolution", "Image net", "BERT", "Short", "Deploy models to production now"],
-        "description": ["sentence classification", "", "big vision dataset of labeled images", "", "", "with one single command"],
-        "tag": ["natural-language-processing", "natural-language-processing", "computer-vision",
-                "natural-language-processing", "other", "mlops"],
+        "description": [
+            "sentence classification",
+            "",
+            "big vision dataset of labeled images",
+            "",
+            "",
+            "with one single command",
+        ],
+        "tag": [
+            "natural-language-processing",
+            "natural-language-processing",
+            "computer-vision",
+            "natural-language-processing",
+            "other",
+            "mlops",
+        ],
     }
 )
 PRED = ["natural-language-processing", "other", "computer-vision", "natural-language-processing", "other", "other"]

@@ -17,8 +17,13 @@ def splits(dataset, settings):
 
 def test_train_logs_every_epoch_and_picks_a_threshold(splits, settings):
     epochs = []
-    result = train.train(settings["train"], splits["train"], splits["val"], settings["stopwords"],
-                         on_epoch=lambda e, tl, vl: epochs.append(e))
+    result = train.train(
+        settings["train"],
+        splits["train"],
+        splits["val"],
+        settings["stopwords"],
+        on_epoch=lambda e, tl, vl: epochs.append(e),
+    )
     assert epochs == list(range(settings["train"]["num_epochs"]))
     assert [h["epoch"] for h in result["history"]] == epochs
     assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]

@@ -2,11 +2,10 @@
 
 import pandas as pd
 import pytest
+from synthetic import REAL_DATA
 
 from tagifai import data, validate
 from tagifai.settings import load_settings
-
-from conftest import REAL_DATA
 
 
 def labeled(per_tag: int = 30) -> pd.DataFrame:
@@ -24,8 +23,12 @@ def failed(report):
 def test_synthetic_data_passes(settings):
     report = validate.validate(labeled(), settings)
     assert report["passed"], failed(report)
-    assert report["profile"]["label_counts"] == {"computer-vision": 30, "mlops": 30, "natural-language-processing": 30,
-                                                 "other": 30}
+    assert report["profile"]["label_counts"] == {
+        "computer-vision": 30,
+        "mlops": 30,
+        "natural-language-processing": 30,
+        "other": 30,
+    }
 
 
 def break_duplicate_ids(df):
@@ -131,5 +134,9 @@ def test_real_dataset_passes_the_contract(monkeypatch):
     report = validate.validate(data.transform(projects, tags), settings)
     assert report["passed"], failed(report)
     assert report["profile"]["rows"] == 955
-    assert report["profile"]["label_counts"] == {"computer-vision": 356, "mlops": 79,
-                                                 "natural-language-processing": 388, "other": 132}
+    assert report["profile"]["label_counts"] == {
+        "computer-vision": 356,
+        "mlops": 79,
+        "natural-language-processing": 388,
+        "other": 132,
+    }

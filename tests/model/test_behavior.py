@@ -20,8 +20,9 @@ def model(tmp_path_factory):
     frame = pd.DataFrame(projects).astype({"id": str}).merge(pd.DataFrame(tags).astype({"id": str}), on="id")
     prepared = data.prepare(frame, settings["data"])
     params = {**settings["train"], "num_epochs": 20, "threshold_quantile": 0.0}
-    result = train.train(params, prepared[prepared.split == "train"], prepared[prepared.split == "val"],
-                         settings["stopwords"])
+    result = train.train(
+        params, prepared[prepared.split == "train"], prepared[prepared.split == "val"], settings["stopwords"]
+    )
     return result["model"]
 
 
@@ -33,10 +34,14 @@ def tags(model, *texts):
     ("texts", "expected"),
     [
         (["CNN for images", "convnet for images"], "computer-vision"),  # synonyms
-        (["Sentiment of text and language with BERT", "sentiment of TEXT and language with bert!"],
-         "natural-language-processing"),  # case and punctuation
-        (["Object detection in photos and images", "Object detection in the photos and the images"],
-         "computer-vision"),  # stopwords
+        (
+            ["Sentiment of text and language with BERT", "sentiment of TEXT and language with bert!"],
+            "natural-language-processing",
+        ),  # case and punctuation
+        (
+            ["Object detection in photos and images", "Object detection in the photos and the images"],
+            "computer-vision",
+        ),  # stopwords
     ],
 )
 def test_invariance(model, texts, expected):

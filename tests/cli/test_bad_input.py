@@ -1,0 +1,125 @@
+"""Bad input: one clear line naming the problem, exit 1, and no model registered or promoted."""
+
+import mlflow
+import pytest
+import synthetic
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from tagifai.cli import app
+
+
+def write(folder, projects=None, tags=None, projects_bytes=None, tags_bytes=None):
+    """Write a dataset, optionally with altered rows or raw bytes."""
+    good_projects, good_tags = synthetic.make_projects(per_tag=30)
+    p, t = folder / "projects.csv", folder / "tags.csv"
+    folder.mkdir(exist_ok=True)
+    synthetic.write_csv(p, projects(good_projects) if projects else good_projects)
+    synthetic.write_csv(t, tags(good_tags) if tags else good_tags)
+    if projects_bytes is not None:
+        p.write_bytes(projects_bytes)
+    if tags_bytes is not None:
+        t.write_bytes(tags_bytes)
+    return p, t
+
+
+def duplicate_ids(rows):
+    rows[1]["id"] = rows[0]["id"]
+    return rows
+
+
+def blank_text(rows):
+    rows[3]["title"] = rows[3]["description"] = " "
+    return rows
+
+
+def orphan_tag(rows):
+    return rows + [{"id": 9999, "tag": "mlops"}]
+
+
+def only_one_class(rows):
+    return [{**r, "tag": "mlops"} for r in rows]
+
+
+def drop_title(rows):
+    return [{k: v for k, v in r.items() if k != "title"} for r in rows]
+
+
+CASES = [
+    # (case id, writer kwargs, expected fragment of the one-line error)
+    ("missing file", {"missing": True}, "error: data file not found: "),
+    (
+        "unreachable url",
+        {"url": "http://127.0.0.1:9/projects.csv"},
+        "error: cannot download http://127.0.0.1:9/projects.csv",
+    ),
+    ("missing column", {"projects": drop_title}, "is missing column(s) title"),
+    ("empty file", {"tags_bytes": b""}, "tags.csv ("),
+    ("non-utf8", {"projects_bytes": "id,title,description\n1,Caf\u00e9,x\n".encode("latin-1")}, "is not valid UTF-8"),
+    ("orphan tags", {"tags": orphan_tag}, "1 tag(s) match no project id: 9999"),
+    ("duplicate ids", {"projects": duplicate_ids, "tags": duplicate_ids}, "validation failed: unique_ids: "),
+    ("blank text", {"projects": blank_text}, "validation failed: non_blank_text: 1 project(s) with blank text"),
+    ("too few classes", {"tags": only_one_class}, "enough_classes: only 1 class(es): mlops=120; need at least 2"),
+]
+
+
+@pytest.fixture
+def run(tmp_path, mlflow_store, small_config):
+    runner = CliRunner()
+
+    def invoke(projects, tags, *extra):
+        return runner.invoke(
+            app, ["pipeline", "--num-trials", "1", "--projects-url", str(projects), "--tags-url", str(tags), *extra]
+        )
+
+    return invoke
+
+
+@pytest.mark.parametrize(("case", "kwargs", "message"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_fails_clearly_and_registers_nothing(run, tmp_path, mlflow_store, case, kwargs, message):
+    kwargs = dict(kwargs)
+    missing, url = kwargs.pop("missing", False), kwargs.pop("url", None)
+    projects, tags = write(tmp_path / "data", **kwargs)
+    if missing:
+        projects.unlink()
+    result = run(url or projects, tags)
+    assert result.exit_code == 1
+    error_lines = result.stderr.strip().splitlines()
+    assert error_lines[-1].startswith("error: ") and message in error_lines[-1], result.stderr
+    assert result.stdout.strip() == ""  # no hand-off line for a failed step
+    if case == "empty file":
+        assert "is empty" in error_lines[-1]
+    mlflow.set_tracking_uri(mlflow_store)
+    assert MlflowClient().search_registered_models() == []
+
+
+def test_bad_data_leaves_the_champion_alone(run, tmp_path, mlflow_store):
+    projects, tags = write(tmp_path / "good")
+    assert run(projects, tags).exit_code == 0
+    mlflow.set_tracking_uri(mlflow_store)
+    client = MlflowClient()
+    champion = client.get_model_version_by_alias("tagifai", "champion")
+
+    projects, tags = write(tmp_path / "bad", projects=duplicate_ids, tags=duplicate_ids)
+    result = run(projects, tags)
+    assert result.exit_code == 1 and "unique_ids" in result.stderr
+    assert [v.version for v in client.search_model_versions("name = 'tagifai'")] == [champion.version]
+    assert client.get_model_version_by_alias("tagifai", "champion").version == champion.version
+    failed = client.search_runs(
+        [r.info.experiment_id for r in [client.get_run(champion.run_id)]], filter_string="tags.validation = 'failed'"
+    )
+    assert len(failed) == 1 and failed[0].info.status == "FAILED"
+    assert "unique_ids" in failed[0].data.tags["error"]
+
+
+def test_drift_fails_validate_unless_allowed(run, tmp_path):
+    projects, tags = write(tmp_path / "good")
+    assert run(projects, tags).exit_code == 0
+
+    def mostly_vision(rows):
+        return [{**r, "tag": "computer-vision"} if i % 4 else r for i, r in enumerate(rows)]
+
+    projects, tags = write(tmp_path / "drifted", tags=mostly_vision)
+    result = run(projects, tags)
+    assert result.exit_code == 1 and "validation failed: label_drift: chi-square p=" in result.stderr
+    assert run(projects, tags, "--allow-drift").exit_code == 0

@@ -1,0 +1,157 @@
+"""The pipeline against a real `mlflow server` backed by PostgreSQL, with Optuna's study in PostgreSQL too."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import synthetic
+
+from .conftest import free_port, wait_for_http
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+TAGIFAI = str(Path(sys.executable).with_name("tagifai"))
+
+
+def api(server, path, **params):
+    """GET an MLflow REST endpoint and decode its JSON."""
+    url = f"{server.uri}/api/2.0/mlflow/{path}?{urllib.parse.urlencode(params)}"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def pipeline(mlflow_server, postgres, tmp_path_factory):
+    """One `tagifai pipeline` run against the server; returns its JSON and the client's folder."""
+    root = tmp_path_factory.mktemp("client")
+    projects, tags = synthetic.write_dataset(root / "data")
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": mlflow_server.uri,
+        "TAGIFAI_CONFIG": str(synthetic.write_small_config(root / "small.toml")),
+        "TAGIFAI_OPTUNA_STORAGE": postgres.create_database("optuna"),
+        "TAGIFAI_PIPELINE_RUN_ID": "e2e-postgres",
+        "TAGIFAI_IMAGE": "tagifai:e2e",
+    }
+    proc = subprocess.run(
+        [
+            TAGIFAI,
+            "pipeline",
+            "--num-trials",
+            "3",
+            "--projects-url",
+            str(projects),
+            "--tags-url",
+            str(tags),
+            "--experiment-name",
+            "e2e",
+        ],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"out": json.loads(proc.stdout.strip().splitlines()[-1]), "cwd": root, "env": env}
+
+
+def test_champion_is_registered_with_metrics_and_lineage(pipeline, mlflow_server):
+    version = api(mlflow_server, "registered-models/alias", name="tagifai", alias="champion")["model_version"]
+    tags = {t["key"]: t["value"] for t in version["tags"]}
+    assert version["version"] == pipeline["out"]["version"]
+    assert {
+        "test_f1",
+        "test_precision",
+        "test_recall",
+        "data_sha256",
+        "pipeline_run_id",
+        "code_version",
+        "image",
+    } <= set(tags)
+    assert tags["pipeline_run_id"] == "e2e-postgres" and tags["image"] == "tagifai:e2e"
+    assert float(tags["test_f1"]) == pytest.approx(pipeline["out"]["test_f1"], abs=1e-4)
+    run = api(mlflow_server, "runs/get", run_id=pipeline["out"]["evaluate_run_id"])["run"]
+    metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+    assert metrics["test_f1"] == pytest.approx(pipeline["out"]["test_f1"])
+
+
+def test_artifacts_live_on_the_server_not_the_client(pipeline, mlflow_server):
+    run_id = pipeline["out"]["evaluate_run_id"]
+    experiment_id = api(mlflow_server, "runs/get", run_id=run_id)["run"]["info"]["experiment_id"]
+    on_server = mlflow_server.artifacts / experiment_id / run_id / "artifacts" / "evaluation" / "report.json"
+    assert on_server.exists()
+    path = f"{experiment_id}/{run_id}/artifacts/evaluation/report.json"
+    url = f"{mlflow_server.uri}/api/2.0/mlflow-artifacts/artifacts/{path}"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        assert json.loads(response.read())["overall"]["f1"] == pytest.approx(pipeline["out"]["test_f1"])
+    assert not (pipeline["cwd"] / "mlruns").exists() and not (pipeline["cwd"] / "stores").exists()
+
+
+def test_optuna_study_lives_in_postgres(pipeline):
+    import optuna
+
+    study = optuna.load_study(study_name="tagifai-e2e-postgres", storage=pipeline["env"]["TAGIFAI_OPTUNA_STORAGE"])
+    assert len(study.trials) == 3
+
+
+def test_predict_cli_uses_the_champion(pipeline):
+    proc = subprocess.run(
+        [TAGIFAI, "predict", "yolo object detection on video and images"],
+        env=pipeline["env"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    [prediction] = json.loads(proc.stdout.strip().splitlines()[-1])["predictions"]
+    assert prediction["tag"] == "computer-vision" and 0 < prediction["probability"] <= 1
+
+
+def test_mlflow_models_serve_answers_on_raw_text(pipeline, tmp_path):
+    port = free_port()
+    log = tmp_path / "serve.log"
+    command = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "models",
+        "serve",
+        "-m",
+        "models:/tagifai@champion",
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    env = {**pipeline["env"], "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # an activated venv
+    server = subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/ping", server, log)
+        body = {
+            "dataframe_split": {
+                "columns": ["title", "description"],
+                "data": [
+                    ["Sentiment of text with BERT", "language and translation"],
+                    ["Object detection in photos", "yolo and a cnn on images"],
+                ],
+            }
+        }
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            predictions = json.loads(response.read())["predictions"]
+        assert [p["tag"] for p in predictions] == ["natural-language-processing", "computer-vision"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
