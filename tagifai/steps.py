@@ -136,7 +136,7 @@ def optimize(
     storage: str | None = None,
     study_name: str | None = None,
 ) -> dict[str, Any]:
-    """Tune hyperparameters with Optuna on train/val; each trial is a child MLflow run.
+    """Tune hyperparameters with Optuna by k-fold cross-validation of the train split; each trial is a child run.
 
     Several processes may share one study through `storage` (an Optuna RDB URL); together they
     finish `num_trials` trials, and a retried process does not run finished trials again.
@@ -145,7 +145,7 @@ def optimize(
     from optuna_integration.mlflow import MLflowCallback
 
     upstream = tracking.get_run(data_run_id, "validate")
-    train_df, val_df = load_split(data_run_id, "train"), load_split(data_run_id, "val")
+    train_df = load_split(data_run_id, "train")
     space, base = settings["optimize"], settings["train"]
     with tracking.step_run("optimize", upstream.info.experiment_id, upstream) as run:
         pipeline = run.data.tags[tracking.PIPELINE_TAG]
@@ -158,9 +158,11 @@ def optimize(
             load_if_exists=True,
             sampler=optuna.samplers.TPESampler(seed=space["seed"]),
             pruner=optuna.pruners.MedianPruner(
-                n_startup_trials=space["pruner_startup_trials"], n_warmup_steps=space["pruner_warmup_epochs"]
+                n_startup_trials=space["pruner_startup_trials"], n_warmup_steps=space["pruner_warmup_folds"]
             ),
         )
+        if not study.get_trials(deepcopy=False):  # try the [train] defaults first: tuning never returns worse than them
+            study.enqueue_trial(training.searched_defaults(space, base))
         mlflow.set_tags({"optuna_study": study_name, "optuna_storage": redact(storage) if storage else "in-memory"})
         mlflow.log_param("num_trials", num_trials)
         callback = MLflowCallback(
@@ -176,22 +178,25 @@ def optimize(
         @callback.track_in_mlflow()
         def objective(trial: optuna.Trial) -> float:
             params = training.suggest_params(trial, space, base)
-            history: list[dict[str, float]] = []
+            fold_f1: list[float] = []
 
-            def report(epoch: int, train_loss: float, val_loss: float) -> None:
-                history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
-                trial.report(-val_loss, epoch)  # the study maximizes, so report loss negated
+            def report(fold: int, mean_f1: float) -> None:
+                fold_f1.append(mean_f1)
+                trial.report(mean_f1, fold)
                 if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned at epoch {epoch}: val_loss {val_loss:.4f}")
+                    raise optuna.TrialPruned(f"pruned after fold {fold}: mean f1 {mean_f1:.4f}")
 
             try:
-                result = training.train(
-                    params, train_df, val_df, settings["stopwords"], settings["data"]["other_label"], on_epoch=report
+                result = training.cross_validate(
+                    params, train_df, settings["stopwords"], settings["data"]["other_label"], space["cv_folds"], report
                 )
             finally:
-                log_history(history)
-            mlflow.log_metrics({f"val_{k}": v for k, v in result["val"].items()})
-            return result["val"]["f1"]
+                for fold, mean_f1 in enumerate(fold_f1):
+                    mlflow.log_metric("cv_running_f1", mean_f1, step=fold)
+            # val_* here: mean over held-out folds of the train split (the val split stays for `train`)
+            mlflow.log_metrics({f"val_{k}": result[k] for k in ("precision", "recall", "f1", "f1_std")})
+            log_history(result["history"])  # per-epoch loss, averaged over the folds
+            return result["f1"]
 
         finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         remaining = num_trials - len(study.get_trials(deepcopy=False, states=finished))

@@ -147,12 +147,14 @@ min_rows_per_class = 5
 
 [train]
 num_epochs = 8
+ngram_max_range = 4
 
 [optimize]
 num_epochs = [4, 8]
 ngram_max_range = [3, 5]
 pruner_startup_trials = 1
-pruner_warmup_epochs = 2
+pruner_warmup_folds = 1
+cv_folds = 3
 """
 
 
