@@ -6,8 +6,6 @@ PYTHON ?= python3
 VENV := .venv
 AIRFLOW_VENV := .venv-airflow
 BIN := $(VENV)/bin
-# Data for `make pipeline` / `make benchmark`: defaults to the pinned upstream URLs.
-export TAGIFAI_PROJECTS_URL TAGIFAI_TAGS_URL
 
 -include mk/*.mk
 
@@ -34,7 +32,7 @@ test-core: install ## Unit, data, model and CLI tests, and the MLflow-server-on-
 	$(BIN)/pytest tests/code tests/data tests/model tests/cli tests/e2e -m "not airflow"
 
 .PHONY: test
-test: lint test-core ## Everything CI runs: lint, package tests, e2e
+test: lint test-core test-dags ## Everything CI runs: lint, package + e2e tests, DAG tests
 
 .PHONY: pipeline
 pipeline: install ## Run the six steps in-process (embedded MLflow store in ./stores)

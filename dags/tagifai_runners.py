@@ -1,0 +1,339 @@
+"""Run one `tagifai` step as a Docker container, a local subprocess or a Kubernetes pod.
+
+`dags/tagifai_training.py` says *what* runs (six steps and their arguments); this module says
+*where*, chosen by the environment variable `TAGIFAI_RUNNER`:
+
+- `docker` (default): `DockerOperator` starts the image `TAGIFAI_IMAGE` (default `tagifai:latest`)
+  on `DOCKER_HOST` in the network `TAGIFAI_DOCKER_NETWORK` (default `tagifai`, the compose
+  network), talking to MLflow at `TAGIFAI_MLFLOW_TRACKING_URI` (default `http://mlflow:5000`).
+- `local`: the same command as a subprocess of the worker: `TAGIFAI_BIN` (default `tagifai` on
+  PATH), in a temporary folder, with the worker's environment (so MLFLOW_TRACKING_URI should be
+  absolute: `sqlite:////abs/path/mlflow.db` or a server).
+- `kubernetes`: `KubernetesPodOperator` runs the same image and command in a pod
+  (`TAGIFAI_K8S_NAMESPACE`, `TAGIFAI_K8S_IN_CLUSTER`, secrets from the Secret `TAGIFAI_K8S_SECRET`).
+
+`TAGIFAI_TASK_RETRIES` (default 2) exists for tests: `airflow dags test` waits out retry delays.
+
+Every step prints a one-line JSON object as its last stdout line; the operator pushes that line to
+XCom and the next step reads it with the `fromjson` template filter.
+
+Only the standard library and Airflow are imported here: the DAG never imports tagifai, pandas
+or mlflow. Settings are read when the DAG file calls `RunnerSettings.from_env()`, never at import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+from airflow.providers.docker.operators.docker import DockerOperator
+from airflow.providers.standard.operators.bash import BashOperator
+
+RUNNERS = ("docker", "local", "kubernetes")
+
+# Read by the `tagifai` commands themselves; what every runner hands to a step.
+PIPELINE_RUN_ID_ENV = "TAGIFAI_PIPELINE_RUN_ID"
+# Secrets a step may need (MLflow auth, an S3/MinIO artifact store). Forwarded when set in the
+# worker's environment, and to containers only through `private_environment` (never rendered,
+# never stored with the DAG).
+SECRET_ENV = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+)
+# Plain settings forwarded to containers when set on the worker.
+FORWARDED_ENV = ("MLFLOW_S3_ENDPOINT_URL", "TAGIFAI_CONFIG")
+
+_WHOLE_TEMPLATE = re.compile(r"^\{\{(?P<expr>.*)\}\}$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    """Where and how the steps run; every field has a default fit for the compose stack."""
+
+    runner: str = "docker"
+    image: str = "tagifai:latest"
+    docker_url: str = "unix:///var/run/docker.sock"
+    docker_network: str = "tagifai"
+    # None: the local runner inherits the worker's MLFLOW_TRACKING_URI.
+    mlflow_tracking_uri: str | None = "http://mlflow:5000"
+    tagifai_bin: str = "tagifai"
+    k8s_namespace: str = "default"
+    k8s_in_cluster: bool = True
+    k8s_secret: str | None = None
+    retries: int = 2
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> RunnerSettings:
+        """Build the settings from environment variables.
+
+        Args:
+            environ: the environment to read; `os.environ` when None.
+
+        Returns:
+            The settings.
+
+        Raises:
+            ValueError: `TAGIFAI_RUNNER` names no known runner.
+        """
+        env = dict(os.environ if environ is None else environ)
+        runner = env.get("TAGIFAI_RUNNER", "docker").strip().lower() or "docker"
+        if runner not in RUNNERS:
+            raise ValueError(f"TAGIFAI_RUNNER={runner!r}: expected one of {', '.join(RUNNERS)}")
+        default_uri = None if runner == "local" else "http://mlflow:5000"
+        return cls(
+            runner=runner,
+            image=env.get("TAGIFAI_IMAGE") or "tagifai:latest",
+            docker_url=env.get("DOCKER_HOST") or "unix:///var/run/docker.sock",
+            docker_network=env.get("TAGIFAI_DOCKER_NETWORK") or "tagifai",
+            mlflow_tracking_uri=env.get("TAGIFAI_MLFLOW_TRACKING_URI") or default_uri,
+            tagifai_bin=env.get("TAGIFAI_BIN") or "tagifai",
+            k8s_namespace=env.get("TAGIFAI_K8S_NAMESPACE") or "default",
+            k8s_in_cluster=env.get("TAGIFAI_K8S_IN_CLUSTER", "true").lower() in ("1", "true", "yes"),
+            k8s_secret=env.get("TAGIFAI_K8S_SECRET") or None,
+            # Lowered only by tests: `airflow dags test` really waits out retry delays.
+            retries=int(env.get("TAGIFAI_TASK_RETRIES", "2")),
+        )
+
+
+def fromjson(value: Any) -> dict[str, Any]:
+    """Template filter: the JSON object a step printed as its last stdout line.
+
+    Args:
+        value: the XCom value: the line as a string (Docker, local) or the object already parsed
+            from the pod's `return.json` (Kubernetes).
+
+    Returns:
+        The parsed object.
+
+    Raises:
+        ValueError: the value is not a JSON object (the step broke its output contract).
+    """
+    if isinstance(value, dict):
+        return value
+    try:
+        parsed = json.loads(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"expected the step's last stdout line to be a JSON object, got {value!r}") from exc
+    if not isinstance(parsed, dict):
+        raise ValueError(f"expected the step's last stdout line to be a JSON object, got {value!r}")
+    return parsed
+
+
+def run_id_from(task_id: str) -> str:
+    """Return the template that reads `run_id` from the JSON line another task printed."""
+    return f"{{{{ (ti.xcom_pull(task_ids='{task_id}') | fromjson)['run_id'] }}}}"
+
+
+def shquote(value: Any) -> str:
+    """Template filter: quote a rendered value for bash."""
+    return shlex.quote(str(value))
+
+
+USER_DEFINED_FILTERS = {"fromjson": fromjson, "shquote": shquote}
+
+
+def local_path(source: str | None) -> str | None:
+    """Return the host path behind a data source, or None for a remote URL.
+
+    Args:
+        source: an `http(s)://` URL, a `file://` URL or a plain path.
+
+    Returns:
+        The absolute path for `file://` URLs and absolute plain paths, else None.
+    """
+    if not source:
+        return None
+    parsed = urllib.parse.urlparse(source)
+    if parsed.scheme == "file":
+        path = urllib.request.url2pathname(parsed.path)
+    elif parsed.scheme == "" and source.startswith("/"):
+        path = source
+    else:
+        return None
+    return str(PurePosixPath(path))
+
+
+def data_url(value: str | None, fallback: str) -> str:
+    """Return the data URL a param defaults to: `value` (a relative path made absolute), else `fallback`.
+
+    Steps run in other folders (a temporary one, a container), so a relative path would not resolve.
+    """
+    if not value:
+        return fallback
+    if urllib.parse.urlparse(value).scheme == "" and not value.startswith("/"):
+        return os.path.abspath(value)
+    return value
+
+
+def read_only_mounts(sources: Sequence[str | None]) -> list[dict[str, Any]]:
+    """Return bind mounts that show each local source's folder at the same path, read-only.
+
+    Args:
+        sources: data URLs or paths; remote URLs are skipped.
+
+    Returns:
+        Docker mount specs (`docker.types.Mount` fields), one per distinct folder.
+    """
+    folders = sorted({str(PurePosixPath(path).parent) for path in map(local_path, sources) if path})
+    return [{"Target": folder, "Source": folder, "Type": "bind", "ReadOnly": True} for folder in folders]
+
+
+def step_environment(settings: RunnerSettings, *, experiment_name: str) -> dict[str, str]:
+    """Return the non-secret environment every step gets (values may be templates)."""
+    env = {"MLFLOW_EXPERIMENT_NAME": experiment_name, PIPELINE_RUN_ID_ENV: "{{ run_id }}"}
+    # Recorded on the model version; a local subprocess keeps whatever the worker says.
+    if settings.runner != "local":
+        env["TAGIFAI_IMAGE"] = settings.image
+    if settings.mlflow_tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
+    return env
+
+
+def _bash_arg(arg: str) -> str:
+    """Quote one argument for bash, quoting a `{{ ... }}` template when it renders."""
+    if match := _WHOLE_TEMPLATE.match(arg):
+        return f"{{{{ ({match['expr'].strip()}) | shquote }}}}"
+    if "{{" in arg:
+        raise ValueError(f"an argument is either a whole template or a literal: {arg!r}")
+    return shlex.quote(arg)
+
+
+def bash_command(tagifai_bin: str, command: Sequence[str]) -> str:
+    """Return the bash script that runs one step and prints its JSON line last.
+
+    Airflow merges stdout and stderr, so stdout is captured and printed after the step ends:
+    the task's last output line is then the step's last stdout line, whatever it logged.
+    """
+    args = " ".join(_bash_arg(arg) for arg in [tagifai_bin, *command])
+    return f"set -euo pipefail\nout=$({args})\nprintf '%s\\n' \"$out\"\n"
+
+
+# `sh` in the pod: keep the step's stdout, and copy its last line where the xcom sidecar reads it.
+K8S_WRAPPER = (
+    'set -e; out=$(tagifai "$@"); printf "%s\\n" "$out"; printf "%s\\n" "$out" | tail -n 1 > /airflow/xcom/return.json'
+)
+
+
+def tagifai_step(
+    task_id: str,
+    command: Sequence[str],
+    settings: RunnerSettings,
+    *,
+    experiment_name: str,
+    data_sources: Sequence[str] = (),
+) -> Any:
+    """Return the operator that runs `tagifai <command>` with the chosen runner.
+
+    Args:
+        task_id: the task id, the same as the step's name.
+        command: the step and its arguments (`["train", "--data-run", ...]`); may hold templates.
+        settings: the runner settings.
+        experiment_name: template or value for MLFLOW_EXPERIMENT_NAME.
+        data_sources: templates of data URLs the step reads; local ones are mounted (docker).
+
+    Returns:
+        A `DockerOperator`, `BashOperator` or `KubernetesPodOperator`.
+    """
+    env = step_environment(settings, experiment_name=experiment_name)
+    if settings.runner == "local":
+        return BashOperator(
+            task_id=task_id,
+            bash_command=bash_command(settings.tagifai_bin, command),
+            env=env,
+            append_env=True,
+            skip_on_exit_code=None,
+        )
+    if settings.runner == "kubernetes":
+        return _kubernetes_step(task_id, command, settings, env)
+    return TagifaiDockerOperator(
+        task_id=task_id,
+        image=settings.image,
+        command=list(command),
+        docker_url=settings.docker_url,
+        network_mode=settings.docker_network,
+        environment=env,
+        data_sources=list(data_sources),
+        # Which pipeline run and step a container belongs to: `docker ps --filter label=...`.
+        labels={"org.tagifai.step": task_id, "org.tagifai.pipeline-run-id": "{{ run_id }}"},
+        auto_remove="success",
+        mount_tmp_dir=False,
+        # Pull only what is not on the host: local builds (`make image`) are never pulled.
+        force_pull=False,
+    )
+
+
+def _kubernetes_step(task_id: str, command: Sequence[str], settings: RunnerSettings, env: dict[str, str]) -> Any:
+    try:
+        from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    except ImportError as exc:  # pragma: no cover — depends on the installed providers
+        raise ImportError(
+            "TAGIFAI_RUNNER=kubernetes needs apache-airflow-providers-cncf-kubernetes (requirements/airflow.txt)"
+        ) from exc
+    from kubernetes.client import models as k8s
+
+    env_from = (
+        [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.k8s_secret))]
+        if settings.k8s_secret
+        else None
+    )
+    return KubernetesPodOperator(
+        task_id=task_id,
+        name=f"tagifai-{task_id}",
+        namespace=settings.k8s_namespace,
+        in_cluster=settings.k8s_in_cluster,
+        image=settings.image,
+        cmds=["/bin/sh", "-c", K8S_WRAPPER, "tagifai"],
+        arguments=list(command),
+        env_vars=env,
+        # Secrets come from a Kubernetes Secret (TAGIFAI_K8S_SECRET), never from the DAG.
+        env_from=env_from,
+        do_xcom_push=True,
+        get_logs=True,
+        on_finish_action="delete_succeeded_pod",
+    )
+
+
+class TagifaiDockerOperator(DockerOperator):
+    """`DockerOperator` that shows local data to the container and forwards the worker's secrets.
+
+    Mount sources are paths on the Docker host, so a local data file (`/data/projects.csv` or
+    `file:///data/projects.csv`) is bind-mounted read-only at the same path; so is the folder of
+    `TAGIFAI_CONFIG` when the worker sets it. Which paths those are is known only once the params
+    render, hence the work happens in `execute`.
+    """
+
+    template_fields: Sequence[str] = (*DockerOperator.template_fields, "labels", "data_sources")
+
+    def __init__(self, *, data_sources: Sequence[str] = (), **kwargs: Any) -> None:
+        """Create the operator; `data_sources` are templates of the URLs the step reads."""
+        super().__init__(**kwargs)
+        self.data_sources = list(data_sources)
+
+    def execute(self, context: Any) -> Any:
+        """Add the mounts and the forwarded environment, then run the container."""
+        environ = os.environ
+        if config := environ.get("TAGIFAI_CONFIG"):
+            self.environment["TAGIFAI_CONFIG"] = os.path.abspath(config)
+        for name in FORWARDED_ENV:
+            if name in environ and name not in self.environment:
+                self.environment[name] = environ[name]
+        host_paths = [*self.data_sources, self.environment.get("TAGIFAI_CONFIG")]
+        mounted = {mount["Target"] for mount in self.mounts if isinstance(mount, Mapping) and "Target" in mount}
+        self.mounts = [*self.mounts, *(m for m in read_only_mounts(host_paths) if m["Target"] not in mounted)]
+        self._private_environment = {
+            **{name: environ[name] for name in SECRET_ENV if name in environ},
+            **self._private_environment,
+        }
+        return super().execute(context)

@@ -1,0 +1,108 @@
+"""Train, evaluate and register the tagifai model every day.
+
+`elt → validate → optimize → train → evaluate → register`, each the `tagifai` command of the same
+name, run in its own container (`TAGIFAI_RUNNER=docker`, the default), as a local subprocess
+(`local`) or in a Kubernetes pod (`kubernetes`). Steps share no disk: each prints a one-line JSON
+object last (`{"run_id": ...}`), and the next step gets that MLflow run id as an argument.
+
+| step | reads | writes (MLflow) |
+| --- | --- | --- |
+| `elt` | projects and tags CSVs (`projects_url`, `tags_url`) | the labelled dataset |
+| `validate` | the `elt` run | data contract + drift report; fails the run on bad data |
+| `optimize` | the `validate` run | Optuna study, best hyperparameters |
+| `train` | the `validate` and `optimize` runs | the model |
+| `evaluate` | the `train` run | test metrics, slices, behavioral checks |
+| `register` | the `evaluate` run | a model version; `@champion` when it passes the gate |
+
+Trigger with a config to override the params, e.g. `{"num_trials": 5, "min_f1": 0.7}`.
+Deployment settings come from the environment of the Airflow workers: `TAGIFAI_IMAGE`,
+`TAGIFAI_DOCKER_NETWORK`, `TAGIFAI_MLFLOW_TRACKING_URI`, `DOCKER_HOST`, `TAGIFAI_BIN`
+(see `dags/tagifai_runners.py`). A data URL that is a local path or `file://` URL must be a path
+on the Docker host; its folder is mounted read-only into the `elt` container.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+
+from airflow.sdk import DAG, Param
+from tagifai_runners import USER_DEFINED_FILTERS, RunnerSettings, data_url, run_id_from, tagifai_step
+
+# Pinned upstream copy of the Made-With-ML dataset (the same default as config/tagifai.toml).
+UPSTREAM = (
+    "https://raw.githubusercontent.com/GokuMohandas/Made-With-ML/e8dfdbe98f55cba8befaf8409e16e48fac2d26d8/datasets"
+)
+
+settings = RunnerSettings.from_env()
+
+with DAG(
+    dag_id="tagifai_training",
+    schedule="@daily",
+    # With catchup off, only the latest day runs however far back this is.
+    start_date=datetime(2025, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args={
+        "owner": "tagifai",
+        "retries": settings.retries,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=30),
+    },
+    params={
+        "num_trials": Param(20, type="integer", minimum=1, description="Optuna trials in `optimize`."),
+        "experiment_name": Param("tagifai", type="string", minLength=1, description="MLflow experiment."),
+        "projects_url": Param(
+            data_url(os.environ.get("TAGIFAI_PROJECTS_URL"), f"{UPSTREAM}/projects.csv"),
+            type="string",
+            description="projects.csv (id, created_on, title, description): http(s)://, file:// or a host path.",
+        ),
+        "tags_url": Param(
+            data_url(os.environ.get("TAGIFAI_TAGS_URL"), f"{UPSTREAM}/tags.csv"),
+            type="string",
+            description="tags.csv (id, tag): http(s)://, file:// or a host path.",
+        ),
+        "min_f1": Param(0.6, type="number", minimum=0, maximum=1, description="Promotion gate: minimum test F1."),
+        "max_regression": Param(
+            0.02,
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="Promotion gate: largest test-F1 drop allowed against the current champion.",
+        ),
+    },
+    user_defined_filters=USER_DEFINED_FILTERS,
+    doc_md=__doc__,
+    tags=["tagifai", "ml", "training"],
+) as dag:
+
+    def step(task_id: str, *args: str, data_sources: tuple[str, ...] = ()):
+        """The `tagifai <task_id> <args>` task, run by the configured runner."""
+        return tagifai_step(
+            task_id,
+            [task_id, *args],
+            settings,
+            experiment_name="{{ params.experiment_name }}",
+            data_sources=data_sources,
+        )
+
+    elt = step(
+        "elt",
+        "--projects-url", "{{ params.projects_url }}",
+        "--tags-url", "{{ params.tags_url }}",
+        "--experiment-name", "{{ params.experiment_name }}",
+        data_sources=("{{ params.projects_url }}", "{{ params.tags_url }}"),
+    )  # fmt: skip
+    validate = step("validate", "--elt-run", run_id_from("elt"))
+    optimize = step("optimize", "--data-run", run_id_from("validate"), "--num-trials", "{{ params.num_trials }}")
+    train = step("train", "--data-run", run_id_from("validate"), "--optimize-run", run_id_from("optimize"))
+    evaluate = step("evaluate", "--train-run", run_id_from("train"))
+    register = step(
+        "register",
+        "--evaluate-run", run_id_from("evaluate"),
+        "--min-f1", "{{ params.min_f1 }}",
+        "--max-regression", "{{ params.max_regression }}",
+    )  # fmt: skip
+
+    elt >> validate >> optimize >> train >> evaluate >> register

@@ -1,0 +1,75 @@
+# The tagifai image and the Airflow DAG that runs it (included from the Makefile).
+#
+#   make image                     build tagifai:<version> and tagifai:latest
+#   make airflow-install           create .venv-airflow (Airflow + Docker/Kubernetes providers)
+#   make dags-test RUNNER=local    one run of the DAG here with `airflow dags test`
+#   make test-dags                 DAG structure tests, then the DAG end to end (local, docker)
+
+VENV ?= .venv
+AIRFLOW_VENV ?= .venv-airflow
+PYTHON_IMAGE ?= python:3.11-slim-bookworm
+IMAGE ?= tagifai
+IMAGE_VERSION ?= $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' tagifai/__init__.py)
+# Recorded on every MLflow run the image makes (TAGIFAI_CODE_VERSION); "-dirty" marks local edits.
+CODE_VERSION ?= $(shell git describe --always --dirty --abbrev=40 2>/dev/null)
+# A folder holding the CPU torch wheel, for machines that cannot reach PyTorch's CPU index.
+WHEELHOUSE ?=
+DOCKER_BUILD_FLAGS ?= --network host
+# `make dags-test`: the runner (docker, local, kubernetes) and a JSON config overriding the params.
+RUNNER ?= docker
+CONF ?= {}
+
+# What .venv-airflow is made of; requirements/airflow.txt pins these and everything they pull in.
+AIRFLOW_PACKAGES := apache-airflow==3.3.2 apache-airflow-providers-docker==4.6.1 \
+	apache-airflow-providers-cncf-kubernetes==10.25.0 pytest==9.2.0
+AIRFLOW := $(AIRFLOW_VENV)/bin/airflow
+# Airflow's config, SQLite metadata DB and logs stay in the project (.airflow/), not ~/airflow.
+AIRFLOW_ENV := AIRFLOW_HOME=$(CURDIR)/.airflow \
+	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+	AIRFLOW__CORE__LOAD_EXAMPLES=False
+
+.PHONY: image airflow-install airflow-lock airflow-db dags-test dags-list test-dags
+
+image: ## Build the image tagifai:<version> and tagifai:latest (PYTHON_IMAGE, WHEELHOUSE)
+	rm -rf build/wheelhouse
+	@if [ -n "$(WHEELHOUSE)" ]; then mkdir -p build/wheelhouse && cp $(WHEELHOUSE)/torch-*.whl build/wheelhouse/; fi
+	docker build $(DOCKER_BUILD_FLAGS) -f images/tagifai/Dockerfile \
+		--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) --build-arg VERSION=$(IMAGE_VERSION) \
+		--build-arg CODE_VERSION=$(CODE_VERSION) \
+		-t $(IMAGE):$(IMAGE_VERSION) -t $(IMAGE):latest .
+	@docker image inspect $(IMAGE):latest --format '$(IMAGE):$(IMAGE_VERSION) {{.Size}} bytes'
+
+$(AIRFLOW_VENV)/.installed: requirements/airflow.txt
+	test -x $(AIRFLOW_VENV)/bin/python || python3 -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/pip install --quiet -r requirements/airflow.txt
+	touch $@
+
+airflow-install: $(AIRFLOW_VENV)/.installed ## Create .venv-airflow: pinned Airflow 3 and its Docker/Kubernetes providers
+
+airflow-lock: ## Re-resolve AIRFLOW_PACKAGES in a scratch venv and rewrite requirements/airflow.txt
+	rm -rf build/airflow-lock && python3 -m venv build/airflow-lock
+	build/airflow-lock/bin/pip install --quiet $(AIRFLOW_PACKAGES)
+	{ echo "# .venv-airflow, fully pinned (Airflow, its Docker and Kubernetes providers, pytest): never"; \
+	  echo "# imports tagifai, pandas or mlflow. Regenerate with \`make airflow-lock\` from AIRFLOW_PACKAGES"; \
+	  echo "# in mk/airflow.mk: $(AIRFLOW_PACKAGES)"; \
+	  build/airflow-lock/bin/pip freeze --exclude-editable 2>/dev/null; } > requirements/airflow.txt
+	rm -rf build/airflow-lock
+
+airflow-db: airflow-install ## Create or upgrade the project-local Airflow metadata DB (.airflow/, SQLite)
+	@$(AIRFLOW_ENV) $(AIRFLOW) db migrate >/dev/null
+
+dags-list: airflow-db ## List the DAG's tasks as Airflow parses them (RUNNER=...)
+	$(AIRFLOW_ENV) TAGIFAI_RUNNER=$(RUNNER) $(AIRFLOW) tasks list tagifai_training
+
+# local: steps run in a temporary folder, so the embedded store is named by its absolute path.
+dags-test: airflow-db $(if $(filter local,$(RUNNER)),install) ## Run the DAG once: airflow dags test (RUNNER=docker|local, CONF='{"num_trials": 2}')
+	@mkdir -p stores
+	$(AIRFLOW_ENV) TAGIFAI_RUNNER=$(RUNNER) TAGIFAI_BIN=$(CURDIR)/$(VENV)/bin/tagifai \
+		$(if $(filter local,$(RUNNER)),MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/stores/mlflow.db}) \
+		$(AIRFLOW) dags test tagifai_training -c '$(CONF)'
+
+test-dags: airflow-install install ## DAG tests: structure, then end to end with the local and docker runners
+	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory image; \
+	else echo "no Docker engine: the docker-runner test will skip (or fail with TAGIFAI_REQUIRE_SERVICES=1)"; fi
+	$(AIRFLOW_VENV)/bin/pytest -p no:cacheprovider --durations=5 \
+		tests/dags tests/e2e/test_dag_local.py tests/e2e/test_dag_docker.py

@@ -1,0 +1,339 @@
+"""The tagifai_training DAG: structure, params, and what each runner would run."""
+
+from __future__ import annotations
+
+import ast
+import json
+import shlex
+import subprocess
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("airflow", reason="tests/dags run with the Airflow venv (.venv-airflow): make test-dags")
+
+DAGS = Path(__file__).resolve().parents[2] / "dags"
+STEPS = ["elt", "validate", "optimize", "train", "evaluate", "register"]
+UPSTREAM = (
+    "https://raw.githubusercontent.com/GokuMohandas/Made-With-ML/e8dfdbe98f55cba8befaf8409e16e48fac2d26d8/datasets"
+)
+RUNNERS = ["docker", "local", "kubernetes"]
+
+
+def rendered_command(task, runner: str) -> list[str]:
+    """The `tagifai` argv a rendered task runs, whatever the runner."""
+    if runner == "docker":
+        return ["tagifai", *task.command]
+    if runner == "kubernetes":
+        return ["tagifai", *task.arguments]
+    inner = task.bash_command.split("out=$(", 1)[1].rsplit(")\n", 1)[0]
+    argv = shlex.split(inner)
+    return ["tagifai", *argv[1:]]
+
+
+# ---- the DAG file ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_dagbag_imports_without_errors(parse_dags, runner):
+    bag = parse_dags(TAGIFAI_RUNNER=runner)
+    assert bag.import_errors == {}
+    assert list(bag.dags) == ["tagifai_training"]
+
+
+def test_unknown_runner_is_an_import_error(parse_dags):
+    bag = parse_dags(TAGIFAI_RUNNER="ssh")
+    assert "TAGIFAI_RUNNER='ssh'" in "".join(bag.import_errors.values())
+
+
+@pytest.mark.parametrize("path", sorted(DAGS.glob("*.py")), ids=lambda p: p.name)
+def test_dag_files_never_import_ml_libraries(path: Path):
+    # Wiring only: parsing must stay fast and work in a venv without the ML stack.
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    imported |= {
+        node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert imported.isdisjoint({"tagifai", "pandas", "mlflow", "numpy", "sklearn", "torch"})
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_graph_is_the_six_steps_in_order(load_dag, runner):
+    dag = load_dag(TAGIFAI_RUNNER=runner)
+    assert sorted(dag.task_ids) == sorted(STEPS)
+    for upstream, downstream in zip(STEPS, STEPS[1:], strict=False):
+        assert dag.get_task(upstream).downstream_task_ids == {downstream}
+    assert dag.get_task("elt").upstream_task_ids == set()
+    assert dag.get_task("register").downstream_task_ids == set()
+
+
+def test_schedule_catchup_and_run_limits(load_dag):
+    dag = load_dag()
+    assert dag.schedule == "@daily"
+    assert dag.catchup is False
+    assert dag.start_date is not None
+    assert dag.max_active_runs == 1
+    assert dag.doc_md and dag.doc_md.startswith("Train, evaluate and register")
+    assert {"tagifai", "ml"} <= set(dag.tags)
+
+
+def test_every_task_retries_at_least_twice_with_exponential_backoff(load_dag):
+    for task in load_dag().tasks:
+        assert task.retries >= 2
+        assert task.retry_exponential_backoff > 1
+        assert task.retry_delay >= timedelta(seconds=30)
+        assert task.max_retry_delay is not None
+
+
+def test_params_shown_in_the_trigger_form_have_defaults_and_descriptions(load_dag):
+    params = load_dag().params
+    assert {name: params[name] for name in params} == {
+        "num_trials": 20,
+        "experiment_name": "tagifai",
+        "projects_url": f"{UPSTREAM}/projects.csv",
+        "tags_url": f"{UPSTREAM}/tags.csv",
+        "min_f1": 0.6,
+        "max_regression": 0.02,
+    }
+    for name in params:
+        assert params.get_param(name).description
+
+
+def test_data_url_params_default_to_the_environment(load_dag):
+    params = load_dag(TAGIFAI_PROJECTS_URL="/data/p.csv", TAGIFAI_TAGS_URL="file:///data/t.csv").params
+    assert (params["projects_url"], params["tags_url"]) == ("/data/p.csv", "file:///data/t.csv")
+
+
+def test_relative_data_paths_become_absolute(load_dag, tmp_path, monkeypatch):
+    # Steps run elsewhere (a temporary folder, a container): a relative path would not resolve.
+    monkeypatch.chdir(tmp_path)
+    params = load_dag(TAGIFAI_PROJECTS_URL="data/p.csv", TAGIFAI_TAGS_URL="").params
+    assert params["projects_url"] == str(tmp_path / "data" / "p.csv")
+    assert params["tags_url"] == f"{UPSTREAM}/tags.csv"
+
+
+def test_params_reject_out_of_range_values(load_dag):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    params = load_dag().params
+    with pytest.raises(ParamValidationError):
+        params.get_param("min_f1").resolve(1.5)
+    with pytest.raises(ParamValidationError):
+        params.get_param("num_trials").resolve(0)
+
+
+# ---- what each step runs -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_each_task_runs_the_tagifai_command_of_its_name(load_dag, render, runner):
+    dag = load_dag(TAGIFAI_RUNNER=runner, TAGIFAI_BIN="tagifai")
+    conf = {"num_trials": 3, "projects_url": "/data/projects.csv", "tags_url": "file:///data/tags.csv"}
+    commands = {task.task_id: rendered_command(render(task, **conf), runner) for task in dag.tasks}
+    assert commands == {
+        "elt": [
+            "tagifai", "elt",
+            "--projects-url", "/data/projects.csv",
+            "--tags-url", "file:///data/tags.csv",
+            "--experiment-name", "tagifai",
+        ],
+        "validate": ["tagifai", "validate", "--elt-run", "elt-run-id"],
+        "optimize": ["tagifai", "optimize", "--data-run", "validate-run-id", "--num-trials", "3"],
+        "train": ["tagifai", "train", "--data-run", "validate-run-id", "--optimize-run", "optimize-run-id"],
+        "evaluate": ["tagifai", "evaluate", "--train-run", "train-run-id"],
+        "register": [
+            "tagifai", "register", "--evaluate-run", "evaluate-run-id", "--min-f1", "0.6", "--max-regression", "0.02"
+        ],
+    }  # fmt: skip
+
+
+def test_docker_tasks_use_the_one_image_and_the_configured_network(load_dag, render):
+    env = {
+        "TAGIFAI_IMAGE": "registry.example/tagifai:1.2.3",
+        "TAGIFAI_DOCKER_NETWORK": "host",
+        "DOCKER_HOST": "tcp://docker:2375",
+        "TAGIFAI_MLFLOW_TRACKING_URI": "http://127.0.0.1:5001",
+    }
+    for task in load_dag(**env).tasks:
+        render(task)
+        assert type(task).__name__ == "TagifaiDockerOperator"
+        assert task.image == "registry.example/tagifai:1.2.3"
+        assert task.network_mode == "host"
+        assert task.docker_url == "tcp://docker:2375"
+        assert task.auto_remove == "success"
+        assert task.labels == {
+            "org.tagifai.step": task.task_id,
+            "org.tagifai.pipeline-run-id": "manual__2026-01-01T00:00:00+00:00",
+        }
+        assert task.mount_tmp_dir is False
+        assert task.environment == {
+            "MLFLOW_TRACKING_URI": "http://127.0.0.1:5001",
+            "MLFLOW_EXPERIMENT_NAME": "tagifai",
+            "TAGIFAI_PIPELINE_RUN_ID": "manual__2026-01-01T00:00:00+00:00",
+            "TAGIFAI_IMAGE": "registry.example/tagifai:1.2.3",
+        }
+
+
+def test_docker_defaults_fit_the_compose_stack(load_dag):
+    for task in load_dag().tasks:
+        assert task.image == "tagifai:latest"
+        assert task.network_mode == "tagifai"
+        assert task.docker_url == "unix:///var/run/docker.sock"
+        assert task.environment["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+
+
+def test_docker_mounts_local_data_read_only_at_the_same_path_and_keeps_secrets_private(
+    load_dag, render, monkeypatch, tmp_path
+):
+    from airflow.providers.docker.operators.docker import DockerOperator
+
+    seen = {}
+    monkeypatch.setattr(DockerOperator, "execute", lambda self, context: seen.setdefault("task", self))
+    config = tmp_path / "small.toml"
+    monkeypatch.setenv("TAGIFAI_CONFIG", str(config))
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
+    elt = render(
+        load_dag().get_task("elt"),
+        projects_url="/srv/data/projects.csv",
+        tags_url="file:///srv/other%20data/tags.csv",
+    )
+    elt.execute({})
+    task = seen["task"]
+    assert sorted(task.mounts, key=lambda m: m["Target"]) == [
+        {"Target": "/srv/data", "Source": "/srv/data", "Type": "bind", "ReadOnly": True},
+        {"Target": "/srv/other data", "Source": "/srv/other data", "Type": "bind", "ReadOnly": True},
+        {"Target": str(tmp_path), "Source": str(tmp_path), "Type": "bind", "ReadOnly": True},
+    ]
+    assert task.environment["TAGIFAI_CONFIG"] == str(config)
+    assert task._private_environment == {"MLFLOW_TRACKING_PASSWORD": "s3cret"}
+    assert "s3cret" not in json.dumps(task.environment)
+
+
+def test_docker_mounts_nothing_for_remote_data(load_dag, render, monkeypatch):
+    from airflow.providers.docker.operators.docker import DockerOperator
+
+    seen = {}
+    monkeypatch.setattr(DockerOperator, "execute", lambda self, context: seen.setdefault("task", self))
+    render(load_dag().get_task("elt")).execute({})
+    assert seen["task"].mounts == []
+
+
+def test_local_runner_runs_the_configured_binary_and_inherits_the_environment(load_dag):
+    for task in load_dag(TAGIFAI_RUNNER="local", TAGIFAI_BIN="/opt/tagifai/bin/tagifai").tasks:
+        assert type(task).__name__ == "BashOperator"
+        assert f"out=$(/opt/tagifai/bin/tagifai {task.task_id} " in task.bash_command
+        assert task.append_env is True
+        assert task.env["TAGIFAI_PIPELINE_RUN_ID"] == "{{ run_id }}"
+        assert "TAGIFAI_IMAGE" not in task.env
+        # Without TAGIFAI_MLFLOW_TRACKING_URI the worker's own MLFLOW_TRACKING_URI applies.
+        assert "MLFLOW_TRACKING_URI" not in task.env
+
+
+def test_local_runner_quotes_params_for_bash(load_dag, render):
+    task = render(load_dag(TAGIFAI_RUNNER="local").get_task("elt"), projects_url="/d/it's here; rm -rf x.csv")
+    assert rendered_command(task, "local")[3] == "/d/it's here; rm -rf x.csv"
+
+
+def test_local_runner_prints_the_step_json_last_even_when_it_logs_after_it(load_dag, render, tmp_path):
+    # A stand-in `tagifai` that logs to stderr after printing its JSON line.
+    fake = tmp_path / "tagifai"
+    fake.write_text(
+        "#!/bin/bash\necho 'starting' >&2\necho '{\"run_id\": \"r-'\"$1\"'\"}'\necho 'closing log' >&2\n",
+        encoding="utf-8",
+    )
+    fake.chmod(0o755)
+    task = render(load_dag(TAGIFAI_RUNNER="local", TAGIFAI_BIN=str(fake)).get_task("evaluate"))
+    proc = subprocess.run(
+        ["bash", "-c", task.bash_command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    assert proc.returncode == 0
+    assert proc.stdout.splitlines()[-1] == '{"run_id": "r-evaluate"}'
+
+
+def test_local_runner_fails_the_task_when_the_step_fails(load_dag, render, tmp_path):
+    fake = tmp_path / "tagifai"
+    fake.write_text("#!/bin/bash\necho 'error: validation failed: unique_ids: 3 duplicates' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    task = render(load_dag(TAGIFAI_RUNNER="local", TAGIFAI_BIN=str(fake)).get_task("validate"))
+    proc = subprocess.run(["bash", "-c", task.bash_command], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "unique_ids" in proc.stderr
+
+
+def test_kubernetes_runner_renders_pods_with_the_same_image_and_commands(load_dag, render):
+    dag = load_dag(
+        TAGIFAI_RUNNER="kubernetes",
+        TAGIFAI_IMAGE="registry.example/tagifai:1.2.3",
+        TAGIFAI_K8S_NAMESPACE="ml",
+        TAGIFAI_K8S_SECRET="tagifai-secrets",
+    )
+    for task in dag.tasks:
+        pod = render(task).build_pod_request_obj(dry_run=True)
+        base, *sidecars = pod.spec.containers
+        assert pod.metadata.namespace == "ml"
+        assert base.image == "registry.example/tagifai:1.2.3"
+        assert base.command[:2] == ["/bin/sh", "-c"]
+        assert base.args == task.arguments
+        assert base.args[0] == task.task_id
+        env = {var.name: var.value for var in base.env}
+        assert env["TAGIFAI_PIPELINE_RUN_ID"] == "manual__2026-01-01T00:00:00+00:00"
+        assert env["TAGIFAI_IMAGE"] == "registry.example/tagifai:1.2.3"
+        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+        assert [source.secret_ref.name for source in base.env_from] == ["tagifai-secrets"]
+        # The XCom sidecar reads the JSON line the wrapper copies to /airflow/xcom/return.json.
+        assert [c.name for c in sidecars] == ["airflow-xcom-sidecar"]
+        assert "/airflow/xcom/return.json" in base.command[2]
+
+
+def test_kubernetes_wrapper_keeps_stdout_and_writes_the_last_line_for_xcom(tmp_path):
+    from tagifai_runners import K8S_WRAPPER
+
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "tagifai").write_text('#!/bin/sh\necho "log" >&2\necho "progress"\necho \'{"run_id": "r1"}\'\n')
+    (fake_bin / "tagifai").chmod(0o755)
+    script = K8S_WRAPPER.replace("/airflow/xcom", str(tmp_path))
+    proc = subprocess.run(
+        ["/bin/sh", "-c", script, "tagifai", "train", "--data-run", "x"],
+        env={"PATH": f"{fake_bin}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0
+    assert proc.stdout.splitlines() == ["progress", '{"run_id": "r1"}']
+    assert json.loads((tmp_path / "return.json").read_text()) == {"run_id": "r1"}
+
+
+# ---- the template filter that hands run ids along ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('{"run_id": "abc"}', {"run_id": "abc"}),  # Docker and local: the last line as a string
+        ({"run_id": "abc"}, {"run_id": "abc"}),  # Kubernetes: the sidecar already parsed return.json
+        ('  {"run_id": "abc", "best_value": 0.9}\n', {"run_id": "abc", "best_value": 0.9}),  # whitespace
+    ],
+)
+def test_fromjson_reads_a_step_result(value, expected):
+    from tagifai_runners import fromjson
+
+    assert fromjson(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2026-01-01 INFO tagifai: done",  # a log line ended up last: the contract is broken
+        '["run_id"]',  # JSON, but not an object
+        None,  # the upstream task pushed nothing
+    ],
+)
+def test_fromjson_names_a_broken_output_contract(value):
+    from tagifai_runners import fromjson
+
+    with pytest.raises(ValueError, match="last stdout line to be a JSON object"):
+        fromjson(value)

@@ -1,0 +1,89 @@
+"""`airflow dags test tagifai_training` with the docker runner: every step in its own container.
+
+The containers come from the image built here (`make image`; `TAGIFAI_IMAGE`, default
+`tagifai:latest`) and reach a real `mlflow server` backed by PostgreSQL on 127.0.0.1 through the
+host network. Skips with the reason when Docker, the image or PostgreSQL is missing, unless
+TAGIFAI_REQUIRE_SERVICES=1, where it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+import synthetic
+
+from .dag_helpers import STEPS, champion, dags_test, require, running_mlflow_server, running_postgres, world_readable
+
+pytestmark = [pytest.mark.e2e, pytest.mark.airflow, pytest.mark.docker, pytest.mark.slow]
+
+IMAGE = os.environ.get("TAGIFAI_IMAGE") or "tagifai:latest"
+
+
+def docker_ok(*args: str) -> bool:
+    """True when `docker ARGS` succeeds."""
+    if not shutil.which("docker"):
+        return False
+    return subprocess.run(["docker", *args], capture_output=True).returncode == 0
+
+
+def containers_of(pipeline_run_id: str) -> list[str]:
+    """Ids of the containers, running or not, that the DAG run started and left behind."""
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=org.tagifai.pipeline-run-id={pipeline_run_id}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return out.split()
+
+
+@pytest.fixture
+def host_folder():
+    """A folder under /tmp that the image's non-root user can read once it is bind-mounted.
+
+    pytest's tmp_path lives under a root-only folder, which a container user cannot enter.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="tagifai-dag-docker-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_docker_dag_run_trains_and_promotes_a_champion(tmp_path, host_folder):
+    require(docker_ok("info"), "Docker engine unavailable (bash ../shared/ci/docker-sandbox.sh starts one)")
+    require(docker_ok("image", "inspect", IMAGE), f"image {IMAGE} not built (make image)")
+    projects, tags = synthetic.write_dataset(host_folder / "data")
+    config = synthetic.write_small_config(host_folder / "small.toml")
+    world_readable(host_folder)
+
+    with (
+        running_postgres() as backend,
+        running_mlflow_server(backend, tmp_path / "mlflow") as tracking_uri,
+    ):
+        run = dags_test(
+            tmp_path / "airflow",
+            conf={"num_trials": 2, "projects_url": str(projects), "tags_url": tags.as_uri()},
+            extra_env={
+                "TAGIFAI_RUNNER": "docker",
+                "TAGIFAI_IMAGE": IMAGE,
+                # Containers reach the mlflow server on the host's 127.0.0.1.
+                "TAGIFAI_DOCKER_NETWORK": "host",
+                "TAGIFAI_MLFLOW_TRACKING_URI": tracking_uri,
+                # A host path: the docker runner mounts its folder read-only and forwards it.
+                "TAGIFAI_CONFIG": str(config),
+            },
+        )
+        assert run.returncode == 0, run.output[-5000:]
+        assert run.states == dict.fromkeys(STEPS, "success")
+        best = champion(tracking_uri)
+
+    assert best is not None, "tagifai@champion was not set"
+    assert IMAGE in best["tags"].values(), "the model version does not record the image it was trained in"
+    assert run.run_id in best["run_tags"].values()
+    # Each step ran in its own container, and auto_remove="success" cleaned them all up.
+    assert run.output.count("Starting docker container from image") == len(STEPS)
+    assert containers_of(run.run_id) == []

@@ -1,0 +1,70 @@
+"""`airflow dags test tagifai_training` with the local runner: the real steps as subprocesses.
+
+Run with the Airflow venv: `.venv-airflow/bin/pytest tests/e2e/test_dag_local.py` (needs .venv too,
+for the `tagifai` executable and MLflow). MLflow is a throwaway SQLite store.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import synthetic
+
+from .dag_helpers import STEPS, TAGIFAI_VENV, champion, dags_test, require
+
+pytestmark = [pytest.mark.e2e, pytest.mark.airflow, pytest.mark.slow]
+
+
+def local_run(tmp_path: Path, projects: Path, tags: Path):
+    """Run the DAG once with the local runner on `projects`/`tags`; return the run and tracking URI."""
+    tagifai_bin = TAGIFAI_VENV / "bin" / "tagifai"
+    require(tagifai_bin.exists(), f"{tagifai_bin} not found (make install)")
+    (tmp_path / "mlflow").mkdir()
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    run = dags_test(
+        tmp_path / "airflow",
+        # One a plain path, one a file:// URL: the DAG hands both forms to `tagifai elt`.
+        conf={"num_trials": 2, "projects_url": str(projects), "tags_url": tags.as_uri()},
+        extra_env={
+            "TAGIFAI_RUNNER": "local",
+            "TAGIFAI_BIN": str(tagifai_bin),
+            "MLFLOW_TRACKING_URI": tracking_uri,
+            "TAGIFAI_CONFIG": str(synthetic.write_small_config(tmp_path / "small.toml")),
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        },
+    )
+    return run, tracking_uri
+
+
+def test_local_dag_run_trains_and_promotes_a_champion(tmp_path):
+    projects, tags = synthetic.write_dataset(tmp_path / "data")
+    run, tracking_uri = local_run(tmp_path, projects, tags)
+    assert run.returncode == 0, run.output[-5000:]
+    assert run.states == dict.fromkeys(STEPS, "success")
+    best = champion(tracking_uri)
+    assert best is not None, "tagifai@champion was not set"
+    # Every MLflow run of the pipeline carries the Airflow run id.
+    assert run.run_id in best["run_tags"].values()
+
+
+def test_local_dag_run_stops_at_validate_on_duplicate_ids(tmp_path):
+    projects, tags = synthetic.write_dataset(tmp_path / "data")
+    with projects.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    # Three projects appear twice under the same id.
+    synthetic.write_csv(projects, rows + rows[:3])
+    run, tracking_uri = local_run(tmp_path, projects, tags)
+    assert run.returncode != 0
+    assert run.states == {
+        "elt": "success",
+        "validate": "failed",
+        "optimize": "upstream_failed",
+        "train": "upstream_failed",
+        "evaluate": "upstream_failed",
+        "register": "upstream_failed",
+    }
+    assert champion(tracking_uri) is None
+    # The task log names the failed check.
+    assert "error: validation failed: unique_ids" in run.output
