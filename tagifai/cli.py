@@ -112,6 +112,18 @@ def data_urls(settings: dict[str, Any], projects_url: str | None, tags_url: str 
     return projects_url or settings["data"]["projects_url"], tags_url or settings["data"]["tags_url"]
 
 
+def gate_options(
+    settings: dict[str, Any], min_f1: float | None, max_regression: float | None, model_name: str | None
+) -> tuple[float, float, str]:
+    """The promotion gate and model name: options first, then `[register]` defaults."""
+    gate = settings["register"]
+    return (
+        gate["min_f1"] if min_f1 is None else min_f1,
+        gate["max_regression"] if max_regression is None else max_regression,
+        model_name or gate["model_name"],
+    )
+
+
 @app.command()
 @command
 def elt(
@@ -195,14 +207,7 @@ def register(
     """Register the model as `challenger`; move `champion` to it only if the gate passes."""
     from tagifai import steps
 
-    gate = settings["register"]
-    return steps.register(
-        settings,
-        evaluate_run,
-        gate["min_f1"] if min_f1 is None else min_f1,
-        gate["max_regression"] if max_regression is None else max_regression,
-        model_name or gate["model_name"],
-    )
+    return steps.register(settings, evaluate_run, *gate_options(settings, min_f1, max_regression, model_name))
 
 
 @app.command()
@@ -224,7 +229,6 @@ def pipeline(
 
     os.environ.setdefault("TAGIFAI_PIPELINE_RUN_ID", tracking.new_pipeline_run_id())
     projects, tags = data_urls(settings, projects_url, tags_url)
-    gate = settings["register"]
     elt_out = steps.elt(settings, projects, tags, experiment_name or settings["mlflow"]["experiment_name"])
     validate_out = steps.validate(settings, elt_out["run_id"], allow_drift)
     optimize_out = steps.optimize(
@@ -233,11 +237,7 @@ def pipeline(
     train_out = steps.train(settings, validate_out["run_id"], optimize_out["run_id"])
     evaluate_out = steps.evaluate(settings, train_out["run_id"])
     register_out = steps.register(
-        settings,
-        evaluate_out["run_id"],
-        gate["min_f1"] if min_f1 is None else min_f1,
-        gate["max_regression"] if max_regression is None else max_regression,
-        model_name or gate["model_name"],
+        settings, evaluate_out["run_id"], *gate_options(settings, min_f1, max_regression, model_name)
     )
     return {
         "pipeline_run_id": os.environ["TAGIFAI_PIPELINE_RUN_ID"],

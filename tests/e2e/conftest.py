@@ -10,7 +10,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,20 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from .dag_helpers import free_port, require
+
 VENV_BIN = Path(sys.executable).parent
-
-
-def unavailable(reason: str) -> None:
-    """Skip, or fail where services are required."""
-    if os.environ.get("TAGIFAI_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"required service unavailable: {reason}")
-    pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) -> None:
@@ -97,14 +85,13 @@ class Postgres:
 def postgres() -> Iterator[Postgres]:
     """A running PostgreSQL (Debian's binaries)."""
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not candidates:
-        unavailable("PostgreSQL server binaries not installed (apt-get install postgresql)")
+    require(bool(candidates), "PostgreSQL server binaries not installed (apt-get install postgresql)")
     server = Postgres(Path(candidates[-1]).parent)
     try:
         server.start()
     except subprocess.CalledProcessError as exc:
         server.stop()
-        unavailable(f"PostgreSQL did not start: {exc.stderr}")
+        require(False, f"PostgreSQL did not start: {exc.stderr}")
     yield server
     server.stop()
 

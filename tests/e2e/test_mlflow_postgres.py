@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import synthetic
 
-from .conftest import free_port, wait_for_http
+from .conftest import wait_for_http
+from .dag_helpers import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
