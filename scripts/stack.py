@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""Helpers for the compose stack (standard library only, so any python3 runs them).
+
+python3 scripts/stack.py env [--from .env.example] [--to .env]   write .env with fresh secrets
+python3 scripts/stack.py wait SERVICE...                         wait until containers are healthy
+python3 scripts/stack.py trigger [--conf JSON]                   run tagifai_training via the REST API
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import secrets
+import stat
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+SECRETS = (
+    "POSTGRES_PASSWORD",
+    "AIRFLOW_DB_PASSWORD",
+    "MLFLOW_DB_PASSWORD",
+    "OPTUNA_DB_PASSWORD",
+    "AIRFLOW_ADMIN_PASSWORD",
+    "AIRFLOW_JWT_SECRET",
+    "AIRFLOW_SECRET_KEY",
+)
+DAG_ID = "tagifai_training"
+
+
+def read_env(path: Path) -> dict[str, str]:
+    """Parse KEY=VALUE lines (comments and blanks skipped)."""
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip()
+    return values
+
+
+def docker_gid(socket: str = "/var/run/docker.sock") -> int | None:
+    """The group owning the docker socket, if it is here."""
+    try:
+        return os.stat(socket).st_gid if stat.S_ISSOCK(os.stat(socket).st_mode) else None
+    except OSError:
+        return None
+
+
+def write_env(template: Path, target: Path, overrides: dict[str, str]) -> None:
+    """Write `target` from `template`: fresh secrets, this machine's ids, then `overrides`."""
+    values = {key: secrets.token_urlsafe(24) for key in SECRETS}
+    values["AIRFLOW_FERNET_KEY"] = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    values["AIRFLOW_UID"] = str(os.getuid() or 50000)  # never root
+    if (gid := docker_gid()) is not None:
+        values["DOCKER_GID"] = str(gid)
+    values.update({k: v for k, v in overrides.items() if v})
+    lines = []
+    for line in template.read_text().splitlines():
+        key = line.split("=", 1)[0].strip()
+        lines.append(f"{key}={values[key]}" if "=" in line and not line.startswith("#") and key in values else line)
+    target.write_text("\n".join(lines) + "\n")
+    target.chmod(0o600)
+    print(
+        f"wrote {target} (secrets generated; AIRFLOW_UID={values['AIRFLOW_UID']}, "
+        f"DOCKER_GID={values.get('DOCKER_GID', 'unchanged')})"
+    )
+
+
+def health(compose: list[str], service: str) -> str:
+    """Health (or state) of a compose service's container: healthy, starting, exited and so on."""
+    ids = subprocess.run([*compose, "ps", "-q", service], capture_output=True, text=True).stdout.split()
+    if not ids:
+        return "missing"
+    out = subprocess.run(
+        [
+            "docker",
+            "inspect",
+            "--format",
+            "{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}",
+            ids[0],
+        ],
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip() or "missing"
+
+
+def wait(compose: list[str], services: list[str], timeout: float) -> int:
+    """Wait until every service is healthy; print the last states on timeout."""
+    deadline = time.monotonic() + timeout
+    states: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        states = {service: health(compose, service) for service in services}
+        if all(state == "healthy" for state in states.values()):
+            print("healthy: " + ", ".join(services))
+            return 0
+        time.sleep(3)
+    print(f"not healthy after {timeout:.0f}s: {states}", file=sys.stderr)
+    return 1
+
+
+class Airflow:
+    """A minimal client of the Airflow 3 REST API (JWT from /auth/token)."""
+
+    def __init__(self, url: str, username: str, password: str) -> None:
+        """Log in: exchange the username and password for a token."""
+        self.url = url.rstrip("/")
+        self.token = self.request("POST", "/auth/token", {"username": username, "password": password}, auth=False)[
+            "access_token"
+        ]
+
+    def request(self, method: str, path: str, body: dict | None = None, auth: bool = True) -> Any:
+        """Send one JSON request and decode the JSON answer."""
+        headers = {"Content-Type": "application/json"}
+        if auth:
+            headers["Authorization"] = f"Bearer {self.token}"
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            raise RuntimeError(f"{method} {path}: HTTP {exc.code} {exc.read().decode(errors='replace')}") from exc
+
+    def trigger(self, conf: dict[str, Any]) -> str:
+        """Start a run of the DAG now; return its run id."""
+        self.request("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
+        run = self.request("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
+        return run["dag_run_id"]
+
+    def wait(self, run_id: str, timeout: float) -> dict[str, Any]:
+        """Poll the run until it ends; return it."""
+        deadline = time.monotonic() + timeout
+        path = f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.request.quote(run_id, safe='')}"
+        while time.monotonic() < deadline:
+            run = self.request("GET", path)
+            if run["state"] in ("success", "failed"):
+                return run
+            time.sleep(5)
+        raise TimeoutError(f"run {run_id} still {run['state']} after {timeout:.0f}s")
+
+    def task_states(self, run_id: str) -> dict[str, str]:
+        """State of each task instance of a run."""
+        path = f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.request.quote(run_id, safe='')}/taskInstances"
+        return {ti["task_id"]: ti["state"] for ti in self.request("GET", path)["task_instances"]}
+
+
+def trigger(args: argparse.Namespace) -> int:
+    """Trigger the DAG, wait, report; exit 1 if the run failed."""
+    env = read_env(Path(args.env_file))
+    airflow_url = f"http://127.0.0.1:{env.get('AIRFLOW_PORT', '8080')}"
+    mlflow_url = f"http://127.0.0.1:{env.get('MLFLOW_PORT', '5000')}"
+    client = Airflow(airflow_url, env.get("AIRFLOW_ADMIN_USER", "admin"), env["AIRFLOW_ADMIN_PASSWORD"])
+    run_id = client.trigger(json.loads(args.conf))
+    print(f"triggered {DAG_ID} run {run_id}; waiting (timeout {args.timeout:.0f}s)…", flush=True)
+    run = client.wait(run_id, args.timeout)
+    print(f"run {run_id}: {run['state']}  tasks: {client.task_states(run_id)}")
+    print(f"Airflow: {airflow_url}/dags/{DAG_ID}/runs/{urllib.request.quote(run_id, safe='')}")
+    print(f"MLflow model: {mlflow_url}/#/models/tagifai")
+    return 0 if run["state"] == "success" else 1
+
+
+def main() -> int:
+    """Dispatch the subcommands."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    env = sub.add_parser("env", help="write .env with fresh secrets")
+    env.add_argument("--from", dest="template", default=".env.example")
+    env.add_argument("--to", dest="target", default=".env")
+    env.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="also set KEY (e.g. PYTHON_IMAGE=…); empty values are ignored",
+    )
+    wait_parser = sub.add_parser("wait", help="wait until compose services are healthy")
+    wait_parser.add_argument("services", nargs="+")
+    wait_parser.add_argument("--timeout", type=float, default=600)
+    wait_parser.add_argument("--compose", default="docker compose", help="the compose command, with its options")
+    run = sub.add_parser("trigger", help="trigger tagifai_training through the REST API and wait")
+    run.add_argument("--conf", default="{}", help="DAG params as JSON, e.g. '{\"num_trials\": 5}'")
+    run.add_argument("--timeout", type=float, default=3600)
+    run.add_argument("--env-file", default=".env")
+    args = parser.parse_args()
+    if args.command == "env":
+        write_env(Path(args.template), Path(args.target), dict(kv.split("=", 1) for kv in args.set))
+        return 0
+    if args.command == "wait":
+        return wait(args.compose.split(), args.services, args.timeout)
+    return trigger(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
