@@ -127,19 +127,20 @@ def stack(tmp_path_factory):
 def first_run(stack):
     """One DAG run triggered through the REST API; returns (run id, run, seconds, container starts)."""
     client = stack.airflow()
-    since = int(time.time()) - 1
+    # Watch container starts live: the daemon keeps only its last few hundred events for --since.
+    watcher = subprocess.Popen(
+        ["docker", "events", "--format", "{{json .}}", "--filter", "type=container", "--filter", "event=start",
+         "--filter", "label=org.tagifai.step"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
     start = time.monotonic()
     run_id = client.trigger({"num_trials": 3})
     run = client.wait(run_id, timeout=1800)
     seconds = time.monotonic() - start
+    watcher.terminate()
+    events = [json.loads(line) for line in watcher.communicate(timeout=30)[0].splitlines() if line.strip()]
     # The tasks label their containers with the DAG run id (dags/tagifai_runners.py).
-    label = f"label=org.tagifai.pipeline-run-id={run_id}"
-    events = subprocess.run(
-        ["docker", "events", "--since", str(since), "--until", str(int(time.time()) + 1), "--format", "{{json .}}",
-         "--filter", "type=container", "--filter", "event=start", "--filter", label],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    starts = [json.loads(line) for line in events.stdout.splitlines() if line.strip()]
+    starts = [e for e in events if e["Actor"]["Attributes"].get("org.tagifai.pipeline-run-id") == run_id]
     return run_id, run, seconds, starts
 
 
