@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -235,7 +236,7 @@ def log_history(history: list[dict[str, float]]) -> None:
     if not history:
         return
     run_id = mlflow.active_run().info.run_id
-    timestamp = int(pd.Timestamp.now().timestamp() * 1000)
+    timestamp = int(time.time() * 1000)
     metrics = [
         Metric(name, h[name], timestamp, int(h["epoch"])) for h in history for name in ("train_loss", "val_loss")
     ]

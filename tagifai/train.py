@@ -26,6 +26,9 @@ EpochCallback = Callable[[int, float, float], None]
 # Called after every cross-validation fold with (fold, mean f1 of the folds so far); may raise to stop.
 FoldCallback = Callable[[int, float], None]
 
+# Float params the search space draws on a log scale.
+LOG_SCALE = {"alpha", "learning_rate"}
+
 PARAM_TYPES = {
     "analyzer": str,
     "ngram_max_range": int,
@@ -229,6 +232,3 @@ def suggest_params(trial: Any, space: dict[str, Any], base: dict[str, Any]) -> d
 def searched_defaults(space: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     """The `base` values of the params the `[optimize]` space searches: a first trial to enqueue."""
     return {name: base[name] for name in PARAM_TYPES if name in space and name != "seed" and name in base}
-
-
-LOG_SCALE = {"alpha", "learning_rate"}
