@@ -50,7 +50,10 @@ Storage = Annotated[
         help="Optuna RDB storage URL, to share one study between processes.",
     ),
 ]
-StudyName = Annotated[str | None, typer.Option(show_default="tagifai-<pipeline run id>", help="Optuna study name.")]
+StudyName = Annotated[
+    str | None,
+    typer.Option(show_default="tagifai-<pipeline run id>-<data run id[:8]>", help="Optuna study name."),
+]
 MinF1 = Annotated[float | None, typer.Option(show_default="config", help="Lowest test f1 a champion may have.")]
 MaxRegression = Annotated[
     float | None, typer.Option(show_default="config", help="How far below the champion's f1 a challenger may be.")
@@ -163,7 +166,11 @@ def optimize(
     storage: Storage = None,
     study_name: StudyName = None,
 ) -> dict[str, Any]:
-    """Tune hyperparameters with Optuna (TPE + median pruning); each trial is a child run."""
+    """Tune hyperparameters with Optuna (TPE + median pruning); each trial is a child run.
+
+    Start it in several processes with one --storage to share the study: together they run
+    --num-trials trials.
+    """
     from tagifai import steps
 
     return steps.optimize(settings, data_run, num_trials or settings["optimize"]["num_trials"], storage, study_name)
@@ -175,13 +182,18 @@ def train(
     settings: dict,
     data_run: Annotated[str, typer.Option(help="Run id of the validate step.")],
     optimize_run: Annotated[
-        str | None, typer.Option(help="Run id of the optimize step (best params).", show_default="config defaults")
+        str | None,
+        typer.Option(
+            help="Run id of the optimize step, or of any worker of a shared study: its best params.",
+            show_default="config defaults",
+        ),
     ] = None,
+    storage: Storage = None,
 ) -> dict[str, Any]:
     """Train the model and log it as an MLflow pyfunc model (raw text in, tag out)."""
     from tagifai import steps
 
-    return steps.train(settings, data_run, optimize_run)
+    return steps.train(settings, data_run, optimize_run, storage)
 
 
 @app.command()
@@ -234,7 +246,7 @@ def pipeline(
     optimize_out = steps.optimize(
         settings, validate_out["run_id"], num_trials or settings["optimize"]["num_trials"], storage
     )
-    train_out = steps.train(settings, validate_out["run_id"], optimize_out["run_id"])
+    train_out = steps.train(settings, validate_out["run_id"], optimize_out["run_id"], storage)
     evaluate_out = steps.evaluate(settings, train_out["run_id"])
     register_out = steps.register(
         settings, evaluate_out["run_id"], *gate_options(settings, min_f1, max_regression, model_name)

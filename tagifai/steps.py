@@ -16,7 +16,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 import tagifai
-from tagifai import data, registry, sources, tracking
+from tagifai import data, registry, sources, tracking, tuning
 from tagifai import evaluate as evaluation
 from tagifai import train as training
 from tagifai import validate as validation
@@ -26,6 +26,8 @@ log = logging.getLogger("tagifai")
 
 LABELED = "data/labeled.csv"
 PROFILE = "validation/profile.json"
+# The `optuna_storage` tag of an optimize run whose study lived in its own process.
+IN_MEMORY = "in-memory"
 MODEL_REQUIREMENTS = ("mlflow", "cloudpickle", "numpy", "pandas", "scipy", "scikit-learn", "nltk")
 
 
@@ -139,8 +141,9 @@ def optimize(
 ) -> dict[str, Any]:
     """Tune hyperparameters with Optuna by k-fold cross-validation of the train split; each trial is a child run.
 
-    Several processes may share one study through `storage` (an Optuna RDB URL); together they
-    finish `num_trials` trials, and a retried process does not run finished trials again.
+    Any number of processes may share one study through `storage` (an Optuna RDB URL): together they
+    finish `num_trials` trials, and a retried process runs only the trials still missing
+    (`tagifai.tuning`). Each process is one `optimize` run; the trials it ran are its child runs.
     """
     import optuna
     from optuna_integration.mlflow import MLflowCallback
@@ -150,21 +153,27 @@ def optimize(
     space, base = settings["optimize"], settings["train"]
     with tracking.step_run("optimize", upstream.info.experiment_id, upstream) as run:
         pipeline = run.data.tags[tracking.PIPELINE_TAG]
-        study_name = study_name or f"tagifai-{pipeline}"
+        study_name = study_name or tuning.default_study_name(pipeline, data_run_id)
+        worker = tuning.worker_id()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(
-            study_name=study_name,
-            storage=storage,
-            direction="maximize",
-            load_if_exists=True,
+        study = tuning.open_study(
+            study_name,
+            tuning.open_storage(storage, space["heartbeat_seconds"], space["grace_seconds"]),
+            data_run_id=data_run_id,
+            # The [train] defaults go first: tuning never returns worse than them.
+            first_params=training.searched_defaults(space, base),
             sampler=optuna.samplers.TPESampler(seed=space["seed"]),
             pruner=optuna.pruners.MedianPruner(
                 n_startup_trials=space["pruner_startup_trials"], n_warmup_steps=space["pruner_warmup_folds"]
             ),
         )
-        if not study.get_trials(deepcopy=False):  # try the [train] defaults first: tuning never returns worse than them
-            study.enqueue_trial(training.searched_defaults(space, base))
-        mlflow.set_tags({"optuna_study": study_name, "optuna_storage": redact(storage) if storage else "in-memory"})
+        mlflow.set_tags(
+            {
+                "optuna_study": study_name,
+                "optuna_storage": tuning.redact(storage) if storage else IN_MEMORY,
+                "optuna_worker": worker,
+            }
+        )
         mlflow.log_param("num_trials", num_trials)
         callback = MLflowCallback(
             tracking_uri=mlflow.get_tracking_uri(),
@@ -178,6 +187,10 @@ def optimize(
 
         @callback.track_in_mlflow()
         def objective(trial: optuna.Trial) -> float:
+            # Which worker and MLflow runs hold this trial: `train` records them for the best one.
+            trial.set_user_attr("worker", worker)
+            trial.set_user_attr("optimize_run_id", run.info.run_id)
+            trial.set_user_attr("mlflow_run_id", mlflow.active_run().info.run_id)
             params = training.suggest_params(trial, space, base)
             fold_f1: list[float] = []
 
@@ -199,34 +212,63 @@ def optimize(
             log_history(result["history"])  # per-epoch loss, averaged over the folds
             return result["f1"]
 
-        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-        remaining = num_trials - len(study.get_trials(deepcopy=False, states=finished))
-        if remaining > 0:
-            study.optimize(
-                objective,
-                n_trials=remaining,
-                callbacks=[optuna.study.MaxTrialsCallback(num_trials, states=finished), callback],
-            )
-        try:
-            best = study.best_trial
-        except ValueError as exc:
-            raise TagifaiError(f"no Optuna trial of study {study_name!r} completed") from exc
+        trials_run = tuning.work(study, objective, num_trials, callbacks=[callback])
+        best = tuning.best_trial(study)
+        finished = tuning.count(study.get_trials(deepcopy=False), tuning.FINISHED)
         best_params = {**base, **best.params}
         tracking.log_json(best_params, "best_params.json")
         mlflow.log_params({f"best_{k}": v for k, v in best.params.items()})
-        mlflow.log_metrics({"best_val_f1": best.value, "trials": len(study.trials)})
-        log.info("optimize: best trial %d val_f1 %.4f %s", best.number, best.value, best.params)
-    return {"run_id": run.info.run_id, "best_params": best.params, "best_value": best.value}
+        mlflow.log_metrics({"best_val_f1": best.value, "trials": finished, "trials_run": trials_run})
+        log.info(
+            "optimize: %d of %d trials of study %s ran here; best trial %d val_f1 %.4f %s",
+            trials_run,
+            finished,
+            study_name,
+            best.number,
+            best.value,
+            best.params,
+        )
+    return {
+        "run_id": run.info.run_id,
+        "study_name": study_name,
+        "best_params": best.params,
+        "best_value": best.value,
+        "trials": finished,
+        "trials_run": trials_run,
+    }
 
 
-def redact(url: str) -> str:
-    """Hide the password of a database URL."""
-    from sqlalchemy.engine import make_url
+def tuned_params(optimize_run_id: str, data_run_id: str, storage: str | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """The best params of an optimize run, and the lineage tags that say where they come from.
 
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 — not a URL sqlalchemy knows; show nothing secret
-        return url.split("@")[-1]
+    A run that shared its study through a storage hands over the best trial of the whole study,
+    whichever worker ran it; an in-memory run hands over its own `best_params.json`.
+
+    Raises:
+        TagifaiError: the run tuned other data, or its study cannot be read.
+    """
+    tuned = tracking.get_run(optimize_run_id, "optimize")
+    tags = tuned.data.tags
+    if tags.get("data_run_id") != data_run_id:
+        raise TagifaiError(
+            f"optimize run {optimize_run_id} tuned on data run {tags.get('data_run_id')}, not {data_run_id}"
+        )
+    if tags.get("optuna_storage", IN_MEMORY) == IN_MEMORY:
+        return tracking.read_json_artifact(optimize_run_id, "best_params.json"), {"optimize_run_id": optimize_run_id}
+    if not storage:
+        raise TagifaiError(
+            f"optimize run {optimize_run_id} shares Optuna study {tags['optuna_study']!r} in "
+            f"{tags['optuna_storage']}: set --storage or TAGIFAI_OPTUNA_STORAGE to read its best trial"
+        )
+    study = tuning.load_study(tags["optuna_study"], tuning.open_storage(storage), data_run_id)
+    best = tuning.best_trial(study)
+    lineage = {
+        "optimize_run_id": best.user_attrs.get("optimize_run_id", optimize_run_id),
+        "optuna_study": study.study_name,
+        "best_trial": str(best.number),
+        "best_trial_run_id": best.user_attrs.get("mlflow_run_id", ""),
+    }
+    return best.params, lineage
 
 
 def log_history(history: list[dict[str, float]]) -> None:
@@ -243,20 +285,16 @@ def log_history(history: list[dict[str, float]]) -> None:
     MlflowClient().log_batch(run_id, metrics=metrics)
 
 
-def train(settings: dict[str, Any], data_run_id: str, optimize_run_id: str | None = None) -> dict[str, Any]:
+def train(
+    settings: dict[str, Any], data_run_id: str, optimize_run_id: str | None = None, storage: str | None = None
+) -> dict[str, Any]:
     """Train with the best params of an optimize run (or the defaults); log a pyfunc model."""
     upstream = tracking.get_run(data_run_id, "validate")
     params = dict(settings["train"])
     extra_tags = {}
     if optimize_run_id:
-        tuned = tracking.get_run(optimize_run_id, "optimize")
-        if tuned.data.tags.get("data_run_id") != data_run_id:
-            raise TagifaiError(
-                f"optimize run {optimize_run_id} tuned on data run "
-                f"{tuned.data.tags.get('data_run_id')}, not {data_run_id}"
-            )
-        params = {**params, **tracking.read_json_artifact(optimize_run_id, "best_params.json")}
-        extra_tags["optimize_run_id"] = optimize_run_id
+        best, extra_tags = tuned_params(optimize_run_id, data_run_id, storage)
+        params = {**params, **best}
     train_df, val_df = load_split(data_run_id, "train"), load_split(data_run_id, "val")
     with tracking.step_run("train", upstream.info.experiment_id, upstream, **extra_tags) as run:
         mlflow.log_params(params)

@@ -20,14 +20,28 @@ class Cli:
         self.env, self.cwd = env, cwd
 
     def __call__(self, *args: str, check: bool = True, **extra_env: str) -> tuple[int, dict | None, str]:
-        proc = subprocess.run(
-            [TAGIFAI, *args], env={**self.env, **extra_env}, cwd=self.cwd, capture_output=True, text=True, timeout=600
+        return self.wait(self.start(*args, **extra_env), check=check)
+
+    def start(self, *args: str, **extra_env: str) -> subprocess.Popen:
+        """Start `tagifai ARGS` without waiting for it."""
+        return subprocess.Popen(
+            [TAGIFAI, *args],
+            env={**self.env, **extra_env},
+            cwd=self.cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-        lines = proc.stdout.strip().splitlines()
+
+    @staticmethod
+    def wait(proc: subprocess.Popen, check: bool = True) -> tuple[int, dict | None, str]:
+        """Wait for a started command: (exit code, last-line JSON, stderr)."""
+        stdout, stderr = proc.communicate(timeout=600)
+        lines = stdout.strip().splitlines()
         result = json.loads(lines[-1]) if proc.returncode == 0 and lines else None
         if check and proc.returncode != 0:
-            raise AssertionError(f"tagifai {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-        return proc.returncode, result, proc.stderr
+            raise AssertionError(f"tagifai {' '.join(proc.args[1:])} exited {proc.returncode}:\n{stderr[-3000:]}")
+        return proc.returncode, result, stderr
 
 
 def make_cli(root: Path) -> Cli:

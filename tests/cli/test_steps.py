@@ -26,8 +26,12 @@ def chain(module_cli):
         "optimize", "--data-run", out["validate"]["run_id"], "--num-trials", "3", "--storage", storage, **env
     )
     _, out["train"], _ = cli(
-        "train", "--data-run", out["validate"]["run_id"], "--optimize-run", out["optimize"]["run_id"], **env
-    )
+        "train",
+        "--data-run", out["validate"]["run_id"],
+        "--optimize-run", out["optimize"]["run_id"],
+        "--storage", storage,
+        **env,
+    )  # fmt: skip
     _, out["evaluate"], _ = cli("evaluate", "--train-run", out["train"]["run_id"], **env)
     _, out["register"], _ = cli("register", "--evaluate-run", out["evaluate"]["run_id"], **env)
     return out
@@ -172,9 +176,10 @@ def test_steps_refuse_runs_of_the_wrong_step(module_cli, chain):
 
 
 def test_retried_optimize_does_not_repeat_finished_trials(module_cli, chain):
+    import optuna
+
     cli = module_cli
     storage = f"sqlite:///{cli.cwd / 'optuna.db'}"
-    study = f"tagifai-{PIPELINE}"
     _, again, _ = cli(
         "optimize",
         "--data-run",
@@ -183,10 +188,11 @@ def test_retried_optimize_does_not_repeat_finished_trials(module_cli, chain):
         "3",
         "--storage",
         storage,
-        "--study-name",
-        study,
+        TAGIFAI_PIPELINE_RUN_ID=PIPELINE,
     )
-    import optuna
-
-    assert len(optuna.load_study(study_name=study, storage=storage).trials) == 3
+    # The same pipeline run and data: the same study, already complete.
+    study = f"tagifai-{PIPELINE}-{chain['validate']['run_id'][:8]}"
+    assert again["study_name"] == chain["optimize"]["study_name"] == study
+    assert (again["trials"], again["trials_run"]) == (3, 0)
+    assert len(optuna.load_study(study_name=again["study_name"], storage=storage).trials) == 3
     assert again["best_value"] == chain["optimize"]["best_value"]

@@ -99,7 +99,8 @@ def test_artifacts_live_on_the_server_not_the_client(pipeline, mlflow_server):
 def test_optuna_study_lives_in_postgres(pipeline):
     import optuna
 
-    study = optuna.load_study(study_name="tagifai-e2e-postgres", storage=pipeline["env"]["TAGIFAI_OPTUNA_STORAGE"])
+    name = f"tagifai-e2e-postgres-{pipeline['out']['validate_run_id'][:8]}"
+    study = optuna.load_study(study_name=name, storage=pipeline["env"]["TAGIFAI_OPTUNA_STORAGE"])
     assert len(study.trials) == 3
 
 

@@ -1,0 +1,242 @@
+"""One Optuna study shared by several `optimize` workers: its storage, the worker loop, the best trial.
+
+Any number of processes (Airflow's mapped `optimize` tasks, on one machine or many) run `work` on
+one study kept in an RDB storage (PostgreSQL, or SQLite on one machine). Together they finish
+exactly `num_trials` trials (COMPLETE or PRUNED):
+
+- a worker starts a trial only while fewer than `num_trials` are finished, running or queued;
+- a trial that finds, as it starts, that the total is already claimed (two workers raced for the
+  last slot) is given back before any work: it ends FAIL with the user attr `surplus`;
+- a killed worker's trial stops sending heartbeats and is failed after the grace period, which
+  frees its slot for the others, or for the worker's retry;
+- a retried worker finds the finished trials in the study and runs only what is missing;
+- a worker returns only when the study holds `num_trials` finished trials, so every worker ends
+  with the same, final best trial.
+
+Without a storage URL the study lives in memory: one process, the same loop.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from tagifai.errors import TagifaiError
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# Trials that hold a slot of the requested total: done, in progress, or queued for the next worker.
+CLAIMED = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
+# How often a worker whose slots are all taken looks again (for trials that finish or go stale).
+POLL_SECONDS = 1.0
+OPEN_ATTEMPTS = 3
+
+Objective = Callable[[Trial], float]
+Callback = Callable[[optuna.Study, FrozenTrial], None]
+
+
+class SurplusTrial(Exception):
+    """A trial started after the requested total was claimed; it is given back unrun."""
+
+
+def worker_id() -> str:
+    """Who runs trials here: host (the container or pod name) and process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def default_study_name(pipeline_run_id: str, data_run_id: str) -> str:
+    """The study of one pipeline run and its data: a cleared and re-run DAG run gets a fresh one."""
+    return f"tagifai-{pipeline_run_id}-{data_run_id[:8]}"
+
+
+def redact(url: str) -> str:
+    """A storage URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 — not a URL sqlalchemy knows; show nothing secret
+        return url.split("@")[-1]
+
+
+def open_storage(
+    url: str | None, heartbeat_seconds: int | None = None, grace_seconds: int | None = None
+) -> optuna.storages.BaseStorage | None:
+    """The RDB storage at `url`, or None (in memory) without a URL.
+
+    Workers that run trials set `heartbeat_seconds`: a trial whose worker sent no heartbeat for
+    `grace_seconds` is failed, and its slot goes to another worker.
+
+    Raises:
+        TagifaiError: the database cannot be reached or is not an Optuna storage.
+    """
+    if not url:
+        return None
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    sqlite = url.startswith("sqlite")
+    # SQLite serializes writers: wait for the lock instead of failing at once. isolation_level=None
+    # leaves BEGIN to SQLAlchemy, which `serialize_sqlite` turns into BEGIN IMMEDIATE.
+    engine_kwargs = {"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else {"pool_pre_ping": True}
+    # Workers that start together on a new database race to create its tables: the losers try again.
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats: stable since 2.9
+                storage = optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_seconds, grace_period=grace_seconds
+                )
+            break
+        except Exception as exc:  # noqa: BLE001 — sqlalchemy, driver and alembic errors alike
+            # IntegrityError / ProgrammingError: another worker created the same table or row first.
+            if attempt == OPEN_ATTEMPTS - 1 or not isinstance(exc, (IntegrityError, ProgrammingError)):
+                raise TagifaiError(f"cannot open the Optuna storage {redact(url)}: {exc}".splitlines()[0]) from exc
+            time.sleep(1 + attempt)
+    if sqlite:
+        serialize_sqlite(storage.engine)
+    return storage
+
+
+def serialize_sqlite(engine: Any) -> None:
+    """Make every SQLite transaction take the write lock when it begins.
+
+    SQLite ignores SELECT ... FOR UPDATE, and by default locks only at the first write, so two
+    workers could both read a queued trial as WAITING and both run it. PostgreSQL needs none of this.
+    """
+    from sqlalchemy import event
+
+    event.listen(engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE"))
+    engine.dispose()  # connections opened before the listener was added
+
+
+def open_study(
+    name: str,
+    storage: optuna.storages.BaseStorage | None,
+    *,
+    data_run_id: str,
+    first_params: dict[str, Any],
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+) -> optuna.Study:
+    """Create study `name` (queueing `first_params` as its first trial), or join it if it exists.
+
+    Exactly one worker creates the study, so the first trial is queued once however many start
+    together.
+
+    Raises:
+        TagifaiError: the study exists but tunes another data run.
+    """
+    options = {"study_name": name, "storage": storage, "sampler": sampler, "pruner": pruner}
+    try:
+        study = optuna.create_study(direction="maximize", **options)
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(**options)
+        tuned = study.user_attrs.get("data_run_id")
+        # Absent: its creator is still setting it up.
+        if tuned not in (None, data_run_id):
+            raise TagifaiError(f"Optuna study {name!r} tunes data run {tuned}, not {data_run_id}") from None
+        return study
+    study.set_user_attr("data_run_id", data_run_id)
+    study.enqueue_trial(first_params)
+    return study
+
+
+def load_study(name: str, storage: optuna.storages.BaseStorage, data_run_id: str) -> optuna.Study:
+    """Load an existing study and check it tuned `data_run_id`.
+
+    Raises:
+        TagifaiError: no such study in the storage, or it tuned other data.
+    """
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError as exc:
+        raise TagifaiError(f"no Optuna study {name!r} in the storage") from exc
+    tuned = study.user_attrs.get("data_run_id")
+    if tuned != data_run_id:
+        raise TagifaiError(f"Optuna study {name!r} tuned data run {tuned}, not {data_run_id}")
+    return study
+
+
+def count(trials: Sequence[FrozenTrial], states: Sequence[TrialState]) -> int:
+    """How many of `trials` are in one of `states`."""
+    return sum(trial.state in states for trial in trials)
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail the running trials of workers that stopped sending heartbeats."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def guarded(objective: Objective, num_trials: int) -> Objective:
+    """`objective`, but a trial that starts beyond the `num_trials` claimed before it is given back unrun."""
+
+    def run(trial: Trial) -> float:
+        claimed = trial.study.get_trials(deepcopy=False, states=CLAIMED)
+        if sum(t.number < trial.number for t in claimed) >= num_trials:
+            trial.set_user_attr("surplus", True)
+            raise SurplusTrial(f"trial {trial.number} is past the {num_trials} requested: another worker took the slot")
+        return objective(trial)
+
+    return run
+
+
+def work(
+    study: optuna.Study,
+    objective: Objective,
+    num_trials: int,
+    callbacks: Sequence[Callback] = (),
+    poll_seconds: float = POLL_SECONDS,
+) -> int:
+    """Run trials of `study` until it holds `num_trials` finished ones, whoever ran them.
+
+    Args:
+        study: the shared study.
+        objective: scores one trial; may raise `optuna.TrialPruned`.
+        num_trials: finished trials the study should end with, across all workers.
+        callbacks: called after each trial this worker finishes (never for a given-back one).
+        poll_seconds: how long to wait when every remaining slot is taken by another worker.
+
+    Returns:
+        How many trials this worker finished.
+    """
+    finished_here = 0
+
+    def counted(study: optuna.Study, trial: FrozenTrial) -> None:
+        nonlocal finished_here
+        if trial.user_attrs.get("surplus"):
+            return
+        finished_here += trial.state in FINISHED
+        for callback in callbacks:
+            callback(study, trial)
+
+    objective = guarded(objective, num_trials)
+    while True:
+        fail_stale_trials(study)
+        trials = study.get_trials(deepcopy=False)
+        if count(trials, FINISHED) >= num_trials:
+            return finished_here
+        if count(trials, CLAIMED) >= num_trials and not count(trials, (TrialState.WAITING,)):
+            # The last trials run in other workers: wait for them to finish, or to go stale.
+            time.sleep(poll_seconds)
+            continue
+        study.optimize(objective, n_trials=1, callbacks=[counted], catch=(SurplusTrial,))
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial:
+    """The best completed trial.
+
+    Raises:
+        TagifaiError: no trial completed (all pruned or failed).
+    """
+    try:
+        return study.best_trial
+    except ValueError as exc:
+        raise TagifaiError(f"no Optuna trial of study {study.study_name!r} completed") from exc
