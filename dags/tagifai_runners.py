@@ -17,6 +17,11 @@
 Every step prints a one-line JSON object as its last stdout line; the operator pushes that line to
 XCom and the next step reads it with the `fromjson` template filter.
 
+`optimize` fans out: `tagifai_workers` renders its command once per worker (the task
+`optimize_workers`, a few milliseconds on the Airflow worker) and maps one task instance over each
+copy. The workers share one Optuna study through `TAGIFAI_OPTUNA_STORAGE`, which every runner
+hands to the steps like a secret.
+
 Only the standard library and Airflow are imported here: the DAG never imports tagifai, pandas
 or mlflow. Settings are read when the DAG file calls `RunnerSettings.from_env()`, never at import.
 """
@@ -36,15 +41,20 @@ from typing import Any
 
 from airflow.providers.docker.operators.docker import DockerOperator
 from airflow.providers.standard.operators.bash import BashOperator
+from airflow.sdk import task
+from airflow.sdk.exceptions import AirflowFailException
 
 RUNNERS = ("docker", "local", "kubernetes")
 
 # Read by the `tagifai` commands themselves; what every runner hands to a step.
 PIPELINE_RUN_ID_ENV = "TAGIFAI_PIPELINE_RUN_ID"
+# The Optuna RDB URL that workers of one study share (it holds the database password).
+OPTUNA_STORAGE_ENV = "TAGIFAI_OPTUNA_STORAGE"
 # Secrets a step may need (MLflow auth, an S3/MinIO artifact store). Forwarded when set in the
 # worker's environment, and to containers only through `private_environment` (never rendered,
 # never stored with the DAG).
 SECRET_ENV = (
+    OPTUNA_STORAGE_ENV,
     "MLFLOW_TRACKING_USERNAME",
     "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_TRACKING_TOKEN",
@@ -131,9 +141,15 @@ def fromjson(value: Any) -> dict[str, Any]:
     return parsed
 
 
-def run_id_from(task_id: str) -> str:
-    """Return the template that reads `run_id` from the JSON line another task printed."""
-    return f"{{{{ (ti.xcom_pull(task_ids='{task_id}') | fromjson)['run_id'] }}}}"
+def run_id_from(task_id: str, map_index: int | None = None) -> str:
+    """Return the template that reads `run_id` from the JSON line another task printed.
+
+    Args:
+        task_id: the upstream task.
+        map_index: which instance of a mapped upstream task (e.g. 0: the first `optimize` worker).
+    """
+    index = "" if map_index is None else f", map_indexes={map_index}"
+    return f"{{{{ (ti.xcom_pull(task_ids='{task_id}'{index}) | fromjson)['run_id'] }}}}"
 
 
 def shquote(value: Any) -> str:
@@ -246,35 +262,89 @@ def tagifai_step(
     Returns:
         A `DockerOperator`, `BashOperator` or `KubernetesPodOperator`.
     """
+    operator, kwargs, _ = _operator(task_id, command, settings, experiment_name, data_sources)
+    return operator(**kwargs)
+
+
+def tagifai_workers(
+    task_id: str, command: Sequence[str], settings: RunnerSettings, *, experiment_name: str, num_workers: str
+) -> tuple[Any, Any]:
+    """Return the tasks that run `tagifai <command>` in `num_workers` parallel workers.
+
+    Args:
+        task_id: the task id of the workers, the same as the step's name.
+        command: the step and its arguments; may hold templates.
+        settings: the runner settings.
+        experiment_name: template or value for MLFLOW_EXPERIMENT_NAME.
+        num_workers: template or value: how many workers.
+
+    Returns:
+        `(<task_id>_workers, <task_id>)`: the task that renders the command once per worker, and
+        the task mapped over those copies.
+    """
+    operator, kwargs, mapped = _operator(task_id, command, settings, experiment_name, ())
+    copies = workers.override(task_id=f"{task_id}_workers")(kwargs.pop(mapped), num_workers, settings.runner)
+    return copies, operator.partial(**kwargs).expand(**{mapped: copies})
+
+
+@task
+def workers(rendered: Any, num_workers: int | str, runner: str) -> list[Any]:
+    """One copy of a step's rendered command per worker: the list the mapped task expands over.
+
+    Raises:
+        AirflowFailException: several workers but no storage to share their study (not retried).
+    """
+    count = int(num_workers)
+    # Kubernetes pods get their secrets from TAGIFAI_K8S_SECRET, which this worker cannot see.
+    if count > 1 and runner != "kubernetes" and not os.environ.get(OPTUNA_STORAGE_ENV):
+        raise AirflowFailException(
+            f"num_workers={count} needs one Optuna study for all workers: set {OPTUNA_STORAGE_ENV} on the Airflow "
+            "workers (e.g. postgresql+psycopg2://user:password@host/optuna), or run with num_workers=1"
+        )
+    return [rendered] * count
+
+
+def _operator(
+    task_id: str,
+    command: Sequence[str],
+    settings: RunnerSettings,
+    experiment_name: str,
+    data_sources: Sequence[str],
+) -> tuple[type, dict[str, Any], str]:
+    """The operator class for the runner, its arguments, and the name of the one that holds the command."""
     env = step_environment(settings, experiment_name=experiment_name)
     if settings.runner == "local":
-        return BashOperator(
-            task_id=task_id,
-            bash_command=bash_command(settings.tagifai_bin, command),
-            env=env,
-            append_env=True,
-            skip_on_exit_code=None,
-        )
+        kwargs = {
+            "task_id": task_id,
+            "bash_command": bash_command(settings.tagifai_bin, command),
+            "env": env,
+            "append_env": True,
+            "skip_on_exit_code": None,
+        }
+        return BashOperator, kwargs, "bash_command"
     if settings.runner == "kubernetes":
         return _kubernetes_step(task_id, command, settings, env)
-    return TagifaiDockerOperator(
-        task_id=task_id,
-        image=settings.image,
-        command=list(command),
-        docker_url=settings.docker_url,
-        network_mode=settings.docker_network,
-        environment=env,
-        data_sources=list(data_sources),
+    kwargs = {
+        "task_id": task_id,
+        "image": settings.image,
+        "command": list(command),
+        "docker_url": settings.docker_url,
+        "network_mode": settings.docker_network,
+        "environment": env,
+        "data_sources": list(data_sources),
         # Which pipeline run and step a container belongs to: `docker ps --filter label=...`.
-        labels={"org.tagifai.step": task_id, "org.tagifai.pipeline-run-id": "{{ run_id }}"},
-        auto_remove="success",
-        mount_tmp_dir=False,
+        "labels": {"org.tagifai.step": task_id, "org.tagifai.pipeline-run-id": "{{ run_id }}"},
+        "auto_remove": "success",
+        "mount_tmp_dir": False,
         # Pull only what is not on the host: local builds (`make image`) are never pulled.
-        force_pull=False,
-    )
+        "force_pull": False,
+    }
+    return TagifaiDockerOperator, kwargs, "command"
 
 
-def _kubernetes_step(task_id: str, command: Sequence[str], settings: RunnerSettings, env: dict[str, str]) -> Any:
+def _kubernetes_step(
+    task_id: str, command: Sequence[str], settings: RunnerSettings, env: dict[str, str]
+) -> tuple[type, dict[str, Any], str]:
     try:
         from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     except ImportError as exc:  # pragma: no cover — depends on the installed providers
@@ -288,21 +358,22 @@ def _kubernetes_step(task_id: str, command: Sequence[str], settings: RunnerSetti
         if settings.k8s_secret
         else None
     )
-    return KubernetesPodOperator(
-        task_id=task_id,
-        name=f"tagifai-{task_id}",
-        namespace=settings.k8s_namespace,
-        in_cluster=settings.k8s_in_cluster,
-        image=settings.image,
-        cmds=["/bin/sh", "-c", K8S_WRAPPER, "tagifai"],
-        arguments=list(command),
-        env_vars=env,
+    kwargs = {
+        "task_id": task_id,
+        "name": f"tagifai-{task_id}",
+        "namespace": settings.k8s_namespace,
+        "in_cluster": settings.k8s_in_cluster,
+        "image": settings.image,
+        "cmds": ["/bin/sh", "-c", K8S_WRAPPER, "tagifai"],
+        "arguments": list(command),
+        "env_vars": env,
         # Secrets come from a Kubernetes Secret (TAGIFAI_K8S_SECRET), never from the DAG.
-        env_from=env_from,
-        do_xcom_push=True,
-        get_logs=True,
-        on_finish_action="delete_succeeded_pod",
-    )
+        "env_from": env_from,
+        "do_xcom_push": True,
+        "get_logs": True,
+        "on_finish_action": "delete_succeeded_pod",
+    }
+    return KubernetesPodOperator, kwargs, "arguments"
 
 
 class TagifaiDockerOperator(DockerOperator):

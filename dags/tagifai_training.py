@@ -9,15 +9,19 @@ object last (`{"run_id": ...}`), and the next step gets that MLflow run id as an
 | --- | --- | --- |
 | `elt` | projects and tags CSVs (`projects_url`, `tags_url`) | the labelled dataset |
 | `validate` | the `elt` run | data contract + drift report; fails the run on bad data |
-| `optimize` | the `validate` run | Optuna study, best hyperparameters |
-| `train` | the `validate` and `optimize` runs | the model |
+| `optimize` | the `validate` run | trials of one Optuna study, shared by `num_workers` parallel tasks |
+| `train` | the `validate` run, the study's best trial | the model |
 | `evaluate` | the `train` run | test metrics, slices, behavioral checks |
 | `register` | the `evaluate` run | a model version; `@champion` when it passes the gate |
 
-Trigger with a config to override the params, e.g. `{"num_trials": 5, "min_f1": 0.7}`.
+`optimize_workers` copies the `optimize` command once per worker and `optimize` maps over the
+copies: the workers run the trials of one Optuna study together, stored where
+`TAGIFAI_OPTUNA_STORAGE` says (the stack's PostgreSQL), until it holds `num_trials` of them.
+
+Trigger with a config to override the params, e.g. `{"num_trials": 5, "num_workers": 4}`.
 Deployment settings come from the environment of the Airflow workers: `TAGIFAI_IMAGE`,
-`TAGIFAI_DOCKER_NETWORK`, `TAGIFAI_MLFLOW_TRACKING_URI`, `DOCKER_HOST`, `TAGIFAI_BIN`
-(see `dags/tagifai_runners.py`). A data URL that is a local path or `file://` URL must be a path
+`TAGIFAI_DOCKER_NETWORK`, `TAGIFAI_MLFLOW_TRACKING_URI`, `TAGIFAI_OPTUNA_STORAGE`, `DOCKER_HOST`,
+`TAGIFAI_BIN` (see `dags/tagifai_runners.py`). A data URL that is a local path or `file://` URL must be a path
 on the Docker host; its folder is mounted read-only into the `elt` container.
 """
 
@@ -27,7 +31,14 @@ import os
 from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, Param
-from tagifai_runners import USER_DEFINED_FILTERS, RunnerSettings, data_url, run_id_from, tagifai_step
+from tagifai_runners import (
+    USER_DEFINED_FILTERS,
+    RunnerSettings,
+    data_url,
+    run_id_from,
+    tagifai_step,
+    tagifai_workers,
+)
 
 # Pinned upstream copy of the Made-With-ML dataset (the same default as config/tagifai.toml).
 UPSTREAM = (
@@ -51,7 +62,14 @@ with DAG(
         "max_retry_delay": timedelta(minutes=30),
     },
     params={
-        "num_trials": Param(20, type="integer", minimum=1, description="Optuna trials in `optimize`."),
+        "num_trials": Param(20, type="integer", minimum=1, description="Optuna trials of all `optimize` workers."),
+        "num_workers": Param(
+            2,
+            type="integer",
+            minimum=1,
+            maximum=64,
+            description="Parallel `optimize` tasks sharing one Optuna study (in TAGIFAI_OPTUNA_STORAGE).",
+        ),
         "experiment_name": Param("tagifai", type="string", minLength=1, description="MLflow experiment."),
         "projects_url": Param(
             data_url(os.environ.get("TAGIFAI_PROJECTS_URL"), f"{UPSTREAM}/projects.csv"),
@@ -87,6 +105,16 @@ with DAG(
             data_sources=data_sources,
         )
 
+    def parallel_step(task_id: str, *args: str):
+        """`<task_id>_workers`, then `tagifai <task_id> <args>` in `num_workers` mapped tasks."""
+        return tagifai_workers(
+            task_id,
+            [task_id, *args],
+            settings,
+            experiment_name="{{ params.experiment_name }}",
+            num_workers="{{ params.num_workers }}",
+        )
+
     elt = step(
         "elt",
         "--projects-url", "{{ params.projects_url }}",
@@ -95,8 +123,11 @@ with DAG(
         data_sources=("{{ params.projects_url }}", "{{ params.tags_url }}"),
     )  # fmt: skip
     validate = step("validate", "--elt-run", run_id_from("elt"))
-    optimize = step("optimize", "--data-run", run_id_from("validate"), "--num-trials", "{{ params.num_trials }}")
-    train = step("train", "--data-run", run_id_from("validate"), "--optimize-run", run_id_from("optimize"))
+    optimize_workers, optimize = parallel_step(
+        "optimize", "--data-run", run_id_from("validate"), "--num-trials", "{{ params.num_trials }}"
+    )
+    # Any worker's run leads to the study; train takes its best trial, whoever ran it.
+    train = step("train", "--data-run", run_id_from("validate"), "--optimize-run", run_id_from("optimize", 0))
     evaluate = step("evaluate", "--train-run", run_id_from("train"))
     register = step(
         "register",
@@ -105,4 +136,4 @@ with DAG(
         "--max-regression", "{{ params.max_regression }}",
     )  # fmt: skip
 
-    elt >> validate >> optimize >> train >> evaluate >> register
+    elt >> validate >> optimize_workers >> optimize >> train >> evaluate >> register

@@ -61,10 +61,17 @@ airflow-db: airflow-install ## Create or upgrade the project-local Airflow metad
 dags-list: airflow-db ## List the DAG's tasks as Airflow parses them (RUNNER=...)
 	$(AIRFLOW_ENV) TAGIFAI_RUNNER=$(RUNNER) $(AIRFLOW) tasks list tagifai_training
 
+# Where `make dags-test`'s optimize workers share their study: SQLite beside the embedded store
+# (local runner), or the stack's PostgreSQL, whose network the docker runner's containers join (the
+# password is read from .env when the recipe runs, so make never prints it).
+DAGS_TEST_OPTUNA_STORAGE = $(if $(filter local,$(RUNNER)),sqlite:///$(CURDIR)/stores/optuna.db,$\
+	postgresql+psycopg2://optuna:$$(sed -n 's/^OPTUNA_DB_PASSWORD=//p' $(STACK_ENV) 2>/dev/null)@postgres:5432/optuna)
+
 # local: steps run in a temporary folder, so the embedded store is named by its absolute path.
 dags-test: airflow-db $(if $(filter local,$(RUNNER)),install) ## Run the DAG once: airflow dags test (RUNNER=docker|local, CONF='{"num_trials": 2}')
 	@mkdir -p stores
 	$(AIRFLOW_ENV) TAGIFAI_RUNNER=$(RUNNER) TAGIFAI_BIN=$(CURDIR)/$(VENV)/bin/tagifai \
+		TAGIFAI_OPTUNA_STORAGE=$${TAGIFAI_OPTUNA_STORAGE:-$(DAGS_TEST_OPTUNA_STORAGE)} \
 		$(if $(filter local,$(RUNNER)),MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/stores/mlflow.db}) \
 		$(AIRFLOW) dags test tagifai_training -c '$(CONF)'
 

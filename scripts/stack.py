@@ -149,7 +149,12 @@ class Airflow:
     def task_states(self, run_id: str) -> dict[str, str]:
         """State of each task instance of a run."""
         path = f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.request.quote(run_id, safe='')}/taskInstances"
-        return {ti["task_id"]: ti["state"] for ti in self.request("GET", path)["task_instances"]}
+        instances = self.request("GET", path)["task_instances"]
+        # Instances of a mapped task (the optimize workers) as optimize[0], optimize[1], ...
+        return {
+            ti["task_id"] + (f"[{ti['map_index']}]" if ti.get("map_index", -1) >= 0 else ""): ti["state"]
+            for ti in instances
+        }
 
 
 def trigger(args: argparse.Namespace) -> int:

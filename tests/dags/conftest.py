@@ -59,8 +59,9 @@ def load_dag(parse_dags: Callable[..., Any]) -> Callable[..., Any]:
 class FakeTaskInstance:
     """Stands in for `ti` in templates: each task's XCom is the JSON line its step printed."""
 
-    def xcom_pull(self, task_ids: str, **_: Any) -> str:
-        return json.dumps({"run_id": f"{task_ids}-run-id", "extra": "ignored"})
+    def xcom_pull(self, task_ids: str, map_indexes: int | None = None, **_: Any) -> str:
+        name = task_ids if map_indexes is None else f"{task_ids}-{map_indexes}"
+        return json.dumps({"run_id": f"{name}-run-id", "extra": "ignored"})
 
 
 @pytest.fixture

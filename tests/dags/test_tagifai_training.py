@@ -15,6 +15,8 @@ pytest.importorskip("airflow", reason="tests/dags run with the Airflow venv (.ve
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 STEPS = ["elt", "validate", "optimize", "train", "evaluate", "register"]
+# The graph: the six steps, with `optimize` mapped over the copies `optimize_workers` renders.
+GRAPH = ["elt", "validate", "optimize_workers", "optimize", "train", "evaluate", "register"]
 UPSTREAM = (
     "https://raw.githubusercontent.com/GokuMohandas/Made-With-ML/e8dfdbe98f55cba8befaf8409e16e48fac2d26d8/datasets"
 )
@@ -27,9 +29,35 @@ def rendered_command(task, runner: str) -> list[str]:
         return ["tagifai", *task.command]
     if runner == "kubernetes":
         return ["tagifai", *task.arguments]
-    inner = task.bash_command.split("out=$(", 1)[1].rsplit(")\n", 1)[0]
-    argv = shlex.split(inner)
-    return ["tagifai", *argv[1:]]
+    return bash_argv(task.bash_command)
+
+
+def bash_argv(script: str) -> list[str]:
+    """The `tagifai` argv inside a local runner's bash script."""
+    inner = script.split("out=$(", 1)[1].rsplit(")\n", 1)[0]
+    return ["tagifai", *shlex.split(inner)[1:]]
+
+
+def worker_copies(dag, render, **params) -> list:
+    """What `optimize_workers` hands the mapped `optimize` task: one rendered command per worker."""
+    fan_out = render(dag.get_task("optimize_workers"), **params)
+    return fan_out.python_callable(*fan_out.op_args, **fan_out.op_kwargs)
+
+
+def unmapped_steps(dag) -> list:
+    """The step tasks that are not mapped (all but `optimize` and its fan-out)."""
+    return [task for task in dag.tasks if task.task_id in STEPS and task.task_id != "optimize"]
+
+
+def step_operators(dag, render, **params) -> list:
+    """The six steps as the rendered operators that run them; `optimize` as its first worker."""
+    tasks = [render(task, **params) for task in unmapped_steps(dag)]
+    optimize = dag.get_task("optimize")
+    [field] = optimize.expand_input.value  # command, bash_command or arguments
+    [worker] = worker_copies(dag, render, num_workers=1, **params)
+    unmapped = optimize.unmap({field: worker})
+    unmapped.dag = dag
+    return [*tasks, render(unmapped, **params)]
 
 
 # ---- the DAG file ------------------------------------------------------------------------------
@@ -61,13 +89,17 @@ def test_dag_files_never_import_ml_libraries(path: Path):
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
-def test_graph_is_the_six_steps_in_order(load_dag, runner):
+def test_graph_is_the_six_steps_in_order_with_optimize_fanned_out(load_dag, runner):
     dag = load_dag(TAGIFAI_RUNNER=runner)
-    assert sorted(dag.task_ids) == sorted(STEPS)
-    for upstream, downstream in zip(STEPS, STEPS[1:], strict=False):
+    assert sorted(dag.task_ids) == sorted(GRAPH)
+    for upstream, downstream in zip(GRAPH, GRAPH[1:], strict=False):
         assert dag.get_task(upstream).downstream_task_ids == {downstream}
     assert dag.get_task("elt").upstream_task_ids == set()
     assert dag.get_task("register").downstream_task_ids == set()
+    # `optimize` is mapped over the list `optimize_workers` returns.
+    optimize = dag.get_task("optimize")
+    assert type(optimize).__name__ == "MappedOperator"
+    assert [op.task_id for op in optimize.iter_mapped_dependencies()] == ["optimize_workers"]
 
 
 def test_schedule_catchup_and_run_limits(load_dag):
@@ -81,7 +113,7 @@ def test_schedule_catchup_and_run_limits(load_dag):
 
 
 def test_every_task_retries_at_least_twice_with_exponential_backoff(load_dag):
-    for task in load_dag().tasks:
+    for task in load_dag().tasks:  # the fan-out too: it reads XCom through the API server
         assert task.retries >= 2
         assert task.retry_exponential_backoff > 1
         assert task.retry_delay >= timedelta(seconds=30)
@@ -92,6 +124,7 @@ def test_params_shown_in_the_trigger_form_have_defaults_and_descriptions(load_da
     params = load_dag().params
     assert {name: params[name] for name in params} == {
         "num_trials": 20,
+        "num_workers": 2,
         "experiment_name": "tagifai",
         "projects_url": f"{UPSTREAM}/projects.csv",
         "tags_url": f"{UPSTREAM}/tags.csv",
@@ -123,6 +156,8 @@ def test_params_reject_out_of_range_values(load_dag):
         params.get_param("min_f1").resolve(1.5)
     with pytest.raises(ParamValidationError):
         params.get_param("num_trials").resolve(0)
+    with pytest.raises(ParamValidationError):
+        params.get_param("num_workers").resolve(0)
 
 
 # ---- what each step runs -----------------------------------------------------------------------
@@ -132,7 +167,9 @@ def test_params_reject_out_of_range_values(load_dag):
 def test_each_task_runs_the_tagifai_command_of_its_name(load_dag, render, runner):
     dag = load_dag(TAGIFAI_RUNNER=runner, TAGIFAI_BIN="tagifai")
     conf = {"num_trials": 3, "projects_url": "/data/projects.csv", "tags_url": "file:///data/tags.csv"}
-    commands = {task.task_id: rendered_command(render(task, **conf), runner) for task in dag.tasks}
+    commands = {task.task_id: rendered_command(render(task, **conf), runner) for task in unmapped_steps(dag)}
+    [worker, *_] = worker_copies(dag, render, num_workers=1, **conf)
+    commands["optimize"] = ["tagifai", *worker] if runner != "local" else bash_argv(worker)
     assert commands == {
         "elt": [
             "tagifai", "elt",
@@ -142,7 +179,8 @@ def test_each_task_runs_the_tagifai_command_of_its_name(load_dag, render, runner
         ],
         "validate": ["tagifai", "validate", "--elt-run", "elt-run-id"],
         "optimize": ["tagifai", "optimize", "--data-run", "validate-run-id", "--num-trials", "3"],
-        "train": ["tagifai", "train", "--data-run", "validate-run-id", "--optimize-run", "optimize-run-id"],
+        # The first worker's run: train reads the best trial of the study it belongs to.
+        "train": ["tagifai", "train", "--data-run", "validate-run-id", "--optimize-run", "optimize-0-run-id"],
         "evaluate": ["tagifai", "evaluate", "--train-run", "train-run-id"],
         "register": [
             "tagifai", "register", "--evaluate-run", "evaluate-run-id", "--min-f1", "0.6", "--max-regression", "0.02"
@@ -157,8 +195,9 @@ def test_docker_tasks_use_the_one_image_and_the_configured_network(load_dag, ren
         "DOCKER_HOST": "tcp://docker:2375",
         "TAGIFAI_MLFLOW_TRACKING_URI": "http://127.0.0.1:5001",
     }
-    for task in load_dag(**env).tasks:
-        render(task)
+    dag = load_dag(**env)
+    assert {t.task_id for t in step_operators(dag, render)} == set(STEPS)
+    for task in step_operators(dag, render):
         assert type(task).__name__ == "TagifaiDockerOperator"
         assert task.image == "registry.example/tagifai:1.2.3"
         assert task.network_mode == "host"
@@ -177,8 +216,8 @@ def test_docker_tasks_use_the_one_image_and_the_configured_network(load_dag, ren
         }
 
 
-def test_docker_defaults_fit_the_compose_stack(load_dag):
-    for task in load_dag().tasks:
+def test_docker_defaults_fit_the_compose_stack(load_dag, render):
+    for task in step_operators(load_dag(), render):
         assert task.image == "tagifai:latest"
         assert task.network_mode == "tagifai"
         assert task.docker_url == "unix:///var/run/docker.sock"
@@ -195,6 +234,7 @@ def test_docker_mounts_local_data_read_only_at_the_same_path_and_keeps_secrets_p
     config = tmp_path / "small.toml"
     monkeypatch.setenv("TAGIFAI_CONFIG", str(config))
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
+    monkeypatch.setenv("TAGIFAI_OPTUNA_STORAGE", "postgresql+psycopg2://optuna:s3cret@postgres/optuna")
     elt = render(
         load_dag().get_task("elt"),
         projects_url="/srv/data/projects.csv",
@@ -208,8 +248,41 @@ def test_docker_mounts_local_data_read_only_at_the_same_path_and_keeps_secrets_p
         {"Target": str(tmp_path), "Source": str(tmp_path), "Type": "bind", "ReadOnly": True},
     ]
     assert task.environment["TAGIFAI_CONFIG"] == str(config)
-    assert task._private_environment == {"MLFLOW_TRACKING_PASSWORD": "s3cret"}
+    assert task._private_environment == {
+        "MLFLOW_TRACKING_PASSWORD": "s3cret",
+        "TAGIFAI_OPTUNA_STORAGE": "postgresql+psycopg2://optuna:s3cret@postgres/optuna",
+    }
     assert "s3cret" not in json.dumps(task.environment)
+
+
+# ---- optimize fans out ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_optimize_workers_renders_one_copy_of_the_command_per_worker(load_dag, render, monkeypatch, runner):
+    monkeypatch.setenv("TAGIFAI_OPTUNA_STORAGE", "sqlite:////tmp/optuna.db")
+    dag = load_dag(TAGIFAI_RUNNER=runner, TAGIFAI_BIN="tagifai")
+    copies = worker_copies(dag, render, num_workers=3, num_trials=12)
+    assert len(copies) == 3 and all(copy == copies[0] for copy in copies)
+    argv = ["tagifai", *copies[0]] if runner != "local" else bash_argv(copies[0])
+    assert argv == ["tagifai", "optimize", "--data-run", "validate-run-id", "--num-trials", "12"]
+
+
+@pytest.mark.parametrize("runner", ["docker", "local"])
+def test_several_workers_without_a_shared_storage_fail_at_once_naming_the_setting(load_dag, render, runner):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    # Not retried: without a shared study each worker would run every trial on its own.
+    with pytest.raises(AirflowFailException, match="num_workers=2 needs one Optuna study .* TAGIFAI_OPTUNA_STORAGE"):
+        worker_copies(load_dag(TAGIFAI_RUNNER=runner), render, num_workers=2)
+    # (Rendering works in place: a fresh DAG for the next render.)
+    assert len(worker_copies(load_dag(TAGIFAI_RUNNER=runner), render, num_workers=1)) == 1
+
+
+def test_kubernetes_workers_take_the_storage_from_the_pod_secret(load_dag, render):
+    # The Airflow worker cannot see the pods' Secret, so it does not insist on the variable.
+    dag = load_dag(TAGIFAI_RUNNER="kubernetes", TAGIFAI_K8S_SECRET="tagifai-secrets")
+    assert len(worker_copies(dag, render, num_workers=2)) == 2
 
 
 def test_docker_mounts_nothing_for_remote_data(load_dag, render, monkeypatch):
@@ -221,12 +294,13 @@ def test_docker_mounts_nothing_for_remote_data(load_dag, render, monkeypatch):
     assert seen["task"].mounts == []
 
 
-def test_local_runner_runs_the_configured_binary_and_inherits_the_environment(load_dag):
-    for task in load_dag(TAGIFAI_RUNNER="local", TAGIFAI_BIN="/opt/tagifai/bin/tagifai").tasks:
+def test_local_runner_runs_the_configured_binary_and_inherits_the_environment(load_dag, render):
+    dag = load_dag(TAGIFAI_RUNNER="local", TAGIFAI_BIN="/opt/tagifai/bin/tagifai")
+    for task in step_operators(dag, render):
         assert type(task).__name__ == "BashOperator"
         assert f"out=$(/opt/tagifai/bin/tagifai {task.task_id} " in task.bash_command
         assert task.append_env is True
-        assert task.env["TAGIFAI_PIPELINE_RUN_ID"] == "{{ run_id }}"
+        assert task.env["TAGIFAI_PIPELINE_RUN_ID"] == "manual__2026-01-01T00:00:00+00:00"
         assert "TAGIFAI_IMAGE" not in task.env
         # Without TAGIFAI_MLFLOW_TRACKING_URI the worker's own MLFLOW_TRACKING_URI applies.
         assert "MLFLOW_TRACKING_URI" not in task.env
@@ -270,8 +344,8 @@ def test_kubernetes_runner_renders_pods_with_the_same_image_and_commands(load_da
         TAGIFAI_K8S_NAMESPACE="ml",
         TAGIFAI_K8S_SECRET="tagifai-secrets",
     )
-    for task in dag.tasks:
-        pod = render(task).build_pod_request_obj(dry_run=True)
+    for task in step_operators(dag, render):
+        pod = task.build_pod_request_obj(dry_run=True)
         base, *sidecars = pod.spec.containers
         assert pod.metadata.namespace == "ml"
         assert base.image == "registry.example/tagifai:1.2.3"

@@ -17,7 +17,17 @@ from pathlib import Path
 import pytest
 import synthetic
 
-from .dag_helpers import STEPS, champion, dags_test, require, running_mlflow_server, running_postgres, world_readable
+from .dag_helpers import (
+    STEPS,
+    champion,
+    dags_test,
+    pipeline_runs,
+    require,
+    running_mlflow_server,
+    running_postgres,
+    study_states,
+    world_readable,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.airflow, pytest.mark.docker, pytest.mark.slow]
 
@@ -61,29 +71,42 @@ def test_docker_dag_run_trains_and_promotes_a_champion(tmp_path, host_folder):
     world_readable(host_folder)
 
     with (
-        running_postgres() as backend,
-        running_mlflow_server(backend, tmp_path / "mlflow") as tracking_uri,
+        running_postgres("mlflow", "optuna") as databases,
+        running_mlflow_server(databases["mlflow"], tmp_path / "mlflow") as tracking_uri,
     ):
         run = dags_test(
             tmp_path / "airflow",
-            conf={"num_trials": 2, "projects_url": str(projects), "tags_url": tags.as_uri()},
+            conf={"num_trials": 3, "num_workers": 2, "projects_url": str(projects), "tags_url": tags.as_uri()},
             extra_env={
                 "TAGIFAI_RUNNER": "docker",
                 "TAGIFAI_IMAGE": IMAGE,
-                # Containers reach the mlflow server on the host's 127.0.0.1.
+                # Containers reach the mlflow server and PostgreSQL on the host's 127.0.0.1.
                 "TAGIFAI_DOCKER_NETWORK": "host",
                 "TAGIFAI_MLFLOW_TRACKING_URI": tracking_uri,
+                # The optimize workers' study; handed to the containers as a private variable.
+                "TAGIFAI_OPTUNA_STORAGE": databases["optuna"],
                 # A host path: the docker runner mounts its folder read-only and forwards it.
                 "TAGIFAI_CONFIG": str(config),
             },
         )
         assert run.returncode == 0, run.output[-5000:]
-        assert run.states == dict.fromkeys(STEPS, "success")
+        assert run.states == dict.fromkeys(
+            ["elt", "validate", "optimize_workers", "optimize[0]", "optimize[1]", "train", "evaluate", "register"],
+            "success",
+        )
         best = champion(tracking_uri)
+        runs = pipeline_runs(tracking_uri, run.run_id)
+        [train] = [r for r in runs if r["step"] == "train"]
+        trials = study_states(databases["optuna"], train["tags"]["optuna_study"])
 
     assert best is not None, "tagifai@champion was not set"
     assert IMAGE in best["tags"].values(), "the model version does not record the image it was trained in"
     assert run.run_id in best["run_tags"].values()
-    # Each step ran in its own container, and auto_remove="success" cleaned them all up.
-    assert run.output.count("Starting docker container from image") == len(STEPS)
+    # Two optimize containers shared one study in PostgreSQL: 3 trials between them.
+    workers = [r for r in runs if r["step"] == "optimize"]
+    assert len(workers) == 2 and sum(w["metrics"]["trials_run"] for w in workers) == 3
+    assert trials.get("COMPLETE", 0) + trials.get("PRUNED", 0) == 3
+    assert train["tags"]["optimize_run_id"] in {w["run_id"] for w in workers}
+    # Each step ran in its own container (optimize in two), and auto_remove="success" cleaned them up.
+    assert run.output.count("Starting docker container from image") == len(STEPS) + 1
     assert containers_of(run.run_id) == []

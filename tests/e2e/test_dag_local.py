@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import synthetic
 
-from .dag_helpers import STEPS, TAGIFAI_VENV, champion, dags_test, require
+from .dag_helpers import TAGIFAI_VENV, champion, dags_test, pipeline_runs, require, study_states
 
 pytestmark = [pytest.mark.e2e, pytest.mark.airflow, pytest.mark.slow]
 
@@ -26,11 +26,13 @@ def local_run(tmp_path: Path, projects: Path, tags: Path):
     run = dags_test(
         tmp_path / "airflow",
         # One a plain path, one a file:// URL: the DAG hands both forms to `tagifai elt`.
-        conf={"num_trials": 2, "projects_url": str(projects), "tags_url": tags.as_uri()},
+        conf={"num_trials": 3, "num_workers": 2, "projects_url": str(projects), "tags_url": tags.as_uri()},
         extra_env={
             "TAGIFAI_RUNNER": "local",
             "TAGIFAI_BIN": str(tagifai_bin),
             "MLFLOW_TRACKING_URI": tracking_uri,
+            # The two optimize workers share their study in SQLite.
+            "TAGIFAI_OPTUNA_STORAGE": f"sqlite:///{tmp_path / 'optuna.db'}",
             "TAGIFAI_CONFIG": str(synthetic.write_small_config(tmp_path / "small.toml")),
             "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         },
@@ -42,11 +44,27 @@ def test_local_dag_run_trains_and_promotes_a_champion(tmp_path):
     projects, tags = synthetic.write_dataset(tmp_path / "data")
     run, tracking_uri = local_run(tmp_path, projects, tags)
     assert run.returncode == 0, run.output[-5000:]
-    assert run.states == dict.fromkeys(STEPS, "success")
+    assert run.states == dict.fromkeys(
+        ["elt", "validate", "optimize_workers", "optimize[0]", "optimize[1]", "train", "evaluate", "register"],
+        "success",
+    )
     best = champion(tracking_uri)
     assert best is not None, "tagifai@champion was not set"
     # Every MLflow run of the pipeline carries the Airflow run id.
     assert run.run_id in best["run_tags"].values()
+
+    # Two optimize workers, one study: 3 trials between them, and train took the study's best.
+    runs = pipeline_runs(tracking_uri, run.run_id)
+    workers = [r for r in runs if r["step"] == "optimize"]
+    [train] = [r for r in runs if r["step"] == "train"]
+    assert len(workers) == 2
+    assert sum(w["metrics"]["trials_run"] for w in workers) == 3
+    assert [w["metrics"]["trials"] for w in workers] == [3, 3]
+    assert len([r for r in runs if r["step"] == "trial"]) == 3
+    assert train["tags"]["optimize_run_id"] in {w["run_id"] for w in workers}
+    study = train["tags"]["optuna_study"]
+    assert {w["tags"]["optuna_study"] for w in workers} == {study}
+    assert study_states(f"sqlite:///{tmp_path / 'optuna.db'}", study) in ({"COMPLETE": 3}, {"COMPLETE": 2, "PRUNED": 1})
 
 
 def test_local_dag_run_stops_at_validate_on_duplicate_ids(tmp_path):
@@ -60,6 +78,7 @@ def test_local_dag_run_stops_at_validate_on_duplicate_ids(tmp_path):
     assert run.states == {
         "elt": "success",
         "validate": "failed",
+        "optimize_workers": "upstream_failed",
         "optimize": "upstream_failed",
         "train": "upstream_failed",
         "evaluate": "upstream_failed",

@@ -76,6 +76,15 @@ class Stack:
         with urllib.request.urlopen(url, timeout=30) as response:
             return json.loads(response.read())
 
+    def mlflow_post(self, path: str, body: dict) -> dict:
+        request = urllib.request.Request(
+            f"{self.mlflow_url}/api/2.0/mlflow/{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
     def compose(self, *args: str) -> subprocess.CompletedProcess:
         command = (
             "docker compose"
@@ -134,7 +143,7 @@ def first_run(stack):
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     start = time.monotonic()
-    run_id = client.trigger({"num_trials": 3})
+    run_id = client.trigger({"num_trials": 3, "num_workers": 2})
     run = client.wait(run_id, timeout=1800)
     seconds = time.monotonic() - start
     watcher.terminate()
@@ -148,11 +157,38 @@ def test_dag_run_succeeds_with_each_step_in_its_own_container(stack, first_run):
     run_id, run, seconds, starts = first_run
     assert run["state"] == "success", stack.airflow().task_states(run_id)
     states = stack.airflow().task_states(run_id)
-    assert states == dict.fromkeys(["elt", "validate", "optimize", "train", "evaluate", "register"], "success")
+    assert states == dict.fromkeys(
+        ["elt", "validate", "optimize_workers", "optimize[0]", "optimize[1]", "train", "evaluate", "register"],
+        "success",
+    )
     steps = sorted(event["Actor"]["Attributes"]["org.tagifai.step"] for event in starts)
-    assert steps == sorted(["elt", "validate", "optimize", "train", "evaluate", "register"])  # a container each
-    assert len({event["id"] for event in starts}) == 6
+    # A container each; optimize in two.
+    assert steps == sorted(["elt", "validate", "optimize", "optimize", "train", "evaluate", "register"])
+    assert len({event["id"] for event in starts}) == 7
     print(f"DAG run {run_id}: {seconds:.0f}s")
+
+
+def test_two_optimize_workers_ran_side_by_side_on_one_study(stack, first_run):
+    run_id = first_run[0]
+    experiment = stack.mlflow("experiments/get-by-name", experiment_name="tagifai")["experiment"]["experiment_id"]
+    found = stack.mlflow_post(
+        "runs/search",
+        {"experiment_ids": [experiment], "filter": f"tags.pipeline_run_id = '{run_id}'", "max_results": 100},
+    )["runs"]
+    workers = [r for r in found if tag(r, "tagifai.step") == "optimize"]
+    assert len(workers) == 2
+    metrics = [{m["key"]: m["value"] for m in w["data"]["metrics"]} for w in workers]
+    assert sum(m["trials_run"] for m in metrics) == 3 and {m["trials"] for m in metrics} == {3}
+    assert len({tag(w, "optuna_study") for w in workers}) == 1
+    assert tag(workers[0], "optuna_storage").startswith("postgresql+psycopg2://optuna:***@postgres")
+    # The two tasks overlapped in time: the scheduler ran them in parallel.
+    starts, ends = [int(w["info"]["start_time"]) for w in workers], [int(w["info"]["end_time"]) for w in workers]
+    assert max(starts) < min(ends)
+
+
+def tag(run: dict, key: str) -> str | None:
+    """A tag of a run as the MLflow REST API returns it."""
+    return next((t["value"] for t in run["data"].get("tags", []) if t["key"] == key), None)
 
 
 def test_mlflow_shows_the_champion_with_metrics_lineage_and_artifacts(stack, first_run):
@@ -256,7 +292,7 @@ def test_run_survives_an_mlflow_restart_and_a_killed_task(stack, first_run):
         deadline = time.monotonic() + 1200
         while time.monotonic() < deadline and len(faults) < 2:
             states = client.task_states(run_id)
-            if "mlflow" not in faults and states.get("optimize") == "running":
+            if "mlflow" not in faults and "running" in (states.get("optimize[0]"), states.get("optimize[1]")):
                 faults["mlflow"] = stack.compose("restart", "mlflow").stderr
             if "train" not in faults and states.get("train") == "running":
                 labels = {"org.tagifai.step": "train", "org.tagifai.pipeline-run-id": run_id}

@@ -17,7 +17,8 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -69,8 +70,8 @@ def wait_for(check, what: str, timeout: float = 60.0, proc: subprocess.Popen | N
 
 
 @contextlib.contextmanager
-def running_postgres() -> Iterator[str]:
-    """Run a throwaway PostgreSQL 15 on 127.0.0.1; yield the SQLAlchemy URL of database `mlflow`.
+def running_postgres(*databases: str) -> Iterator[dict[str, str]]:
+    """Run a throwaway PostgreSQL 15 on 127.0.0.1 with `databases`; yield their SQLAlchemy URLs by name.
 
     The Debian binaries refuse to run as root, so the cluster belongs to the `postgres` user, in a
     folder of its own under /tmp (pytest's tmp_path is root-only).
@@ -103,13 +104,14 @@ def running_postgres() -> Iterator[str]:
             "PostgreSQL",
             proc=server,
         )
-        subprocess.run(
-            [PG_BIN / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mlflow"],
-            check=True,
-            capture_output=True,
-        )
+        for database in databases:
+            subprocess.run(
+                [PG_BIN / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", database],
+                check=True,
+                capture_output=True,
+            )
         # Name the driver: SQLAlchemy 2.1 reads plain postgresql:// as psycopg 3, which mlflow lacks.
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow"
+        yield {database: f"postgresql+psycopg2://postgres@127.0.0.1:{port}/{database}" for database in databases}
     finally:
         server.terminate()
         try:
@@ -161,6 +163,15 @@ def running_mlflow_server(backend_uri: str, folder: Path) -> Iterator[str]:
         log.close()
 
 
+def tagifai_python(script: str, *args: str, tracking_uri: str) -> object:
+    """Run `script` with the tagifai venv's python against `tracking_uri`; return the JSON it prints last."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    out = subprocess.run(
+        [TAGIFAI_PYTHON, "-c", script, *args], env=env, check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def champion(tracking_uri: str, model_name: str = "tagifai") -> dict | None:
     """Return the `champion` version of `model_name` (version, run_id, its tags and its run's), or None."""
     script = """
@@ -175,11 +186,35 @@ else:
     run = MlflowClient().get_run(mv.run_id)
     print(json.dumps({"version": str(mv.version), "run_id": mv.run_id, "tags": mv.tags, "run_tags": run.data.tags}))
 """
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
-    out = subprocess.run(
-        [TAGIFAI_PYTHON, "-c", script, model_name], env=env, check=True, capture_output=True, text=True
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return tagifai_python(script, model_name, tracking_uri=tracking_uri)
+
+
+def pipeline_runs(tracking_uri: str, pipeline_run_id: str) -> list[dict]:
+    """Every MLflow run of one pipeline run: step, run id, tags, metrics, start and end (ms)."""
+    script = """
+import json, sys
+from mlflow import MlflowClient
+client = MlflowClient()
+experiments = [e.experiment_id for e in client.search_experiments()]
+runs = client.search_runs(experiments, f"tags.pipeline_run_id = '{sys.argv[1]}'", max_results=1000)
+print(json.dumps([
+    {"step": r.data.tags.get("tagifai.step"), "run_id": r.info.run_id, "tags": r.data.tags,
+     "metrics": r.data.metrics, "start": r.info.start_time, "end": r.info.end_time}
+    for r in runs
+]))
+"""
+    return tagifai_python(script, pipeline_run_id, tracking_uri=tracking_uri)
+
+
+def study_states(storage: str, study_name: str) -> dict[str, int]:
+    """How many trials of an Optuna study are in each state (COMPLETE, PRUNED, FAIL, ...)."""
+    script = """
+import collections, json, sys
+import optuna
+study = optuna.load_study(study_name=sys.argv[1], storage=sys.argv[2])
+print(json.dumps(collections.Counter(t.state.name for t in study.trials)))
+"""
+    return tagifai_python(script, study_name, storage, tracking_uri="")
 
 
 @dataclass
@@ -190,6 +225,9 @@ class DagRun:
     output: str
     run_id: str | None
     states: dict[str, str | None]
+    # Wall time of the `airflow dags test` command, and of each task instance that ran.
+    seconds: float = 0.0
+    durations: dict[str, float] = field(default_factory=dict)
 
 
 def airflow_env(home: Path, extra: Mapping[str, str]) -> dict[str, str]:
@@ -214,6 +252,7 @@ def dags_test(home: Path, conf: Mapping[str, object], extra_env: Mapping[str, st
     require(AIRFLOW.exists(), f"Airflow venv not found at {AIRFLOW_VENV} (make airflow-install)")
     env = airflow_env(home, extra_env)
     subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True)
+    start = time.monotonic()
     proc = subprocess.run(
         [AIRFLOW, "dags", "test", DAG_ID, "-c", json.dumps(conf)],
         env=env,
@@ -221,14 +260,27 @@ def dags_test(home: Path, conf: Mapping[str, object], extra_env: Mapping[str, st
         text=True,
         timeout=timeout,
     )
+    seconds = time.monotonic() - start
     output = proc.stdout + proc.stderr
     (home / "dags-test.log").write_text(output, encoding="utf-8")
-    run_id, states = task_states(env)
-    return DagRun(proc.returncode, output, run_id, states)
+    run_id, rows = task_instances(env)
+    states = {instance_name(row): row["state"] or None for row in rows}
+    return DagRun(proc.returncode, output, run_id, states, seconds, durations(rows))
 
 
-def task_states(env: Mapping[str, str]) -> tuple[str | None, dict[str, str | None]]:
-    """Return the id of the DAG's latest run and {task_id: state} in it."""
+def durations(rows: list[dict]) -> dict[str, float]:
+    """Seconds each task instance ran, for those that started and ended."""
+    return {
+        instance_name(row): (
+            datetime.fromisoformat(row["end_date"]) - datetime.fromisoformat(row["start_date"])
+        ).total_seconds()
+        for row in rows
+        if row.get("start_date") and row.get("end_date")
+    }
+
+
+def task_instances(env: Mapping[str, str]) -> tuple[str | None, list[dict]]:
+    """Return the id of the DAG's latest run and its task instances as `airflow tasks states-for-dag-run` shows them."""
     runs = subprocess.run(
         [AIRFLOW, "dags", "list-runs", DAG_ID, "-o", "json"], env=env, check=True, capture_output=True, text=True
     ).stdout
@@ -242,7 +294,13 @@ def task_states(env: Mapping[str, str]) -> tuple[str | None, dict[str, str | Non
         capture_output=True,
         text=True,
     ).stdout
-    return run_ids[0], {row["task_id"]: row["state"] or None for row in json.loads(_json_part(states))}
+    return run_ids[0], json.loads(_json_part(states))
+
+
+def instance_name(row: Mapping[str, object]) -> str:
+    """A task instance's name: its task id, with `[map index]` for the instances of a mapped task."""
+    index = str(row.get("map_index", ""))  # "" or "-1": not mapped
+    return f"{row['task_id']}[{index}]" if index not in ("", "-1") else str(row["task_id"])
 
 
 def _json_part(text: str) -> str:
