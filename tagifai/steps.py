@@ -147,6 +147,7 @@ def optimize(
     """
     import optuna
     from optuna_integration.mlflow import MLflowCallback
+    from threadpoolctl import threadpool_limits
 
     upstream = tracking.get_run(data_run_id, "validate")
     train_df = load_split(data_run_id, "train")
@@ -162,7 +163,7 @@ def optimize(
             data_run_id=data_run_id,
             # The [train] defaults go first: tuning never returns worse than them.
             first_params=training.searched_defaults(space, base),
-            sampler=optuna.samplers.TPESampler(seed=space["seed"]),
+            seed=space["seed"],
             pruner=optuna.pruners.MedianPruner(
                 n_startup_trials=space["pruner_startup_trials"], n_warmup_steps=space["pruner_warmup_folds"]
             ),
@@ -212,7 +213,8 @@ def optimize(
             log_history(result["history"])  # per-epoch loss, averaged over the folds
             return result["f1"]
 
-        trials_run = tuning.work(study, objective, num_trials, callbacks=[callback])
+        with threadpool_limits(limits=space["threads_per_trial"]):
+            trials_run = tuning.work(study, objective, num_trials, callbacks=[callback])
         best = tuning.best_trial(study)
         finished = tuning.count(study.get_trials(deepcopy=False), tuning.FINISHED)
         best_params = {**base, **best.params}

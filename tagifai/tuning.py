@@ -121,22 +121,25 @@ def open_study(
     *,
     data_run_id: str,
     first_params: dict[str, Any],
-    sampler: optuna.samplers.BaseSampler | None = None,
+    seed: int | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
 ) -> optuna.Study:
     """Create study `name` (queueing `first_params` as its first trial), or join it if it exists.
 
     Exactly one worker creates the study, so the first trial is queued once however many start
-    together.
+    together. The creator's TPE sampler draws from `seed` (one worker alone is reproducible);
+    a joining worker's draws from fresh entropy, or it would propose the very trials the creator
+    does. Every sampler treats the trials running elsewhere as done ("constant liar"), so workers
+    spread out instead of piling onto one promising region.
 
     Raises:
         TagifaiError: the study exists but tunes another data run.
     """
-    options = {"study_name": name, "storage": storage, "sampler": sampler, "pruner": pruner}
+    options = {"study_name": name, "storage": storage, "pruner": pruner}
     try:
-        study = optuna.create_study(direction="maximize", **options)
+        study = optuna.create_study(direction="maximize", sampler=sampler(seed), **options)
     except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(**options)
+        study = optuna.load_study(sampler=sampler(None), **options)
         tuned = study.user_attrs.get("data_run_id")
         # Absent: its creator is still setting it up.
         if tuned not in (None, data_run_id):
@@ -145,6 +148,13 @@ def open_study(
     study.set_user_attr("data_run_id", data_run_id)
     study.enqueue_trial(first_params)
     return study
+
+
+def sampler(seed: int | None) -> optuna.samplers.TPESampler:
+    """TPE that counts other workers' running trials as done (seed None: fresh entropy)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # constant_liar: stable in use
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
 def load_study(name: str, storage: optuna.storages.BaseStorage, data_run_id: str) -> optuna.Study:

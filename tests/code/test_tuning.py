@@ -46,6 +46,25 @@ def test_open_study_queues_the_first_params_once_and_later_workers_join(sqlite_u
     assert joined.user_attrs == {"data_run_id": "d1"}
 
 
+def first_draw(study: optuna.Study) -> float:
+    """The x a study's sampler proposes for its next trial."""
+    return study.ask().suggest_float("x", -2, 2)
+
+
+def test_a_lone_worker_is_reproducible_and_joining_workers_propose_other_trials(tmp_path):
+    def create(url: str) -> optuna.Study:
+        return tuning.open_study("s", tuning.open_storage(url), data_run_id="d", first_params={}, seed=7)
+
+    urls = [f"sqlite:///{tmp_path / name}.db" for name in ("a", "b")]
+    creators = [create(url) for url in urls]
+    for study in creators:
+        study.ask()  # the queued first trial
+    draws = [first_draw(study) for study in creators]
+    assert draws[0] == draws[1]  # same seed, same trials
+    # A second worker on the first study, given the same seed, must not repeat the creator's trials.
+    assert first_draw(create(urls[0])) != draws[0]
+
+
 def test_open_study_refuses_a_study_of_other_data(sqlite_url):
     tuning.open_study("s", tuning.open_storage(sqlite_url), data_run_id="d1", first_params={})
     with pytest.raises(TagifaiError, match="study 's' tunes data run d1, not d2"):
