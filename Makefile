@@ -38,9 +38,13 @@ test: lint test-core test-dags ## Everything CI runs: lint, package + e2e tests,
 pipeline: install ## Run the six steps in-process (embedded MLflow store in ./stores)
 	$(BIN)/tagifai pipeline
 
+# e.g. BENCHMARK_ARGS='--trials 10 --only quality,images'
+BENCHMARK_ARGS ?=
+
 .PHONY: benchmark
-benchmark: install ## Quality and speed on the real data: default vs 20-trial tuned, vs the lesson's 0.8497
-	$(BIN)/python benchmarks/quality.py
+benchmark: install airflow-install ## Measure quality, pipeline wall time, tuning throughput, images (real data); write benchmarks/results.json
+	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory image; fi
+	PYTHON_IMAGE=$(PYTHON_IMAGE) $(BIN)/python benchmarks/run.py $(BENCHMARK_ARGS)
 
 .PHONY: mlflow-ui
 mlflow-ui: install ## Browse the embedded store at http://127.0.0.1:5000
