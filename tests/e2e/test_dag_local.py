@@ -12,32 +12,37 @@ from pathlib import Path
 import pytest
 import synthetic
 
-from .dag_helpers import TAGIFAI_VENV, champion, dags_test, pipeline_runs, require, study_states
+from .dag_helpers import TAGIFAI_VENV, champion, dags_test, pipeline_runs, require, rerun_task, study_states
 
 pytestmark = [pytest.mark.e2e, pytest.mark.airflow, pytest.mark.slow]
 
 
-def local_run(tmp_path: Path, projects: Path, tags: Path):
-    """Run the DAG once with the local runner on `projects`/`tags`; return the run and tracking URI."""
+def local_env(tmp_path: Path) -> dict[str, str]:
+    """The Airflow worker's environment for the local runner, with stores in `tmp_path`."""
     tagifai_bin = TAGIFAI_VENV / "bin" / "tagifai"
     require(tagifai_bin.exists(), f"{tagifai_bin} not found (make install)")
-    (tmp_path / "mlflow").mkdir()
-    tracking_uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    (tmp_path / "mlflow").mkdir(exist_ok=True)
+    return {
+        "TAGIFAI_RUNNER": "local",
+        "TAGIFAI_BIN": str(tagifai_bin),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}",
+        # The two optimize workers share their study in SQLite.
+        "TAGIFAI_OPTUNA_STORAGE": f"sqlite:///{tmp_path / 'optuna.db'}",
+        "TAGIFAI_CONFIG": str(synthetic.write_small_config(tmp_path / "small.toml")),
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    }
+
+
+def local_run(tmp_path: Path, projects: Path, tags: Path):
+    """Run the DAG once with the local runner on `projects`/`tags`; return the run and tracking URI."""
+    env = local_env(tmp_path)
     run = dags_test(
         tmp_path / "airflow",
         # One a plain path, one a file:// URL: the DAG hands both forms to `tagifai elt`.
         conf={"num_trials": 3, "num_workers": 2, "projects_url": str(projects), "tags_url": tags.as_uri()},
-        extra_env={
-            "TAGIFAI_RUNNER": "local",
-            "TAGIFAI_BIN": str(tagifai_bin),
-            "MLFLOW_TRACKING_URI": tracking_uri,
-            # The two optimize workers share their study in SQLite.
-            "TAGIFAI_OPTUNA_STORAGE": f"sqlite:///{tmp_path / 'optuna.db'}",
-            "TAGIFAI_CONFIG": str(synthetic.write_small_config(tmp_path / "small.toml")),
-            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-        },
+        extra_env=env,
     )
-    return run, tracking_uri
+    return run, env["MLFLOW_TRACKING_URI"]
 
 
 def test_local_dag_run_trains_and_promotes_a_champion(tmp_path):
@@ -64,7 +69,13 @@ def test_local_dag_run_trains_and_promotes_a_champion(tmp_path):
     assert train["tags"]["optimize_run_id"] in {w["run_id"] for w in workers}
     study = train["tags"]["optuna_study"]
     assert {w["tags"]["optuna_study"] for w in workers} == {study}
-    assert study_states(f"sqlite:///{tmp_path / 'optuna.db'}", study) in ({"COMPLETE": 3}, {"COMPLETE": 2, "PRUNED": 1})
+    trials = study_states(f"sqlite:///{tmp_path / 'optuna.db'}", study)
+    assert trials.get("COMPLETE", 0) + trials.get("PRUNED", 0) == 3
+
+    # A retried worker (the task run again in the same DAG run) joins the study and repeats nothing.
+    again = rerun_task(tmp_path / "airflow", local_env(tmp_path), run.run_id, "optimize", map_index=0)
+    assert (again["study_name"], again["trials"], again["trials_run"]) == (study, 3, 0)
+    assert study_states(f"sqlite:///{tmp_path / 'optuna.db'}", study) == trials
 
 
 def test_local_dag_run_stops_at_validate_on_duplicate_ids(tmp_path):

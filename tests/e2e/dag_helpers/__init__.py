@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -266,6 +267,17 @@ def dags_test(home: Path, conf: Mapping[str, object], extra_env: Mapping[str, st
     run_id, rows = task_instances(env)
     states = {instance_name(row): row["state"] or None for row in rows}
     return DagRun(proc.returncode, output, run_id, states, seconds, durations(rows))
+
+
+def rerun_task(home: Path, extra_env: Mapping[str, str], run_id: str, task_id: str, map_index: int = -1) -> dict:
+    """Run one task of an earlier DAG run again (`airflow tasks test`), as a retry would; return its step's JSON."""
+    args = [AIRFLOW, "tasks", "test", DAG_ID, task_id, run_id, "--map-index", str(map_index)]
+    proc = subprocess.run(args, env=airflow_env(home, extra_env), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    # The step's JSON line, as the task logged it (possibly behind a log prefix).
+    found = re.findall(r'\{"run_id": .*\}', proc.stdout + proc.stderr)
+    assert found, (proc.stdout + proc.stderr)[-5000:]
+    return json.loads(found[-1])
 
 
 def durations(rows: list[dict]) -> dict[str, float]:
