@@ -240,12 +240,16 @@ def browser():
 
 
 def wait_for_text(browser, *texts: str, timeout: float = 60) -> str:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     deadline = time.monotonic() + timeout
     body = ""
     while time.monotonic() < deadline:
-        body = browser.find_element(By.TAG_NAME, "body").text
+        try:
+            body = browser.find_element(By.TAG_NAME, "body").text
+        except StaleElementReferenceException:  # the page re-rendered between finding and reading
+            continue
         if all(text in body for text in texts):
             return body
         time.sleep(1)
