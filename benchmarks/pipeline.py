@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -166,9 +167,12 @@ def throughput(projects: str, tags: str, num_trials: int, root: Path) -> dict[st
 
 
 def measure(projects: str, tags: str, num_trials: int, image: str) -> dict[str, Any]:
-    """Both measurements, in a scratch folder the image's user can read (the docker runner mounts the data)."""
-    root = Path(tempfile.mkdtemp(prefix="tagifai-bench-pipeline-", dir="/tmp"))
-    return {
-        "wall": wall_times(projects, tags, num_trials, image, root),
-        "throughput": throughput(projects, tags, num_trials, root),
-    }
+    """Both measurements, in a scratch folder that is removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="tagifai-bench-pipeline-"))
+    try:
+        return {
+            "wall": wall_times(projects, tags, num_trials, image, root),
+            "throughput": throughput(projects, tags, num_trials, root),
+        }
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -7,6 +7,7 @@ store: the default params, then `num_trials` Optuna trials and the tuned params.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ def measure(projects: str, tags: str, num_trials: int) -> dict[str, Any]:
     try:
         return _measure(projects, tags, num_trials)
     finally:
+        shutil.rmtree(store, ignore_errors=True)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
