@@ -323,7 +323,7 @@ def _operator(
         }
         return BashOperator, kwargs, "bash_command"
     if settings.runner == "kubernetes":
-        return _kubernetes_step(task_id, command, settings, env)
+        return _kubernetes_operator(task_id, command, settings, env)
     kwargs = {
         "task_id": task_id,
         "image": settings.image,
@@ -342,7 +342,7 @@ def _operator(
     return TagifaiDockerOperator, kwargs, "command"
 
 
-def _kubernetes_step(
+def _kubernetes_operator(
     task_id: str, command: Sequence[str], settings: RunnerSettings, env: dict[str, str]
 ) -> tuple[type, dict[str, Any], str]:
     try:

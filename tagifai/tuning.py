@@ -78,8 +78,6 @@ def open_storage(
     """
     if not url:
         return None
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
-
     sqlite = url.startswith("sqlite")
     # SQLite serializes writers: wait for the lock instead of failing at once. isolation_level=None
     # leaves BEGIN to SQLAlchemy, which `serialize_sqlite` turns into BEGIN IMMEDIATE.
@@ -94,13 +92,22 @@ def open_storage(
                 )
             break
         except Exception as exc:  # noqa: BLE001 — sqlalchemy, driver and alembic errors alike
-            # IntegrityError / ProgrammingError: another worker created the same table or row first.
-            if attempt == OPEN_ATTEMPTS - 1 or not isinstance(exc, (IntegrityError, ProgrammingError)):
+            if attempt == OPEN_ATTEMPTS - 1 or not lost_creation_race(exc):
                 raise TagifaiError(f"cannot open the Optuna storage {redact(url)}: {exc}".splitlines()[0]) from exc
             time.sleep(1 + attempt)
     if sqlite:
         serialize_sqlite(storage.engine)
     return storage
+
+
+def lost_creation_race(exc: Exception) -> bool:
+    """Another worker created the same table or row first (PostgreSQL and SQLite say so differently)."""
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+    if isinstance(exc, (IntegrityError, ProgrammingError)):
+        return True
+    # SQLite: "table alembic_version already exists"; a refused connection is an OperationalError too.
+    return isinstance(exc, OperationalError) and "already exists" in str(exc)
 
 
 def serialize_sqlite(engine: Any) -> None:
@@ -140,10 +147,9 @@ def open_study(
         study = optuna.create_study(direction="maximize", sampler=sampler(seed), **options)
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(sampler=sampler(None), **options)
-        tuned = study.user_attrs.get("data_run_id")
-        # Absent: its creator is still setting it up.
-        if tuned not in (None, data_run_id):
-            raise TagifaiError(f"Optuna study {name!r} tunes data run {tuned}, not {data_run_id}") from None
+        # Not yet marked: its creator is still setting it up.
+        if "data_run_id" in study.user_attrs:
+            check_data_run(study, data_run_id)
         return study
     study.set_user_attr("data_run_id", data_run_id)
     study.enqueue_trial(first_params)
@@ -167,10 +173,19 @@ def load_study(name: str, storage: optuna.storages.BaseStorage, data_run_id: str
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError as exc:
         raise TagifaiError(f"no Optuna study {name!r} in the storage") from exc
+    check_data_run(study, data_run_id)
+    return study
+
+
+def check_data_run(study: optuna.Study, data_run_id: str) -> None:
+    """Refuse a study that tunes another data run.
+
+    Raises:
+        TagifaiError: the study's `data_run_id` is another one, or missing.
+    """
     tuned = study.user_attrs.get("data_run_id")
     if tuned != data_run_id:
-        raise TagifaiError(f"Optuna study {name!r} tuned data run {tuned}, not {data_run_id}")
-    return study
+        raise TagifaiError(f"Optuna study {study.study_name!r} tunes data run {tuned}, not {data_run_id}")
 
 
 def count(trials: Sequence[FrozenTrial], states: Sequence[TrialState]) -> int:

@@ -78,6 +78,37 @@ def test_open_storage_names_an_unreachable_database_without_its_password():
         tuning.open_storage("postgresql+psycopg2://u:s3cret@127.0.0.1:1/optuna")
 
 
+def test_workers_opening_a_new_storage_together_all_get_it(tmp_path):
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    opened, errors = [], []
+
+    def open_one() -> None:
+        try:
+            opened.append(tuning.open_storage(url))
+        except TagifaiError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == [] and len(opened) == 4
+
+
+@pytest.mark.parametrize(
+    ("error", "lost"),
+    [
+        ("(sqlite3.OperationalError) table alembic_version already exists", True),  # SQLite
+        ("(sqlite3.OperationalError) unable to open database file", False),  # a real problem
+    ],
+)
+def test_only_the_table_creation_race_is_retried(error, lost):
+    from sqlalchemy.exc import OperationalError
+
+    assert tuning.lost_creation_race(OperationalError("CREATE TABLE", {}, Exception(error))) is lost
+
+
 def test_work_runs_the_queued_first_trial_and_stops_at_the_total():
     study = tuning.open_study("s", None, data_run_id="d", first_params={"x": 1.0})
     finished_here = tuning.work(study, quadratic(), num_trials=5)

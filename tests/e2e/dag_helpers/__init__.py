@@ -164,9 +164,9 @@ def running_mlflow_server(backend_uri: str, folder: Path) -> Iterator[str]:
         log.close()
 
 
-def tagifai_python(script: str, *args: str, tracking_uri: str) -> object:
-    """Run `script` with the tagifai venv's python against `tracking_uri`; return the JSON it prints last."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+def tagifai_python(script: str, *args: str, tracking_uri: str | None = None) -> object:
+    """Run `script` with the tagifai venv's python (against `tracking_uri`); return the JSON it prints last."""
+    env = {**os.environ, **({"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {})}
     out = subprocess.run(
         [TAGIFAI_PYTHON, "-c", script, *args], env=env, check=True, capture_output=True, text=True
     ).stdout
@@ -215,7 +215,7 @@ import optuna
 study = optuna.load_study(study_name=sys.argv[1], storage=sys.argv[2])
 print(json.dumps(collections.Counter(t.state.name for t in study.trials)))
 """
-    return tagifai_python(script, study_name, storage, tracking_uri="")
+    return tagifai_python(script, study_name, storage)
 
 
 @dataclass
