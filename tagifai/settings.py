@@ -1,18 +1,19 @@
-"""Load versioned defaults from `config/`, merged with an optional override file.
+"""Load versioned defaults from `config/`, merged with the override file `TAGIFAI_CONFIG`.
 
+The reading and merging is `tagifai_config`'s (shared with the DAG, so both see the same values).
 Nothing here runs at import time: commands call `load_settings()` when they start.
 """
 
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
+import tagifai_config
+
 from tagifai.errors import TagifaiError
 
-CONFIG_FILE = "tagifai.toml"
 STOPWORDS_FILE = "stopwords.txt"
 
 
@@ -25,30 +26,9 @@ def config_dir() -> Path:
     if env := os.environ.get("TAGIFAI_CONFIG_DIR"):
         return Path(env)
     packaged = Path(__file__).parent / "config"
-    if (packaged / CONFIG_FILE).exists():
+    if (packaged / tagifai_config.CONFIG_FILE).exists():
         return packaged
     return Path(__file__).resolve().parents[1] / "config"
-
-
-def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Return `base` with `override` merged in, section by section (override wins)."""
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    """Parse a TOML file, naming the file in any error."""
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise TagifaiError(f"config file not found: {path}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise TagifaiError(f"config file {path} is not valid TOML: {exc}") from exc
 
 
 def parse_stopwords(text: str) -> list[str]:
@@ -60,9 +40,10 @@ def parse_stopwords(text: str) -> list[str]:
 def load_settings() -> dict[str, Any]:
     """Return all settings: `config/tagifai.toml`, then `$TAGIFAI_CONFIG` over it, plus stopwords."""
     folder = config_dir()
-    settings = read_toml(folder / CONFIG_FILE)
-    if override := os.environ.get("TAGIFAI_CONFIG"):
-        settings = merge(settings, read_toml(Path(override)))
+    try:
+        settings = tagifai_config.load(folder)
+    except tagifai_config.ConfigError as exc:
+        raise TagifaiError(str(exc)) from exc
     stopwords_path = folder / STOPWORDS_FILE
     if not stopwords_path.exists():
         raise TagifaiError(f"stopword list not found: {stopwords_path}")
