@@ -184,16 +184,15 @@ def train(
     optimize_run: Annotated[
         str | None,
         typer.Option(
-            help="Run id of the optimize step, or of any worker of a shared study: its best params.",
+            help="Run id of the optimize step, or of any worker of a shared study: the study's best params.",
             show_default="config defaults",
         ),
     ] = None,
-    storage: Storage = None,
 ) -> dict[str, Any]:
     """Train the model and log it as an MLflow pyfunc model (raw text in, tag out)."""
     from tagifai import steps
 
-    return steps.train(settings, data_run, optimize_run, storage)
+    return steps.train(settings, data_run, optimize_run)
 
 
 @app.command()
@@ -239,14 +238,14 @@ def pipeline(
     """Run the six steps in order in this process (no Airflow or Docker needed)."""
     from tagifai import steps, tracking
 
-    os.environ.setdefault("TAGIFAI_PIPELINE_RUN_ID", tracking.new_pipeline_run_id())
+    os.environ.setdefault("TAGIFAI_PIPELINE_RUN_ID", tracking.fresh_pipeline_run_id())
     projects, tags = data_urls(settings, projects_url, tags_url)
     elt_out = steps.elt(settings, projects, tags, experiment_name or settings["mlflow"]["experiment_name"])
     validate_out = steps.validate(settings, elt_out["run_id"], allow_drift)
     optimize_out = steps.optimize(
         settings, validate_out["run_id"], num_trials or settings["optimize"]["num_trials"], storage
     )
-    train_out = steps.train(settings, validate_out["run_id"], optimize_out["run_id"], storage)
+    train_out = steps.train(settings, validate_out["run_id"], optimize_out["run_id"])
     evaluate_out = steps.evaluate(settings, train_out["run_id"])
     register_out = steps.register(
         settings, evaluate_out["run_id"], *gate_options(settings, min_f1, max_regression, model_name)
@@ -280,14 +279,14 @@ def predict(
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from tagifai import steps
     from tagifai.errors import TagifaiError
+    from tagifai.model import texts_frame
 
     try:
         model = mlflow.pyfunc.load_model(model_uri)
     except (MlflowException, OSError) as exc:
         raise TagifaiError(f"cannot load model {model_uri}: {exc}".splitlines()[0]) from exc
-    output = model.predict(steps.texts_frame(texts))
+    output = model.predict(texts_frame(texts))
     return {
         "model_uri": model_uri,
         "predictions": [

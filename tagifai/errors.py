@@ -8,8 +8,7 @@ class TagifaiError(Exception):
 class DataValidationError(TagifaiError):
     """The data broke its contract; `failed` names each failed check."""
 
-    def __init__(self, failed: list[str], report: dict | None = None) -> None:
-        """Keep the failed check messages and the full report."""
+    def __init__(self, failed: list[str]) -> None:
+        """Keep the failed check messages."""
         self.failed = failed
-        self.report = report or {}
         super().__init__("validation failed: " + "; ".join(failed))

@@ -1,7 +1,9 @@
-"""Thresholded prediction and the MLflow pyfunc model that wraps the whole text-to-tag path."""
+"""The model: the MLflow pyfunc that turns raw title/description into a tag, and how to call it."""
 
 from __future__ import annotations
 
+import importlib.metadata
+from collections.abc import Sequence
 from typing import Any
 
 import mlflow.pyfunc
@@ -10,7 +12,10 @@ import pandas as pd
 
 from tagifai.data import clean_text, compose_text
 
+# What the model reads from each row (`description` may be missing).
 INPUT_COLUMNS = ("title", "description")
+# What it needs to serve, pinned at log time to the versions that trained it.
+REQUIREMENTS = ("mlflow", "cloudpickle", "numpy", "pandas", "scipy", "scikit-learn", "nltk")
 
 
 def custom_predict(y_prob: np.ndarray, threshold: float, other_index: int) -> np.ndarray:
@@ -54,6 +59,14 @@ class TagifaiModel(mlflow.pyfunc.PythonModel):
         """Class probabilities per row, columns in `self.classes` order."""
         return self.classifier.predict_proba(self.features(df))
 
+    def labels(self, y_prob: np.ndarray) -> list[str]:
+        """The thresholded tag of each row of class probabilities: below the threshold, `other`."""
+        other_index = self.classes.index(self.other_label) if self.other_label in self.classes else -1
+        return [
+            self.other_label if i == -1 else self.classes[i]
+            for i in custom_predict(y_prob, self.threshold, other_index)
+        ]
+
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         """Predict a tag per row.
 
@@ -69,7 +82,19 @@ class TagifaiModel(mlflow.pyfunc.PythonModel):
         if "title" not in frame.columns:
             raise ValueError(f"model input needs a 'title' column (got: {', '.join(map(str, frame.columns))})")
         y_prob = self.predict_proba(frame)
-        other_index = self.classes.index(self.other_label) if self.other_label in self.classes else -1
-        y_pred = custom_predict(y_prob, self.threshold, other_index)
-        tags = [self.other_label if i == -1 else self.classes[i] for i in y_pred]
-        return pd.DataFrame({"tag": tags, "probability": y_prob.max(axis=1).round(6)})
+        return pd.DataFrame({"tag": self.labels(y_prob), "probability": y_prob.max(axis=1).round(6)})
+
+
+def predict_tags(model: Any, df: pd.DataFrame) -> list[str]:
+    """Tags a pyfunc model predicts for the rows of `df`."""
+    return model.predict(df[list(INPUT_COLUMNS)].reset_index(drop=True))["tag"].tolist()
+
+
+def texts_frame(texts: Sequence[str]) -> pd.DataFrame:
+    """Free texts as model input: the text is the title, the description empty."""
+    return pd.DataFrame({"title": list(texts), "description": [""] * len(texts)})
+
+
+def pinned_requirements() -> list[str]:
+    """The serving requirements of the model, pinned to what trained it."""
+    return [f"{name}=={importlib.metadata.version(name)}" for name in REQUIREMENTS]

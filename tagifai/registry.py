@@ -5,9 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import mlflow
+from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from tagifai import evaluate as evaluation
+from tagifai import model as models
+from tagifai import tracking
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -72,3 +77,28 @@ def register(client: MlflowClient, name: str, model_uri: str, run_id: str, tags:
         for key, value in tags.items():
             client.set_model_version_tag(name, version.version, key, value)
     return version
+
+
+def rescore(model_name: str, alias: str, data_run_id: str) -> float:
+    """Weighted test f1 of the version holding `alias`, on the test split of `data_run_id`: a fair comparison."""
+    test_df = tracking.load_split(data_run_id, "test")
+    model = mlflow.pyfunc.load_model(f"models:/{model_name}@{alias}")
+    return evaluation.overall_metrics(test_df["tag"].to_numpy(), models.predict_tags(model, test_df))["f1"]
+
+
+def version_tags(metrics: dict[str, float], trained: Run, registering: Run, evaluate_run_id: str) -> dict[str, str]:
+    """What a model version records: its test scores and where it came from."""
+    return {
+        **{k: f"{metrics[k]:.4f}" for k in ("test_f1", "test_precision", "test_recall")},
+        **{k: trained.data.tags.get(k, "") for k in ("data_sha256", "code_version", "image", "data_run_id")},
+        "pipeline_run_id": registering.data.tags[tracking.PIPELINE_TAG],
+        "evaluate_run_id": evaluate_run_id,
+    }
+
+
+def apply(client: MlflowClient, name: str, version: str, decision: dict[str, Any]) -> None:
+    """Make `version` the challenger, and the champion if the gate said so; record the gate's reason on it."""
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    if decision["promote"]:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_model_version_tag(name, version, "promotion", decision["reason"])

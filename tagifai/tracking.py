@@ -1,4 +1,4 @@
-"""The small MLflow shell every step uses: where to log, step runs, lineage, artifacts."""
+"""The small MLflow shell every step uses: where to log, step runs and their lineage, artifacts, metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Run
+import pandas as pd
+from mlflow.entities import Metric, Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 import tagifai
+from tagifai import data
 from tagifai.errors import TagifaiError
 
 # Run tags that tie the steps of one pipeline together; each step carries its upstream's forward.
@@ -88,9 +91,9 @@ def code_version() -> str:
     return tagifai.__version__
 
 
-def new_pipeline_run_id() -> str:
-    """`TAGIFAI_PIPELINE_RUN_ID` (e.g. an Airflow run id), else a fresh one."""
-    return os.environ.get("TAGIFAI_PIPELINE_RUN_ID") or f"manual__{uuid.uuid4().hex[:12]}"
+def fresh_pipeline_run_id() -> str:
+    """A new pipeline run id, for runs that Airflow (`TAGIFAI_PIPELINE_RUN_ID`) did not name."""
+    return f"manual__{uuid.uuid4().hex[:12]}"
 
 
 def get_run(run_id: str, step: str) -> Run:
@@ -126,7 +129,7 @@ def step_run(step: str, experiment: str, upstream: Run | None = None, **tags: st
     pipeline = os.environ.get("TAGIFAI_PIPELINE_RUN_ID") or (upstream.data.tags.get(PIPELINE_TAG) if upstream else None)
     all_tags = {
         STEP_TAG: step,
-        PIPELINE_TAG: pipeline or new_pipeline_run_id(),
+        PIPELINE_TAG: pipeline or fresh_pipeline_run_id(),
         "code_version": code_version(),
         "image": os.environ.get("TAGIFAI_IMAGE", ""),
         **lineage,
@@ -141,6 +144,23 @@ def step_run(step: str, experiment: str, upstream: Run | None = None, **tags: st
         except Exception as exc:
             mlflow.set_tag("error", str(exc)[:5000] or type(exc).__name__)
             raise  # start_run's context then ends the run FAILED
+
+
+def latest_run(experiment: str, step: str, condition: str = "") -> str | None:
+    """The id of the most recent finished run of `step` in `experiment` (that meets `condition`), if any."""
+    runs = MlflowClient().search_runs(
+        [experiment],
+        filter_string=f"tags.`{STEP_TAG}` = '{step}' and attributes.status = 'FINISHED'"
+        + (f" and {condition}" if condition else ""),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def active_run_id() -> str:
+    """The id of the active MLflow run."""
+    return mlflow.active_run().info.run_id
 
 
 def log_bytes(content: bytes, artifact_file: str) -> None:
@@ -174,3 +194,64 @@ def read_artifact(run_id: str, artifact_file: str) -> bytes:
 def read_json_artifact(run_id: str, artifact_file: str) -> Any:
     """Download and parse a JSON artifact."""
     return json.loads(read_artifact(run_id, artifact_file))
+
+
+def log_frame(df: pd.DataFrame, artifact_file: str, dataset: str, context: str, **dataset_kwargs: Any) -> str:
+    """Log a frame as a CSV artifact and as an MLflow dataset input of the active run; return its sha256."""
+    content = data.to_csv_bytes(df)
+    digest = data.sha256(content)
+    log_bytes(content, artifact_file)
+    mlflow.log_input(
+        mlflow.data.from_pandas(df, name=dataset, digest=digest[:32], **dataset_kwargs),
+        context=context,
+        tags={"sha256": digest},
+    )
+    return digest
+
+
+def split_path(split: str) -> str:
+    """Artifact path of one prepared split of a validate run."""
+    return f"data/{split}.csv"
+
+
+def load_split(data_run_id: str, split: str) -> pd.DataFrame:
+    """Read one prepared split (train, val, test) from a validate run."""
+    return data.read_frame(read_artifact(data_run_id, split_path(split)))
+
+
+def log_history(history: list[dict[str, float]]) -> None:
+    """Log per-epoch train/val losses of the active run in one request."""
+    if not history:
+        return
+    timestamp = int(time.time() * 1000)
+    metrics = [
+        Metric(name, h[name], timestamp, int(h["epoch"])) for h in history for name in ("train_loss", "val_loss")
+    ]
+    MlflowClient().log_batch(active_run_id(), metrics=metrics)
+
+
+def trial_runs(pipeline_run_id: str, data_run_id: str) -> Any:
+    """Optuna's MLflow callback: each trial a child run of the active run, tagged as a `trial` of the pipeline."""
+    from optuna_integration.mlflow import MLflowCallback
+
+    return MLflowCallback(
+        tracking_uri=mlflow.get_tracking_uri(),
+        metric_name="val_f1",
+        create_experiment=False,
+        mlflow_kwargs={
+            "nested": True,
+            "tags": {STEP_TAG: "trial", PIPELINE_TAG: pipeline_run_id, "data_run_id": data_run_id},
+        },
+    )
+
+
+def log_trial(running_f1: list[float], result: dict[str, Any] | None) -> None:
+    """What one cross-validated trial measured, on its (active) child run.
+
+    `val_*` here: the mean over held-out folds of the train split (the val split stays for `train`).
+    """
+    for fold, mean_f1 in enumerate(running_f1):
+        mlflow.log_metric("cv_running_f1", mean_f1, step=fold)
+    if result is not None:
+        mlflow.log_metrics({f"val_{k}": result[k] for k in ("precision", "recall", "f1", "f1_std")})
+        log_history(result["history"])  # per-epoch loss, averaged over the folds

@@ -1,6 +1,6 @@
-"""Train the TF-IDF + SGD model epoch by epoch, and the Optuna objective around it.
+"""Train the TF-IDF + SGD model epoch by epoch, and score params by cross-validation.
 
-Pure: frames and params in, fitted model and history out. The CLI does the logging.
+Pure: frames and params in, fitted model and history out. `tagifai.steps` does the logging.
 """
 
 from __future__ import annotations
@@ -15,19 +15,14 @@ from imblearn.over_sampling import RandomOverSampler
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import SGDClassifier
-from sklearn.metrics import precision_recall_fscore_support
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import FeatureUnion
 
-from tagifai.predict import TagifaiModel, custom_predict
+from tagifai.evaluate import weighted_scores
+from tagifai.model import TagifaiModel
 
-# Called after every epoch with (epoch, train_loss, val_loss); may raise to stop training.
-EpochCallback = Callable[[int, float, float], None]
 # Called after every cross-validation fold with (fold, mean f1 of the folds so far); may raise to stop.
 FoldCallback = Callable[[int, float], None]
-
-# Float params the search space draws on a log scale.
-LOG_SCALE = {"alpha", "learning_rate"}
 
 PARAM_TYPES = {
     "analyzer": str,
@@ -90,19 +85,12 @@ def cross_entropy(y_true: np.ndarray, y_prob: np.ndarray, classes: np.ndarray) -
     return float(-np.log(np.clip(probabilities, 1e-15, 1.0)).mean())
 
 
-def weighted_scores(y_true: Any, y_pred: Any) -> dict[str, float]:
-    """Weighted precision, recall and f1."""
-    precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, average="weighted", zero_division=0)
-    return {"precision": float(precision), "recall": float(recall), "f1": float(f1)}
-
-
 def train(
     params: dict[str, Any],
     train_df: pd.DataFrame,
     val_df: pd.DataFrame,
     stopwords: list[str],
     other_label: str = "other",
-    on_epoch: EpochCallback | None = None,
 ) -> dict[str, Any]:
     """Fit vectorizer and classifier on `train_df`; pick the threshold on `val_df`.
 
@@ -112,7 +100,6 @@ def train(
         val_df: same columns; used for per-epoch loss and the threshold.
         stopwords: words removed during cleaning.
         other_label: the label predicted below the threshold.
-        on_epoch: called after each epoch (e.g. to report to Optuna and prune).
 
     Returns:
         `model` (a `TagifaiModel`), `history` (per-epoch losses), `threshold`, `val` scores.
@@ -146,22 +133,16 @@ def train(
             train_loss = cross_entropy(y_train, classifier.predict_proba(x_train), classifier.classes_)
             val_loss = cross_entropy(y_val, classifier.predict_proba(x_val), classifier.classes_)
             history.append({"epoch": epoch, "train_loss": float(train_loss), "val_loss": float(val_loss)})
-            if on_epoch is not None:
-                on_epoch(epoch, float(train_loss), float(val_loss))
 
     model.classifier = classifier
     model.classes = [str(c) for c in classifier.classes_]
     y_prob = classifier.predict_proba(x_val)
     model.threshold = find_threshold(y_prob, params["threshold_quantile"])
-    other_index = model.classes.index(other_label) if other_label in model.classes else -1
-    val_pred = [
-        model.classes[i] if i >= 0 else other_label for i in custom_predict(y_prob, model.threshold, other_index)
-    ]
     return {
         "model": model,
         "history": history,
         "threshold": model.threshold,
-        "val": weighted_scores(y_val, val_pred),
+        "val": weighted_scores(y_val, model.labels(y_prob)),
         "params": params,
     }
 
@@ -206,29 +187,3 @@ def cross_validate(
         for epoch in range(len(histories[0]))
     ]
     return {**means, "f1_std": float(np.std([scores["f1"] for scores in folds])), "folds": folds, "history": history}
-
-
-def suggest_params(trial: Any, space: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
-    """Draw one set of params from the `[optimize]` search space on top of `base`.
-
-    A list of two numbers is a range (ints stay ints; floats named in LOG_SCALE are log-uniform);
-    any other list is a set of choices.
-    """
-    params = dict(base)
-    for name in PARAM_TYPES:
-        if name not in space or name == "seed":
-            continue
-        values = space[name]
-        numeric = len(values) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-        if numeric and all(isinstance(v, int) for v in values):
-            params[name] = trial.suggest_int(name, values[0], values[1])
-        elif numeric:
-            params[name] = trial.suggest_float(name, values[0], values[1], log=name in LOG_SCALE)
-        else:
-            params[name] = trial.suggest_categorical(name, values)
-    return params
-
-
-def searched_defaults(space: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
-    """The `base` values of the params the `[optimize]` space searches: a first trial to enqueue."""
-    return {name: base[name] for name in PARAM_TYPES if name in space and name != "seed" and name in base}

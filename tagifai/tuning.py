@@ -28,6 +28,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from tagifai import train as training
 from tagifai.errors import TagifaiError
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -37,12 +38,99 @@ CLAIMED = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
 POLL_SECONDS = 1.0
 OPEN_ATTEMPTS = 3
 
+# Float params the search space draws on a log scale.
+LOG_SCALE = {"alpha", "learning_rate"}
+
 Objective = Callable[[Trial], float]
 Callback = Callable[[optuna.Study, FrozenTrial], None]
+# What one trial leaves for its record: the running mean f1 after each fold, and the
+# cross-validation result (None when the trial was pruned or failed).
+TrialRecord = Callable[[list[float], dict[str, Any] | None], None]
 
 
 class SurplusTrial(Exception):
     """A trial started after the requested total was claimed; it is given back unrun."""
+
+
+def suggest_params(trial: Any, space: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """Draw one set of params from the `[optimize]` search space on top of `base`.
+
+    A list of two numbers is a range (ints stay ints; floats named in LOG_SCALE are log-uniform);
+    any other list is a set of choices.
+    """
+    params = dict(base)
+    for name in training.PARAM_TYPES:
+        if name not in space or name == "seed":
+            continue
+        values = space[name]
+        numeric = len(values) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        if numeric and all(isinstance(v, int) for v in values):
+            params[name] = trial.suggest_int(name, values[0], values[1])
+        elif numeric:
+            params[name] = trial.suggest_float(name, values[0], values[1], log=name in LOG_SCALE)
+        else:
+            params[name] = trial.suggest_categorical(name, values)
+    return params
+
+
+def searched_defaults(space: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """The `base` values of the params the `[optimize]` space searches: a first trial to enqueue."""
+    return {name: base[name] for name in training.PARAM_TYPES if name in space and name != "seed" and name in base}
+
+
+def objective(train_df: Any, settings: dict[str, Any], record: TrialRecord) -> Objective:
+    """Score params drawn from `[optimize]` by k-fold cross-validation of `train_df`.
+
+    Each fold reports the running mean f1, on which the study's pruner may stop the trial early.
+    `record` gets what the trial measured, pruned or not.
+    """
+    space = settings["optimize"]
+
+    def score(trial: Trial) -> float:
+        params = suggest_params(trial, space, settings["train"])
+        running: list[float] = []
+        result = None
+
+        def report(fold: int, mean_f1: float) -> None:
+            running.append(mean_f1)
+            trial.report(mean_f1, fold)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after fold {fold}: mean f1 {mean_f1:.4f}")
+
+        try:
+            result = training.cross_validate(
+                params, train_df, settings["stopwords"], settings["data"]["other_label"], space["cv_folds"], report
+            )
+        finally:
+            record(running, result)
+        return result["f1"]
+
+    return score
+
+
+def traced(objective: Objective, **attrs: str | Callable[[], str]) -> Objective:
+    """`objective`, first recording on each trial where it runs (user attrs; callables are asked per trial)."""
+
+    def run(trial: Trial) -> float:
+        for name, value in attrs.items():
+            trial.set_user_attr(name, value() if callable(value) else value)
+        return objective(trial)
+
+    return run
+
+
+def study_options(settings: dict[str, Any]) -> dict[str, Any]:
+    """How `open_study` sets up a tuning study from the settings: first trial, seed and pruner."""
+    space = settings["optimize"]
+    return {
+        # The [train] defaults go first: tuning never returns worse than them.
+        "first_params": searched_defaults(space, settings["train"]),
+        "seed": space["seed"],
+        # Median of the running fold means, after a warm-up.
+        "pruner": optuna.pruners.MedianPruner(
+            n_startup_trials=space["pruner_startup_trials"], n_warmup_steps=space["pruner_warmup_folds"]
+        ),
+    }
 
 
 def worker_id() -> str:
@@ -253,6 +341,19 @@ def work(
             time.sleep(poll_seconds)
             continue
         study.optimize(objective, n_trials=1, callbacks=[counted], catch=(SurplusTrial,))
+
+
+# Where the best trial came from, as tags of every worker's run (and, carried over, of `train`'s).
+LINEAGE_TAGS = ("optuna_study", "best_trial", "best_trial_run_id", "best_trial_optimize_run_id")
+
+
+def best_trial_lineage(best: FrozenTrial, optimize_run_id: str) -> dict[str, str]:
+    """Tags naming the best trial and the MLflow runs that hold it (the trial's run, its worker's run)."""
+    return {
+        "best_trial": str(best.number),
+        "best_trial_run_id": best.user_attrs.get("mlflow_run_id", ""),
+        "best_trial_optimize_run_id": best.user_attrs.get("optimize_run_id", optimize_run_id),
+    }
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial:

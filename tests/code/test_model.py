@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tagifai.predict import TagifaiModel, custom_predict
+from tagifai.model import TagifaiModel, custom_predict
 
 
 @pytest.mark.parametrize(

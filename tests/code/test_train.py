@@ -1,5 +1,4 @@
 import numpy as np
-import optuna
 import pandas as pd
 import pytest
 
@@ -16,29 +15,12 @@ def splits(dataset, settings):
 
 
 def test_train_logs_every_epoch_and_picks_a_threshold(splits, settings):
-    epochs = []
-    result = train.train(
-        settings["train"],
-        splits["train"],
-        splits["val"],
-        settings["stopwords"],
-        on_epoch=lambda e, tl, vl: epochs.append(e),
-    )
-    assert epochs == list(range(settings["train"]["num_epochs"]))
-    assert [h["epoch"] for h in result["history"]] == epochs
+    result = train.train(settings["train"], splits["train"], splits["val"], settings["stopwords"])
+    assert [h["epoch"] for h in result["history"]] == list(range(settings["train"]["num_epochs"]))
     assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
     assert 0 < result["threshold"] < 1
     assert result["model"].classes == ["computer-vision", "mlops", "natural-language-processing", "other"]
     assert result["val"]["f1"] > 0.7  # well above chance (0.25): the vocabularies separate the tags
-
-
-def test_on_epoch_can_stop_training(splits, settings):
-    def stop(epoch, train_loss, val_loss):
-        if epoch == 2:
-            raise optuna.TrialPruned()
-
-    with pytest.raises(optuna.TrialPruned):
-        train.train(settings["train"], splits["train"], splits["val"], settings["stopwords"], on_epoch=stop)
 
 
 def test_training_is_reproducible(splits, settings):
@@ -61,15 +43,6 @@ def test_find_threshold_is_a_quantile_of_top_probabilities(probabilities, quanti
 def test_coerce_params_restores_types_from_mlflow_strings():
     params = train.coerce_params({"alpha": "1e-05", "num_epochs": "12", "sublinear_tf": "False", "analyzer": "char"})
     assert params == {"alpha": 1e-05, "num_epochs": 12, "sublinear_tf": False, "analyzer": "char"}
-
-
-def test_suggest_params_draws_from_the_search_space(settings):
-    space = {"analyzer": ["char", "char_wb"], "ngram_max_range": [3, 8], "alpha": [1e-6, 1e-3], "seed": 99}
-    fixed = {"analyzer": "char", "ngram_max_range": 5, "alpha": 1e-4}
-    params = train.suggest_params(optuna.trial.FixedTrial(fixed), space, settings["train"])
-    assert {k: params[k] for k in fixed} == fixed
-    assert params["seed"] == settings["train"]["seed"]  # not searched
-    assert params["num_epochs"] == settings["train"]["num_epochs"]  # defaults fill the rest
 
 
 def test_build_vectorizer_adds_word_features_on_request():

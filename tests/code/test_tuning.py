@@ -214,3 +214,12 @@ def test_default_study_name_is_the_pipeline_run_and_its_data():
     assert tuning.default_study_name("manual__2026-11-22T10:00:00+00:00", "0123456789abcdef") == (
         "tagifai-manual__2026-11-22T10:00:00+00:00-01234567"
     )
+
+
+def test_suggest_params_draws_from_the_search_space(settings):
+    space = {"analyzer": ["char", "char_wb"], "ngram_max_range": [3, 8], "alpha": [1e-6, 1e-3], "seed": 99}
+    fixed = {"analyzer": "char", "ngram_max_range": 5, "alpha": 1e-4}
+    params = tuning.suggest_params(optuna.trial.FixedTrial(fixed), space, settings["train"])
+    assert {k: params[k] for k in fixed} == fixed
+    assert params["seed"] == settings["train"]["seed"]  # not searched
+    assert params["num_epochs"] == settings["train"]["num_epochs"]  # defaults fill the rest
