@@ -2,12 +2,12 @@
 
 Every variant gets the same services: a throwaway PostgreSQL (MLflow's metadata, Optuna's studies)
 and an `mlflow server` on 127.0.0.1, a fresh database for each run, so no run finds another's
-champion to re-score. The harness is the end-to-end tests' (tests/e2e/dag_helpers).
+champion to re-score. The services are the tests' (tests/harness.py), and so is `airflow dags test`
+(tests/e2e/dag_helpers.py).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -18,9 +18,9 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from e2e import dag_helpers  # the harness lives with the tests (run.py puts tests/ on sys.path)
+from tests import harness
+from tests.e2e import dag_helpers
 
-TAGIFAI = dag_helpers.TAGIFAI_VENV / "bin" / "tagifai"
 RUNS = ("inprocess", "local", "docker")
 # Tuning throughput: every trial runs all its folds, so 1 and 2 workers do comparable work.
 NO_PRUNING = "[optimize]\npruner_startup_trials = 100000\n"
@@ -28,10 +28,7 @@ NO_PRUNING = "[optimize]\npruner_startup_trials = 100000\n"
 
 def tagifai(*args: str, env: dict[str, str]) -> dict[str, Any]:
     """Run `tagifai ARGS`; return the JSON of its last stdout line."""
-    proc = subprocess.run([TAGIFAI, *args], env=env, capture_output=True, text=True, timeout=3600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"tagifai {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return harness.Cli(env, Path.cwd())(*args)[1]
 
 
 def data_args(projects: str, tags: str) -> list[str]:
@@ -56,26 +53,26 @@ def wall_times(projects: str, tags: str, num_trials: int, image: str, root: Path
     """The same pipeline (data, trials, one optimize worker) in-process, and through Airflow's two runners."""
     data = {"projects_url": projects, "tags_url": tags}
     conf = {"num_trials": num_trials, "num_workers": 1, **data}
-    with dag_helpers.running_postgres(*(f"mlflow_{run}" for run in RUNS), "optuna") as databases:
+    with harness.running_postgres(*(f"mlflow_{run}" for run in RUNS), "optuna") as databases:
         storage = databases["optuna"]
-        with dag_helpers.running_mlflow_server(databases["mlflow_inprocess"], root / "inprocess") as uri:
-            env = client_env(uri, storage, "benchmark-inprocess")
+        with harness.running_mlflow_server(databases["mlflow_inprocess"], root / "inprocess") as server:
+            env = client_env(server.uri, storage, "benchmark-inprocess")
             start = time.monotonic()
             tagifai("pipeline", "--num-trials", str(num_trials), *data_args(projects, tags), env=env)
             inprocess = time.monotonic() - start
-        with dag_helpers.running_mlflow_server(databases["mlflow_local"], root / "local") as uri:
+        with harness.running_mlflow_server(databases["mlflow_local"], root / "local") as server:
             local = dag_helpers.dags_test(
                 root / "airflow-local",
                 conf,
                 {
                     "TAGIFAI_RUNNER": "local",
-                    "TAGIFAI_BIN": str(TAGIFAI),
-                    "MLFLOW_TRACKING_URI": uri,
+                    "TAGIFAI_BIN": str(harness.TAGIFAI),
+                    "MLFLOW_TRACKING_URI": server.uri,
                     "TAGIFAI_OPTUNA_STORAGE": storage,
                 },
                 timeout=3600,
             )
-        with dag_helpers.running_mlflow_server(databases["mlflow_docker"], root / "docker") as uri:
+        with harness.running_mlflow_server(databases["mlflow_docker"], root / "docker") as server:
             docker = dag_helpers.dags_test(
                 root / "airflow-docker",
                 conf,
@@ -83,7 +80,7 @@ def wall_times(projects: str, tags: str, num_trials: int, image: str, root: Path
                     "TAGIFAI_RUNNER": "docker",
                     "TAGIFAI_IMAGE": image,
                     "TAGIFAI_DOCKER_NETWORK": "host",
-                    "TAGIFAI_MLFLOW_TRACKING_URI": uri,
+                    "TAGIFAI_MLFLOW_TRACKING_URI": server.uri,
                     "TAGIFAI_OPTUNA_STORAGE": storage,
                 },
                 timeout=3600,
@@ -108,7 +105,7 @@ def same_trials(num_trials: int) -> list[dict[str, Any]]:
     """`num_trials` param sets drawn at random from the `[optimize]` search space, the same every time."""
     import optuna
 
-    from tagifai import train as training
+    from tagifai import tuning
     from tagifai.settings import load_settings
 
     settings = load_settings()
@@ -116,7 +113,7 @@ def same_trials(num_trials: int) -> list[dict[str, Any]]:
     out = []
     for _ in range(num_trials):
         trial = draws.ask()
-        training.suggest_params(trial, settings["optimize"], settings["train"])
+        tuning.suggest_params(trial, settings["optimize"], settings["train"])
         out.append(trial.params)
     return out
 
@@ -133,8 +130,8 @@ def throughput(projects: str, tags: str, num_trials: int, root: Path) -> dict[st
     trials = same_trials(num_trials)
     out: dict[str, Any] = {"num_trials": num_trials, "pruning": False, "workers": {}}
     with ExitStack() as stack:
-        databases = stack.enter_context(dag_helpers.running_postgres("mlflow", "optuna"))
-        uri = stack.enter_context(dag_helpers.running_mlflow_server(databases["mlflow"], root / "mlflow"))
+        databases = stack.enter_context(harness.running_postgres("mlflow", "optuna"))
+        uri = stack.enter_context(harness.running_mlflow_server(databases["mlflow"], root / "mlflow")).uri
         env = client_env(uri, databases["optuna"], "benchmark-throughput", TAGIFAI_CONFIG=str(config))
         elt = tagifai("elt", *data_args(projects, tags), "--experiment-name", "throughput", env=env)
         data_run = tagifai("validate", "--elt-run", elt["run_id"], env=env)["run_id"]
@@ -144,7 +141,16 @@ def throughput(projects: str, tags: str, num_trials: int, root: Path) -> dict[st
             study = tuning.open_study(name, storage, data_run_id=data_run, first_params=trials[0])
             for params in trials[1:]:
                 study.enqueue_trial(params)
-            args = [TAGIFAI, "optimize", "--data-run", data_run, "--num-trials", str(num_trials), "--study-name", name]
+            args = [
+                harness.TAGIFAI,
+                "optimize",
+                "--data-run",
+                data_run,
+                "--num-trials",
+                str(num_trials),
+                "--study-name",
+                name,
+            ]
             quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE}
             start = time.monotonic()
             procs = [subprocess.Popen(args, env=env, **quiet) for _ in range(workers)]

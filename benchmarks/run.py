@@ -1,6 +1,6 @@
 """`make benchmark`: model quality, pipeline wall time, tuning throughput and images, measured here.
 
-    python benchmarks/run.py [--trials 20] [--only quality,pipeline,images]
+    python -m benchmarks.run [--trials 20] [--only quality,pipeline,images]   (from the repo; `make benchmark`)
 
 Data: TAGIFAI_PROJECTS_URL / TAGIFAI_TAGS_URL (default: the pinned upstream URLs). Writes
 benchmarks/results.json and prints a table with each target. Speed targets are reported, never
@@ -15,8 +15,6 @@ import json
 import logging
 import os
 import platform
-import shutil
-import subprocess
 import sys
 import time
 import traceback
@@ -24,10 +22,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]  # the sections, and the e2e tests' service harness
-
-import quality  # noqa: E402
+from benchmarks import quality
+from tests import harness
 
 RESULTS = Path(__file__).with_name("results.json")
 SECTIONS = ("quality", "pipeline", "images")
@@ -43,16 +39,13 @@ TARGETS = {
 
 def missing_services(section: str) -> str | None:
     """Why `section` cannot run here, or None."""
-    from e2e import dag_helpers
-
-    docker = shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
-    if section in ("pipeline", "images") and not docker:
+    if section in ("pipeline", "images") and not harness.docker_ok("info"):
         return "no Docker engine"
     if section == "pipeline":
-        if not (dag_helpers.PG_BIN / "initdb").exists():
-            return f"no PostgreSQL server binaries in {dag_helpers.PG_BIN}"
-        if not dag_helpers.AIRFLOW.exists():
-            return f"no Airflow venv at {dag_helpers.AIRFLOW_VENV} (make airflow-install)"
+        if harness.postgres_bin() is None:
+            return "no PostgreSQL server binaries (apt-get install postgresql)"
+        if not harness.AIRFLOW.exists():
+            return f"no Airflow venv at {harness.AIRFLOW_VENV} (make airflow-install)"
     return None
 
 
@@ -127,11 +120,11 @@ def measure(section: str, projects: str, tags: str, trials: int, image: str) -> 
     if section == "quality":
         return quality.measure(projects, tags, trials)
     if section == "pipeline":
-        import pipeline
+        from benchmarks import pipeline
 
         return pipeline.measure(projects, tags, trials, image)
     if section == "images":
-        import images
+        from benchmarks import images
 
         return images.measure()
     raise ValueError(f"unknown section {section!r}: expected one of {SECTIONS}")

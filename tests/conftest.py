@@ -1,15 +1,22 @@
-"""Fixtures shared by every test folder (standard library only: both venvs load this file)."""
+"""Fixtures shared by every test folder (standard library only: both venvs load this file).
+
+Each venv collects only the folders it can import: `.venv` (tagifai) all but `dags/`, `.venv-airflow`
+only `dags/` and the Airflow end-to-end tests. Select further by marker (`make help`).
+"""
 
 from __future__ import annotations
 
-import sys
+import importlib.util
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+from tests import synthetic
 
-import synthetic  # noqa: E402
+if importlib.util.find_spec("airflow") is None:
+    collect_ignore = ["dags"]
+if importlib.util.find_spec("tagifai") is None:
+    collect_ignore = ["code", "data", "model", "cli"]
 
 
 @pytest.fixture

@@ -2,11 +2,11 @@
 
 import mlflow
 import pytest
-import synthetic
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from tagifai.cli import app
+from tests import synthetic
 
 
 def write(folder, projects=None, tags=None, projects_bytes=None, tags_bytes=None):

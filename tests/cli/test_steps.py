@@ -29,7 +29,6 @@ def chain(module_cli):
         "train",
         "--data-run", out["validate"]["run_id"],
         "--optimize-run", out["optimize"]["run_id"],
-        "--storage", storage,
         **env,
     )  # fmt: skip
     _, out["evaluate"], _ = cli("evaluate", "--train-run", out["train"]["run_id"], **env)

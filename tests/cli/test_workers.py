@@ -10,11 +10,12 @@ import time
 import mlflow
 import optuna
 import pytest
-import synthetic
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from tagifai import tuning
+from tests import synthetic
+from tests.harness import Cli
 
 NUM_TRIALS = 8
 
@@ -76,9 +77,7 @@ def test_train_takes_the_best_trial_of_the_whole_study(workers, module_cli, data
     best = study.best_trial
     # Whichever worker's run train is given, it reads the study.
     for worker in workers:
-        _, out, _ = module_cli(
-            "train", "--data-run", data_run, "--optimize-run", worker["run_id"], TAGIFAI_OPTUNA_STORAGE=storage
-        )
+        _, out, _ = module_cli("train", "--data-run", data_run, "--optimize-run", worker["run_id"])
         run = MlflowClient(module_cli.env["MLFLOW_TRACKING_URI"]).get_run(out["run_id"])
         assert {k: run.data.params[k] for k in best.params} == {k: str(v) for k, v in best.params.items()}
         assert run.data.tags["best_trial"] == str(best.number)
@@ -86,11 +85,13 @@ def test_train_takes_the_best_trial_of_the_whole_study(workers, module_cli, data
         assert run.data.tags["best_trial_run_id"] == best.user_attrs["mlflow_run_id"]
 
 
-def test_train_without_the_storage_says_where_the_study_is(workers, module_cli, data_run):
-    code, _, err = module_cli("train", "--data-run", data_run, "--optimize-run", workers[0]["run_id"], check=False)
-    assert code == 1
-    assert f"shares Optuna study {workers[0]['study_name']!r} in sqlite:///" in err
-    assert "set --storage or TAGIFAI_OPTUNA_STORAGE" in err
+def test_train_reads_the_best_trial_from_mlflow_without_the_storage(workers, module_cli, data_run, storage):
+    best = optuna.load_study(study_name=workers[0]["study_name"], storage=storage).best_trial
+    without_storage = Cli({k: v for k, v in module_cli.env.items() if k != "TAGIFAI_OPTUNA_STORAGE"}, module_cli.cwd)
+    _, out, _ = without_storage("train", "--data-run", data_run, "--optimize-run", workers[1]["run_id"])
+    run = MlflowClient(module_cli.env["MLFLOW_TRACKING_URI"]).get_run(out["run_id"])
+    assert run.data.tags["best_trial"] == str(best.number)
+    assert {k: run.data.params[k] for k in best.params} == {k: str(v) for k, v in best.params.items()}
 
 
 def test_a_killed_worker_leaves_the_study_usable_and_its_retry_runs_only_whats_missing(

@@ -2,14 +2,14 @@
 
 import pandas as pd
 import pytest
-from synthetic import REAL_DATA
 
 from tagifai import data, validate
 from tagifai.settings import load_settings
+from tests.synthetic import REAL_DATA
 
 
 def labeled(per_tag: int = 30) -> pd.DataFrame:
-    import synthetic
+    from tests import synthetic
 
     projects, tags = synthetic.make_projects(per_tag)
     frame = pd.DataFrame(projects).astype({"id": str}).merge(pd.DataFrame(tags).astype({"id": str}), on="id")

@@ -15,30 +15,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import synthetic
 
-from .dag_helpers import (
-    STEPS,
-    champion,
-    dags_test,
-    pipeline_runs,
-    require,
-    running_mlflow_server,
-    running_postgres,
-    study_states,
-    world_readable,
-)
+from tests import synthetic
+from tests.e2e.dag_helpers import STEPS, champion, dags_test, pipeline_runs, study_states
+from tests.harness import docker_ok, require, running_mlflow_server, running_postgres, world_readable
 
 pytestmark = [pytest.mark.e2e, pytest.mark.airflow, pytest.mark.docker, pytest.mark.slow]
 
 IMAGE = os.environ.get("TAGIFAI_IMAGE") or "tagifai:latest"
-
-
-def docker_ok(*args: str) -> bool:
-    """True when `docker ARGS` succeeds."""
-    if not shutil.which("docker"):
-        return False
-    return subprocess.run(["docker", *args], capture_output=True).returncode == 0
 
 
 def containers_of(pipeline_run_id: str) -> list[str]:
@@ -72,8 +56,9 @@ def test_docker_dag_run_trains_and_promotes_a_champion(tmp_path, host_folder):
 
     with (
         running_postgres("mlflow", "optuna") as databases,
-        running_mlflow_server(databases["mlflow"], tmp_path / "mlflow") as tracking_uri,
+        running_mlflow_server(databases["mlflow"], tmp_path / "mlflow") as mlflow_server,
     ):
+        tracking_uri = mlflow_server.uri
         run = dags_test(
             tmp_path / "airflow",
             conf={"num_trials": 3, "num_workers": 2, "projects_url": str(projects), "tags_url": tags.as_uri()},

@@ -5,20 +5,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
-import synthetic
 
-from .conftest import wait_for_http
-from .dag_helpers import free_port
+from tests import synthetic
+from tests.harness import MLFLOW, Cli, answers, free_port, stop, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-TAGIFAI = str(Path(sys.executable).with_name("tagifai"))
 
 
 def api(server, path, **params):
@@ -41,27 +36,12 @@ def pipeline(mlflow_server, postgres, tmp_path_factory):
         "TAGIFAI_PIPELINE_RUN_ID": "e2e-postgres",
         "TAGIFAI_IMAGE": "tagifai:e2e",
     }
-    proc = subprocess.run(
-        [
-            TAGIFAI,
-            "pipeline",
-            "--num-trials",
-            "3",
-            "--projects-url",
-            str(projects),
-            "--tags-url",
-            str(tags),
-            "--experiment-name",
-            "e2e",
-        ],
-        env=env,
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"out": json.loads(proc.stdout.strip().splitlines()[-1]), "cwd": root, "env": env}
+    _, out, _ = Cli(env, root)(
+        "pipeline", "--num-trials", "3",
+        "--projects-url", str(projects), "--tags-url", str(tags),
+        "--experiment-name", "e2e",
+    )  # fmt: skip
+    return {"out": out, "cwd": root, "env": env}
 
 
 def test_champion_is_registered_with_metrics_and_lineage(pipeline, mlflow_server):
@@ -105,15 +85,8 @@ def test_optuna_study_lives_in_postgres(pipeline):
 
 
 def test_predict_cli_uses_the_champion(pipeline):
-    proc = subprocess.run(
-        [TAGIFAI, "predict", "yolo object detection on video and images"],
-        env=pipeline["env"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    [prediction] = json.loads(proc.stdout.strip().splitlines()[-1])["predictions"]
+    _, out, _ = Cli(pipeline["env"], pipeline["cwd"])("predict", "yolo object detection on video and images")
+    [prediction] = out["predictions"]
     assert prediction["tag"] == "computer-vision" and 0 < prediction["probability"] <= 1
 
 
@@ -121,7 +94,7 @@ def test_mlflow_models_serve_answers_on_raw_text(pipeline, tmp_path):
     port = free_port()
     log = tmp_path / "serve.log"
     command = [
-        str(Path(sys.executable).with_name("mlflow")),
+        str(MLFLOW),
         "models",
         "serve",
         "-m",
@@ -133,10 +106,10 @@ def test_mlflow_models_serve_answers_on_raw_text(pipeline, tmp_path):
         "--port",
         str(port),
     ]
-    env = {**pipeline["env"], "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # an activated venv
+    env = {**pipeline["env"], "PATH": f"{MLFLOW.parent}:{os.environ['PATH']}"}  # an activated venv
     server = subprocess.Popen(command, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
-        wait_for_http(f"http://127.0.0.1:{port}/ping", server, log)
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}/ping"), "mlflow models serve", 120, server)
         body = {
             "dataframe_split": {
                 "columns": ["title", "description"],
@@ -155,5 +128,4 @@ def test_mlflow_models_serve_answers_on_raw_text(pipeline, tmp_path):
             predictions = json.loads(response.read())["predictions"]
         assert [p["tag"] for p in predictions] == ["natural-language-processing", "computer-vision"]
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop(server)

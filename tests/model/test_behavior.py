@@ -8,9 +8,8 @@ from tagifai import data, train
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    import synthetic
-
     from tagifai.settings import load_settings
+    from tests import synthetic
 
     config = synthetic.write_small_config(tmp_path_factory.mktemp("cfg") / "small.toml")
     with pytest.MonkeyPatch.context() as mp:

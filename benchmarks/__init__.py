@@ -1,0 +1,1 @@
+"""`make benchmark`: figures measured side by side in one run (`python -m benchmarks.run`)."""

@@ -1,0 +1,1 @@
+"""Helper scripts for the compose stack (`scripts/stack.py`), importable by the tests."""

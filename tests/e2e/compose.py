@@ -1,0 +1,167 @@
+"""The compose stack as a user runs it (`make up`, `make down`), its REST clients, and a headless browser.
+
+The test stack is a project of its own (`tagifai-e2e`: its own ports, network and volumes), so it
+never touches a developer's stack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from scripts import stack as stack_script
+from tests import synthetic
+from tests.harness import REPO, docker_ok, free_port, require
+
+PROJECT = "tagifai-e2e"
+SCREENSHOTS = REPO / "build" / "screenshots"
+
+
+def make(*targets: str, env_file: Path, timeout: float = 1800) -> subprocess.CompletedProcess:
+    """Run make targets of the repo with this settings file; fail with their output if they fail."""
+    proc = subprocess.run(
+        ["make", *targets, f"STACK_ENV={env_file}"], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, f"make {' '.join(targets)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def running_containers(**labels: str) -> list[str]:
+    """Ids of running containers with these labels (an empty value matches any value)."""
+    filters = [arg for k, v in labels.items() for arg in ("--filter", f"label={k}={v}" if v else f"label={k}")]
+    out = subprocess.run(["docker", "ps", "-q", *filters], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def task_containers(**labels: str) -> list[str]:
+    """Running task containers (labelled `org.tagifai.step` by the DAG), narrowed by `labels`."""
+    return running_containers(**{"org.tagifai.step": "", **labels})
+
+
+class Stack:
+    """A running stack: its settings, URLs and clients."""
+
+    def __init__(self, env_file: Path) -> None:
+        """Read the stack's settings file."""
+        self.env_file = env_file
+        self.env = stack_script.read_env(env_file)
+        self.airflow_url = f"http://127.0.0.1:{self.env['AIRFLOW_PORT']}"
+        self.mlflow_url = f"http://127.0.0.1:{self.env['MLFLOW_PORT']}"
+
+    def airflow(self) -> stack_script.Airflow:
+        """A logged-in Airflow REST client."""
+        return stack_script.Airflow(
+            self.airflow_url, self.env["AIRFLOW_ADMIN_USER"], self.env["AIRFLOW_ADMIN_PASSWORD"]
+        )
+
+    def mlflow(self, path: str, **params: str) -> dict:
+        """GET an MLflow REST endpoint (`api/2.0/mlflow/<path>`)."""
+        url = f"{self.mlflow_url}/api/2.0/mlflow/{path}?{urllib.parse.urlencode(params)}"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return json.loads(response.read())
+
+    def mlflow_post(self, path: str, body: dict) -> dict:
+        """POST to an MLflow REST endpoint."""
+        request = urllib.request.Request(
+            f"{self.mlflow_url}/api/2.0/mlflow/{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def compose(self, *args: str) -> subprocess.CompletedProcess:
+        """Run a compose command on this stack (v2 plugin, else docker-compose 1.29)."""
+        v2 = subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+        command = ["docker", "compose"] if v2 else ["docker-compose"]
+        return subprocess.run(
+            [*command, "--env-file", str(self.env_file), *args], cwd=REPO, capture_output=True, text=True, timeout=600
+        )
+
+
+@contextlib.contextmanager
+def running_stack(root: Path) -> Iterator[Stack]:
+    """`make up` a test stack on the real data beside the repo (else synthetic); `make clean` it afterwards."""
+    require(docker_ok("info"), "no Docker engine (run ../shared/ci/docker-sandbox.sh)")
+    real = synthetic.REAL_DATA
+    if (real / "projects.csv").exists():
+        projects, tags = real / "projects.csv", real / "tags.csv"
+    else:  # enough rows per tag for the default min_freq of 75
+        projects, tags = synthetic.write_dataset(root / "data", per_tag=90)
+    env_file = root / "e2e.env"
+    overrides = {
+        "COMPOSE_PROJECT_NAME": PROJECT,
+        "AIRFLOW_PORT": str(free_port()),
+        "MLFLOW_PORT": str(free_port()),
+        "TAGIFAI_DOCKER_NETWORK": PROJECT,
+        "TAGIFAI_PROJECTS_URL": str(projects),
+        "TAGIFAI_TAGS_URL": str(tags),
+        "PYTHON_IMAGE": os.environ.get("PYTHON_IMAGE", ""),
+        "POSTGRES_IMAGE": os.environ.get("POSTGRES_IMAGE", ""),
+    }
+    stack_script.write_env(REPO / ".env.example", env_file, overrides)
+    started = time.time()
+    make("up", env_file=env_file)
+    try:
+        yield Stack(env_file)
+    finally:
+        make("clean", env_file=env_file, timeout=600)
+        print(f"stack lifetime {time.time() - started:.0f}s")
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[Any]:
+    """A headless Chromium driven by Selenium (Debian's chromium + chromium-driver)."""
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    require(bool(binary and driver), "chromium / chromedriver not installed (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1440,900",
+    ):
+        options.add_argument(flag)
+    session = webdriver.Chrome(service=Service(driver), options=options)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        yield session
+    finally:
+        session.quit()
+
+
+def wait_for_text(browser: Any, *texts: str, timeout: float = 60) -> str:
+    """Wait until the page shows every one of `texts`; return the page's text."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    deadline = time.monotonic() + timeout
+    body = ""
+    while time.monotonic() < deadline:
+        try:
+            body = browser.find_element(By.TAG_NAME, "body").text
+        except StaleElementReferenceException:  # the page re-rendered between finding and reading
+            continue
+        if all(text in body for text in texts):
+            return body
+        time.sleep(1)
+    raise AssertionError(f"page {browser.current_url} never showed {texts}; it shows:\n{body[:2000]}")

@@ -1,0 +1,248 @@
+"""The services tests and benchmarks run against, and the `tagifai` CLI as a user runs it.
+
+Standard library only: the Airflow venv (no mlflow, no pandas) imports this too. Tests import it as
+`from tests import harness`; `make benchmark` runs `python -m benchmarks.run` from the repo, which
+imports it the same way.
+
+- `require`: skip when a service is missing, or fail under TAGIFAI_REQUIRE_SERVICES=1 (CI).
+- `running_postgres`: a throwaway PostgreSQL (whatever version Debian installed) on 127.0.0.1.
+- `running_mlflow_server`: `mlflow server` (the tagifai venv's) on a backend store, proxying artifacts.
+- `Cli` / `run_json`: run a command whose last stdout line is one JSON object, and return it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+TAGIFAI_VENV = Path(os.environ.get("TAGIFAI_VENV", REPO / ".venv"))
+AIRFLOW_VENV = Path(os.environ.get("AIRFLOW_VENV", REPO / ".venv-airflow"))
+TAGIFAI = TAGIFAI_VENV / "bin" / "tagifai"
+TAGIFAI_PYTHON = TAGIFAI_VENV / "bin" / "python"
+MLFLOW = TAGIFAI_VENV / "bin" / "mlflow"
+AIRFLOW = AIRFLOW_VENV / "bin" / "airflow"
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip the test when `condition` is false, or fail when TAGIFAI_REQUIRE_SERVICES=1."""
+    if condition:
+        return
+    import pytest
+
+    if os.environ.get("TAGIFAI_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{reason} (TAGIFAI_REQUIRE_SERVICES=1)")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    """Poll `check()` until it returns true; fail naming `what` after `timeout` seconds or when `proc` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {proc.returncode}")
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
+
+
+def answers(url: str, status: int = 200) -> bool:
+    """True when `url` answers `status` now."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == status
+    except urllib.error.HTTPError as exc:
+        return exc.code == status
+
+
+def docker_ok(*args: str) -> bool:
+    """True when `docker ARGS` succeeds (e.g. `docker_ok("info")`: an engine runs)."""
+    return bool(shutil.which("docker")) and subprocess.run(["docker", *args], capture_output=True).returncode == 0
+
+
+def world_readable(folder: Path) -> Path:
+    """Let the image's non-root user read `folder` when it is bind-mounted into a container."""
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return folder
+
+
+def postgres_bin() -> Path | None:
+    """The newest PostgreSQL server binaries installed (`PG_BIN` to choose), or None."""
+    if env := os.environ.get("PG_BIN"):
+        return Path(env)
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+    return Path(found[-1]).parent if found else None
+
+
+class Postgres:
+    """A running throwaway cluster: `postgres["mlflow"]` is the SQLAlchemy URL of its database `mlflow`."""
+
+    def __init__(self, bindir: Path, port: int) -> None:
+        """Name the binaries and the port of a cluster that is up."""
+        self.bindir, self.port = bindir, port
+
+    def create_database(self, name: str) -> str:
+        """Create database `name`; return its URL."""
+        createdb = [self.bindir / "createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name]
+        subprocess.run(createdb, check=True, capture_output=True)
+        return self[name]
+
+    def __getitem__(self, database: str) -> str:
+        """The URL of `database`."""
+        # Name the driver: SQLAlchemy 2.1 reads plain postgresql:// as psycopg 3, which mlflow lacks.
+        return f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/{database}"
+
+
+@contextlib.contextmanager
+def running_postgres(*databases: str) -> Iterator[Postgres]:
+    """Run a throwaway PostgreSQL on 127.0.0.1 with `databases` created; yield it.
+
+    The Debian binaries refuse to run as root, so the cluster belongs to the `postgres` user, in a
+    folder of its own under /tmp (pytest's tmp_path is root-only).
+    """
+    bindir = postgres_bin()
+    require(bindir is not None, "PostgreSQL server binaries not installed (apt-get install postgresql)")
+    folder = Path(tempfile.mkdtemp(prefix="tagifai-pg-"))
+    run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if run_as:
+        shutil.chown(folder, "postgres", "postgres")
+    data = folder / "data"
+    initdb = [*run_as, bindir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"]
+    subprocess.run(initdb, check=True, capture_output=True)
+    port = free_port()
+    server = subprocess.Popen(
+        [*run_as, bindir / "postgres", "-D", data, "-p", str(port), "-k", folder, "-c", "listen_addresses=127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        ready = [bindir / "pg_isready", "-h", "127.0.0.1", "-p", str(port)]
+        wait_for(lambda: subprocess.run(ready, capture_output=True).returncode == 0, "PostgreSQL", proc=server)
+        postgres = Postgres(bindir, port)
+        for database in databases:
+            postgres.create_database(database)
+        yield postgres
+    finally:
+        stop(server)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class MlflowServer:
+    """A running `mlflow server`: its URL, and the folder where it keeps the artifacts it proxies."""
+
+    uri: str
+    artifacts: Path
+
+
+@contextlib.contextmanager
+def running_mlflow_server(
+    backend_uri: str, folder: Path, env: Mapping[str, str] | None = None
+) -> Iterator[MlflowServer]:
+    """Run `mlflow server` on 127.0.0.1 with `backend_uri`, proxying artifacts kept in `folder`."""
+    require(MLFLOW.exists(), f"tagifai venv not found at {TAGIFAI_VENV} (make install)")
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        MLFLOW, "server",
+        "--backend-store-uri", backend_uri,
+        "--artifacts-destination", str(folder / "artifacts"),
+        "--serve-artifacts",
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--workers", "1",
+    ]  # fmt: skip
+    with (folder / "mlflow-server.log").open("w") as log:
+        server = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=folder,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+        try:
+            wait_for(lambda: answers(f"{url}/health"), "mlflow server", 120, server)
+            yield MlflowServer(url, folder / "artifacts")
+        finally:
+            stop(server)
+
+
+def stop(process: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop a server (its whole process group when it leads one): TERM, then KILL."""
+    group = os.getpgid(process.pid) == process.pid if process.poll() is None else False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, 15) if group else process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 9) if group else process.kill()
+        process.wait()
+
+
+def last_json(stdout: str) -> Any:
+    """The JSON object on the last line of a command's stdout."""
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+class Cli:
+    """Runs a JSON-printing command (`tagifai` by default) with a fixed environment and folder."""
+
+    def __init__(self, env: Mapping[str, str], cwd: Path, program: Sequence[str | Path] = (TAGIFAI,)) -> None:
+        """Remember the environment, the working folder and the program (argv before the arguments)."""
+        self.env, self.cwd, self.program = dict(env), cwd, list(program)
+
+    def __call__(self, *args: str, check: bool = True, **extra_env: str) -> tuple[int, Any, str]:
+        """Run `PROGRAM ARGS`: (exit code, last-line JSON or None when it failed, stderr)."""
+        return self.wait(self.start(*args, **extra_env), check=check)
+
+    def start(self, *args: str, **extra_env: str) -> subprocess.Popen:
+        """Start `PROGRAM ARGS` without waiting for it."""
+        return subprocess.Popen(
+            [*self.program, *args],
+            env={**self.env, **extra_env},
+            cwd=self.cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    @staticmethod
+    def wait(proc: subprocess.Popen, check: bool = True, timeout: float = 3600) -> tuple[int, Any, str]:
+        """Wait for a started command: (exit code, last-line JSON or None, stderr)."""
+        stdout, stderr = proc.communicate(timeout=timeout)
+        if check and proc.returncode != 0:
+            argv = " ".join(map(str, proc.args))
+            raise AssertionError(f"{argv} exited {proc.returncode}:\n{stderr[-3000:]}")
+        result = last_json(stdout) if proc.returncode == 0 and stdout.strip() else None
+        return proc.returncode, result, stderr
+
+
+def tagifai_python(script: str, *args: str, env: Mapping[str, str] | None = None) -> Any:
+    """Run `script` with the tagifai venv's python; return the JSON it prints last (MLflow, from Airflow tests)."""
+    return Cli({**os.environ, **(env or {})}, Path.cwd(), [TAGIFAI_PYTHON, "-c", script])(*args)[1]
