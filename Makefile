@@ -2,10 +2,14 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
+# Shared by every make file: the two venvs (tagifai's; Airflow's, which never imports tagifai),
+# the base image, and CONF, the DAG params as JSON for `make dags-test` / `make train`.
 PYTHON ?= python3
 VENV := .venv
 AIRFLOW_VENV := .venv-airflow
 BIN := $(VENV)/bin
+PYTHON_IMAGE ?= python:3.11-slim-bookworm
+CONF ?= {}
 
 -include mk/*.mk
 
@@ -27,12 +31,17 @@ lint: install ## Lint and check formatting (ruff)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-.PHONY: test-core
-test-core: install ## Unit, data, model and CLI tests, and the MLflow-server-on-PostgreSQL e2e test
-	$(BIN)/pytest tests/code tests/data tests/model tests/cli tests/e2e -m "not airflow"
+.PHONY: test-unit test-e2e test-stack test
+test-unit: install ## Unit, data-contract, behavioral and CLI tests: no services (.venv)
+	$(BIN)/pytest -m "not e2e"
 
-.PHONY: test
-test: lint test-core test-dags ## Everything CI runs: lint, package + e2e tests, DAG tests
+test-e2e: install ## The steps against a real mlflow server on PostgreSQL, and mlflow models serve (.venv)
+	$(BIN)/pytest -m "e2e and not airflow and not stack"
+
+test-stack: install ## The compose stack: make up, DAG runs via the REST API, both UIs in Chromium, make down
+	$(BIN)/pytest -m stack --durations=10
+
+test: lint test-unit test-e2e test-dags test-stack ## Everything CI runs: lint, then all of the above and test-dags
 
 .PHONY: pipeline
 pipeline: install ## Run the six steps in-process (embedded MLflow store in ./stores)
@@ -44,7 +53,7 @@ BENCHMARK_ARGS ?=
 .PHONY: benchmark
 benchmark: install airflow-install ## Measure quality, pipeline wall time, tuning throughput, images (real data); write benchmarks/results.json
 	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory image; fi
-	PYTHON_IMAGE=$(PYTHON_IMAGE) $(BIN)/python benchmarks/run.py $(BENCHMARK_ARGS)
+	PYTHON_IMAGE=$(PYTHON_IMAGE) $(BIN)/python -m benchmarks.run $(BENCHMARK_ARGS)
 
 .PHONY: mlflow-ui
 mlflow-ui: install ## Browse the embedded store at http://127.0.0.1:5000

@@ -18,10 +18,12 @@ object last (`{"run_id": ...}`), and the next step gets that MLflow run id as an
 copies: the workers run the trials of one Optuna study together, stored where
 `TAGIFAI_OPTUNA_STORAGE` says (the stack's PostgreSQL), until it holds `num_trials` of them.
 
-Trigger with a config to override the params, e.g. `{"num_trials": 5, "num_workers": 4}`.
-Deployment settings come from the environment of the Airflow workers: `TAGIFAI_IMAGE`,
-`TAGIFAI_DOCKER_NETWORK`, `TAGIFAI_MLFLOW_TRACKING_URI`, `TAGIFAI_OPTUNA_STORAGE`, `DOCKER_HOST`,
-`TAGIFAI_BIN` (see `dags/tagifai_runners.py`). A data URL that is a local path or `file://` URL must be a path
+The params' defaults are the settings the steps read (`config/tagifai.toml`, with `TAGIFAI_CONFIG`
+over it): a param left alone changes nothing. Trigger with a config to override them, e.g.
+`{"num_trials": 5, "num_workers": 4}`. Deployment settings come from the environment of the Airflow
+workers: `TAGIFAI_IMAGE`, `TAGIFAI_DOCKER_NETWORK`, `TAGIFAI_MLFLOW_TRACKING_URI`,
+`TAGIFAI_OPTUNA_STORAGE`, `DOCKER_HOST`, `TAGIFAI_BIN` (see `dags/tagifai_runners.py`). A data URL
+that is a local path or `file://` URL must be a path
 on the Docker host; its folder is mounted read-only into the `elt` container.
 """
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 import os
 from datetime import UTC, datetime, timedelta
 
+import tagifai_config
 from airflow.sdk import DAG, Param
 from tagifai_runners import (
     USER_DEFINED_FILTERS,
@@ -40,12 +43,8 @@ from tagifai_runners import (
     tagifai_workers,
 )
 
-# Pinned upstream copy of the Made-With-ML dataset (the same default as config/tagifai.toml).
-UPSTREAM = (
-    "https://raw.githubusercontent.com/GokuMohandas/Made-With-ML/e8dfdbe98f55cba8befaf8409e16e48fac2d26d8/datasets"
-)
-
 settings = RunnerSettings.from_env()
+config = tagifai_config.load(tagifai_config.repository_dir())
 
 with DAG(
     dag_id="tagifai_training",
@@ -62,28 +61,41 @@ with DAG(
         "max_retry_delay": timedelta(minutes=30),
     },
     params={
-        "num_trials": Param(20, type="integer", minimum=1, description="Optuna trials of all `optimize` workers."),
+        "num_trials": Param(
+            config["optimize"]["num_trials"],
+            type="integer",
+            minimum=1,
+            description="Optuna trials of all `optimize` workers.",
+        ),
         "num_workers": Param(
-            2,
+            config["optimize"]["num_workers"],
             type="integer",
             minimum=1,
             maximum=64,
             description="Parallel `optimize` tasks sharing one Optuna study (in TAGIFAI_OPTUNA_STORAGE).",
         ),
-        "experiment_name": Param("tagifai", type="string", minLength=1, description="MLflow experiment."),
+        "experiment_name": Param(
+            config["mlflow"]["experiment_name"], type="string", minLength=1, description="MLflow experiment."
+        ),
         "projects_url": Param(
-            data_url(os.environ.get("TAGIFAI_PROJECTS_URL"), f"{UPSTREAM}/projects.csv"),
+            data_url(os.environ.get("TAGIFAI_PROJECTS_URL"), config["data"]["projects_url"]),
             type="string",
             description="projects.csv (id, created_on, title, description): http(s)://, file:// or a host path.",
         ),
         "tags_url": Param(
-            data_url(os.environ.get("TAGIFAI_TAGS_URL"), f"{UPSTREAM}/tags.csv"),
+            data_url(os.environ.get("TAGIFAI_TAGS_URL"), config["data"]["tags_url"]),
             type="string",
             description="tags.csv (id, tag): http(s)://, file:// or a host path.",
         ),
-        "min_f1": Param(0.6, type="number", minimum=0, maximum=1, description="Promotion gate: minimum test F1."),
+        "min_f1": Param(
+            config["register"]["min_f1"],
+            type="number",
+            minimum=0,
+            maximum=1,
+            description="Promotion gate: minimum test F1.",
+        ),
         "max_regression": Param(
-            0.02,
+            config["register"]["max_regression"],
             type="number",
             minimum=0,
             maximum=1,

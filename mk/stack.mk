@@ -10,8 +10,6 @@ STACK_ENV ?= .env
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose) \
 	--env-file $(STACK_ENV)
 STACK_SERVICES := postgres mlflow airflow-apiserver airflow-scheduler airflow-dag-processor airflow-triggerer
-# DAG params for `make train` / `make dags-test-stack`, e.g. CONF='{"num_trials": 5}'.
-CONF ?= {}
 
 .PHONY: up down clean logs train dags-test-stack
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("airflow", reason="tests/dags run with the Airflow venv (.venv-airflow): make test-dags")
+pytestmark = pytest.mark.airflow
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 STEPS = ["elt", "validate", "optimize", "train", "evaluate", "register"]
@@ -135,6 +135,18 @@ def test_params_shown_in_the_trigger_form_have_defaults_and_descriptions(load_da
         assert params.get_param(name).description
 
 
+def test_params_default_to_the_settings_the_steps_read(load_dag, tmp_path):
+    # One source of defaults: config/tagifai.toml with TAGIFAI_CONFIG over it, as `tagifai` reads them.
+    override = tmp_path / "deploy.toml"
+    override.write_text(
+        "[optimize]\nnum_trials = 7\nnum_workers = 3\n[register]\nmin_f1 = 0.75\n[mlflow]\nexperiment_name = 'team'\n"
+    )
+    params = load_dag(TAGIFAI_CONFIG=str(override)).params
+    assert (params["num_trials"], params["num_workers"], params["min_f1"]) == (7, 3, 0.75)
+    assert params["experiment_name"] == "team"
+    assert params["max_regression"] == 0.02  # not overridden: the versioned default
+
+
 def test_data_url_params_default_to_the_environment(load_dag):
     params = load_dag(TAGIFAI_PROJECTS_URL="/data/p.csv", TAGIFAI_TAGS_URL="file:///data/t.csv").params
     assert (params["projects_url"], params["tags_url"]) == ("/data/p.csv", "file:///data/t.csv")
@@ -232,6 +244,7 @@ def test_docker_mounts_local_data_read_only_at_the_same_path_and_keeps_secrets_p
     seen = {}
     monkeypatch.setattr(DockerOperator, "execute", lambda self, context: seen.setdefault("task", self))
     config = tmp_path / "small.toml"
+    config.write_text("")
     monkeypatch.setenv("TAGIFAI_CONFIG", str(config))
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
     monkeypatch.setenv("TAGIFAI_OPTUNA_STORAGE", "postgresql+psycopg2://optuna:s3cret@postgres/optuna")

@@ -10,21 +10,21 @@ import csv
 from pathlib import Path
 
 import pytest
-import synthetic
 
-from .dag_helpers import TAGIFAI_VENV, champion, dags_test, pipeline_runs, require, rerun_task, study_states
+from tests import synthetic
+from tests.e2e.dag_helpers import champion, dags_test, pipeline_runs, rerun_task, study_states
+from tests.harness import TAGIFAI, require
 
 pytestmark = [pytest.mark.e2e, pytest.mark.airflow, pytest.mark.slow]
 
 
 def local_env(tmp_path: Path) -> dict[str, str]:
     """The Airflow worker's environment for the local runner, with stores in `tmp_path`."""
-    tagifai_bin = TAGIFAI_VENV / "bin" / "tagifai"
-    require(tagifai_bin.exists(), f"{tagifai_bin} not found (make install)")
+    require(TAGIFAI.exists(), f"{TAGIFAI} not found (make install)")
     (tmp_path / "mlflow").mkdir(exist_ok=True)
     return {
         "TAGIFAI_RUNNER": "local",
-        "TAGIFAI_BIN": str(tagifai_bin),
+        "TAGIFAI_BIN": str(TAGIFAI),
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}",
         # The two optimize workers share their study in SQLite.
         "TAGIFAI_OPTUNA_STORAGE": f"sqlite:///{tmp_path / 'optuna.db'}",
@@ -98,3 +98,23 @@ def test_local_dag_run_stops_at_validate_on_duplicate_ids(tmp_path):
     assert champion(tracking_uri) is None
     # The task log names the failed check.
     assert "error: validation failed: unique_ids" in run.output
+
+
+def test_a_run_without_params_follows_the_deployers_config(tmp_path):
+    # One source of defaults: the trigger form shows TAGIFAI_CONFIG's values, and a run that sets no
+    # params uses them.
+    projects, tags = synthetic.write_dataset(tmp_path / "data")
+    env = local_env(tmp_path)
+    override = synthetic.SMALL_CONFIG.replace("[optimize]\n", "[optimize]\nnum_trials = 2\nnum_workers = 1\n")
+    Path(env["TAGIFAI_CONFIG"]).write_text(override + "\n[register]\nmin_f1 = 0.99\n", encoding="utf-8")
+    env |= {"TAGIFAI_PROJECTS_URL": str(projects), "TAGIFAI_TAGS_URL": str(tags)}
+    run = dags_test(tmp_path / "airflow", conf={}, extra_env=env)
+    assert run.returncode == 0, run.output[-5000:]
+    assert run.states["optimize[0]"] == "success" and "optimize[1]" not in run.states
+    runs = pipeline_runs(env["MLFLOW_TRACKING_URI"], run.run_id)
+    [optimize] = [r for r in runs if r["step"] == "optimize"]
+    [register] = [r for r in runs if r["step"] == "register"]
+    assert optimize["metrics"]["trials"] == 2
+    assert register["tags"]["promoted"] == "false"
+    assert "below the minimum 0.9900" in register["tags"]["promotion"]
+    assert champion(env["MLFLOW_TRACKING_URI"]) is None
