@@ -1,7 +1,8 @@
 """`tagifai`: one command per pipeline step, plus `pipeline` and `predict`.
 
 Logs go to stderr; each command's last stdout line is a one-line JSON object (run ids and
-whatever the next step needs), which Airflow pushes to XCom. Errors print one line and exit 1.
+whatever the next step needs), which Airflow pushes to XCom. Errors print one line `error: …` and
+exit 1 (may pass: retried) or 3 (bad input or setup: never retried); see `tagifai.errors`.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def command(func: Callable[..., dict[str, Any]]) -> Callable[..., None]:
             emit(func(settings, *args, **kwargs))
         except TagifaiError as exc:
             typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(exc.exit_code) from None
 
     # Typer sees the options only: `settings` is supplied here, not on the command line.
     signature = inspect.signature(func, eval_str=True)
@@ -118,13 +119,43 @@ def data_urls(settings: dict[str, Any], projects_url: str | None, tags_url: str 
 def gate_options(
     settings: dict[str, Any], min_f1: float | None, max_regression: float | None, model_name: str | None
 ) -> tuple[float, float, str]:
-    """The promotion gate and model name: options first, then `[register]` defaults."""
+    """The promotion gate and model name: `[register]`, made stricter (never looser) by the options.
+
+    Raises:
+        BadInputError: an option would loosen the deployer's gate.
+    """
+    from tagifai.errors import BadInputError
+
     gate = settings["register"]
+    if min_f1 is not None and min_f1 < gate["min_f1"]:
+        raise BadInputError(
+            f"min_f1 {min_f1} would loosen this deployment's gate ([register] min_f1 = {gate['min_f1']}): "
+            "a run may only make it stricter"
+        )
+    if max_regression is not None and max_regression > gate["max_regression"]:
+        raise BadInputError(
+            f"max_regression {max_regression} would loosen this deployment's gate "
+            f"([register] max_regression = {gate['max_regression']}): a run may only make it stricter"
+        )
     return (
         gate["min_f1"] if min_f1 is None else min_f1,
         gate["max_regression"] if max_regression is None else max_regression,
         model_name or gate["model_name"],
     )
+
+
+def trials(settings: dict[str, Any], num_trials: int | None) -> int:
+    """`--num-trials`, else `[optimize] num_trials`, at most `[limits] max_trials`.
+
+    Raises:
+        BadInputError: more trials than the deployment allows.
+    """
+    from tagifai.errors import BadInputError
+
+    count = num_trials or settings["optimize"]["num_trials"]
+    if count > (most := settings["limits"]["max_trials"]):
+        raise BadInputError(f"num_trials {count} is more than this deployment allows ([limits] max_trials = {most})")
+    return count
 
 
 @app.command()
@@ -173,7 +204,7 @@ def optimize(
     """
     from tagifai import steps
 
-    return steps.optimize(settings, data_run, num_trials or settings["optimize"]["num_trials"], storage, study_name)
+    return steps.optimize(settings, data_run, trials(settings, num_trials), storage, study_name)
 
 
 @app.command()
@@ -238,18 +269,16 @@ def pipeline(
     """Run the six steps in order in this process (no Airflow or Docker needed)."""
     from tagifai import steps, tracking
 
+    # Every option is checked before the first step runs.
+    gate, count = gate_options(settings, min_f1, max_regression, model_name), trials(settings, num_trials)
     os.environ.setdefault("TAGIFAI_PIPELINE_RUN_ID", tracking.fresh_pipeline_run_id())
     projects, tags = data_urls(settings, projects_url, tags_url)
     elt_out = steps.elt(settings, projects, tags, experiment_name or settings["mlflow"]["experiment_name"])
     validate_out = steps.validate(settings, elt_out["run_id"], allow_drift)
-    optimize_out = steps.optimize(
-        settings, validate_out["run_id"], num_trials or settings["optimize"]["num_trials"], storage
-    )
+    optimize_out = steps.optimize(settings, validate_out["run_id"], count, storage)
     train_out = steps.train(settings, validate_out["run_id"], optimize_out["run_id"])
     evaluate_out = steps.evaluate(settings, train_out["run_id"])
-    register_out = steps.register(
-        settings, evaluate_out["run_id"], *gate_options(settings, min_f1, max_regression, model_name)
-    )
+    register_out = steps.register(settings, evaluate_out["run_id"], *gate)
     return {
         "pipeline_run_id": os.environ["TAGIFAI_PIPELINE_RUN_ID"],
         **{

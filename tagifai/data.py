@@ -10,7 +10,7 @@ from collections.abc import Iterable
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from tagifai.errors import TagifaiError
+from tagifai.errors import BadInputError
 
 PROJECT_COLUMNS = ("id", "title", "description")
 TAG_COLUMNS = ("id", "tag")
@@ -34,38 +34,44 @@ def parse_csv(content: bytes, name: str, required: Iterable[str]) -> pd.DataFram
         The parsed frame, every column but `id` read as text.
 
     Raises:
-        TagifaiError: the content is empty, not UTF-8, not CSV, or lacks a required column.
+        BadInputError: the content is empty, not UTF-8, not CSV, or lacks a required column.
     """
     if not content.strip():
-        raise TagifaiError(f"{name} is empty")
+        raise BadInputError(f"{name} is empty")
     try:
         text = content.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise TagifaiError(
+        raise BadInputError(
             f"{name} is not valid UTF-8 (byte {exc.start}: {content[exc.start : exc.start + 1]!r})"
         ) from exc
     try:
         df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise TagifaiError(f"{name} is not a readable CSV file: {exc}".splitlines()[0]) from exc
+        raise BadInputError(f"{name} is not a readable CSV file: {exc}".splitlines()[0]) from exc
     missing = [column for column in required if column not in df.columns]
     if missing:
-        raise TagifaiError(f"{name} is missing column(s) {', '.join(missing)} (has: {', '.join(df.columns)})")
+        raise BadInputError(f"{name} is missing column(s) {', '.join(missing)} (has: {preview_columns(df.columns)})")
     if df.empty:
-        raise TagifaiError(f"{name} has a header but no rows")
+        raise BadInputError(f"{name} has a header but no rows")
     return df
+
+
+def preview_columns(columns: Iterable[str], limit: int = 8, width: int = 24) -> str:
+    """Column names for an error message: a few, each cut short (a wrong file's header is its first line)."""
+    names = [str(c) if len(str(c)) <= width else str(c)[: width - 1] + "…" for c in columns]
+    return ", ".join(names[:limit]) + (", …" if len(names) > limit else "")
 
 
 def transform(projects: pd.DataFrame, tags: pd.DataFrame) -> pd.DataFrame:
     """Join projects with their tags on `id`; projects without a tag are dropped.
 
     Raises:
-        TagifaiError: a tag names a project id that does not exist.
+        BadInputError: a tag names a project id that does not exist.
     """
     orphans = sorted(set(tags["id"]) - set(projects["id"]))
     if orphans:
         shown = ", ".join(map(str, orphans[:5])) + (" …" if len(orphans) > 5 else "")
-        raise TagifaiError(f"{len(orphans)} tag(s) match no project id: {shown}")
+        raise BadInputError(f"{len(orphans)} tag(s) match no project id: {shown}")
     return projects.merge(tags[list(TAG_COLUMNS)], on="id", how="inner")
 
 
@@ -133,7 +139,7 @@ def assign_splits(labels: pd.Series, val_size: float, test_size: float, seed: in
     """Return "train"/"val"/"test" per row: a stratified split with the given fractions.
 
     Raises:
-        TagifaiError: a class has too few rows to appear in every split.
+        BadInputError: a class has too few rows to appear in every split.
     """
     index = labels.index.to_numpy()
     holdout = val_size + test_size
@@ -143,7 +149,7 @@ def assign_splits(labels: pd.Series, val_size: float, test_size: float, seed: in
             rest_idx, test_size=test_size / holdout, stratify=labels.loc[rest_idx], random_state=seed
         )
     except ValueError as exc:
-        raise TagifaiError(f"cannot make a stratified split: {exc}") from exc
+        raise BadInputError(f"cannot make a stratified split: {exc}") from exc
     split = pd.Series("train", index=labels.index, name="split")
     split.loc[val_idx] = "val"
     split.loc[test_idx] = "test"

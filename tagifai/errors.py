@@ -1,11 +1,27 @@
-"""Errors the CLI turns into a one-line message and a non-zero exit."""
+"""Errors the CLI turns into a one-line message and a non-zero exit code.
+
+Exit codes: 1 for an error that may pass (MLflow or the network down: Airflow retries the task),
+3 for bad input or setup (the data, a data source, a setting, a param: Airflow fails the task at
+once, since a retry cannot fix it), 2 for a command line Typer refused.
+"""
+
+EXIT_ERROR = 1
+EXIT_BAD_INPUT = 3
 
 
 class TagifaiError(Exception):
-    """A problem with input, configuration or upstream runs that the user can fix."""
+    """A problem with input, configuration, upstream runs or services that the user can fix."""
+
+    exit_code = EXIT_ERROR
 
 
-class DataValidationError(TagifaiError):
+class BadInputError(TagifaiError):
+    """The input itself is wrong (data, data source, settings, params): retrying cannot help."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class DataValidationError(BadInputError):
     """The data broke its contract; `failed` names each failed check."""
 
     def __init__(self, failed: list[str]) -> None:

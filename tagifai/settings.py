@@ -12,7 +12,7 @@ from typing import Any
 
 import tagifai_config
 
-from tagifai.errors import TagifaiError
+from tagifai.errors import BadInputError
 
 STOPWORDS_FILE = "stopwords.txt"
 
@@ -43,9 +43,9 @@ def load_settings() -> dict[str, Any]:
     try:
         settings = tagifai_config.load(folder)
     except tagifai_config.ConfigError as exc:
-        raise TagifaiError(str(exc)) from exc
+        raise BadInputError(str(exc)) from exc
     stopwords_path = folder / STOPWORDS_FILE
     if not stopwords_path.exists():
-        raise TagifaiError(f"stopword list not found: {stopwords_path}")
+        raise BadInputError(f"stopword list not found: {stopwords_path}")
     settings["stopwords"] = parse_stopwords(stopwords_path.read_text(encoding="utf-8"))
     return settings

@@ -1,42 +1,52 @@
-"""Read a data source given as an http(s) URL, a file:// URL or a plain path."""
+"""Read a data source (an http(s) URL, a file:// URL or a path) under the deployment's source policy.
+
+The policy itself is `tagifai_sources` (standard library, shared with the DAG, which checks the
+same rules before any step starts): local data only from `TAGIFAI_DATA_DIRS`, URLs only from
+`TAGIFAI_ALLOWED_URL_HOSTS` and never from private addresses, redirects under the same rules. It is
+enforced where those settings are present (the stack); on a person's own machine the CLI reads what
+that person can. Every fetch stops at `[data] max_bytes` and `[data] fetch_deadline_seconds`.
+"""
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.parse
-import urllib.request
-from pathlib import Path
+import os
+import re
+from typing import Any
 
-from tagifai.errors import TagifaiError
+import tagifai_sources
 
-TIMEOUT_SECONDS = 60
+from tagifai.errors import BadInputError, TagifaiError
+
+_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
 
 
-def fetch(source: str) -> bytes:
+def policy(settings: dict[str, Any]) -> tagifai_sources.SourcePolicy:
+    """The source policy of this process's environment; the pinned upstream hosts are allowed by default."""
+    defaults = [settings["data"]["projects_url"], settings["data"]["tags_url"]]
+    try:
+        return tagifai_sources.SourcePolicy.from_environ(os.environ, defaults)
+    except ValueError as exc:  # a malformed TAGIFAI_DATA_DIRS / TAGIFAI_ALLOWED_URL_HOSTS
+        raise BadInputError(str(exc)) from exc
+
+
+def fetch(source: str, settings: dict[str, Any]) -> bytes:
     """Return the bytes behind `source`.
 
-    Args:
-        source: `http://…`, `https://…`, `file:///…` or a filesystem path.
-
-    Returns:
-        The raw content.
-
     Raises:
-        TagifaiError: the file is missing or the URL cannot be read.
+        BadInputError: the policy refuses the source, it is too large, missing or not a file.
+        TagifaiError: it could not be read for now (network, HTTP 5xx, the deadline): worth a retry.
     """
-    scheme = urllib.parse.urlparse(source).scheme
-    if scheme in ("http", "https"):
-        try:
-            with urllib.request.urlopen(source, timeout=TIMEOUT_SECONDS) as response:  # noqa: S310
-                return response.read()
-        except urllib.error.HTTPError as exc:
-            raise TagifaiError(f"cannot download {source}: HTTP {exc.code} {exc.reason}") from exc
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            raise TagifaiError(f"cannot download {source}: {getattr(exc, 'reason', exc)}") from exc
-    path = Path(urllib.request.url2pathname(urllib.parse.urlparse(source).path)) if scheme == "file" else Path(source)
+    data = settings["data"]
     try:
-        return path.read_bytes()
-    except FileNotFoundError as exc:
-        raise TagifaiError(f"data file not found: {source}") from exc
-    except OSError as exc:
-        raise TagifaiError(f"cannot read {source}: {exc.strerror}") from exc
+        return tagifai_sources.fetch(
+            source, policy(settings), max_bytes=data["max_bytes"], deadline_seconds=data["fetch_deadline_seconds"]
+        )
+    except tagifai_sources.SourceRefused as exc:
+        raise BadInputError(str(exc)) from exc
+    except tagifai_sources.SourceUnavailable as exc:
+        raise (TagifaiError if exc.transient else BadInputError)(str(exc)) from exc
+
+
+def redact(url: str) -> str:
+    """`url` without the credentials it may carry (`https://user:pw@host/…` → `https://***@host/…`)."""
+    return _USERINFO.sub("***@", url)

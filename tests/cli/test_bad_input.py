@@ -1,4 +1,5 @@
-"""Bad input: one clear line naming the problem, exit 1, and no model registered or promoted."""
+"""Bad input: one clear line naming the problem, exit 3 (never retried; 1 when the network may come
+back), and no model registered or promoted."""
 
 import mlflow
 import pytest
@@ -46,20 +47,26 @@ def drop_title(rows):
 
 
 CASES = [
-    # (case id, writer kwargs, expected fragment of the one-line error)
-    ("missing file", {"missing": True}, "error: data file not found: "),
+    # (case id, writer kwargs, expected fragment of the one-line error, exit code)
+    ("missing file", {"missing": True}, "error: data file not found: ", 3),
     (
         "unreachable url",
         {"url": "http://127.0.0.1:9/projects.csv"},
         "error: cannot download http://127.0.0.1:9/projects.csv",
+        1,  # the server may come back: Airflow retries
     ),
-    ("missing column", {"projects": drop_title}, "is missing column(s) title"),
-    ("empty file", {"tags_bytes": b""}, "tags.csv ("),
-    ("non-utf8", {"projects_bytes": "id,title,description\n1,Caf\u00e9,x\n".encode("latin-1")}, "is not valid UTF-8"),
-    ("orphan tags", {"tags": orphan_tag}, "1 tag(s) match no project id: 9999"),
-    ("duplicate ids", {"projects": duplicate_ids, "tags": duplicate_ids}, "validation failed: unique_ids: "),
-    ("blank text", {"projects": blank_text}, "validation failed: non_blank_text: 1 project(s) with blank text"),
-    ("too few classes", {"tags": only_one_class}, "enough_classes: only 1 class(es): mlops=120; need at least 2"),
+    ("missing column", {"projects": drop_title}, "is missing column(s) title", 3),
+    ("empty file", {"tags_bytes": b""}, "tags.csv (", 3),
+    (
+        "non-utf8",
+        {"projects_bytes": "id,title,description\n1,Caf\u00e9,x\n".encode("latin-1")},
+        "is not valid UTF-8",
+        3,
+    ),
+    ("orphan tags", {"tags": orphan_tag}, "1 tag(s) match no project id: 9999", 3),
+    ("duplicate ids", {"projects": duplicate_ids, "tags": duplicate_ids}, "validation failed: unique_ids: ", 3),
+    ("blank text", {"projects": blank_text}, "validation failed: non_blank_text: 1 project(s) with blank text", 3),
+    ("too few classes", {"tags": only_one_class}, "enough_classes: only 1 class(es): mlops=120; need at least 2", 3),
 ]
 
 
@@ -75,15 +82,15 @@ def run(tmp_path, mlflow_store, small_config):
     return invoke
 
 
-@pytest.mark.parametrize(("case", "kwargs", "message"), CASES, ids=[c[0] for c in CASES])
-def test_bad_input_fails_clearly_and_registers_nothing(run, tmp_path, mlflow_store, case, kwargs, message):
+@pytest.mark.parametrize(("case", "kwargs", "message", "exit_code"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_fails_clearly_and_registers_nothing(run, tmp_path, mlflow_store, case, kwargs, message, exit_code):
     kwargs = dict(kwargs)
     missing, url = kwargs.pop("missing", False), kwargs.pop("url", None)
     projects, tags = write(tmp_path / "data", **kwargs)
     if missing:
         projects.unlink()
     result = run(url or projects, tags)
-    assert result.exit_code == 1
+    assert result.exit_code == exit_code
     error_lines = result.stderr.strip().splitlines()
     assert error_lines[-1].startswith("error: ") and message in error_lines[-1], result.stderr
     assert result.stdout.strip() == ""  # no hand-off line for a failed step
@@ -102,7 +109,7 @@ def test_bad_data_leaves_the_champion_alone(run, tmp_path, mlflow_store):
 
     projects, tags = write(tmp_path / "bad", projects=duplicate_ids, tags=duplicate_ids)
     result = run(projects, tags)
-    assert result.exit_code == 1 and "unique_ids" in result.stderr
+    assert result.exit_code == 3 and "unique_ids" in result.stderr
     assert [v.version for v in client.search_model_versions("name = 'tagifai'")] == [champion.version]
     assert client.get_model_version_by_alias("tagifai", "champion").version == champion.version
     failed = client.search_runs(
@@ -121,5 +128,21 @@ def test_drift_fails_validate_unless_allowed(run, tmp_path):
 
     projects, tags = write(tmp_path / "drifted", tags=mostly_vision)
     result = run(projects, tags)
-    assert result.exit_code == 1 and "validation failed: label_drift: chi-square p=" in result.stderr
+    assert result.exit_code == 3 and "validation failed: label_drift: chi-square p=" in result.stderr
     assert run(projects, tags, "--allow-drift").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--min-f1", "0"], "min_f1 0.0 would loosen this deployment's gate ([register] min_f1 = 0.6)"),
+        (["--max-regression", "1"], "max_regression 1.0 would loosen this deployment's gate"),
+        (["--num-trials", "100000"], "num_trials 100000 is more than this deployment allows"),
+    ],
+)
+def test_params_may_not_loosen_the_deployers_gate_or_limits(run, tmp_path, mlflow_store, args, message):
+    projects, tags = write(tmp_path / "data")
+    result = run(projects, tags, *args)
+    assert result.exit_code == 3 and message in result.stderr.strip().splitlines()[-1]
+    mlflow.set_tracking_uri(mlflow_store)
+    assert MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()]) == []

@@ -4,7 +4,14 @@ import threading
 import pytest
 
 from tagifai import sources
-from tagifai.errors import TagifaiError
+from tagifai.errors import EXIT_BAD_INPUT, EXIT_ERROR, TagifaiError
+
+
+@pytest.fixture(autouse=True)
+def no_policy(monkeypatch):
+    """A person's own machine: no deployment policy in the environment."""
+    for name in ("TAGIFAI_DATA_DIRS", "TAGIFAI_ALLOWED_URL_HOSTS", "TAGIFAI_PROJECTS_URL", "TAGIFAI_TAGS_URL"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
@@ -24,16 +31,16 @@ def http_root(tmp_path):
     server.shutdown()
 
 
-def test_fetch_reads_plain_paths_and_file_urls(tmp_path):
+def test_fetch_reads_plain_paths_and_file_urls(tmp_path, settings):
     path = tmp_path / "projects.csv"
     path.write_bytes(b"id\n1\n")
-    assert sources.fetch(str(path)) == b"id\n1\n"
-    assert sources.fetch(path.as_uri()) == b"id\n1\n"
+    assert sources.fetch(str(path), settings) == b"id\n1\n"
+    assert sources.fetch(path.as_uri(), settings) == b"id\n1\n"
 
 
-def test_fetch_downloads_http(tmp_path, http_root):
+def test_fetch_downloads_http(tmp_path, http_root, settings):
     (tmp_path / "tags.csv").write_bytes(b"id,tag\n")
-    assert sources.fetch(f"{http_root}/tags.csv") == b"id,tag\n"
+    assert sources.fetch(f"{http_root}/tags.csv", settings) == b"id,tag\n"
 
 
 @pytest.mark.parametrize(
@@ -43,16 +50,58 @@ def test_fetch_downloads_http(tmp_path, http_root):
         ("file:///nonexistent/tags.csv", "data file not found: file:///nonexistent/tags.csv"),  # missing file URL
     ],
 )
-def test_fetch_names_missing_files(source, message):
-    with pytest.raises(TagifaiError, match=message):
-        sources.fetch(source)
+def test_fetch_names_missing_files(source, message, settings):
+    with pytest.raises(TagifaiError, match=message) as raised:
+        sources.fetch(source, settings)
+    assert raised.value.exit_code == EXIT_BAD_INPUT  # a retry cannot bring the file back
 
 
-def test_fetch_names_http_errors(http_root):
+def test_fetch_names_http_errors(http_root, settings):
     with pytest.raises(TagifaiError, match=r"cannot download http://127.0.0.1:\d+/missing.csv: HTTP 404"):
-        sources.fetch(f"{http_root}/missing.csv")
+        sources.fetch(f"{http_root}/missing.csv", settings)
 
 
-def test_fetch_names_unreachable_servers():
-    with pytest.raises(TagifaiError, match="cannot download http://127.0.0.1:9/x.csv"):
-        sources.fetch("http://127.0.0.1:9/x.csv")
+def test_fetch_names_unreachable_servers(settings):
+    with pytest.raises(TagifaiError, match="cannot download http://127.0.0.1:9/x.csv") as raised:
+        sources.fetch("http://127.0.0.1:9/x.csv", settings)
+    assert raised.value.exit_code == EXIT_ERROR  # the network may come back: worth a retry
+
+
+@pytest.mark.parametrize(
+    ("source", "rule"),
+    [
+        ("/etc/passwd", "is outside the data folders this deployment allows"),  # a host file
+        ("{data}/../../etc/passwd", "is outside the data folders"),  # `..` out of the data folder
+        ("http://mlflow:5000/api/2.0/mlflow/experiments/search", "is not an allowed host"),  # an internal service
+        ("http://169.254.169.254/latest/meta-data/", "is not an allowed host"),  # cloud metadata
+    ],
+)
+def test_where_the_deployment_names_data_folders_other_sources_are_refused(
+    tmp_path, settings, monkeypatch, source, rule
+):
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setenv("TAGIFAI_DATA_DIRS", str(data))
+    with pytest.raises(TagifaiError, match=rule) as raised:
+        sources.fetch(source.format(data=data), settings)
+    assert raised.value.exit_code == EXIT_BAD_INPUT
+
+
+def test_a_source_larger_than_max_bytes_is_refused(tmp_path, settings):
+    big = tmp_path / "projects.csv"
+    big.write_bytes(b"x" * 101)
+    with pytest.raises(TagifaiError, match="exceeds 100 bytes") as raised:
+        sources.fetch(str(big), {**settings, "data": {**settings["data"], "max_bytes": 100}})
+    assert raised.value.exit_code == EXIT_BAD_INPUT
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://user:s3cret@example.org/p.csv", "https://***@example.org/p.csv"),  # credentials
+        ("https://example.org/p.csv", "https://example.org/p.csv"),  # nothing to hide
+        ("/data/p.csv", "/data/p.csv"),  # a path
+    ],
+)
+def test_redact_hides_credentials_in_urls(url, shown):
+    assert sources.redact(url) == shown
