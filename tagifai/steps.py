@@ -29,15 +29,17 @@ BEST_PARAMS = "best_params.json"
 
 def elt(settings: dict[str, Any], projects_url: str, tags_url: str, experiment_name: str) -> dict[str, Any]:
     """Extract projects and tags, keep the raw copies, join them, log the labeled data."""
+    shown = {"projects_url": sources.redact(projects_url), "tags_url": sources.redact(tags_url)}
     with tracking.step_run("elt", tracking.experiment_id(experiment_name)) as run:
-        mlflow.log_params({"projects_url": projects_url, "tags_url": tags_url})
-        raw = {"projects.csv": sources.fetch(projects_url), "tags.csv": sources.fetch(tags_url)}
+        mlflow.log_params(shown)
+        raw = {"projects.csv": sources.fetch(projects_url, settings), "tags.csv": sources.fetch(tags_url, settings)}
+        projects = data.parse_csv(raw["projects.csv"], f"projects.csv ({shown['projects_url']})", data.PROJECT_COLUMNS)
+        tags = data.parse_csv(raw["tags.csv"], f"tags.csv ({shown['tags_url']})", data.TAG_COLUMNS)
+        labeled = data.transform(projects, tags)
+        # Raw copies only of what parsed as the data: nothing else a source returned is kept.
         for name, content in raw.items():
             tracking.log_bytes(content, f"raw/{name}")
-        projects = data.parse_csv(raw["projects.csv"], f"projects.csv ({projects_url})", data.PROJECT_COLUMNS)
-        tags = data.parse_csv(raw["tags.csv"], f"tags.csv ({tags_url})", data.TAG_COLUMNS)
-        labeled = data.transform(projects, tags)
-        digest = tracking.log_frame(labeled, LABELED, "tagifai-labeled", "extracted", source=projects_url)
+        digest = tracking.log_frame(labeled, LABELED, "tagifai-labeled", "extracted", source=shown["projects_url"])
         mlflow.set_tag("data_sha256", digest)
         counts = {"projects": len(projects), "tags": len(tags), "labeled": len(labeled)}
         mlflow.log_metrics({**counts, "untagged_projects": len(projects) - len(labeled)})
@@ -48,7 +50,10 @@ def elt(settings: dict[str, Any], projects_url: str, tags_url: str, experiment_n
 def validate(
     settings: dict[str, Any], elt_run_id: str, allow_drift: bool = False, reference_run_id: str | None = None
 ) -> dict[str, Any]:
-    """Check the data contract (and drift against the last validated data); on success, split it.
+    """Check the data contract, and drift against the data the champion learned from; on success, split it.
+
+    The drift reference is the champion's data (its `data_run_id`), else the last data that passed
+    validation anywhere: never something a run's own params choose.
 
     Raises:
         DataValidationError: a check failed; its report is logged before raising.
@@ -56,7 +61,8 @@ def validate(
     upstream = tracking.get_run(elt_run_id, "elt")
     experiment = upstream.info.experiment_id
     df = data.read_frame(tracking.read_artifact(elt_run_id, LABELED))
-    reference_run_id = reference_run_id or tracking.latest_run(experiment, "validate", "tags.validation = 'passed'")
+    reference_run_id = reference_run_id or registry.champion_data_run(registry.model_name(settings))
+    reference_run_id = reference_run_id or tracking.latest_run("validate", "tags.validation = 'passed'")
     reference = tracking.read_json_artifact(reference_run_id, PROFILE) if reference_run_id else None
     with tracking.step_run("validate", experiment, upstream) as run:
         report = {**validation.validate(df, settings, reference, not allow_drift), "reference_run_id": reference_run_id}
@@ -210,37 +216,31 @@ def evaluate(settings: dict[str, Any], train_run_id: str) -> dict[str, Any]:
 def register(
     settings: dict[str, Any], evaluate_run_id: str, min_f1: float, max_regression: float, model_name: str
 ) -> dict[str, Any]:
-    """Register the evaluated model as `challenger`; promote it to `champion` through the gate."""
+    """Register the evaluated model as `challenger`; promote it to `champion` through the gate, and record the move."""
     evaluated = tracking.get_run(evaluate_run_id, "evaluate")
     trained = tracking.get_run(evaluated.data.tags["train_run_id"], "train")
     client = MlflowClient()
+    moves = registry.sync_history(settings, model_name)
     champion = registry.version_by_alias(client, model_name, registry.CHAMPION)
-    champion_f1 = None
-    if champion is not None and champion.run_id != trained.info.run_id:
-        champion_f1 = registry.rescore(model_name, registry.CHAMPION, trained.data.tags["data_run_id"])
-    metrics = evaluated.data.metrics
-    decision = registry.gate(metrics["test_f1"], champion_f1, min_f1, max_regression)
+    test_f1 = evaluated.data.metrics["test_f1"]
     with tracking.step_run("register", evaluated.info.experiment_id, evaluated) as run:
-        tags = registry.version_tags(metrics, trained, run, evaluate_run_id)
+        tags = registry.version_tags(evaluated.data.metrics, trained, run, evaluate_run_id)
         version = registry.register(client, model_name, trained.data.tags["model_uri"], trained.info.run_id, tags)
-        registry.apply(client, model_name, version.version, decision)
-        mlflow.log_params({"min_f1": min_f1, "max_regression": max_regression, "model_name": model_name})
-        if champion_f1 is not None:
-            mlflow.log_metric("champion_test_f1", champion_f1)
-        mlflow.set_tags(
-            {
-                "promoted": str(decision["promote"]).lower(),
-                "promotion": decision["reason"],
-                "model_version": version.version,
-                "previous_champion": champion.version if champion else "",
-            }
-        )
-        outcome = "champion" if decision["promote"] else "stays challenger"
-        log.info("register: %s version %s; %s -> %s", model_name, version.version, decision["reason"], outcome)
+        gate, data_run_id = (min_f1, max_regression), trained.data.tags["data_run_id"]
+        judged = registry.judge(settings, model_name, version.version, champion, moves, data_run_id, test_f1, gate)
+        registry.apply(client, model_name, version.version, judged)
+        previous = str(champion.version) if champion else None
+        if judged["promote"]:
+            by = run.data.tags[tracking.PIPELINE_TAG]
+            registry.record_move(settings, model_name, previous, version.version, "promote", by, judged["reason"])
+        mlflow.log_param("model_name", model_name)
+        registry.log_decision(judged, version.version, previous, gate)
+        outcome = "champion" if judged["promote"] else "not promoted"
+        log.info("register: %s v%s: %s -> %s", model_name, version.version, judged["reason"], outcome)
     return {
         "run_id": run.info.run_id,
         "model_name": model_name,
         "version": str(version.version),
-        "promoted": decision["promote"],
-        "reason": decision["reason"],
+        "promoted": judged["promote"],
+        "reason": judged["reason"],
     }

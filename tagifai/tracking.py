@@ -146,10 +146,12 @@ def step_run(step: str, experiment: str, upstream: Run | None = None, **tags: st
             raise  # start_run's context then ends the run FAILED
 
 
-def latest_run(experiment: str, step: str, condition: str = "") -> str | None:
-    """The id of the most recent finished run of `step` in `experiment` (that meets `condition`), if any."""
-    runs = MlflowClient().search_runs(
-        [experiment],
+def latest_run(step: str, condition: str = "", experiments: list[str] | None = None) -> str | None:
+    """The id of the most recent finished run of `step` (that meets `condition`) in `experiments` (all: None)."""
+    client = MlflowClient()
+    experiments = experiments or [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        experiments,
         filter_string=f"tags.`{STEP_TAG}` = '{step}' and attributes.status = 'FINISHED'"
         + (f" and {condition}" if condition else ""),
         order_by=["attributes.start_time DESC"],
