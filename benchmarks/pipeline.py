@@ -53,6 +53,8 @@ def wall_times(projects: str, tags: str, num_trials: int, image: str, root: Path
     """The same pipeline (data, trials, one optimize worker) in-process, and through Airflow's two runners."""
     data = {"projects_url": projects, "tags_url": tags}
     conf = {"num_trials": num_trials, "num_workers": 1, **data}
+    # Local data must lie in a folder the deployment names (the DAG refuses it anywhere else).
+    folders = {"TAGIFAI_DATA_DIRS": ":".join({os.path.dirname(p) for p in (projects, tags) if p.startswith("/")})}
     with harness.running_postgres(*(f"mlflow_{run}" for run in RUNS), "optuna") as databases:
         storage = databases["optuna"]
         with harness.running_mlflow_server(databases["mlflow_inprocess"], root / "inprocess") as server:
@@ -69,6 +71,7 @@ def wall_times(projects: str, tags: str, num_trials: int, image: str, root: Path
                     "TAGIFAI_BIN": str(harness.TAGIFAI),
                     "MLFLOW_TRACKING_URI": server.uri,
                     "TAGIFAI_OPTUNA_STORAGE": storage,
+                    **folders,
                 },
                 timeout=3600,
             )
@@ -82,6 +85,7 @@ def wall_times(projects: str, tags: str, num_trials: int, image: str, root: Path
                     "TAGIFAI_DOCKER_NETWORK": "host",
                     "TAGIFAI_MLFLOW_TRACKING_URI": server.uri,
                     "TAGIFAI_OPTUNA_STORAGE": storage,
+                    **folders,
                 },
                 timeout=3600,
             )

@@ -33,16 +33,16 @@ import os
 import re
 import shlex
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import PurePosixPath
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
+import tagifai_sources
 from airflow.providers.docker.operators.docker import DockerOperator
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import task
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 RUNNERS = ("docker", "local", "kubernetes")
 
@@ -62,8 +62,21 @@ SECRET_ENV = (
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
 )
-# Plain settings forwarded to containers when set on the worker.
-FORWARDED_ENV = ("MLFLOW_S3_ENDPOINT_URL", "TAGIFAI_CONFIG")
+# Plain settings forwarded to containers when set on the worker: the steps obey the same source
+# policy as the DAG's pre-flight (TAGIFAI_DATA_DIRS, TAGIFAI_ALLOWED_URL_HOSTS).
+FORWARDED_ENV = (
+    "MLFLOW_S3_ENDPOINT_URL",
+    "TAGIFAI_CONFIG",
+    tagifai_sources.DATA_DIRS_ENV,
+    tagifai_sources.ALLOWED_HOSTS_ENV,
+    *tagifai_sources.SOURCE_URL_ENVS,
+)
+# The exit codes of `tagifai` that no retry can fix: bad input or settings (3), and, for the local
+# runner, a missing executable (127). The task fails at once instead of being retried.
+EXIT_BAD_INPUT = 3
+FINAL_EXIT_CODES = {"docker": (EXIT_BAD_INPUT,), "local": (EXIT_BAD_INPUT, 126, 127)}
+# Every step container: no privilege escalation, no Linux capabilities (the steps need none).
+HARDENING = {"security_opt": ["no-new-privileges"], "cap_drop": ["ALL"]}
 
 _WHOLE_TEMPLATE = re.compile(r"^\{\{(?P<expr>.*)\}\}$", re.DOTALL)
 
@@ -83,13 +96,20 @@ class RunnerSettings:
     k8s_in_cluster: bool = True
     k8s_secret: str | None = None
     retries: int = 2
+    # From the settings (`config/`): the pinned upstream URLs (allowed hosts by default), and `[limits]`.
+    default_urls: tuple[str, ...] = ()
+    step_minutes: Mapping[str, float] = field(default_factory=dict)
+    step_memory: str | None = None
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> RunnerSettings:
-        """Build the settings from environment variables.
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, config: Mapping[str, Any] | None = None
+    ) -> RunnerSettings:
+        """Build the settings from environment variables and the tagifai settings.
 
         Args:
             environ: the environment to read; `os.environ` when None.
+            config: the settings (`tagifai_config.load`): data sources and `[limits]`; none when None.
 
         Returns:
             The settings.
@@ -97,6 +117,9 @@ class RunnerSettings:
         Raises:
             ValueError: `TAGIFAI_RUNNER` names no known runner.
         """
+        config = config or {}
+        limits = config.get("limits", {})
+        data = config.get("data", {})
         env = dict(os.environ if environ is None else environ)
         runner = env.get("TAGIFAI_RUNNER", "docker").strip().lower() or "docker"
         if runner not in RUNNERS:
@@ -114,7 +137,19 @@ class RunnerSettings:
             k8s_secret=env.get("TAGIFAI_K8S_SECRET") or None,
             # Lowered only by tests: `airflow dags test` really waits out retry delays.
             retries=int(env.get("TAGIFAI_TASK_RETRIES", "2")),
+            default_urls=tuple(data[k] for k in ("projects_url", "tags_url") if k in data),
+            step_minutes=dict(limits.get("step_minutes", {})),
+            step_memory=limits.get("step_memory"),
         )
+
+    def timeout(self, step: str) -> timedelta | None:
+        """How long `step` may run before Airflow stops it (`[limits] step_minutes`)."""
+        minutes = self.step_minutes.get(step)
+        return timedelta(minutes=minutes) if minutes else None
+
+    def source_policy(self) -> tagifai_sources.SourcePolicy:
+        """The deployment's data-source policy, always enforced here: trigger params are untrusted input."""
+        return tagifai_sources.SourcePolicy.from_environ(os.environ, self.default_urls, enforce=True)
 
 
 def fromjson(value: Any) -> dict[str, Any]:
@@ -160,27 +195,6 @@ def shquote(value: Any) -> str:
 USER_DEFINED_FILTERS = {"fromjson": fromjson, "shquote": shquote}
 
 
-def local_path(source: str | None) -> str | None:
-    """Return the host path behind a data source, or None for a remote URL.
-
-    Args:
-        source: an `http(s)://` URL, a `file://` URL or a plain path.
-
-    Returns:
-        The absolute path for `file://` URLs and absolute plain paths, else None.
-    """
-    if not source:
-        return None
-    parsed = urllib.parse.urlparse(source)
-    if parsed.scheme == "file":
-        path = urllib.request.url2pathname(parsed.path)
-    elif parsed.scheme == "" and source.startswith("/"):
-        path = source
-    else:
-        return None
-    return str(PurePosixPath(path))
-
-
 def data_url(value: str | None, fallback: str) -> str:
     """Return the data URL a param defaults to: `value` (a relative path made absolute), else `fallback`.
 
@@ -193,17 +207,30 @@ def data_url(value: str | None, fallback: str) -> str:
     return value
 
 
-def read_only_mounts(sources: Sequence[str | None]) -> list[dict[str, Any]]:
-    """Return bind mounts that show each local source's folder at the same path, read-only.
+def checked_sources(policy: tagifai_sources.SourcePolicy, sources: Sequence[str]) -> None:
+    """The pre-flight of a step that reads data: every source obeys the policy, before anything starts.
+
+    Raises:
+        AirflowFailException: a source is refused; its one-line rule is the message (no retry: the same
+            params would be refused again).
+    """
+    for source in sources:
+        try:
+            policy.check(source)
+        except tagifai_sources.SourceRefused as exc:
+            raise AirflowFailException(f"refused data source: {exc}") from None
+
+
+def read_only_mounts(folders: Sequence[str | None]) -> list[dict[str, Any]]:
+    """Bind mounts that show each host folder to the container read-only, at the same path.
 
     Args:
-        sources: data URLs or paths; remote URLs are skipped.
+        folders: host folders (None entries are skipped).
 
     Returns:
         Docker mount specs (`docker.types.Mount` fields), one per distinct folder.
     """
-    folders = sorted({str(PurePosixPath(path).parent) for path in map(local_path, sources) if path})
-    return [{"Target": folder, "Source": folder, "Type": "bind", "ReadOnly": True} for folder in folders]
+    return [{"Target": f, "Source": f, "Type": "bind", "ReadOnly": True} for f in sorted({f for f in folders if f})]
 
 
 def step_environment(settings: RunnerSettings, *, experiment_name: str) -> dict[str, str]:
@@ -312,55 +339,76 @@ def _operator(
     data_sources: Sequence[str],
 ) -> tuple[type, dict[str, Any], str]:
     """The operator class for the runner, its arguments, and the name of the one that holds the command."""
+    common = {
+        "task_id": task_id,
+        # The step's data sources pass the policy before anything starts (`StepMixin`).
+        "data_sources": list(data_sources),
+        "default_urls": settings.default_urls,
+        "execution_timeout": settings.timeout(task_id),
+    }
     env = step_environment(settings, experiment_name=experiment_name)
     if settings.runner == "local":
         kwargs = {
-            "task_id": task_id,
+            **common,
             "bash_command": bash_command(settings.tagifai_bin, command),
             "env": env,
             "append_env": True,
-            "skip_on_exit_code": None,
+            "skip_on_exit_code": FINAL_EXIT_CODES["local"],
         }
-        return BashOperator, kwargs, "bash_command"
+        return TagifaiBashOperator, kwargs, "bash_command"
     if settings.runner == "kubernetes":
-        return _kubernetes_operator(task_id, command, settings, env)
+        return _kubernetes_operator(common, command, settings, env)
     kwargs = {
-        "task_id": task_id,
+        **common,
         "image": settings.image,
         "command": list(command),
         "docker_url": settings.docker_url,
         "network_mode": settings.docker_network,
         "environment": env,
-        "data_sources": list(data_sources),
         # Which pipeline run and step a container belongs to: `docker ps --filter label=...`.
         "labels": {"org.tagifai.step": task_id, "org.tagifai.pipeline-run-id": "{{ run_id }}"},
         "auto_remove": "success",
         "mount_tmp_dir": False,
         # Pull only what is not on the host: local builds (`make image`) are never pulled.
         "force_pull": False,
+        "mem_limit": settings.step_memory,
+        "skip_on_exit_code": FINAL_EXIT_CODES["docker"],
     }
     return TagifaiDockerOperator, kwargs, "command"
 
 
 def _kubernetes_operator(
-    task_id: str, command: Sequence[str], settings: RunnerSettings, env: dict[str, str]
+    common: dict[str, Any], command: Sequence[str], settings: RunnerSettings, env: dict[str, str]
 ) -> tuple[type, dict[str, Any], str]:
     try:
         from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     except ImportError as exc:  # pragma: no cover — depends on the installed providers
         raise ImportError(
-            "TAGIFAI_RUNNER=kubernetes needs apache-airflow-providers-cncf-kubernetes (requirements/airflow.txt)"
+            "TAGIFAI_RUNNER=kubernetes needs apache-airflow-providers-cncf-kubernetes (images/airflow/requirements.txt)"
         ) from exc
     from kubernetes.client import models as k8s
+
+    class TagifaiPodOperator(StepMixin, KubernetesPodOperator):
+        """`KubernetesPodOperator` whose data sources pass the policy before the pod starts."""
+
+        template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, "data_sources")
+
+        def __init__(
+            self, *, data_sources: Sequence[str] = (), default_urls: Sequence[str] = (), **kwargs: Any
+        ) -> None:
+            """Create the operator (`StepMixin`)."""
+            super().__init__(**kwargs)
+            self.data_sources, self.default_urls = list(data_sources), tuple(default_urls)
 
     env_from = (
         [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.k8s_secret))]
         if settings.k8s_secret
         else None
     )
+    memory = {"memory": k8s_quantity(settings.step_memory)} if settings.step_memory else None
     kwargs = {
-        "task_id": task_id,
-        "name": f"tagifai-{task_id}",
+        **common,
+        "name": f"tagifai-{common['task_id']}",
         "namespace": settings.k8s_namespace,
         "in_cluster": settings.k8s_in_cluster,
         "image": settings.image,
@@ -369,42 +417,114 @@ def _kubernetes_operator(
         "env_vars": env,
         # Secrets come from a Kubernetes Secret (TAGIFAI_K8S_SECRET), never from the DAG.
         "env_from": env_from,
+        "container_resources": k8s.V1ResourceRequirements(requests=memory, limits=memory) if memory else None,
+        "container_security_context": k8s.V1SecurityContext(
+            allow_privilege_escalation=False, capabilities=k8s.V1Capabilities(drop=["ALL"]), run_as_non_root=True
+        ),
         "do_xcom_push": True,
         "get_logs": True,
         "on_finish_action": "delete_succeeded_pod",
     }
-    return KubernetesPodOperator, kwargs, "arguments"
+    return TagifaiPodOperator, kwargs, "arguments"
 
 
-class TagifaiDockerOperator(DockerOperator):
-    """`DockerOperator` that shows local data to the container and forwards the worker's secrets.
+def k8s_quantity(memory: str) -> str:
+    """A Docker-style memory size (`4g`, `512m`) as a Kubernetes quantity (`4Gi`, `512Mi`)."""
+    units = {"k": "Ki", "m": "Mi", "g": "Gi"}
+    value = memory.strip().lower().removesuffix("b")
+    return value[:-1] + units[value[-1]] if value and value[-1] in units else value
 
-    Mount sources are paths on the Docker host, so a local data file (`/data/projects.csv` or
-    `file:///data/projects.csv`) is bind-mounted read-only at the same path; so is the folder of
-    `TAGIFAI_CONFIG` when the worker sets it. Which paths those are is known only once the params
-    render, hence the work happens in `execute`.
+
+class StepMixin:
+    """What every step's operator does around the runner's own `execute`.
+
+    Before anything starts, each data source must pass the deployment's source policy (a refused one
+    fails the task at once, naming the rule). After, the exit codes that mean bad input or setup
+    (the operator's `skip_on_exit_code`) fail the task without a retry, instead of skipping it.
+    """
+
+    data_sources: list[str]
+    default_urls: tuple[str, ...]
+
+    def execute(self, context: Any) -> Any:
+        """Check the sources, prepare, run; turn a final exit code into a failure without retry."""
+        policy = tagifai_sources.SourcePolicy.from_environ(os.environ, self.default_urls, enforce=True)
+        checked_sources(policy, self.data_sources)
+        self.prepare(policy)
+        try:
+            return super().execute(context)
+        except AirflowSkipException as exc:
+            raise AirflowFailException(
+                f"the step cannot run with this input or setup ({exc}); its `error:` line above says what to fix"
+            ) from None
+
+    def prepare(self, policy: tagifai_sources.SourcePolicy) -> None:
+        """Set up what the runner needs once the params are rendered (nothing by default)."""
+
+
+class TagifaiBashOperator(StepMixin, BashOperator):
+    """`BashOperator` running one step as a local subprocess (the local runner)."""
+
+    template_fields: Sequence[str] = (*BashOperator.template_fields, "data_sources")
+
+    def __init__(self, *, data_sources: Sequence[str] = (), default_urls: Sequence[str] = (), **kwargs: Any) -> None:
+        """Create the operator; `data_sources` are templates of the URLs the step reads (`StepMixin`)."""
+        super().__init__(**kwargs)
+        self.data_sources, self.default_urls = list(data_sources), tuple(default_urls)
+
+
+class TagifaiDockerOperator(StepMixin, DockerOperator):
+    """`DockerOperator` that shows the step its data read-only, hardens its container and keeps secrets private.
+
+    Mount sources are paths on the Docker host: the named data folder (`TAGIFAI_DATA_DIRS`) that holds
+    each local data source is bind-mounted read-only at the same path, as is the folder of
+    `TAGIFAI_CONFIG` when the worker sets it. Which folders those are is known only once the params
+    render, hence the work happens in `prepare`.
     """
 
     template_fields: Sequence[str] = (*DockerOperator.template_fields, "labels", "data_sources")
 
-    def __init__(self, *, data_sources: Sequence[str] = (), **kwargs: Any) -> None:
-        """Create the operator; `data_sources` are templates of the URLs the step reads."""
+    def __init__(self, *, data_sources: Sequence[str] = (), default_urls: Sequence[str] = (), **kwargs: Any) -> None:
+        """Create the operator; `data_sources` are templates of the URLs the step reads (`StepMixin`)."""
         super().__init__(**kwargs)
-        self.data_sources = list(data_sources)
+        self.data_sources, self.default_urls = list(data_sources), tuple(default_urls)
 
-    def execute(self, context: Any) -> Any:
-        """Add the mounts and the forwarded environment, then run the container."""
+    def prepare(self, policy: tagifai_sources.SourcePolicy) -> None:
+        """Add the mounts and the forwarded environment (secrets only privately)."""
         environ = os.environ
         if config := environ.get("TAGIFAI_CONFIG"):
             self.environment["TAGIFAI_CONFIG"] = os.path.abspath(config)
         for name in FORWARDED_ENV:
             if name in environ and name not in self.environment:
                 self.environment[name] = environ[name]
-        host_paths = [*self.data_sources, self.environment.get("TAGIFAI_CONFIG")]
+        folders = [
+            *map(policy.data_dir_of, self.data_sources),
+            os.path.dirname(self.environment.get("TAGIFAI_CONFIG", "")),
+        ]
         mounted = {mount["Target"] for mount in self.mounts if isinstance(mount, Mapping) and "Target" in mount}
-        self.mounts = [*self.mounts, *(m for m in read_only_mounts(host_paths) if m["Target"] not in mounted)]
+        self.mounts = [*self.mounts, *(m for m in read_only_mounts(folders) if m["Target"] not in mounted)]
         self._private_environment = {
             **{name: environ[name] for name in SECRET_ENV if name in environ},
             **self._private_environment,
         }
-        return super().execute(context)
+
+    @property
+    def cli(self) -> Any:
+        """The Docker API client, creating every container with `HARDENING`."""
+        return HardenedClient(self.hook.api_client)
+
+
+class HardenedClient:
+    """A Docker `APIClient` whose host configs add `HARDENING` (DockerOperator has no such options)."""
+
+    def __init__(self, client: Any) -> None:
+        """Wrap `client`."""
+        self._client = client
+
+    def create_host_config(self, **kwargs: Any) -> Any:
+        """The host config the operator asks for, hardened."""
+        return self._client.create_host_config(**kwargs, **HARDENING)
+
+    def __getattr__(self, name: str) -> Any:
+        """Everything else is the client's."""
+        return getattr(self._client, name)

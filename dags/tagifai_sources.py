@@ -17,7 +17,7 @@ Rules:
   symlinks, `..`) before the check; a relative path is refused; a directory is not a data file.
 - **URLs** are `http` or `https` only. The host must be in `TAGIFAI_ALLOWED_URL_HOSTS`
   (comma-separated `host` or `host:port`; a bare `host` allows any port); when that variable is
-  unset the hosts of the caller's pinned upstream URLs are allowed instead. The hosts of
+  unset or empty the hosts of the caller's pinned upstream URLs are allowed instead. The hosts of
   `TAGIFAI_PROJECTS_URL` / `TAGIFAI_TAGS_URL` (when they are URLs) are allowed too, as the
   deployer chose them. A host that resolves to any address that is not globally routable
   (loopback, private, link-local such as 169.254.169.254, shared, reserved, multicast, also
@@ -147,7 +147,7 @@ class SourcePolicy:
         chosen = [environ[name] for name in SOURCE_URL_ENVS if environ.get(name)]
         dirs = [_named_dir(entry) for entry in environ.get(DATA_DIRS_ENV, "").split(":") if entry.strip()]
         dirs += [folder for folder in map(_folder_of, chosen) if folder]
-        if ALLOWED_HOSTS_ENV in environ:
+        if environ.get(ALLOWED_HOSTS_ENV, "").strip():  # empty is unset: a compose file passes it so
             explicit = frozenset(_host_entry(entry) for entry in environ[ALLOWED_HOSTS_ENV].split(",") if entry.strip())
             allowed = explicit
         else:

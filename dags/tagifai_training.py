@@ -22,9 +22,14 @@ The params' defaults are the settings the steps read (`config/tagifai.toml`, wit
 over it): a param left alone changes nothing. Trigger with a config to override them, e.g.
 `{"num_trials": 5, "num_workers": 4}`. Deployment settings come from the environment of the Airflow
 workers: `TAGIFAI_IMAGE`, `TAGIFAI_DOCKER_NETWORK`, `TAGIFAI_MLFLOW_TRACKING_URI`,
-`TAGIFAI_OPTUNA_STORAGE`, `DOCKER_HOST`, `TAGIFAI_BIN` (see `dags/tagifai_runners.py`). A data URL
-that is a local path or `file://` URL must be a path
-on the Docker host; its folder is mounted read-only into the `elt` container.
+`TAGIFAI_OPTUNA_STORAGE`, `DOCKER_HOST`, `TAGIFAI_BIN` (see `dags/tagifai_runners.py`).
+
+The trigger form is untrusted input. Data sources must pass the deployment's policy before any step
+starts (`dags/tagifai_sources.py`): local files only inside `TAGIFAI_DATA_DIRS` (host paths; the
+folder of `TAGIFAI_PROJECTS_URL`/`TAGIFAI_TAGS_URL` counts), URLs only from
+`TAGIFAI_ALLOWED_URL_HOSTS` (default: the pinned upstream host) and never private addresses. The
+gate's params may only be stricter than `[register]`, and `[limits]` bounds trials, workers, each
+step's time and memory, and the whole run. Bad input fails its task once; it is not retried.
 """
 
 from __future__ import annotations
@@ -43,8 +48,9 @@ from tagifai_runners import (
     tagifai_workers,
 )
 
-settings = RunnerSettings.from_env()
 config = tagifai_config.load(tagifai_config.repository_dir())
+settings = RunnerSettings.from_env(config=config)
+limits, gate = config["limits"], config["register"]
 
 with DAG(
     dag_id="tagifai_training",
@@ -53,6 +59,8 @@ with DAG(
     start_date=datetime(2025, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
+    # A stuck run cannot block the next ones for longer than this (each step has its own timeout too).
+    dagrun_timeout=timedelta(minutes=limits["run_minutes"]),
     default_args={
         "owner": "tagifai",
         "retries": settings.retries,
@@ -65,41 +73,49 @@ with DAG(
             config["optimize"]["num_trials"],
             type="integer",
             minimum=1,
+            maximum=limits["max_trials"],
             description="Optuna trials of all `optimize` workers.",
         ),
         "num_workers": Param(
             config["optimize"]["num_workers"],
             type="integer",
             minimum=1,
-            maximum=64,
+            maximum=limits["max_workers"],
             description="Parallel `optimize` tasks sharing one Optuna study (in TAGIFAI_OPTUNA_STORAGE).",
         ),
         "experiment_name": Param(
-            config["mlflow"]["experiment_name"], type="string", minLength=1, description="MLflow experiment."
+            config["mlflow"]["experiment_name"],
+            type="string",
+            pattern=r"^[\w .:/-]{1,200}$",
+            description="MLflow experiment of the runs (letters, digits, space, `_ . : / -`).",
         ),
         "projects_url": Param(
             data_url(os.environ.get("TAGIFAI_PROJECTS_URL"), config["data"]["projects_url"]),
             type="string",
-            description="projects.csv (id, created_on, title, description): http(s)://, file:// or a host path.",
+            description="projects.csv (id, created_on, title, description): an allowed http(s) URL, or a file in "
+            "one of the deployment's data folders (TAGIFAI_DATA_DIRS, host paths).",
         ),
         "tags_url": Param(
             data_url(os.environ.get("TAGIFAI_TAGS_URL"), config["data"]["tags_url"]),
             type="string",
-            description="tags.csv (id, tag): http(s)://, file:// or a host path.",
+            description="tags.csv (id, tag): an allowed http(s) URL, or a file in one of the deployment's data "
+            "folders.",
         ),
+        # The gate is the deployer's: a run may make it stricter, never looser.
         "min_f1": Param(
-            config["register"]["min_f1"],
+            gate["min_f1"],
             type="number",
-            minimum=0,
+            minimum=gate["min_f1"],
             maximum=1,
-            description="Promotion gate: minimum test F1.",
+            description=f"Promotion gate: minimum test F1 (this deployment: at least {gate['min_f1']}).",
         ),
         "max_regression": Param(
-            config["register"]["max_regression"],
+            gate["max_regression"],
             type="number",
             minimum=0,
-            maximum=1,
-            description="Promotion gate: largest test-F1 drop allowed against the current champion.",
+            maximum=gate["max_regression"],
+            description="Promotion gate: largest test-F1 drop allowed against the current and recent champions "
+            f"(this deployment: at most {gate['max_regression']}).",
         ),
     },
     user_defined_filters=USER_DEFINED_FILTERS,

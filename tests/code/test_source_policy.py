@@ -230,6 +230,10 @@ def test_from_environ_defaults_hosts_to_the_upstream_and_lists_explicit_ones():
     default = SourcePolicy.from_environ({}, UPSTREAM, enforce=True)
     assert default.allowed_hosts == {"raw.githubusercontent.com"}
     assert default.explicit_hosts == frozenset()
+    # Empty is unset (a compose file passes every setting, set or not).
+    assert (
+        SourcePolicy.from_environ({"TAGIFAI_ALLOWED_URL_HOSTS": " "}, UPSTREAM).allowed_hosts == default.allowed_hosts
+    )
     listed = allowing(" Files.Example.COM. , 127.0.0.1:8080,[::1]:9000,::1 ,")
     assert listed.allowed_hosts == listed.explicit_hosts == {"files.example.com", "127.0.0.1:8080", "[::1]:9000", "::1"}
     chosen = allowing("files.example.com", TAGIFAI_TAGS_URL="http://minio:9000/tags.csv")
@@ -417,7 +421,7 @@ def test_policy_refuses_urls_outside_the_allowed_hosts(source, message):
     [
         (None, UPSTREAM[0], True),  # the pinned upstream, by default
         (None, "https://RAW.githubusercontent.com./x.csv", True),  # case and a trailing dot
-        ("", UPSTREAM[0], False),  # an empty list allows no host at all
+        ("", UPSTREAM[0], True),  # empty is unset: the upstream host, as by default
         ("files.example", "https://files.example:8443/x.csv", True),  # a bare host: any port
         ("files.example:443", "https://files.example/x.csv", True),  # host:port, the default port
         ("files.example:443", "http://files.example/x.csv", False),  # ... and not another

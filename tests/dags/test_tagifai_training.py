@@ -246,6 +246,8 @@ def test_docker_mounts_local_data_read_only_at_the_same_path_and_keeps_secrets_p
     config = tmp_path / "small.toml"
     config.write_text("")
     monkeypatch.setenv("TAGIFAI_CONFIG", str(config))
+    # The deployer's data folders: what a container may see of the host.
+    monkeypatch.setenv("TAGIFAI_DATA_DIRS", "/srv/data:/srv/other data")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
     monkeypatch.setenv("TAGIFAI_OPTUNA_STORAGE", "postgresql+psycopg2://optuna:s3cret@postgres/optuna")
     elt = render(
@@ -266,6 +268,8 @@ def test_docker_mounts_local_data_read_only_at_the_same_path_and_keeps_secrets_p
         "TAGIFAI_OPTUNA_STORAGE": "postgresql+psycopg2://optuna:s3cret@postgres/optuna",
     }
     assert "s3cret" not in json.dumps(task.environment)
+    # The step enforces the same policy inside its container.
+    assert task.environment["TAGIFAI_DATA_DIRS"] == "/srv/data:/srv/other data"
 
 
 # ---- optimize fans out ---------------------------------------------------------------------------
@@ -308,9 +312,11 @@ def test_docker_mounts_nothing_for_remote_data(load_dag, render, monkeypatch):
 
 
 def test_local_runner_runs_the_configured_binary_and_inherits_the_environment(load_dag, render):
+    from airflow.providers.standard.operators.bash import BashOperator
+
     dag = load_dag(TAGIFAI_RUNNER="local", TAGIFAI_BIN="/opt/tagifai/bin/tagifai")
     for task in step_operators(dag, render):
-        assert type(task).__name__ == "BashOperator"
+        assert isinstance(task, BashOperator)
         assert f"out=$(/opt/tagifai/bin/tagifai {task.task_id} " in task.bash_command
         assert task.append_env is True
         assert task.env["TAGIFAI_PIPELINE_RUN_ID"] == "manual__2026-01-01T00:00:00+00:00"
@@ -424,3 +430,140 @@ def test_fromjson_names_a_broken_output_contract(value):
 
     with pytest.raises(ValueError, match="last stdout line to be a JSON object"):
         fromjson(value)
+
+
+# ---- safe to share: the trigger form is untrusted input ----------------------------------------
+
+REFUSED_SOURCES = [
+    # (projects_url, the rule the task log names)
+    ("/etc/passwd", "outside the data folders this deployment allows"),  # a host file
+    ("/srv/elsewhere/projects.csv", "outside the data folders"),  # a path outside TAGIFAI_DATA_DIRS
+    ("/srv/data/../../etc/passwd", "outside the data folders"),  # `..` out of a data folder
+    ("file:///etc/shadow", "outside the data folders"),  # a file:// URL
+    ("http://mlflow:5000/api/2.0/mlflow/experiments/search", "is not an allowed host"),  # the stack's MLflow
+    ("http://169.254.169.254/latest/meta-data/", "is not an allowed host"),  # link-local: cloud metadata
+    ("ftp://example.org/projects.csv", r"is not an http\(s\) URL"),  # another scheme
+]
+
+
+@pytest.mark.parametrize("runner", ["docker", "local"])
+@pytest.mark.parametrize(("source", "rule"), REFUSED_SOURCES, ids=[s for s, _ in REFUSED_SOURCES])
+def test_a_refused_data_source_fails_elt_before_anything_starts(load_dag, render, monkeypatch, runner, source, rule):
+    from airflow.providers.docker.operators.docker import DockerOperator
+    from airflow.providers.standard.operators.bash import BashOperator
+    from airflow.sdk.exceptions import AirflowFailException
+
+    started = []
+    monkeypatch.setattr(DockerOperator, "execute", lambda self, context: started.append(self))
+    monkeypatch.setattr(BashOperator, "execute", lambda self, context: started.append(self))
+    monkeypatch.setenv("TAGIFAI_DATA_DIRS", "/srv/data")
+    elt = render(load_dag(TAGIFAI_RUNNER=runner).get_task("elt"), projects_url=source)
+    with pytest.raises(AirflowFailException, match=rule):
+        elt.execute({})
+    assert started == []  # no container, no subprocess
+
+
+def test_allowed_sources_pass_and_only_their_data_folder_is_mounted(load_dag, render, monkeypatch):
+    from airflow.providers.docker.operators.docker import DockerOperator
+
+    seen = {}
+    monkeypatch.setattr(DockerOperator, "execute", lambda self, context: seen.setdefault("task", self))
+    monkeypatch.setenv("TAGIFAI_DATA_DIRS", "/srv/data:/srv/unused")
+    elt = render(load_dag().get_task("elt"), projects_url="/srv/data/sub/projects.csv", tags_url=f"{UPSTREAM}/tags.csv")
+    elt.execute({})
+    assert seen["task"].mounts == [{"Target": "/srv/data", "Source": "/srv/data", "Type": "bind", "ReadOnly": True}]
+
+
+@pytest.mark.parametrize(
+    ("runner", "exit_code", "final"),
+    [
+        ("local", 3, True),  # bad input (data contract, source policy, a loosening param): no retry
+        ("local", 127, True),  # the tagifai executable is missing: a setup error, no retry
+        ("local", 1, False),  # may pass (MLflow or the network down): retried
+    ],
+)
+def test_input_and_setup_errors_fail_at_once_other_errors_are_retried(
+    load_dag, render, tmp_path, runner, exit_code, final
+):
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+    fake = tmp_path / "tagifai"
+    fake.write_text(
+        f"#!/bin/bash\necho 'error: validation failed: unique_ids: 3 duplicated id(s)' >&2\nexit {exit_code}\n"
+    )
+    fake.chmod(0o755)
+    binary = str(fake) if exit_code != 127 else str(tmp_path / "missing" / "tagifai")
+    task = render(load_dag(TAGIFAI_RUNNER=runner, TAGIFAI_BIN=binary).get_task("validate"))
+    with pytest.raises(AirflowException) as raised:
+        task.execute({})
+    assert isinstance(raised.value, AirflowFailException) is final
+
+
+def test_docker_exit_code_3_fails_without_retry(load_dag, render, monkeypatch):
+    from airflow.providers.docker.exceptions import DockerContainerFailedSkipException
+    from airflow.providers.docker.operators.docker import DockerOperator
+    from airflow.sdk.exceptions import AirflowFailException
+
+    def exits_3(self, context):
+        assert 3 in self.skip_on_exit_code  # the code tagifai uses for bad input
+        raise DockerContainerFailedSkipException("Docker container returned exit code [3]. Skipping.", logs=[])
+
+    monkeypatch.setattr(DockerOperator, "execute", exits_3)
+    with pytest.raises(AirflowFailException, match="cannot run with this input or setup"):
+        render(load_dag().get_task("validate")).execute({})
+
+
+def test_step_containers_are_bounded_and_unprivileged(load_dag, render):
+    from tagifai_runners import HARDENING, HardenedClient
+
+    for task in step_operators(load_dag(), render):
+        assert task.mem_limit == "4g"
+        assert task.execution_timeout is not None
+        assert isinstance(task.cli, HardenedClient)
+
+    class Recorder:
+        def create_host_config(self, **kwargs):
+            return kwargs
+
+    assert HardenedClient(Recorder()).create_host_config(mem_limit="4g") == {"mem_limit": "4g", **HARDENING}
+    assert HARDENING == {"security_opt": ["no-new-privileges"], "cap_drop": ["ALL"]}
+
+
+def test_runs_and_steps_have_time_limits_from_the_settings(load_dag):
+    dag = load_dag()
+    assert dag.dagrun_timeout == timedelta(minutes=360)
+    assert dag.get_task("optimize").partial_kwargs["execution_timeout"] == timedelta(minutes=120)
+    assert dag.get_task("elt").execution_timeout == timedelta(minutes=15)
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [
+        ("min_f1", 0.0),  # looser than [register] min_f1 = 0.6
+        ("max_regression", 1.0),  # looser than [register] max_regression = 0.02
+        ("num_trials", 201),  # more than [limits] max_trials
+        ("num_workers", 9),  # more than [limits] max_workers
+        ("experiment_name", "x\ny"),  # a control character in a free-text name
+    ],
+)
+def test_the_trigger_form_refuses_a_looser_gate_and_unbounded_runs(load_dag, param, value):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        load_dag().params.get_param(param).resolve(value)
+
+
+def test_the_trigger_form_accepts_a_stricter_gate(load_dag):
+    params = load_dag().params
+    assert params.get_param("min_f1").resolve(0.8) == 0.8
+    assert params.get_param("max_regression").resolve(0.0) == 0.0
+
+
+def test_kubernetes_pods_are_bounded_and_unprivileged(load_dag, render):
+    dag = load_dag(TAGIFAI_RUNNER="kubernetes", TAGIFAI_K8S_SECRET="tagifai-secrets")
+    for task in step_operators(dag, render):
+        pod = task.build_pod_request_obj(dry_run=True)
+        base = pod.spec.containers[0]
+        assert base.resources.limits == {"memory": "4Gi"}
+        assert base.security_context.allow_privilege_escalation is False
+        assert base.security_context.capabilities.drop == ["ALL"]

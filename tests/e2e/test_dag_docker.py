@@ -72,6 +72,8 @@ def test_docker_dag_run_trains_and_promotes_a_champion(tmp_path, host_folder):
                 "TAGIFAI_OPTUNA_STORAGE": databases["optuna"],
                 # A host path: the docker runner mounts its folder read-only and forwards it.
                 "TAGIFAI_CONFIG": str(config),
+                # The deployment's data folder, mounted read-only into the elt container.
+                "TAGIFAI_DATA_DIRS": str(host_folder / "data"),
             },
         )
         assert run.returncode == 0, run.output[-5000:]

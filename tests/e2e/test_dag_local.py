@@ -30,6 +30,8 @@ def local_env(tmp_path: Path) -> dict[str, str]:
         "TAGIFAI_OPTUNA_STORAGE": f"sqlite:///{tmp_path / 'optuna.db'}",
         "TAGIFAI_CONFIG": str(synthetic.write_small_config(tmp_path / "small.toml")),
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        # The deployment's data folder: the DAG refuses local data anywhere else.
+        "TAGIFAI_DATA_DIRS": str(tmp_path / "data"),
     }
 
 
