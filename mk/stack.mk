@@ -11,12 +11,15 @@ COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 	--env-file $(STACK_ENV)
 STACK_SERVICES := postgres mlflow airflow-apiserver airflow-scheduler airflow-dag-processor airflow-triggerer
 
-.PHONY: up down clean logs train dags-test-stack
+.PHONY: up down clean logs train dags-test-stack mlflow-user
 
 $(STACK_ENV):
 	python3 scripts/stack.py env --to $@ --set PYTHON_IMAGE=$(PYTHON_IMAGE) --set POSTGRES_IMAGE=$(POSTGRES_IMAGE)
 
-up: $(STACK_ENV) image ## Start the stack (Airflow UI :8080, MLflow UI :5000); writes .env when missing
+up: $(STACK_ENV) ## Start the stack (Airflow UI :8080, MLflow UI :5000); writes .env when missing
+	@# Before anything starts: no placeholder secrets, and volumes made with this .env's secrets.
+	@python3 scripts/stack.py preflight --env-file $(STACK_ENV)
+	$(MAKE) --no-print-directory image
 	$(COMPOSE) build
 	$(COMPOSE) up -d
 	python3 scripts/stack.py wait $(STACK_SERVICES) --timeout 900 --compose "$(COMPOSE)"
@@ -26,11 +29,16 @@ up: $(STACK_ENV) image ## Start the stack (Airflow UI :8080, MLflow UI :5000); w
 	done; $(COMPOSE) exec -T airflow-scheduler airflow dags unpause tagifai_training >/dev/null
 	@. $(abspath $(STACK_ENV)); echo; \
 	echo "  Airflow  http://127.0.0.1:$${AIRFLOW_PORT:-8080}   login: $${AIRFLOW_ADMIN_USER:-admin} / $$AIRFLOW_ADMIN_PASSWORD"; \
-	echo "  MLflow   http://127.0.0.1:$${MLFLOW_PORT:-5000}"; \
+	echo "  MLflow   http://127.0.0.1:$${MLFLOW_PORT:-5000}   login: $${MLFLOW_VIEWER_USERNAME:-viewer} / $$MLFLOW_VIEWER_PASSWORD (read-only)"; \
+	echo "                                  admin: $${MLFLOW_ADMIN_USERNAME:-admin} / $$MLFLOW_ADMIN_PASSWORD"; \
 	echo "  DAG tagifai_training is unpaused: it runs daily; 'make train' runs it now."
 
 train: $(STACK_ENV) ## Run tagifai_training in the stack now (REST API), wait, fail if it fails (CONF='{...}')
 	python3 scripts/stack.py trigger --conf '$(CONF)' --env-file $(STACK_ENV)
+
+mlflow-user: $(STACK_ENV) ## Add a read-only MLflow login to the stack: make mlflow-user NAME=alice (prints its password)
+	@test -n "$(NAME)" || { echo "usage: make mlflow-user NAME=alice" >&2; exit 2; }
+	@python3 scripts/stack.py mlflow-user '$(NAME)' --env-file $(STACK_ENV)
 
 dags-test-stack: $(STACK_ENV) ## airflow dags test tagifai_training inside the scheduler container (CONF='{...}')
 	$(COMPOSE) exec -T airflow-scheduler airflow dags test tagifai_training -c '$(CONF)'

@@ -2,14 +2,19 @@
 """Helpers for the compose stack (standard library only, so any python3 runs them).
 
 python3 scripts/stack.py env [--from .env.example] [--to .env]   write .env with fresh secrets
+python3 scripts/stack.py preflight [--env-file .env]              refuse a .env that cannot start this stack
 python3 scripts/stack.py wait SERVICE...                         wait until containers are healthy
 python3 scripts/stack.py trigger [--conf JSON]                   run tagifai_training via the REST API
+python3 scripts/stack.py mlflow-user NAME                        add a read-only MLflow login (prints its password)
+
+No secret is ever put on a command line: they travel in files and environment variables.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
 import os
 import secrets
@@ -30,7 +35,14 @@ SECRETS = (
     "AIRFLOW_ADMIN_PASSWORD",
     "AIRFLOW_JWT_SECRET",
     "AIRFLOW_SECRET_KEY",
+    "MLFLOW_ADMIN_PASSWORD",
+    "MLFLOW_VIEWER_PASSWORD",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY",
 )
+# The placeholder .env.example holds: a stack never starts with it.
+PLACEHOLDER = "change-me"
+# Written into the postgres volume when it is first made (images/postgres/initdb): a sha256 per secret.
+FINGERPRINT = "tagifai-secrets.sha256"
 DAG_ID = "tagifai_training"
 
 
@@ -71,6 +83,61 @@ def write_env(template: Path, target: Path, overrides: dict[str, str]) -> None:
         f"wrote {target} (secrets generated; AIRFLOW_UID={values['AIRFLOW_UID']}, "
         f"DOCKER_GID={values.get('DOCKER_GID', 'unchanged')})"
     )
+
+
+def placeholders(env: dict[str, str]) -> list[str]:
+    """The secrets of a settings file that are empty or still `change-me`."""
+    keys = [*SECRETS, "AIRFLOW_FERNET_KEY"]
+    return [key for key in keys if key in env and env[key].strip() in ("", PLACEHOLDER)]
+
+
+def fingerprint_mismatch(recorded: str, env: dict[str, str]) -> list[str]:
+    """The secrets whose sha256 in a volume's fingerprint (`NAME sha256` lines) differs from the settings file's."""
+    wrong = []
+    for line in recorded.splitlines():
+        name, _, digest = line.partition(" ")
+        if name and hashlib.sha256(env.get(name, "").encode()).hexdigest() != digest.strip():
+            wrong.append(name)
+    return wrong
+
+
+def volume_fingerprint(project: str, image: str) -> str | None:
+    """The fingerprint file of the project's postgres volume, or None (no volume yet, or made before fingerprints).
+
+    Read by a throwaway container of the postgres image: nothing of the stack starts.
+    """
+    volume = f"{project}_postgres-data"
+    if subprocess.run(["docker", "volume", "inspect", volume], capture_output=True).returncode != 0:
+        return None
+    read = subprocess.run(
+        ["docker", "run", "--rm", "--entrypoint", "cat", "-v", f"{volume}:/data:ro", image, f"/data/{FINGERPRINT}"],
+        capture_output=True,
+        text=True,
+    )
+    return read.stdout if read.returncode == 0 else None
+
+
+def preflight(env_file: Path) -> int:
+    """Refuse, in one line, a settings file that cannot start this stack: placeholders, or another stack's volumes."""
+    env = read_env(env_file)
+    if missing := placeholders(env):
+        print(
+            f"{env_file}: {', '.join(missing)} still empty or '{PLACEHOLDER}': delete {env_file} and run `make up` "
+            "to generate fresh secrets (or fill them in)",
+            file=sys.stderr,
+        )
+        return 1
+    project = env.get("COMPOSE_PROJECT_NAME", "tagifai")
+    recorded = volume_fingerprint(project, env.get("POSTGRES_IMAGE") or "postgres:16")
+    if recorded and (wrong := fingerprint_mismatch(recorded, env)):
+        print(
+            f"the volumes of compose project {project!r} were made with other secrets than {env_file} "
+            f"({', '.join(wrong)} differ): restore the .env they were made with, or run `make clean` to delete "
+            "them and start over (all runs, models and Airflow history are lost)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def health(compose: list[str], service: str) -> str:
@@ -146,6 +213,20 @@ class Airflow:
             time.sleep(5)
         raise TimeoutError(f"run {run_id} still {run['state']} after {timeout:.0f}s")
 
+    def task_instance(self, run_id: str, task_id: str) -> dict[str, Any]:
+        """One (unmapped) task instance of a run: state, try_number, hostname, ..."""
+        path = f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.request.quote(run_id, safe='')}/taskInstances/{task_id}"
+        return self.request("GET", path)
+
+    def task_log(self, run_id: str, task_id: str, try_number: int = 1) -> str:
+        """The log of one try of a task, as text."""
+        path = (
+            f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.request.quote(run_id, safe='')}/taskInstances/{task_id}"
+            f"/logs/{try_number}?full_content=true"
+        )
+        content = self.request("GET", path).get("content", [])
+        return "\n".join(line.get("event", "") if isinstance(line, dict) else str(line) for line in content)
+
     def task_states(self, run_id: str) -> dict[str, str]:
         """State of each task instance of a run."""
         path = f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.request.quote(run_id, safe='')}/taskInstances"
@@ -155,6 +236,32 @@ class Airflow:
             ti["task_id"] + (f"[{ti['map_index']}]" if ti.get("map_index", -1) >= 0 else ""): ti["state"]
             for ti in instances
         }
+
+
+def mlflow_user(args: argparse.Namespace) -> int:
+    """Add a login to the stack's MLflow: it may read everything and change only what it creates."""
+    env = read_env(Path(args.env_file))
+    url = f"http://127.0.0.1:{env.get('MLFLOW_PORT', '5000')}/api/2.0/mlflow/users/create"
+    password = secrets.token_urlsafe(18)
+    admin = f"{env.get('MLFLOW_ADMIN_USERNAME', 'admin')}:{env['MLFLOW_ADMIN_PASSWORD']}"
+    request = urllib.request.Request(
+        url,
+        data=json.dumps({"username": args.name, "password": password}).encode(),
+        headers={
+            "Content-Type": "application/json",
+            "Authorization": "Basic " + base64.b64encode(admin.encode()).decode(),
+        },
+    )
+    try:
+        urllib.request.urlopen(request, timeout=30).close()
+    except urllib.error.HTTPError as exc:
+        print(
+            f"MLflow refused user {args.name!r}: HTTP {exc.code} {exc.read().decode(errors='replace')[:300]}",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"MLflow login {args.name} / {password}  (shown once: it can read every run and model)")
+    return 0
 
 
 def trigger(args: argparse.Namespace) -> int:
@@ -190,6 +297,11 @@ def main() -> int:
     wait_parser.add_argument("services", nargs="+")
     wait_parser.add_argument("--timeout", type=float, default=600)
     wait_parser.add_argument("--compose", default="docker compose", help="the compose command, with its options")
+    check = sub.add_parser("preflight", help="refuse a .env with placeholders, or one the volumes were not made with")
+    check.add_argument("--env-file", default=".env")
+    user = sub.add_parser("mlflow-user", help="add a read-only MLflow login; its password is printed once")
+    user.add_argument("name")
+    user.add_argument("--env-file", default=".env")
     run = sub.add_parser("trigger", help="trigger tagifai_training through the REST API and wait")
     run.add_argument("--conf", default="{}", help="DAG params as JSON, e.g. '{\"num_trials\": 5}'")
     run.add_argument("--timeout", type=float, default=3600)
@@ -198,8 +310,12 @@ def main() -> int:
     if args.command == "env":
         write_env(Path(args.template), Path(args.target), dict(kv.split("=", 1) for kv in args.set))
         return 0
+    if args.command == "preflight":
+        return preflight(Path(args.env_file))
     if args.command == "wait":
         return wait(args.compose.split(), args.services, args.timeout)
+    if args.command == "mlflow-user":
+        return mlflow_user(args)
     return trigger(args)
 
 

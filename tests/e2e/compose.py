@@ -6,11 +6,13 @@ never touches a developer's stack.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -20,7 +22,7 @@ from typing import Any
 
 from scripts import stack as stack_script
 from tests import synthetic
-from tests.harness import REPO, docker_ok, free_port, require
+from tests.harness import REPO, docker_ok, free_port, require, world_readable
 
 PROJECT = "tagifai-e2e"
 SCREENSHOTS = REPO / "build" / "screenshots"
@@ -63,21 +65,37 @@ class Stack:
             self.airflow_url, self.env["AIRFLOW_ADMIN_USER"], self.env["AIRFLOW_ADMIN_PASSWORD"]
         )
 
+    def mlflow_request(
+        self, path: str, body: dict | None = None, login: str | None = "ADMIN"
+    ) -> urllib.request.Request:
+        """A request to the stack's MLflow (`/api/2.0/...` or `/ajax-api/...`) as `login` (ADMIN, VIEWER or None)."""
+        headers = {"Content-Type": "application/json"}
+        if login:
+            user = f"{self.env[f'MLFLOW_{login}_USERNAME']}:{self.env[f'MLFLOW_{login}_PASSWORD']}"
+            headers["Authorization"] = "Basic " + base64.b64encode(user.encode()).decode()
+        data = json.dumps(body).encode() if body is not None else None
+        return urllib.request.Request(f"{self.mlflow_url}{path}", data=data, headers=headers)
+
     def mlflow(self, path: str, **params: str) -> dict:
-        """GET an MLflow REST endpoint (`api/2.0/mlflow/<path>`)."""
-        url = f"{self.mlflow_url}/api/2.0/mlflow/{path}?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=30) as response:
+        """GET an MLflow REST endpoint (`api/2.0/mlflow/<path>`) as the admin."""
+        request = self.mlflow_request(f"/api/2.0/mlflow/{path}?{urllib.parse.urlencode(params)}")
+        with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())
 
     def mlflow_post(self, path: str, body: dict) -> dict:
-        """POST to an MLflow REST endpoint."""
-        request = urllib.request.Request(
-            f"{self.mlflow_url}/api/2.0/mlflow/{path}",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=30) as response:
+        """POST to an MLflow REST endpoint as the admin."""
+        with urllib.request.urlopen(self.mlflow_request(f"/api/2.0/mlflow/{path}", body), timeout=30) as response:
             return json.loads(response.read())
+
+    def artifact(self, path: str) -> bytes:
+        """Download a proxied artifact (`<experiment>/<run>/artifacts/<file>`) as the admin."""
+        request = self.mlflow_request(f"/api/2.0/mlflow-artifacts/artifacts/{path}")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.read()
+
+    def secrets(self) -> dict[str, str]:
+        """The stack's secrets, as its settings file holds them."""
+        return {key: self.env[key] for key in (*stack_script.SECRETS, "AIRFLOW_FERNET_KEY") if self.env.get(key)}
 
     def compose(self, *args: str) -> subprocess.CompletedProcess:
         """Run a compose command on this stack (v2 plugin, else docker-compose 1.29)."""
@@ -90,13 +108,19 @@ class Stack:
 
 @contextlib.contextmanager
 def running_stack(root: Path) -> Iterator[Stack]:
-    """`make up` a test stack on the real data beside the repo (else synthetic); `make clean` it afterwards."""
+    """`make up` a test stack on the real data beside the repo (else synthetic); `make clean` it afterwards.
+
+    The data is copied into a folder of its own under /tmp (pytest's tmp_path is root-only), which the
+    stack names as its data folder: tests add files there.
+    """
     require(docker_ok("info"), "no Docker engine (run ../shared/ci/docker-sandbox.sh)")
+    data = Path(tempfile.mkdtemp(prefix="tagifai-e2e-data-", dir="/tmp"))
     real = synthetic.REAL_DATA
     if (real / "projects.csv").exists():
-        projects, tags = real / "projects.csv", real / "tags.csv"
+        projects, tags = (Path(shutil.copy(real / name, data / name)) for name in ("projects.csv", "tags.csv"))
     else:  # enough rows per tag for the default min_freq of 75
-        projects, tags = synthetic.write_dataset(root / "data", per_tag=90)
+        projects, tags = synthetic.write_dataset(data, per_tag=90)
+    world_readable(data)
     env_file = root / "e2e.env"
     overrides = {
         "COMPOSE_PROJECT_NAME": PROJECT,
@@ -110,11 +134,12 @@ def running_stack(root: Path) -> Iterator[Stack]:
     }
     stack_script.write_env(REPO / ".env.example", env_file, overrides)
     started = time.time()
-    make("up", env_file=env_file)
     try:
+        make("up", env_file=env_file)
         yield Stack(env_file)
     finally:
         make("clean", env_file=env_file, timeout=600)
+        shutil.rmtree(data, ignore_errors=True)
         print(f"stack lifetime {time.time() - started:.0f}s")
 
 

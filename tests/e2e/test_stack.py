@@ -72,8 +72,7 @@ def test_mlflow_shows_the_champion_with_metrics_lineage_and_artifacts(stack, fir
     metrics = {m["key"]: m["value"] for m in evaluate["data"]["metrics"]}
     assert metrics["test_f1"] == pytest.approx(float(tags["test_f1"]), abs=1e-4)
     path = f"{evaluate['info']['experiment_id']}/{evaluate_id}/artifacts/evaluation/confusion_matrix.png"
-    with urllib.request.urlopen(f"{stack.mlflow_url}/api/2.0/mlflow-artifacts/artifacts/{path}", timeout=30) as r:
-        assert r.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert stack.artifact(path)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_airflow_ui_shows_the_run(stack, first_run, browser):
@@ -99,6 +98,9 @@ def test_airflow_ui_shows_the_run(stack, first_run, browser):
 
 
 def test_mlflow_ui_shows_the_model(stack, first_run, browser):
+    # MLflow asks for a login (HTTP basic auth): the read-only one, as a person who browses would use.
+    login = f"{stack.env['MLFLOW_VIEWER_USERNAME']}:{stack.env['MLFLOW_VIEWER_PASSWORD']}"
+    browser.get(stack.mlflow_url.replace("http://", f"http://{login}@") + "/")
     browser.get(f"{stack.mlflow_url}/#/models/tagifai")
     body = wait_for_text(browser, "tagifai", "champion", timeout=90)
     assert "challenger" in body

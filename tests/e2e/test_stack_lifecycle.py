@@ -5,9 +5,14 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import pytest
 
+from scripts import stack as stack_script
 from tests.e2e.compose import PROJECT, make, running_containers, task_containers
+from tests.harness import REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.stack, pytest.mark.slow]
 
@@ -20,6 +25,25 @@ def test_data_survive_down_and_up(stack, first_run):
     assert version["version"]
     runs = stack.airflow().request("GET", "/api/v2/dags/tagifai_training/dagRuns")["dag_runs"]
     assert first_run[0] in {r["dag_run_id"] for r in runs}
+
+
+def test_make_up_with_a_lost_env_says_what_to_do_and_starts_nothing(stack, tmp_path):
+    # A fresh .env beside the old volumes (a re-clone, `git clean`): new secrets, same project.
+    make("down", env_file=stack.env_file, timeout=600)
+    fresh = tmp_path / "fresh.env"
+    keep = {k: stack.env[k] for k in ("COMPOSE_PROJECT_NAME", "AIRFLOW_PORT", "MLFLOW_PORT", "TAGIFAI_DOCKER_NETWORK")}
+    stack_script.write_env(REPO / ".env.example", fresh, {**keep, "POSTGRES_IMAGE": stack.env["POSTGRES_IMAGE"]})
+    proc = subprocess.run(["make", "up", f"STACK_ENV={fresh}"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode != 0
+    [line] = [line for line in proc.stderr.splitlines() if "made with other secrets" in line]
+    assert "restore the .env they were made with, or run `make clean`" in line
+    assert running_containers(**{"com.docker.compose.project": PROJECT}) == []  # nothing half-started
+    # The .env.example placeholders are refused too.
+    placeholder = tmp_path / "placeholder.env"
+    shutil.copy(REPO / ".env.example", placeholder)
+    proc = subprocess.run(["make", "up", f"STACK_ENV={placeholder}"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode != 0 and "still empty or 'change-me'" in proc.stderr
+    assert running_containers(**{"com.docker.compose.project": PROJECT}) == []
 
 
 def test_make_down_leaves_no_containers_running(stack):

@@ -1,0 +1,98 @@
+#!/opt/venv/bin/python
+"""Start the stack's MLflow server: upgrade its schema, set up MLflow's login, then serve.
+
+Everything secret comes from the environment and never reaches a command line (`ps` shows every
+process's arguments to every user of the host):
+
+    MLFLOW_BACKEND_STORE_URI        postgresql+psycopg2://user:password@host:5432/db (read by `mlflow server`)
+    MLFLOW_ADMIN_USERNAME/PASSWORD  the admin login (the steps log with it)
+    MLFLOW_VIEWER_USERNAME/PASSWORD a read-only login for people who browse
+    MLFLOW_FLASK_SERVER_SECRET_KEY  signs the auth app's sessions and CSRF tokens
+    MLFLOW_AUTH_DATABASE_URI        where the logins live (default: SQLite in the mlflow-auth volume)
+    MLFLOW_ALLOWED_HOSTS            Host headers to accept (MLflow >= 3.5 rejects unknown ones)
+
+The logins follow the environment: a changed password in .env is the password after a restart.
+Users added in the UI or API (`scripts/stack.py mlflow-user`) are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+AUTH_INI = """[mlflow]
+# Users may read everything; what they create is theirs to change. The admin (the steps) changes all.
+default_permission = READ
+database_uri = {database_uri}
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+"""
+
+
+def upgrade_schema() -> None:
+    """`mlflow db upgrade`, with the store URI from the environment instead of the command line."""
+    from mlflow.db import upgrade
+
+    upgrade.callback(os.environ["MLFLOW_BACKEND_STORE_URI"])
+
+
+def write_auth_config() -> None:
+    """The auth app's config, in a file only this user can read; `MLFLOW_AUTH_CONFIG_PATH` names it."""
+    database_uri = os.environ.get("MLFLOW_AUTH_DATABASE_URI", "sqlite:////mlflow-auth/basic_auth.db")
+    folder = Path(tempfile.mkdtemp(prefix="mlflow-auth-"))
+    path = folder / "basic_auth.ini"
+    path.touch(mode=0o600)
+    path.write_text(AUTH_INI.format(database_uri=database_uri), encoding="utf-8")
+    os.environ["MLFLOW_AUTH_CONFIG_PATH"] = str(path)
+    os.environ["MLFLOW_AUTH_ADMIN_USERNAME"] = os.environ["MLFLOW_ADMIN_USERNAME"]
+    os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"] = os.environ["MLFLOW_ADMIN_PASSWORD"]
+
+
+def sync_logins() -> None:
+    """Create the admin and viewer logins, or give them the environment's passwords."""
+    from mlflow.server.auth import auth_config
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    store = SqlAlchemyStore()
+    store.init_db(auth_config.database_uri)
+    for prefix, is_admin in (("MLFLOW_ADMIN", True), ("MLFLOW_VIEWER", False)):
+        username, password = os.environ.get(f"{prefix}_USERNAME"), os.environ.get(f"{prefix}_PASSWORD")
+        if not (username and password):
+            continue
+        if not store.has_user(username, use_primary=True):
+            store.create_user(username, password, is_admin=is_admin)
+            print(f"mlflow-start: created the {'admin' if is_admin else 'read-only'} login {username!r}", flush=True)
+        elif not store.authenticate_user(username, password, use_primary=True):
+            store.update_user(username, password=password, is_admin=is_admin)
+            print(f"mlflow-start: {username!r} now has the password in the environment", flush=True)
+
+
+def main() -> int:
+    """Prepare, then become `mlflow server` (basic-auth app, proxied artifacts)."""
+    for name in ("MLFLOW_BACKEND_STORE_URI", "MLFLOW_ADMIN_USERNAME", "MLFLOW_ADMIN_PASSWORD"):
+        if not os.environ.get(name):
+            print(f"mlflow-start: set {name}", file=sys.stderr)
+            return 1
+    upgrade_schema()
+    write_auth_config()
+    sync_logins()
+    hosts = os.environ.get(
+        "MLFLOW_ALLOWED_HOSTS", "mlflow,mlflow:5000,localhost,localhost:5000,127.0.0.1,127.0.0.1:5000"
+    )
+    command = [
+        "mlflow", "server",
+        "--app-name", "basic-auth",
+        "--artifacts-destination", os.environ.get("MLFLOW_ARTIFACTS_DESTINATION", "/mlartifacts"),
+        "--serve-artifacts",
+        "--host", "0.0.0.0",
+        "--port", "5000",
+        "--workers", os.environ.get("MLFLOW_WORKERS", "2"),
+        "--allowed-hosts", hosts,
+    ]  # fmt: skip
+    os.execvp(command[0], command)  # the store URI stays in the environment (MLFLOW_BACKEND_STORE_URI)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

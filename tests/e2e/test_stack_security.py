@@ -1,0 +1,179 @@
+"""Safe to share: in the running stack, the trigger form cannot reach the host or the stack's own
+services, MLflow needs a login, a trigger cannot loosen the gate, no secret is on a command line,
+a champion that cannot be loaded is ignored with a reason, and bad input is not retried.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests import synthetic
+
+pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.stack, pytest.mark.slow]
+
+
+def data_folder(stack) -> Path:
+    """The stack's data folder (the folder of TAGIFAI_PROJECTS_URL: a named data folder)."""
+    return Path(stack.env["TAGIFAI_PROJECTS_URL"]).parent
+
+
+def started_containers(run_id: str, run) -> list[dict]:
+    """Run `run()` while watching container starts; return those of the DAG run `run_id`."""
+    watcher = subprocess.Popen(
+        ["docker", "events", "--format", "{{json .}}", "--filter", "type=container", "--filter", "event=start",
+         "--filter", f"label=org.tagifai.pipeline-run-id={run_id}"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        run()
+    finally:
+        watcher.terminate()
+    return [json.loads(line) for line in watcher.communicate(timeout=30)[0].splitlines() if line.strip()]
+
+
+def mlflow_runs_of(stack, pipeline_run_id: str) -> list[dict]:
+    """Every MLflow run, in any experiment, that carries this pipeline run id."""
+    experiments = [
+        e["experiment_id"] for e in stack.mlflow_post("experiments/search", {"max_results": 1000})["experiments"]
+    ]
+    body = {"experiment_ids": experiments, "filter": f"tags.pipeline_run_id = '{pipeline_run_id}'", "max_results": 100}
+    return stack.mlflow_post("runs/search", body).get("runs", [])
+
+
+REFUSED = [
+    # (projects_url, the rule the elt task's log names)
+    ("/etc/passwd", "is outside the data folders this deployment allows"),  # a host file
+    ("/tmp/tagifai-not-a-data-folder/projects.csv", "is outside the data folders"),  # outside TAGIFAI_DATA_DIRS
+    ("{data}/../../../../etc/passwd", "is outside the data folders"),  # a `..` path out of the data folder
+    ("http://mlflow:5000/api/2.0/mlflow/experiments/search", "is not an allowed host"),  # the stack's MLflow
+    ("http://169.254.169.254/latest/meta-data/", "is not an allowed host"),  # link-local: cloud metadata
+]
+
+
+@pytest.mark.parametrize(("source", "rule"), REFUSED, ids=[s for s, _ in REFUSED])
+def test_a_refused_source_fails_at_elt_with_no_container_and_nothing_in_mlflow(stack, first_run, source, rule):
+    client = stack.airflow()
+    projects_url = source.format(data=data_folder(stack))
+    run_id = client.trigger({"projects_url": projects_url, "num_trials": 1, "num_workers": 1})
+    runs: dict = {}
+    starts = started_containers(run_id, lambda: runs.update(run=client.wait(run_id, timeout=600)))
+    assert runs["run"]["state"] == "failed"
+    elt = client.task_instance(run_id, "elt")
+    assert (elt["state"], elt["try_number"]) == ("failed", 1)  # refused once, not retried
+    assert rule in client.task_log(run_id, "elt")
+    assert starts == []  # no step container started
+    assert mlflow_runs_of(stack, run_id) == []  # nothing logged, so no MLflow run or artifact holds the file
+
+
+def test_anonymous_mlflow_requests_get_401_and_the_steps_still_log(stack, first_run):
+    with pytest.raises(urllib.error.HTTPError) as anonymous:
+        urllib.request.urlopen(stack.mlflow_request("/api/2.0/mlflow/experiments/search?max_results=5", login=None))
+    assert anonymous.value.code == 401
+    with urllib.request.urlopen(
+        stack.mlflow_request("/api/2.0/mlflow/experiments/search?max_results=5", login="VIEWER")
+    ) as ok:
+        assert ok.status == 200  # the read-only login browses
+    # The read-only login cannot move the champion.
+    body = {"name": "tagifai", "alias": "champion", "version": "1"}
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(stack.mlflow_request("/api/2.0/mlflow/registered-models/alias", body, login="VIEWER"))
+    assert refused.value.code == 403
+    # The steps logged with the admin login the DAG handed them.
+    assert first_run[1]["state"] == "success" and mlflow_runs_of(stack, first_run[0])
+
+
+@pytest.fixture(scope="module")
+def shuffled_labels(stack):
+    """The real projects with their tags shuffled among them: the label mix is the same, so drift passes."""
+    folder = data_folder(stack)
+    with Path(stack.env["TAGIFAI_TAGS_URL"]).open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    tags = [row["tag"] for row in rows]
+    random.Random(0).shuffle(tags)
+    path = synthetic.write_csv(
+        folder / "tags-shuffled.csv", [{**row, "tag": tag} for row, tag in zip(rows, tags, strict=True)]
+    )
+    path.chmod(0o644)
+    yield path
+    path.unlink()
+
+
+def test_a_trigger_cannot_loosen_the_gate(stack, first_run, shuffled_labels):
+    client = stack.airflow()
+    before = stack.mlflow("registered-models/alias", name="tagifai", alias="champion")["model_version"]["version"]
+    with pytest.raises(RuntimeError, match="HTTP 4"):  # the form refuses a looser gate
+        client.trigger({"tags_url": str(shuffled_labels), "min_f1": 0, "max_regression": 1})
+    # With the deployer's gate, shuffled labels train, score far below it, and move nothing; while the
+    # run goes, no password is on any command line of the host.
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def watch_ps() -> None:
+        while not stop.is_set():
+            seen.append(subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout)
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=watch_ps, daemon=True)
+    watcher.start()
+    run_id = client.trigger({"tags_url": str(shuffled_labels), "num_trials": 1, "num_workers": 1})
+    run = client.wait(run_id, timeout=1800)
+    stop.set()
+    watcher.join(timeout=10)
+    assert run["state"] == "success", client.task_states(run_id)
+    register = next(r for r in mlflow_runs_of(stack, run_id) if tag(r, "tagifai.step") == "register")
+    assert tag(register, "promoted") == "false" and "below the minimum" in tag(register, "promotion")
+    after = stack.mlflow("registered-models/alias", name="tagifai", alias="champion")["model_version"]["version"]
+    assert after == before
+    leaked = {name for name, secret in stack.secrets().items() for snapshot in seen if secret in snapshot}
+    assert len(seen) > 20 and leaked == set()
+
+
+def tag(run: dict, key: str) -> str | None:
+    """A tag of a run as the MLflow REST API returns it."""
+    return next((t["value"] for t in run["data"].get("tags", []) if t["key"] == key), None)
+
+
+def test_bad_data_fails_validate_once(stack, first_run):
+    folder = data_folder(stack)
+    with Path(stack.env["TAGIFAI_PROJECTS_URL"]).open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    duplicated = synthetic.write_csv(folder / "projects-duplicated.csv", rows + rows[:3])
+    duplicated.chmod(0o644)
+    try:
+        client = stack.airflow()
+        run_id = client.trigger({"projects_url": str(duplicated), "num_trials": 1, "num_workers": 1})
+        assert client.wait(run_id, timeout=900)["state"] == "failed"
+        validate = client.task_instance(run_id, "validate")
+        assert (validate["state"], validate["try_number"]) == ("failed", 1)  # a retry cannot fix the data
+        assert "validation failed: unique_ids" in client.task_log(run_id, "validate")
+    finally:
+        duplicated.unlink()
+
+
+def test_a_champion_that_cannot_be_loaded_is_ignored_with_a_reason(stack, first_run):
+    champion = stack.mlflow("registered-models/alias", name="tagifai", alias="champion")["model_version"]
+    model_id = champion["source"].removeprefix("models:/")
+    logged = json.loads(
+        urllib.request.urlopen(stack.mlflow_request(f"/api/2.0/mlflow/logged-models/{model_id}")).read()
+    )["model"]["info"]
+    # mlflow-artifacts:/<experiment>/models/<id>/artifacts, in the server's volume at /mlartifacts.
+    folder = "/mlartifacts/" + logged["artifact_uri"].removeprefix("mlflow-artifacts:/").removesuffix("/artifacts")
+    removed = stack.compose("exec", "-T", "mlflow", "rm", "-rf", folder)
+    assert removed.returncode == 0, removed.stderr
+    client = stack.airflow()
+    run_id = client.trigger({"num_trials": 1, "num_workers": 1})
+    assert client.wait(run_id, timeout=1800)["state"] == "success", client.task_states(run_id)
+    register = next(r for r in mlflow_runs_of(stack, run_id) if tag(r, "tagifai.step") == "register")
+    assert tag(register, "champion_unloadable")
+    assert f"the champion v{champion['version']} cannot be loaded, so only min_f1 applies" in tag(register, "promotion")
+    assert "cannot be scored, ignored" in client.task_log(run_id, "register")
