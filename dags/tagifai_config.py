@@ -16,6 +16,8 @@ from typing import Any
 
 CONFIG_FILE = "tagifai.toml"
 OVERRIDE_ENV = "TAGIFAI_CONFIG"
+# The override file's content itself: how a step container on any Docker host gets it.
+OVERRIDE_TOML_ENV = "TAGIFAI_CONFIG_TOML"
 CONFIG_DIR_ENV = "TAGIFAI_CONFIG_DIR"
 
 
@@ -47,11 +49,22 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 def load(folder: Path, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The settings of `folder/tagifai.toml`, with the file named by `TAGIFAI_CONFIG` (if any) over them."""
+    """The settings of `folder/tagifai.toml`, with the deployer's override over them.
+
+    The override is the file `TAGIFAI_CONFIG` names, or else the TOML in `TAGIFAI_CONFIG_TOML`.
+
+    Raises:
+        ConfigError: a file is missing, or a file or the variable is not valid TOML.
+    """
     env = os.environ if environ is None else environ
     settings = read_toml(folder / CONFIG_FILE)
     if override := env.get(OVERRIDE_ENV):
         settings = merge(settings, read_toml(Path(override)))
+    elif content := env.get(OVERRIDE_TOML_ENV):
+        try:
+            settings = merge(settings, tomllib.loads(content))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{OVERRIDE_TOML_ENV} is not valid TOML: {exc}") from exc
     return settings
 
 

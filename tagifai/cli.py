@@ -59,6 +59,14 @@ MinF1 = Annotated[float | None, typer.Option(show_default="config", help="Lowest
 MaxRegression = Annotated[
     float | None, typer.Option(show_default="config", help="How far below the champion's f1 a challenger may be.")
 ]
+Force = Annotated[
+    bool,
+    typer.Option(
+        "--force/--no-force",
+        envvar="TAGIFAI_FORCE",
+        help="Run even when a finished run with the same key (data, code, settings, arguments) exists.",
+    ),
+]
 ModelName = Annotated[
     str | None, typer.Option(envvar="TAGIFAI_MODEL_NAME", show_default="tagifai", help="Registered model name.")
 ]
@@ -161,13 +169,48 @@ def trials(settings: dict[str, Any], num_trials: int | None) -> int:
 @app.command()
 @command
 def elt(
-    settings: dict, projects_url: ProjectsUrl = None, tags_url: TagsUrl = None, experiment_name: ExperimentName = None
+    settings: dict,
+    projects_url: ProjectsUrl = None,
+    tags_url: TagsUrl = None,
+    experiment_name: ExperimentName = None,
+    force: Force = False,
+    plan: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TAGIFAI_PLAN",
+            help='JSON params of the pipeline this elt starts ({"num_trials", "min_f1", "max_regression"}): '
+            "also print which of its later steps are made already.",
+        ),
+    ] = None,
 ) -> dict[str, Any]:
     """Extract projects.csv and tags.csv, join them on id, log raw and labeled data to MLflow."""
     from tagifai import steps
 
     projects, tags = data_urls(settings, projects_url, tags_url)
-    return steps.elt(settings, projects, tags, experiment_name or settings["mlflow"]["experiment_name"])
+    experiment = experiment_name or settings["mlflow"]["experiment_name"]
+    return steps.elt(settings, projects, tags, experiment, force, plan_params(settings, plan))
+
+
+def plan_params(settings: dict[str, Any], plan: str | None) -> dict[str, Any] | None:
+    """The pipeline params `--plan` names, checked as their own options would be.
+
+    Raises:
+        BadInputError: not a JSON object of those params, or they break the gate or `[limits]`.
+    """
+    from tagifai.errors import BadInputError
+
+    if not plan:
+        return None
+    try:
+        given = json.loads(plan)
+        assert isinstance(given, dict)
+        min_f1, max_regression, model_name = gate_options(
+            settings, given.get("min_f1"), given.get("max_regression"), given.get("model_name")
+        )
+        return {"num_trials": trials(settings, given.get("num_trials")), "min_f1": min_f1,
+                "max_regression": max_regression, "model_name": model_name}  # fmt: skip
+    except (ValueError, AssertionError, TypeError) as exc:
+        raise BadInputError(f"--plan must be a JSON object of num_trials, min_f1, max_regression: {exc}") from exc
 
 
 @app.command()
@@ -179,13 +222,14 @@ def validate(
         bool, typer.Option(help="Report drift against the last validated data as a warning instead of failing.")
     ] = False,
     reference_run: Annotated[
-        str | None, typer.Option(help="Validate run to compare against for drift.", show_default="last passed")
+        str | None, typer.Option(help="Validate run to compare against for drift.", show_default="the champion's")
     ] = None,
+    force: Force = False,
 ) -> dict[str, Any]:
     """Check the data contract and drift; on success log train/val/test splits."""
     from tagifai import steps
 
-    return steps.validate(settings, elt_run, allow_drift, reference_run)
+    return steps.validate(settings, elt_run, allow_drift, reference_run, force)
 
 
 @app.command()
@@ -196,6 +240,7 @@ def optimize(
     num_trials: NumTrials = None,
     storage: Storage = None,
     study_name: StudyName = None,
+    force: Force = False,
 ) -> dict[str, Any]:
     """Tune hyperparameters with Optuna (TPE + median pruning); each trial is a child run.
 
@@ -204,7 +249,7 @@ def optimize(
     """
     from tagifai import steps
 
-    return steps.optimize(settings, data_run, trials(settings, num_trials), storage, study_name)
+    return steps.optimize(settings, data_run, trials(settings, num_trials), storage, study_name, force)
 
 
 @app.command()
@@ -219,22 +264,23 @@ def train(
             show_default="config defaults",
         ),
     ] = None,
+    force: Force = False,
 ) -> dict[str, Any]:
     """Train the model and log it as an MLflow pyfunc model (raw text in, tag out)."""
     from tagifai import steps
 
-    return steps.train(settings, data_run, optimize_run)
+    return steps.train(settings, data_run, optimize_run, force)
 
 
 @app.command()
 @command
 def evaluate(
-    settings: dict, train_run: Annotated[str, typer.Option(help="Run id of the train step.")]
+    settings: dict, train_run: Annotated[str, typer.Option(help="Run id of the train step.")], force: Force = False
 ) -> dict[str, Any]:
     """Score the trained model on the held-out test split: overall, per class, slices, behavior."""
     from tagifai import steps
 
-    return steps.evaluate(settings, train_run)
+    return steps.evaluate(settings, train_run, force)
 
 
 @app.command()
@@ -245,11 +291,13 @@ def register(
     min_f1: MinF1 = None,
     max_regression: MaxRegression = None,
     model_name: ModelName = None,
+    force: Force = False,
 ) -> dict[str, Any]:
     """Register the model as `challenger`; move `champion` to it only if the gate passes."""
     from tagifai import steps
 
-    return steps.register(settings, evaluate_run, *gate_options(settings, min_f1, max_regression, model_name))
+    gate = gate_options(settings, min_f1, max_regression, model_name)
+    return steps.register(settings, evaluate_run, *gate, force=force)
 
 
 @app.command()
@@ -265,6 +313,7 @@ def pipeline(
     model_name: ModelName = None,
     allow_drift: Annotated[bool, typer.Option(help="Do not fail on drift.")] = False,
     storage: Storage = None,
+    force: Force = False,
 ) -> dict[str, Any]:
     """Run the six steps in order in this process (no Airflow or Docker needed)."""
     from tagifai import steps, tracking
@@ -273,27 +322,20 @@ def pipeline(
     gate, count = gate_options(settings, min_f1, max_regression, model_name), trials(settings, num_trials)
     os.environ.setdefault("TAGIFAI_PIPELINE_RUN_ID", tracking.fresh_pipeline_run_id())
     projects, tags = data_urls(settings, projects_url, tags_url)
-    elt_out = steps.elt(settings, projects, tags, experiment_name or settings["mlflow"]["experiment_name"])
-    validate_out = steps.validate(settings, elt_out["run_id"], allow_drift)
-    optimize_out = steps.optimize(settings, validate_out["run_id"], count, storage)
-    train_out = steps.train(settings, validate_out["run_id"], optimize_out["run_id"])
-    evaluate_out = steps.evaluate(settings, train_out["run_id"])
-    register_out = steps.register(settings, evaluate_out["run_id"], *gate)
+    experiment = experiment_name or settings["mlflow"]["experiment_name"]
+    elt_out = steps.elt(settings, projects, tags, experiment, force)
+    validate_out = steps.validate(settings, elt_out["run_id"], allow_drift, force=force)
+    optimize_out = steps.optimize(settings, validate_out["run_id"], count, storage, force=force)
+    train_out = steps.train(settings, validate_out["run_id"], optimize_out["run_id"], force)
+    evaluate_out = steps.evaluate(settings, train_out["run_id"], force)
+    register_out = steps.register(settings, evaluate_out["run_id"], *gate, force=force)
+    outs = [elt_out, validate_out, optimize_out, train_out, evaluate_out, register_out]
     return {
         "pipeline_run_id": os.environ["TAGIFAI_PIPELINE_RUN_ID"],
-        **{
-            f"{name}_run_id": out["run_id"]
-            for name, out in [
-                ("elt", elt_out),
-                ("validate", validate_out),
-                ("optimize", optimize_out),
-                ("train", train_out),
-                ("evaluate", evaluate_out),
-                ("register", register_out),
-            ]
-        },
+        **{f"{name}_run_id": out["run_id"] for name, out in zip(steps.NAMES, outs, strict=True)},
         **{k: evaluate_out[k] for k in ("test_f1", "test_precision", "test_recall")},
         **{k: register_out[k] for k in ("model_name", "version", "promoted")},
+        "reused": [name for name, out in zip(steps.NAMES, outs, strict=True) if out.get("reused")],
     }
 
 

@@ -69,7 +69,10 @@ def gate(
             f"on the same test data by more than {max_regression:.4f}: regressions do not add up",
         }
     if champion_f1 is None:
-        return {"promote": True, "reason": f"test_f1 {f1:.4f} >= {min_f1:.4f} and there is no champion yet to compare with"}
+        return {
+            "promote": True,
+            "reason": f"test_f1 {f1:.4f} >= {min_f1:.4f} and there is no champion yet to compare with",
+        }
     best = max(champion_f1, recent_best_f1 or 0.0)
     return {
         "promote": True,
@@ -109,6 +112,15 @@ def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersio
         return client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
+
+
+def version_exists(client: MlflowClient, name: str, version: str) -> bool:
+    """Whether version `version` of `name` is (still) registered."""
+    try:
+        client.get_model_version(name, str(version))
+    except MlflowException:
+        return False
+    return True
 
 
 def existing_version(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:

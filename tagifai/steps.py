@@ -1,6 +1,9 @@
 """One function per pipeline step: read upstream runs, call the pure core, log to MLflow.
 
-Each returns the small dict its CLI command prints as the last stdout line.
+Each returns the small dict its CLI command prints as the last stdout line. A step whose key
+(`tagifai.reuse`: its upstream, the code, the settings it reads, its arguments) matches a finished
+run with its artifacts still there does no work: it hands on that run's output, `reused: true`.
+`force` runs it anyway.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 import tagifai
-from tagifai import data, registry, sources, tracking, tuning
+from tagifai import data, registry, reuse, sources, tracking, tuning
 from tagifai import evaluate as evaluation
 from tagifai import model as models
 from tagifai import train as training
@@ -22,33 +25,125 @@ from tagifai.errors import DataValidationError, TagifaiError
 
 log = logging.getLogger("tagifai")
 
+NAMES = ("elt", "validate", "optimize", "train", "evaluate", "register")
 LABELED = "data/labeled.csv"
 PROFILE = "validation/profile.json"
 BEST_PARAMS = "best_params.json"
+REPORT = "evaluation/report.json"
+# What a run must still have to be reused.
+REQUIRED = {
+    "elt": (LABELED,),
+    "validate": (PROFILE, *map(tracking.split_path, data.SPLITS)),
+    "optimize": (BEST_PARAMS,),
+    "evaluate": (REPORT,),
+}
 
 
-def elt(settings: dict[str, Any], projects_url: str, tags_url: str, experiment_name: str) -> dict[str, Any]:
-    """Extract projects and tags, keep the raw copies, join them, log the labeled data."""
+def earlier(experiment: str, step: str, key: str, force: bool, **check: Any) -> dict[str, Any] | None:
+    """The output of a finished run of `step` with `key` to reuse (None when forced or there is none); say so."""
+    if force:
+        return None
+    found = tracking.reusable(experiment, step, key, REQUIRED.get(step, ()), **check)
+    if found:
+        log.info(
+            "%s: reusing run %s (key %s…): same upstream, code, settings and arguments; nothing to do",
+            step,
+            found["run_id"],
+            key[:12],
+        )
+    return found
+
+
+def elt(
+    settings: dict[str, Any],
+    projects_url: str,
+    tags_url: str,
+    experiment_name: str,
+    force: bool = False,
+    plan_params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Extract projects and tags, keep the raw copies, join them, log the labeled data.
+
+    With `plan_params` (a pipeline's `num_trials`, `min_f1`, `max_regression`, `model_name`), also say
+    which later steps of that pipeline will find their run made already (`plan`: step -> its output),
+    so that an orchestrator need not start them.
+    """
     shown = {"projects_url": sources.redact(projects_url), "tags_url": sources.redact(tags_url)}
-    with tracking.step_run("elt", tracking.experiment_id(experiment_name)) as run:
-        mlflow.log_params(shown)
-        raw = {"projects.csv": sources.fetch(projects_url, settings), "tags.csv": sources.fetch(tags_url, settings)}
-        projects = data.parse_csv(raw["projects.csv"], f"projects.csv ({shown['projects_url']})", data.PROJECT_COLUMNS)
-        tags = data.parse_csv(raw["tags.csv"], f"tags.csv ({shown['tags_url']})", data.TAG_COLUMNS)
-        labeled = data.transform(projects, tags)
-        # Raw copies only of what parsed as the data: nothing else a source returned is kept.
-        for name, content in raw.items():
-            tracking.log_bytes(content, f"raw/{name}")
-        digest = tracking.log_frame(labeled, LABELED, "tagifai-labeled", "extracted", source=shown["projects_url"])
-        mlflow.set_tag("data_sha256", digest)
-        counts = {"projects": len(projects), "tags": len(tags), "labeled": len(labeled)}
-        mlflow.log_metrics({**counts, "untagged_projects": len(projects) - len(labeled)})
-        log.info("elt: %(projects)d projects, %(tags)d tags -> %(labeled)d labeled rows", counts)
-    return {"run_id": run.info.run_id, "data_sha256": digest}
+    experiment = tracking.experiment_id(experiment_name)
+    raw = {"projects.csv": sources.fetch(projects_url, settings), "tags.csv": sources.fetch(tags_url, settings)}
+    projects = data.parse_csv(raw["projects.csv"], f"projects.csv ({shown['projects_url']})", data.PROJECT_COLUMNS)
+    tags = data.parse_csv(raw["tags.csv"], f"tags.csv ({shown['tags_url']})", data.TAG_COLUMNS)
+    labeled = data.transform(projects, tags)
+    key = reuse.elt_key(reuse.data_sha(raw["projects.csv"], raw["tags.csv"]), settings)
+    result = earlier(experiment, "elt", key, force)
+    if result is None:
+        with tracking.step_run("elt", experiment, key=key):
+            mlflow.log_params(shown)
+            # Raw copies only of what parsed as the data: nothing else a source returned is kept.
+            for name, content in raw.items():
+                tracking.log_bytes(content, f"raw/{name}")
+            digest = tracking.log_frame(labeled, LABELED, "tagifai-labeled", "extracted", source=shown["projects_url"])
+            mlflow.set_tag("data_sha256", digest)
+            counts = {"projects": len(projects), "tags": len(tags), "labeled": len(labeled)}
+            mlflow.log_metrics({**counts, "untagged_projects": len(projects) - len(labeled)})
+            log.info("elt: %(projects)d projects, %(tags)d tags -> %(labeled)d labeled rows", counts)
+            result = tracking.record_output({"run_id": mlflow.active_run().info.run_id, "data_sha256": digest})
+    if plan_params is not None and not force:
+        result["plan"] = plan(settings, experiment, result["run_id"], result["data_sha256"], plan_params)
+    return result
+
+
+def plan(
+    settings: dict[str, Any], experiment: str, elt_run_id: str, data_sha256: str, params: dict[str, Any]
+) -> dict[str, Any]:
+    """The later steps of a pipeline with `params` whose runs are made already: step -> that run's output.
+
+    It walks the steps as the pipeline will, each key from the run the step before hands on, and stops
+    at the first step that must run: what follows it cannot be the same.
+    """
+    found: dict[str, Any] = {}
+    keys: dict[str, str] = {}
+    gate = (params["min_f1"], params["max_regression"], params["model_name"])
+    reference = reference_key(drift_reference_run(settings), data_sha256)
+    key_of = {
+        "validate": lambda: reuse.validate_key(elt_run_id, reference, False, settings),
+        "optimize": lambda: reuse.optimize_key(found["validate"]["run_id"], params["num_trials"], settings),
+        "train": lambda: reuse.train_key(found["validate"]["run_id"], keys["optimize"], settings),
+        "evaluate": lambda: reuse.evaluate_key(found["train"]["run_id"], settings),
+        "register": lambda: reuse.register_key(found["evaluate"]["run_id"], gate, settings),
+    }
+    for step, key in key_of.items():
+        keys[step] = key()
+        if step == "register":
+            output = reusable_register(experiment, keys[step], gate[2])
+        else:
+            output = tracking.reusable(experiment, step, keys[step], REQUIRED.get(step, ()), model=step == "train")
+        if output is None:
+            break
+        found[step] = output
+    log.info("elt: %d later step(s) of this pipeline are made already: %s", len(found), ", ".join(found) or "none")
+    return found
+
+
+def drift_reference_run(settings: dict[str, Any]) -> str | None:
+    """The validate run whose data new data is checked for drift: the champion's, else the last that passed."""
+    return registry.champion_data_run(registry.model_name(settings)) or tracking.latest_run(
+        "validate", "tags.validation = 'passed'"
+    )
+
+
+def reference_key(reference_run_id: str | None, data_sha256: str) -> str | None:
+    """What of a drift reference decides validation (`reuse.drift_reference`)."""
+    sha = MlflowClient().get_run(reference_run_id).data.tags.get("data_sha256") if reference_run_id else None
+    return reuse.drift_reference(sha, data_sha256)
 
 
 def validate(
-    settings: dict[str, Any], elt_run_id: str, allow_drift: bool = False, reference_run_id: str | None = None
+    settings: dict[str, Any],
+    elt_run_id: str,
+    allow_drift: bool = False,
+    reference_run_id: str | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Check the data contract, and drift against the data the champion learned from; on success, split it.
 
@@ -60,12 +155,15 @@ def validate(
     """
     upstream = tracking.get_run(elt_run_id, "elt")
     experiment = upstream.info.experiment_id
+    reference_run_id = reference_run_id or drift_reference_run(settings)
+    reference = reference_key(reference_run_id, upstream.data.tags["data_sha256"])
+    key = reuse.validate_key(elt_run_id, reference, allow_drift, settings)
+    if found := earlier(experiment, "validate", key, force):
+        return found
     df = data.read_frame(tracking.read_artifact(elt_run_id, LABELED))
-    reference_run_id = reference_run_id or registry.champion_data_run(registry.model_name(settings))
-    reference_run_id = reference_run_id or tracking.latest_run("validate", "tags.validation = 'passed'")
-    reference = tracking.read_json_artifact(reference_run_id, PROFILE) if reference_run_id else None
-    with tracking.step_run("validate", experiment, upstream) as run:
-        report = {**validation.validate(df, settings, reference, not allow_drift), "reference_run_id": reference_run_id}
+    profile = tracking.read_json_artifact(reference_run_id, PROFILE) if reference_run_id else None
+    with tracking.step_run("validate", experiment, upstream, key=key) as run:
+        report = {**validation.validate(df, settings, profile, not allow_drift), "reference_run_id": reference_run_id}
         tracking.log_json(report, "validation/report.json")
         mlflow.log_text(validation.render_markdown(report), "validation/report.md")
         failed = validation.failed_checks(report)
@@ -85,7 +183,7 @@ def validate(
         log.info(
             "validate: %d checks passed; splits %s", len(report["checks"]), prepared["split"].value_counts().to_dict()
         )
-    return {"run_id": run.info.run_id}
+        return tracking.record_output({"run_id": run.info.run_id})
 
 
 def optimize(
@@ -94,6 +192,7 @@ def optimize(
     num_trials: int,
     storage: str | None = None,
     study_name: str | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Tune hyperparameters with Optuna by k-fold cross-validation of the train split; each trial is a child run.
 
@@ -101,12 +200,16 @@ def optimize(
     finish `num_trials` trials, and a retried process runs only the trials still missing
     (`tagifai.tuning`). Each process is one `optimize` run; the trials it ran are its child runs. Every
     process ends with the best trial of the whole study, which `train` reads from any of their runs.
+    Workers of one pipeline run never reuse each other's runs: they share the study instead.
     """
     from threadpoolctl import threadpool_limits
 
     upstream = tracking.get_run(data_run_id, "validate")
-    space = settings["optimize"]
-    with tracking.step_run("optimize", upstream.info.experiment_id, upstream) as run:
+    space, experiment = settings["optimize"], upstream.info.experiment_id
+    key = reuse.optimize_key(data_run_id, num_trials, settings)
+    if found := earlier(experiment, "optimize", key, force, other_pipeline_than=tracking.pipeline_run_id(upstream)):
+        return found
+    with tracking.step_run("optimize", experiment, upstream, key=key) as run:
         pipeline, worker = run.data.tags[tracking.PIPELINE_TAG], tuning.worker_id()
         study_name = study_name or tuning.default_study_name(pipeline, data_run_id)
         rdb = tuning.open_storage(storage, space["heartbeat_seconds"], space["grace_seconds"])
@@ -136,24 +239,31 @@ def optimize(
             best.number,
             best.value,
         )
-    return {
-        "run_id": run.info.run_id,
-        "study_name": study_name,
-        "best_params": best.params,
-        "best_value": best.value,
-        "trials": finished,
-        "trials_run": trials_run,
-    }
+        return tracking.record_output(
+            {
+                "run_id": run.info.run_id,
+                "study_name": study_name,
+                "best_params": best.params,
+                "best_value": best.value,
+                "trials": finished,
+                "trials_run": trials_run,
+            }
+        )
 
 
-def train(settings: dict[str, Any], data_run_id: str, optimize_run_id: str | None = None) -> dict[str, Any]:
+def train(
+    settings: dict[str, Any], data_run_id: str, optimize_run_id: str | None = None, force: bool = False
+) -> dict[str, Any]:
     """Train with the best params of an optimize run (or the `[train]` defaults); log a pyfunc model."""
     upstream = tracking.get_run(data_run_id, "validate")
-    params, lineage = dict(settings["train"]), {}
+    params, lineage, tuning_key = dict(settings["train"]), {}, None
     if optimize_run_id:
-        params, lineage = tuned(optimize_run_id, data_run_id)
+        params, lineage, tuning_key = tuned(optimize_run_id, data_run_id)
+    key = reuse.train_key(data_run_id, tuning_key, settings)
+    if found := earlier(upstream.info.experiment_id, "train", key, force, model=True):
+        return found
     train_df, val_df = tracking.load_split(data_run_id, "train"), tracking.load_split(data_run_id, "val")
-    with tracking.step_run("train", upstream.info.experiment_id, upstream, **lineage) as run:
+    with tracking.step_run("train", upstream.info.experiment_id, upstream, key=key, **lineage) as run:
         mlflow.log_params(params)
         result = training.train(params, train_df, val_df, settings["stopwords"], settings["data"]["other_label"])
         tracking.log_history(result["history"])
@@ -169,16 +279,17 @@ def train(settings: dict[str, Any], data_run_id: str, optimize_run_id: str | Non
         )
         mlflow.set_tag("model_uri", info.model_uri)
         log.info("train: val_f1 %.4f threshold %.3f -> %s", result["val"]["f1"], result["threshold"], info.model_uri)
-    return {"run_id": run.info.run_id, "model_uri": info.model_uri}
+        return tracking.record_output({"run_id": run.info.run_id, "model_uri": info.model_uri})
 
 
-def tuned(optimize_run_id: str, data_run_id: str) -> tuple[dict[str, Any], dict[str, str]]:
-    """The best params an optimize run reported (its study's best, whichever worker ran it), and their lineage.
+def tuned(optimize_run_id: str, data_run_id: str) -> tuple[dict[str, Any], dict[str, str], str]:
+    """The best params an optimize run reported (its study's best, whichever worker ran it), their lineage, its key.
 
     Raises:
         TagifaiError: the run tuned other data.
     """
-    tags = tracking.get_run(optimize_run_id, "optimize").data.tags
+    run = tracking.get_run(optimize_run_id, "optimize")
+    tags = run.data.tags
     if tags.get("data_run_id") != data_run_id:
         raise TagifaiError(
             f"optimize run {optimize_run_id} tuned data run {tags.get('data_run_id')}, not {data_run_id}"
@@ -186,22 +297,30 @@ def tuned(optimize_run_id: str, data_run_id: str) -> tuple[dict[str, Any], dict[
     lineage = {k: tags[k] for k in tuning.LINEAGE_TAGS if k in tags}
     # The worker that ran the best trial, which need not be the run given here.
     lineage["optimize_run_id"] = lineage.pop("best_trial_optimize_run_id", optimize_run_id)
-    return tracking.read_json_artifact(optimize_run_id, BEST_PARAMS), lineage
+    # Its key, not its id: the workers of one study are several runs with one result.
+    return (
+        tracking.read_json_artifact(optimize_run_id, BEST_PARAMS),
+        lineage,
+        run.data.tags.get(tracking.KEY_TAG, run.info.run_id),
+    )
 
 
-def evaluate(settings: dict[str, Any], train_run_id: str) -> dict[str, Any]:
+def evaluate(settings: dict[str, Any], train_run_id: str, force: bool = False) -> dict[str, Any]:
     """Score the trained model on the held-out test split: overall, per class, slices, behavior."""
     upstream = tracking.get_run(train_run_id, "train")
+    key = reuse.evaluate_key(train_run_id, settings)
+    if found := earlier(upstream.info.experiment_id, "evaluate", key, force):
+        return found
     test_df = tracking.load_split(upstream.data.tags["data_run_id"], "test")
     model = mlflow.pyfunc.load_model(upstream.data.tags["model_uri"])
     report = evaluation.evaluate(test_df, models.predict_tags(model, test_df), model.unwrap_python_model().classes)
     behavioral = evaluation.behavioral_tests(lambda texts: models.predict_tags(model, models.texts_frame(texts)))
     overall = report["overall"]
-    with tracking.step_run("evaluate", upstream.info.experiment_id, upstream) as run:
+    with tracking.step_run("evaluate", upstream.info.experiment_id, upstream, key=key) as run:
         mlflow.log_metrics({**evaluation.flat_metrics(report), "behavioral_pass_rate": behavioral["pass_rate"]})
         if model_id := model.metadata.model_id:  # also on the logged model, so the Models page shows test scores
             mlflow.log_metrics({f"test_{k}": v for k, v in overall.items()}, model_id=model_id)
-        tracking.log_json(report, "evaluation/report.json")
+        tracking.log_json(report, REPORT)
         tracking.log_json(behavioral, "evaluation/behavioral.json")
         mlflow.log_figure(evaluation.plot_confusion_matrix(report), "evaluation/confusion_matrix.png")
         mlflow.log_figure(evaluation.plot_per_class_f1(report), "evaluation/per_class_f1.png")
@@ -209,24 +328,44 @@ def evaluate(settings: dict[str, Any], train_run_id: str) -> dict[str, Any]:
             "evaluate: test precision %(precision).4f recall %(recall).4f f1 %(f1).4f; behavioral %(rate).0f%%",
             {**overall, "rate": 100 * behavioral["pass_rate"]},
         )
-    scores = {f"test_{k}": overall[k] for k in ("f1", "precision", "recall")}
-    return {"run_id": run.info.run_id, **scores}
+        scores = {f"test_{k}": overall[k] for k in ("f1", "precision", "recall")}
+        return tracking.record_output({"run_id": run.info.run_id, **scores})
 
 
 def register(
-    settings: dict[str, Any], evaluate_run_id: str, min_f1: float, max_regression: float, model_name: str
+    settings: dict[str, Any],
+    evaluate_run_id: str,
+    min_f1: float,
+    max_regression: float,
+    model_name: str,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Register the evaluated model as `challenger`; promote it to `champion` through the gate, and record the move."""
+    """Register the evaluated model as `challenger`; promote it to `champion` through the gate, and record the move.
+
+    A model is never registered twice: its version is reused, and a version not newer than the
+    champion moves no alias.
+    """
     evaluated = tracking.get_run(evaluate_run_id, "evaluate")
+    experiment = evaluated.info.experiment_id
+    key = reuse.register_key(evaluate_run_id, (min_f1, max_regression, model_name), settings)
+    if not force and (found := reusable_register(experiment, key, model_name)):
+        log.info(
+            "register: reusing run %s (key %s…): %s v%s is registered already",
+            found["run_id"],
+            key[:12],
+            model_name,
+            found["version"],
+        )
+        return found
     trained = tracking.get_run(evaluated.data.tags["train_run_id"], "train")
     client = MlflowClient()
     moves = registry.sync_history(settings, model_name)
     champion = registry.version_by_alias(client, model_name, registry.CHAMPION)
-    test_f1 = evaluated.data.metrics["test_f1"]
-    with tracking.step_run("register", evaluated.info.experiment_id, evaluated) as run:
+    with tracking.step_run("register", experiment, evaluated, key=key) as run:
         tags = registry.version_tags(evaluated.data.metrics, trained, run, evaluate_run_id)
         version = registry.register(client, model_name, trained.data.tags["model_uri"], trained.info.run_id, tags)
         gate, data_run_id = (min_f1, max_regression), trained.data.tags["data_run_id"]
+        test_f1 = evaluated.data.metrics["test_f1"]
         judged = registry.judge(settings, model_name, version.version, champion, moves, data_run_id, test_f1, gate)
         registry.apply(client, model_name, version.version, judged)
         previous = str(champion.version) if champion else None
@@ -237,10 +376,27 @@ def register(
         registry.log_decision(judged, version.version, previous, gate)
         outcome = "champion" if judged["promote"] else "not promoted"
         log.info("register: %s v%s: %s -> %s", model_name, version.version, judged["reason"], outcome)
-    return {
-        "run_id": run.info.run_id,
-        "model_name": model_name,
-        "version": str(version.version),
-        "promoted": judged["promote"],
-        "reason": judged["reason"],
-    }
+        return tracking.record_output(
+            {
+                "run_id": run.info.run_id,
+                "model_name": model_name,
+                "version": str(version.version),
+                "promoted": judged["promote"],
+                "reason": judged["reason"],
+                "test_f1": test_f1,
+            }
+        )
+
+
+def reusable_register(experiment: str, key: str, model_name: str) -> dict[str, Any] | None:
+    """A finished register run with `key` whose version still exists and is not older than the champion."""
+    found = tracking.reusable(experiment, "register", key)
+    if found is None:
+        return None
+    client = MlflowClient()
+    champion = registry.version_by_alias(client, model_name, registry.CHAMPION)
+    if not registry.version_exists(client, model_name, found["version"]):
+        return None
+    if champion is not None and int(found["version"]) < int(champion.version):
+        return None  # the champion moved on since: judge this old version again (it will not move back)
+    return found

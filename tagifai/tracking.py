@@ -25,6 +25,9 @@ from tagifai.errors import TagifaiError
 
 # Run tags that tie the steps of one pipeline together; each step carries its upstream's forward.
 STEP_TAG = "tagifai.step"
+# A step run's reuse key (`tagifai.reuse`), and what it printed: handed on again when it is reused.
+KEY_TAG = "tagifai.key"
+OUTPUT_TAG = "tagifai.output"
 PIPELINE_TAG = "pipeline_run_id"
 UPSTREAM_TAGS = {
     "elt": "elt_run_id",
@@ -115,8 +118,10 @@ def get_run(run_id: str, step: str) -> Run:
 
 
 @contextmanager
-def step_run(step: str, experiment: str, upstream: Run | None = None, **tags: str) -> Iterator[Run]:
-    """Start the MLflow run of one step, tagged with its lineage.
+def step_run(
+    step: str, experiment: str, upstream: Run | None = None, key: str | None = None, **tags: str
+) -> Iterator[Run]:
+    """Start the MLflow run of one step, tagged with its lineage and its reuse `key`.
 
     The pipeline id comes from `TAGIFAI_PIPELINE_RUN_ID`, else from the upstream run, else is new.
     Lineage tags of the upstream run are carried over, and the upstream run itself is recorded.
@@ -126,12 +131,13 @@ def step_run(step: str, experiment: str, upstream: Run | None = None, **tags: st
     lineage = {k: v for k, v in (upstream.data.tags.items() if upstream else []) if k in carried}
     if upstream is not None:
         lineage[UPSTREAM_TAGS[upstream.data.tags[STEP_TAG]]] = upstream.info.run_id
-    pipeline = os.environ.get("TAGIFAI_PIPELINE_RUN_ID") or (upstream.data.tags.get(PIPELINE_TAG) if upstream else None)
+    pipeline = pipeline_run_id(upstream) if upstream else os.environ.get("TAGIFAI_PIPELINE_RUN_ID")
     all_tags = {
         STEP_TAG: step,
         PIPELINE_TAG: pipeline or fresh_pipeline_run_id(),
         "code_version": code_version(),
         "image": os.environ.get("TAGIFAI_IMAGE", ""),
+        **({KEY_TAG: key} if key else {}),
         **lineage,
         **tags,
     }
@@ -144,6 +150,66 @@ def step_run(step: str, experiment: str, upstream: Run | None = None, **tags: st
         except Exception as exc:
             mlflow.set_tag("error", str(exc)[:5000] or type(exc).__name__)
             raise  # start_run's context then ends the run FAILED
+
+
+def record_output(result: dict[str, Any]) -> dict[str, Any]:
+    """Keep what the active step run prints, for a later run that reuses it; return it."""
+    mlflow.set_tag(OUTPUT_TAG, json.dumps(result, default=str))
+    return result
+
+
+def pipeline_run_id(upstream: Run) -> str | None:
+    """The pipeline run a step belongs to: `TAGIFAI_PIPELINE_RUN_ID`, else its upstream run's."""
+    return os.environ.get("TAGIFAI_PIPELINE_RUN_ID") or upstream.data.tags.get(PIPELINE_TAG)
+
+
+def reusable(
+    experiment: str,
+    step: str,
+    key: str,
+    artifacts: tuple[str, ...] = (),
+    model: bool = False,
+    other_pipeline_than: str | None = None,
+) -> dict[str, Any] | None:
+    """The output of the newest finished `step` run with `key` whose artifacts are all still there, else None.
+
+    A run whose artifacts are gone is a miss, not an error: the step runs again. With `model`, the
+    run's logged model must still have its files; with `other_pipeline_than`, runs of that pipeline
+    run do not count.
+    """
+    runs = MlflowClient().search_runs(
+        [experiment],
+        filter_string=f"tags.`{STEP_TAG}` = '{step}' and tags.`{KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=5,
+    )
+    for run in runs:
+        output = run.data.tags.get(OUTPUT_TAG)
+        if other_pipeline_than and run.data.tags.get(PIPELINE_TAG) == other_pipeline_than:
+            continue
+        if output and all(has_artifact(run.info.run_id, path) for path in artifacts):
+            if model and not model_files_exist(run.data.tags.get("model_uri", "")):
+                continue
+            return {**json.loads(output), "reused": True}
+    return None
+
+
+def has_artifact(run_id: str, path: str) -> bool:
+    """Whether the run still has the artifact file `path`."""
+    folder = str(Path(path).parent) if str(Path(path).parent) != "." else None
+    try:
+        return any(info.path == path for info in MlflowClient().list_artifacts(run_id, folder))
+    except (MlflowException, OSError):
+        return False
+
+
+def model_files_exist(model_uri: str) -> bool:
+    """Whether a logged model (`models:/m-…`) still has its files."""
+    try:
+        location = MlflowClient().get_logged_model(model_uri.removeprefix("models:/")).artifact_location
+        return any(Path(info.path).name == "MLmodel" for info in mlflow.artifacts.list_artifacts(artifact_uri=location))
+    except (MlflowException, OSError):
+        return False
 
 
 def latest_run(step: str, condition: str = "", experiments: list[str] | None = None) -> str | None:

@@ -48,3 +48,13 @@ def test_importing_the_package_touches_nothing(tmp_path):
     code = "import tagifai.cli, tagifai.steps, tagifai.tracking, tagifai.settings; import os; print(os.listdir('.'))"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_override_may_come_as_toml_content(monkeypatch):
+    # How a step container gets the deployer's override: its content, with no path of the worker's.
+    monkeypatch.delenv("TAGIFAI_CONFIG", raising=False)
+    monkeypatch.setenv("TAGIFAI_CONFIG_TOML", "[optimize]\nnum_trials = 4\n")
+    assert settings_module.load_settings()["optimize"]["num_trials"] == 4
+    monkeypatch.setenv("TAGIFAI_CONFIG_TOML", "[optimize\n")
+    with pytest.raises(TagifaiError, match="TAGIFAI_CONFIG_TOML is not valid TOML"):
+        settings_module.load_settings()

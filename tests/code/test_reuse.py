@@ -1,0 +1,118 @@
+"""Reuse keys: what changes a step's key, and what does not."""
+
+import copy
+
+import pytest
+
+from tagifai import reuse
+
+
+@pytest.fixture
+def base(settings):
+    return copy.deepcopy(settings)
+
+
+def keys(settings, raw=b"projects", num_trials=20, gate=(0.6, 0.02, "tagifai"), reference=None):
+    """Every step's key for one pipeline run whose upstream runs keep their ids (as when they are reused)."""
+    return {
+        "elt": reuse.elt_key(reuse.data_sha(raw, b"tags"), settings),
+        "validate": reuse.validate_key("elt-run", reference, False, settings),
+        "optimize": reuse.optimize_key("validate-run", num_trials, settings),
+        "train": reuse.train_key("validate-run", "optimize-key", settings),
+        "evaluate": reuse.evaluate_key("train-run", settings),
+        "register": reuse.register_key("evaluate-run", gate, settings),
+    }
+
+
+def changed(before, after):
+    return sorted(step for step in before if before[step] != after[step])
+
+
+def test_the_same_inputs_give_the_same_keys(base):
+    assert keys(base) == keys(copy.deepcopy(base))
+
+
+def test_other_data_changes_elts_key(base):
+    # (The steps after it then get a new upstream run, hence new keys: upstream runs count by id.)
+    assert changed(keys(base), keys(base, raw=b"projects, one row more")) == ["elt"]
+
+
+def test_each_step_key_names_its_upstream_run(settings):
+    assert reuse.evaluate_key("train-a", settings) != reuse.evaluate_key("train-b", settings)
+    assert reuse.train_key("v", "optimize-key", settings) != reuse.train_key("v", None, settings)  # tuned vs defaults
+
+
+def test_other_code_changes_every_key(base, monkeypatch):
+    before = keys(base)
+    monkeypatch.setattr(reuse, "code_version", lambda: "other code")
+    assert changed(before, keys(base)) == sorted(reuse.STEPS)
+
+
+@pytest.mark.parametrize(
+    ("section", "name", "value", "steps"),
+    [
+        ("data", "min_freq", 3, ["validate"]),  # labels and split
+        ("validate", "drift_alpha", 0.5, ["validate"]),
+        ("optimize", "cv_folds", 7, ["optimize"]),  # the objective
+        ("train", "num_epochs", 3, ["optimize", "train"]),  # the base params are trial 0 of the study
+        ("data", "other_label", "misc", ["optimize", "train", "validate"]),
+        ("register", "min_f1", 0.7, ["register"]),  # the gate
+    ],
+)
+def test_a_setting_a_step_reads_changes_its_key(base, section, name, value, steps):
+    other = copy.deepcopy(base)
+    other[section][name] = value
+    assert changed(keys(base), keys(other)) == steps
+
+
+@pytest.mark.parametrize(
+    ("section", "name", "value"),
+    [
+        ("optimize", "heartbeat_seconds", 3),  # how workers run, not what they find
+        ("optimize", "num_workers", 8),
+        ("optimize", "threads_per_trial", 2),
+        ("data", "max_bytes", 10),  # a cap on fetching
+        ("data", "projects_url", "https://elsewhere.example/p.csv"),  # the content is the key, not where it was
+        ("limits", "max_trials", 5),  # bounds, no step reads them
+        ("mlflow", "experiment_name", "other"),
+    ],
+)
+def test_a_setting_no_step_reads_changes_no_key(base, section, name, value):
+    other = copy.deepcopy(base)
+    other[section][name] = value
+    assert changed(keys(base), keys(other)) == []
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "step"),
+    [
+        ({"num_trials": 5}, "optimize"),  # optimize's argument
+        ({"gate": (0.7, 0.02, "tagifai")}, "register"),  # register's
+        ({"gate": (0.6, 0.02, "other-model")}, "register"),
+        ({"reference": "d" * 64}, "validate"),  # drift against other data
+    ],
+)
+def test_a_steps_arguments_change_its_key(base, kwargs, step):
+    assert changed(keys(base), keys(base, **kwargs)) == [step]
+
+
+@pytest.mark.parametrize(
+    ("reference", "expected"),
+    [
+        (None, None),  # no reference
+        ("a" * 64, None),  # the data itself: drift is impossible, as without a reference
+        ("b" * 64, "b" * 64),  # other data
+    ],
+)
+def test_drift_reference_keys_only_other_data(reference, expected):
+    assert reuse.drift_reference(reference, "a" * 64) == expected
+
+
+def test_data_sha_tells_apart_where_one_file_ends():
+    assert reuse.data_sha(b"ab", b"c") != reuse.data_sha(b"a", b"bc")
+
+
+def test_code_version_hashes_the_package_and_the_shared_modules():
+    names = [path.name for path in reuse.source_files()]
+    assert {"steps.py", "reuse.py", "tagifai_config.py", "tagifai_sources.py"} <= set(names)
+    assert len(reuse.code_version()) == 64
