@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import tagifai_config
 import tagifai_sources
 from airflow.providers.docker.operators.docker import DockerOperator
 from airflow.providers.standard.operators.bash import BashOperator
@@ -66,7 +67,6 @@ SECRET_ENV = (
 # policy as the DAG's pre-flight (TAGIFAI_DATA_DIRS, TAGIFAI_ALLOWED_URL_HOSTS).
 FORWARDED_ENV = (
     "MLFLOW_S3_ENDPOINT_URL",
-    "TAGIFAI_CONFIG",
     tagifai_sources.DATA_DIRS_ENV,
     tagifai_sources.ALLOWED_HOSTS_ENV,
     *tagifai_sources.SOURCE_URL_ENVS,
@@ -235,7 +235,12 @@ def read_only_mounts(folders: Sequence[str | None]) -> list[dict[str, Any]]:
 
 def step_environment(settings: RunnerSettings, *, experiment_name: str) -> dict[str, str]:
     """Return the non-secret environment every step gets (values may be templates)."""
-    env = {"MLFLOW_EXPERIMENT_NAME": experiment_name, PIPELINE_RUN_ID_ENV: "{{ run_id }}"}
+    env = {
+        "MLFLOW_EXPERIMENT_NAME": experiment_name,
+        PIPELINE_RUN_ID_ENV: "{{ run_id }}",
+        # The trigger's `force`: run every step, even one whose run is made already.
+        "TAGIFAI_FORCE": "{{ params.force | default(false) }}",
+    }
     # Recorded on the model version; a local subprocess keeps whatever the worker says.
     if settings.runner != "local":
         env["TAGIFAI_IMAGE"] = settings.image
@@ -447,7 +452,18 @@ class StepMixin:
     default_urls: tuple[str, ...]
 
     def execute(self, context: Any) -> Any:
-        """Check the sources, prepare, run; turn a final exit code into a failure without retry."""
+        """Hand on a run `elt` found made already; else check the sources, prepare, run.
+
+        A final exit code becomes a failure without retry.
+        """
+        if (made := made_already(context, self.task_id)) is not None:
+            self.log.info(
+                "%s: reusing run %s, made already (same data, code, settings and arguments: elt's plan); "
+                "nothing started",
+                self.task_id,
+                made["run_id"],
+            )
+            return json.dumps(made)
         policy = tagifai_sources.SourcePolicy.from_environ(os.environ, self.default_urls, enforce=True)
         checked_sources(policy, self.data_sources)
         self.prepare(policy)
@@ -460,6 +476,15 @@ class StepMixin:
 
     def prepare(self, policy: tagifai_sources.SourcePolicy) -> None:
         """Set up what the runner needs once the params are rendered (nothing by default)."""
+
+
+def made_already(context: Any, step: str) -> dict[str, Any] | None:
+    """The output of the run `elt`'s plan says `step` can reuse (`tagifai elt --plan`), if any."""
+    ti = context.get("ti")
+    if step == "elt" or ti is None:
+        return None
+    line = ti.xcom_pull(task_ids="elt")
+    return fromjson(line).get("plan", {}).get(step) if line else None
 
 
 class TagifaiBashOperator(StepMixin, BashOperator):
@@ -477,9 +502,10 @@ class TagifaiDockerOperator(StepMixin, DockerOperator):
     """`DockerOperator` that shows the step its data read-only, hardens its container and keeps secrets private.
 
     Mount sources are paths on the Docker host: the named data folder (`TAGIFAI_DATA_DIRS`) that holds
-    each local data source is bind-mounted read-only at the same path, as is the folder of
-    `TAGIFAI_CONFIG` when the worker sets it. Which folders those are is known only once the params
-    render, hence the work happens in `prepare`.
+    each local data source is bind-mounted read-only at the same path. Which folders those are is
+    known only once the params render, hence the work happens in `prepare`. The deployer's settings
+    override (`TAGIFAI_CONFIG`, a file on the worker) travels as its content, so the container needs
+    no path of the worker's.
     """
 
     template_fields: Sequence[str] = (*DockerOperator.template_fields, "labels", "data_sources")
@@ -492,15 +518,13 @@ class TagifaiDockerOperator(StepMixin, DockerOperator):
     def prepare(self, policy: tagifai_sources.SourcePolicy) -> None:
         """Add the mounts and the forwarded environment (secrets only privately)."""
         environ = os.environ
-        if config := environ.get("TAGIFAI_CONFIG"):
-            self.environment["TAGIFAI_CONFIG"] = os.path.abspath(config)
+        if config := environ.get(tagifai_config.OVERRIDE_ENV):
+            with open(config, encoding="utf-8") as override:
+                self.environment[tagifai_config.OVERRIDE_TOML_ENV] = override.read()
         for name in FORWARDED_ENV:
             if name in environ and name not in self.environment:
                 self.environment[name] = environ[name]
-        folders = [
-            *map(policy.data_dir_of, self.data_sources),
-            os.path.dirname(self.environment.get("TAGIFAI_CONFIG", "")),
-        ]
+        folders = list(map(policy.data_dir_of, self.data_sources))
         mounted = {mount["Target"] for mount in self.mounts if isinstance(mount, Mapping) and "Target" in mount}
         self.mounts = [*self.mounts, *(m for m in read_only_mounts(folders) if m["Target"] not in mounted)]
         self._private_environment = {

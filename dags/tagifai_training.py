@@ -38,7 +38,8 @@ import os
 from datetime import UTC, datetime, timedelta
 
 import tagifai_config
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
+from tagifai_assets import publish_champion, source_asset, sources
 from tagifai_runners import (
     USER_DEFINED_FILTERS,
     RunnerSettings,
@@ -54,7 +55,11 @@ limits, gate = config["limits"], config["register"]
 
 with DAG(
     dag_id="tagifai_training",
-    schedule="@daily",
+    # Daily, and whenever tagifai_watch saw a data source change.
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("@daily", timezone="UTC"),
+        assets=source_asset("projects", sources(config)["projects"]) | source_asset("tags", sources(config)["tags"]),
+    ),
     # With catchup off, only the latest day runs however far back this is.
     start_date=datetime(2025, 1, 1, tzinfo=UTC),
     catchup=False,
@@ -101,6 +106,11 @@ with DAG(
             description="tags.csv (id, tag): an allowed http(s) URL, or a file in one of the deployment's data "
             "folders.",
         ),
+        "force": Param(
+            False,
+            type="boolean",
+            description="Run every step, even those whose run is made already (same data, code, settings, params).",
+        ),
         # The gate is the deployer's: a run may make it stricter, never looser.
         "min_f1": Param(
             gate["min_f1"],
@@ -143,11 +153,15 @@ with DAG(
             num_workers="{{ params.num_workers }}",
         )
 
+    # elt also says which later steps find their run made already (same data, code, settings, params):
+    # those hand the earlier run on without starting anything.
     elt = step(
         "elt",
         "--projects-url", "{{ params.projects_url }}",
         "--tags-url", "{{ params.tags_url }}",
         "--experiment-name", "{{ params.experiment_name }}",
+        "--plan", "{{ {'num_trials': params.num_trials, 'min_f1': params.min_f1, "
+                  "'max_regression': params.max_regression} | tojson }}",
         data_sources=("{{ params.projects_url }}", "{{ params.tags_url }}"),
     )  # fmt: skip
     validate = step("validate", "--elt-run", run_id_from("elt"))
@@ -164,4 +178,7 @@ with DAG(
         "--max-regression", "{{ params.max_regression }}",
     )  # fmt: skip
 
-    elt >> validate >> optimize_workers >> optimize >> train >> evaluate >> register
+    # An event on the champion Asset when register moved it: batch scoring and serving follow.
+    champion = publish_champion(register.output)
+
+    elt >> validate >> optimize_workers >> optimize >> train >> evaluate >> register >> champion

@@ -10,6 +10,8 @@ STACK_ENV ?= .env
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose) \
 	--env-file $(STACK_ENV)
 STACK_SERVICES := postgres mlflow airflow-apiserver airflow-scheduler airflow-dag-processor airflow-triggerer
+# The DAGs `make up` unpauses (new DAGs start paused): training, and the watcher that starts it on new data.
+STACK_DAGS ?= tagifai_training tagifai_watch
 
 .PHONY: up down clean logs train dags-test-stack mlflow-user
 
@@ -23,15 +25,18 @@ up: $(STACK_ENV) ## Start the stack (Airflow UI :8080, MLflow UI :5000); writes 
 	$(COMPOSE) build
 	$(COMPOSE) up -d
 	python3 scripts/stack.py wait $(STACK_SERVICES) --timeout 900 --compose "$(COMPOSE)"
-	@for i in $$(seq 60); do \
-		$(COMPOSE) exec -T airflow-scheduler airflow dags unpause tagifai_training >/dev/null 2>&1 && break; \
-		sleep 3; \
-	done; $(COMPOSE) exec -T airflow-scheduler airflow dags unpause tagifai_training >/dev/null
+	@for dag in $(STACK_DAGS); do \
+		for i in $$(seq 60); do \
+			$(COMPOSE) exec -T airflow-scheduler airflow dags unpause $$dag >/dev/null 2>&1 && break; \
+			sleep 3; \
+		done; $(COMPOSE) exec -T airflow-scheduler airflow dags unpause $$dag >/dev/null; \
+	done
 	@. $(abspath $(STACK_ENV)); echo; \
 	echo "  Airflow  http://127.0.0.1:$${AIRFLOW_PORT:-8080}   login: $${AIRFLOW_ADMIN_USER:-admin} / $$AIRFLOW_ADMIN_PASSWORD"; \
 	echo "  MLflow   http://127.0.0.1:$${MLFLOW_PORT:-5000}   login: $${MLFLOW_VIEWER_USERNAME:-viewer} / $$MLFLOW_VIEWER_PASSWORD (read-only)"; \
 	echo "                                  admin: $${MLFLOW_ADMIN_USERNAME:-admin} / $$MLFLOW_ADMIN_PASSWORD"; \
-	echo "  DAG tagifai_training is unpaused: it runs daily; 'make train' runs it now."
+	echo "  DAGs unpaused: $(STACK_DAGS). tagifai_training runs daily and when tagifai_watch sees the data"; \
+	echo "  change; 'make train' runs it now."
 
 train: $(STACK_ENV) ## Run tagifai_training in the stack now (REST API), wait, fail if it fails (CONF='{...}')
 	python3 scripts/stack.py trigger --conf '$(CONF)' --env-file $(STACK_ENV)

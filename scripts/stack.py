@@ -218,6 +218,18 @@ class Airflow:
         path = f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.request.quote(run_id, safe='')}/taskInstances/{task_id}"
         return self.request("GET", path)
 
+    def xcom(self, run_id: str, task_id: str, map_index: int = -1, dag_id: str = DAG_ID) -> Any:
+        """The value a task instance pushed (`return_value`), e.g. a step's JSON line."""
+        path = (
+            f"/api/v2/dags/{dag_id}/dagRuns/{urllib.request.quote(run_id, safe='')}/taskInstances/{task_id}"
+            f"/xcomEntries/return_value?map_index={map_index}"
+        )
+        return self.request("GET", path)["value"]
+
+    def runs(self, dag_id: str = DAG_ID) -> list[dict[str, Any]]:
+        """The runs of a DAG, newest first."""
+        return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=-start_date&limit=100")["dag_runs"]
+
     def task_log(self, run_id: str, task_id: str, try_number: int = 1) -> str:
         """The log of one try of a task, as text."""
         path = (

@@ -15,8 +15,9 @@ pytestmark = pytest.mark.airflow
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
 STEPS = ["elt", "validate", "optimize", "train", "evaluate", "register"]
-# The graph: the six steps, with `optimize` mapped over the copies `optimize_workers` renders.
-GRAPH = ["elt", "validate", "optimize_workers", "optimize", "train", "evaluate", "register"]
+# The graph: the six steps, with `optimize` mapped over the copies `optimize_workers` renders, and the
+# champion's asset event after `register`.
+GRAPH = ["elt", "validate", "optimize_workers", "optimize", "train", "evaluate", "register", "publish_champion"]
 UPSTREAM = (
     "https://raw.githubusercontent.com/GokuMohandas/Made-With-ML/e8dfdbe98f55cba8befaf8409e16e48fac2d26d8/datasets"
 )
@@ -67,7 +68,7 @@ def step_operators(dag, render, **params) -> list:
 def test_dagbag_imports_without_errors(parse_dags, runner):
     bag = parse_dags(TAGIFAI_RUNNER=runner)
     assert bag.import_errors == {}
-    assert list(bag.dags) == ["tagifai_training"]
+    assert sorted(bag.dags) == ["tagifai_training", "tagifai_watch"]
 
 
 def test_unknown_runner_is_an_import_error(parse_dags):
@@ -95,7 +96,7 @@ def test_graph_is_the_six_steps_in_order_with_optimize_fanned_out(load_dag, runn
     for upstream, downstream in zip(GRAPH, GRAPH[1:], strict=False):
         assert dag.get_task(upstream).downstream_task_ids == {downstream}
     assert dag.get_task("elt").upstream_task_ids == set()
-    assert dag.get_task("register").downstream_task_ids == set()
+    assert dag.get_task("publish_champion").downstream_task_ids == set()
     # `optimize` is mapped over the list `optimize_workers` returns.
     optimize = dag.get_task("optimize")
     assert type(optimize).__name__ == "MappedOperator"
@@ -103,8 +104,14 @@ def test_graph_is_the_six_steps_in_order_with_optimize_fanned_out(load_dag, runn
 
 
 def test_schedule_catchup_and_run_limits(load_dag):
+    from airflow.sdk import AssetOrTimeSchedule
+
     dag = load_dag()
-    assert dag.schedule == "@daily"
+    # Daily, or when tagifai_watch saw a data source change (either asset).
+    assert isinstance(dag.timetable, AssetOrTimeSchedule)
+    assert dag.timetable.timetable.expression == "0 0 * * *"  # @daily
+    assert type(dag.timetable.asset_condition).__name__ == "AssetAny"
+    assert {a.name for a in dag.timetable.asset_condition.objects} == {"tagifai_projects", "tagifai_tags"}
     assert dag.catchup is False
     assert dag.start_date is not None
     assert dag.max_active_runs == 1
@@ -130,6 +137,7 @@ def test_params_shown_in_the_trigger_form_have_defaults_and_descriptions(load_da
         "tags_url": f"{UPSTREAM}/tags.csv",
         "min_f1": 0.6,
         "max_regression": 0.02,
+        "force": False,
     }
     for name in params:
         assert params.get_param(name).description
@@ -188,6 +196,7 @@ def test_each_task_runs_the_tagifai_command_of_its_name(load_dag, render, runner
             "--projects-url", "/data/projects.csv",
             "--tags-url", "file:///data/tags.csv",
             "--experiment-name", "tagifai",
+            "--plan", '{"max_regression": 0.02, "min_f1": 0.6, "num_trials": 3}',
         ],
         "validate": ["tagifai", "validate", "--elt-run", "elt-run-id"],
         "optimize": ["tagifai", "optimize", "--data-run", "validate-run-id", "--num-trials", "3"],
@@ -225,6 +234,7 @@ def test_docker_tasks_use_the_one_image_and_the_configured_network(load_dag, ren
             "MLFLOW_EXPERIMENT_NAME": "tagifai",
             "TAGIFAI_PIPELINE_RUN_ID": "manual__2026-01-01T00:00:00+00:00",
             "TAGIFAI_IMAGE": "registry.example/tagifai:1.2.3",
+            "TAGIFAI_FORCE": "False",
         }
 
 
@@ -244,7 +254,7 @@ def test_docker_mounts_local_data_read_only_at_the_same_path_and_keeps_secrets_p
     seen = {}
     monkeypatch.setattr(DockerOperator, "execute", lambda self, context: seen.setdefault("task", self))
     config = tmp_path / "small.toml"
-    config.write_text("")
+    config.write_text("[optimize]\nnum_trials = 3\n")
     monkeypatch.setenv("TAGIFAI_CONFIG", str(config))
     # The deployer's data folders: what a container may see of the host.
     monkeypatch.setenv("TAGIFAI_DATA_DIRS", "/srv/data:/srv/other data")
@@ -260,9 +270,9 @@ def test_docker_mounts_local_data_read_only_at_the_same_path_and_keeps_secrets_p
     assert sorted(task.mounts, key=lambda m: m["Target"]) == [
         {"Target": "/srv/data", "Source": "/srv/data", "Type": "bind", "ReadOnly": True},
         {"Target": "/srv/other data", "Source": "/srv/other data", "Type": "bind", "ReadOnly": True},
-        {"Target": str(tmp_path), "Source": str(tmp_path), "Type": "bind", "ReadOnly": True},
     ]
-    assert task.environment["TAGIFAI_CONFIG"] == str(config)
+    # The settings override travels as its content: no path of the worker's is needed in the container.
+    assert task.environment["TAGIFAI_CONFIG_TOML"] == "[optimize]\nnum_trials = 3\n"
     assert task._private_environment == {
         "MLFLOW_TRACKING_PASSWORD": "s3cret",
         "TAGIFAI_OPTUNA_STORAGE": "postgresql+psycopg2://optuna:s3cret@postgres/optuna",
@@ -567,3 +577,79 @@ def test_kubernetes_pods_are_bounded_and_unprivileged(load_dag, render):
         assert base.resources.limits == {"memory": "4Gi"}
         assert base.security_context.allow_privilege_escalation is False
         assert base.security_context.capabilities.drop == ["ALL"]
+
+
+# ---- change-driven: reuse and asset events --------------------------------------------------------
+
+
+class PlannedRun:
+    """`ti` of a run whose elt found some later steps made already."""
+
+    def __init__(self, plan):
+        self.line = json.dumps({"run_id": "elt-run", "data_sha256": "a" * 64, "plan": plan})
+
+    def xcom_pull(self, task_ids, **_):
+        assert task_ids == "elt"
+        return self.line
+
+
+@pytest.mark.parametrize("runner", ["docker", "local"])
+def test_a_step_elt_found_made_already_is_handed_on_without_starting_anything(load_dag, monkeypatch, runner):
+    from airflow.providers.docker.operators.docker import DockerOperator
+    from airflow.providers.standard.operators.bash import BashOperator
+
+    started = []
+    monkeypatch.setattr(DockerOperator, "execute", lambda self, context: started.append(self))
+    monkeypatch.setattr(BashOperator, "execute", lambda self, context: started.append(self))
+    made = {"run_id": "train-run", "model_uri": "models:/m-1", "reused": True}
+    dag = load_dag(TAGIFAI_RUNNER=runner)
+    assert json.loads(dag.get_task("train").execute({"ti": PlannedRun({"train": made})})) == made
+    assert started == []
+    # A step the plan does not name runs.
+    dag.get_task("evaluate").execute({"ti": PlannedRun({"train": made})})
+    assert len(started) == 1
+
+
+@pytest.mark.parametrize(
+    ("register", "emits"),
+    [
+        ({"promoted": True, "version": "3", "test_f1": 0.85}, True),  # champion moved: an event
+        ({"promoted": False, "version": "3", "reason": "below the minimum"}, False),  # not promoted
+        ({"promoted": True, "version": "3", "reused": True}, False),  # made already: it moved nothing now
+    ],
+)
+def test_the_champion_event_is_emitted_only_when_champion_moved(load_dag, register, emits):
+    from collections import defaultdict
+
+    from airflow.sdk.exceptions import AirflowSkipException
+    from tagifai_assets import CHAMPION
+
+    task = load_dag().get_task("publish_champion")
+    line = json.dumps({"run_id": "register-run", "model_name": "tagifai", **register})
+    events = defaultdict(lambda: type("Event", (), {"extra": None})())
+    context = {"outlet_events": events, "run_id": "manual__1"}
+    assert [a.name for a in task.outlets] == ["tagifai_champion"]
+    if emits:
+        task.python_callable(line, **context)
+        assert events[CHAMPION].extra == {
+            "model_name": "tagifai",
+            "version": "3",
+            "test_f1": 0.85,
+            "pipeline_run_id": "manual__1",
+            "register_run_id": "register-run",
+        }
+    else:
+        with pytest.raises(AirflowSkipException, match="champion did not move"):
+            task.python_callable(line, **context)
+
+
+def test_the_watcher_looks_at_each_source_on_the_configured_interval(parse_dags, tmp_path):
+    override = tmp_path / "watch.toml"
+    override.write_text("[watch]\ninterval_seconds = 20\n")
+    bag = parse_dags(TAGIFAI_CONFIG=str(override), TAGIFAI_PROJECTS_URL="/srv/data/projects.csv")
+    dag = bag.dags["tagifai_watch"]
+    assert dag.timetable.delta == timedelta(seconds=20)
+    assert sorted(dag.task_ids) == ["watch_projects", "watch_tags"]
+    [projects] = dag.get_task("watch_projects").outlets
+    assert (projects.name, projects.uri) == ("tagifai_projects", "file:///srv/data/projects.csv")
+    assert dag.catchup is False and dag.max_active_runs == 1

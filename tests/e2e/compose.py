@@ -25,6 +25,8 @@ from tests import synthetic
 from tests.harness import REPO, docker_ok, free_port, require, world_readable
 
 PROJECT = "tagifai-e2e"
+# How often the test stack's tagifai_watch looks at the data.
+WATCH_SECONDS = 60
 SCREENSHOTS = REPO / "build" / "screenshots"
 
 
@@ -120,6 +122,9 @@ def running_stack(root: Path) -> Iterator[Stack]:
         projects, tags = (Path(shutil.copy(real / name, data / name)) for name in ("projects.csv", "tags.csv"))
     else:  # enough rows per tag for the default min_freq of 75
         projects, tags = synthetic.write_dataset(data, per_tag=90)
+    # The deployer's settings over the defaults: the watcher looks every minute, not every 15.
+    override = data / "stack.toml"
+    override.write_text(f"[watch]\ninterval_seconds = {WATCH_SECONDS}\n", encoding="utf-8")
     world_readable(data)
     env_file = root / "e2e.env"
     overrides = {
@@ -129,6 +134,7 @@ def running_stack(root: Path) -> Iterator[Stack]:
         "TAGIFAI_DOCKER_NETWORK": PROJECT,
         "TAGIFAI_PROJECTS_URL": str(projects),
         "TAGIFAI_TAGS_URL": str(tags),
+        "TAGIFAI_CONFIG": str(override),
         "PYTHON_IMAGE": os.environ.get("PYTHON_IMAGE", ""),
         "POSTGRES_IMAGE": os.environ.get("POSTGRES_IMAGE", ""),
     }

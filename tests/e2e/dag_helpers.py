@@ -99,14 +99,16 @@ def airflow_env(home: Path, extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def dags_test(home: Path, conf: Mapping[str, object], extra_env: Mapping[str, str], timeout: float = 1500) -> DagRun:
-    """Run `airflow dags test tagifai_training -c CONF`; return its output and the task states."""
+def dags_test(
+    home: Path, conf: Mapping[str, object], extra_env: Mapping[str, str], timeout: float = 1500, dag_id: str = DAG_ID
+) -> DagRun:
+    """Run `airflow dags test <dag_id> -c CONF`; return its output and the task states."""
     require(AIRFLOW.exists(), f"Airflow venv not found at {harness.AIRFLOW_VENV} (make airflow-install)")
     env = airflow_env(home, extra_env)
     subprocess.run([AIRFLOW, "db", "migrate"], env=env, check=True, capture_output=True)
     start = time.monotonic()
     proc = subprocess.run(
-        [AIRFLOW, "dags", "test", DAG_ID, "-c", json.dumps(conf)],
+        [AIRFLOW, "dags", "test", dag_id, "-c", json.dumps(conf)],
         env=env,
         capture_output=True,
         text=True,
@@ -115,7 +117,7 @@ def dags_test(home: Path, conf: Mapping[str, object], extra_env: Mapping[str, st
     seconds = time.monotonic() - start
     output = proc.stdout + proc.stderr
     (home / "dags-test.log").write_text(output, encoding="utf-8")
-    run_id, rows = task_instances(env)
+    run_id, rows = task_instances(env, dag_id)
     states = {instance_name(row): row["state"] or None for row in rows}
     return DagRun(proc.returncode, output, run_id, states, seconds, durations(rows))
 
@@ -142,16 +144,16 @@ def durations(rows: list[dict]) -> dict[str, float]:
     }
 
 
-def task_instances(env: Mapping[str, str]) -> tuple[str | None, list[dict]]:
+def task_instances(env: Mapping[str, str], dag_id: str = DAG_ID) -> tuple[str | None, list[dict]]:
     """Return the id of the DAG's latest run and its task instances as `airflow tasks states-for-dag-run` shows them."""
     runs = subprocess.run(
-        [AIRFLOW, "dags", "list-runs", DAG_ID, "-o", "json"], env=env, check=True, capture_output=True, text=True
+        [AIRFLOW, "dags", "list-runs", dag_id, "-o", "json"], env=env, check=True, capture_output=True, text=True
     ).stdout
     run_ids = [run["run_id"] for run in json.loads(_json_part(runs))]
     if not run_ids:
         return None, {}
     states = subprocess.run(
-        [AIRFLOW, "tasks", "states-for-dag-run", DAG_ID, run_ids[0], "-o", "json"],
+        [AIRFLOW, "tasks", "states-for-dag-run", dag_id, run_ids[0], "-o", "json"],
         env=env,
         check=True,
         capture_output=True,

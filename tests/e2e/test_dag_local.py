@@ -52,7 +52,8 @@ def test_local_dag_run_trains_and_promotes_a_champion(tmp_path):
     run, tracking_uri = local_run(tmp_path, projects, tags)
     assert run.returncode == 0, run.output[-5000:]
     assert run.states == dict.fromkeys(
-        ["elt", "validate", "optimize_workers", "optimize[0]", "optimize[1]", "train", "evaluate", "register"],
+        ["elt", "validate", "optimize_workers", "optimize[0]", "optimize[1]", "train", "evaluate", "register"]
+        + ["publish_champion"],  # the first model: promoted, so the champion event is emitted
         "success",
     )
     best = champion(tracking_uri)
@@ -96,6 +97,7 @@ def test_local_dag_run_stops_at_validate_on_duplicate_ids(tmp_path):
         "train": "upstream_failed",
         "evaluate": "upstream_failed",
         "register": "upstream_failed",
+        "publish_champion": "upstream_failed",
     }
     assert champion(tracking_uri) is None
     # The task log names the failed check.
@@ -119,4 +121,24 @@ def test_a_run_without_params_follows_the_deployers_config(tmp_path):
     assert optimize["metrics"]["trials"] == 2
     assert register["tags"]["promoted"] == "false"
     assert "below the minimum 0.9900" in register["tags"]["promotion"]
+    assert run.states["publish_champion"] == "skipped"  # no promotion, no champion event
     assert champion(env["MLFLOW_TRACKING_URI"]) is None
+
+
+def test_the_watcher_emits_an_event_only_when_a_source_changed(tmp_path):
+    projects, tags = synthetic.write_dataset(tmp_path / "data")
+    env = local_env(tmp_path) | {"TAGIFAI_PROJECTS_URL": str(projects), "TAGIFAI_TAGS_URL": str(tags)}
+    home = tmp_path / "airflow"
+
+    def look() -> dict:
+        run = dags_test(home, conf={}, extra_env=env, dag_id="tagifai_watch", timeout=600)
+        assert run.returncode == 0, run.output[-5000:]
+        return run.states
+
+    # First look: both sources recorded, nothing emitted (skipped).
+    assert look() == {"watch_projects": "skipped", "watch_tags": "skipped"}
+    assert look() == {"watch_projects": "skipped", "watch_tags": "skipped"}  # unchanged
+    with projects.open("a", encoding="utf-8") as f:
+        f.write("9999,2020-03-01 10:00:00,A new project,with a description\n")
+    # The changed source's task succeeds: its asset event starts tagifai_training.
+    assert look() == {"watch_projects": "success", "watch_tags": "skipped"}

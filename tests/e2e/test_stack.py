@@ -24,6 +24,8 @@ def test_dag_run_succeeds_with_each_step_in_its_own_container(stack, first_run):
     run_id, run, seconds, starts = first_run
     assert run["state"] == "success", stack.airflow().task_states(run_id)
     states = stack.airflow().task_states(run_id)
+    # The champion event only if this run moved the champion (the startup run may have promoted first).
+    assert states.pop("publish_champion") in ("success", "skipped")
     assert states == dict.fromkeys(
         ["elt", "validate", "optimize_workers", "optimize[0]", "optimize[1]", "train", "evaluate", "register"],
         "success",

@@ -1,0 +1,36 @@
+"""Watch the training data; when a source changed, emit an event that runs `tagifai_training`.
+
+Every `[watch] interval_seconds` (15 min) one task per source reads it, under the same source policy
+as `elt`, and compares its sha256 with the last one seen. Changed: an event on the source's Asset
+(`tagifai_projects`, `tagifai_tags`; `extra`: source, sha256, previous), and `tagifai_training`
+starts. Unchanged, or seen for the first time: the task is skipped and nothing is emitted.
+
+A small DAG rather than an AssetWatcher: an AssetWatcher's trigger runs in the triggerer, which
+must import it from an installed package (this repo's dags/ is not one) and keeps its state in
+memory, so a restart would re-emit or miss a change; here each look is a task with its log, its
+state is an Airflow Variable, and `airflow dags test tagifai_watch` runs it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import tagifai_config
+from airflow.sdk import DAG
+from tagifai_assets import source_asset, sources, watch
+
+config = tagifai_config.load(tagifai_config.repository_dir())
+
+with DAG(
+    dag_id="tagifai_watch",
+    schedule=timedelta(seconds=config["watch"]["interval_seconds"]),
+    start_date=datetime(2025, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"owner": "tagifai", "retries": 0},
+    doc_md=__doc__,
+    tags=["tagifai", "assets"],
+) as dag:
+    for name, source in sources(config).items():
+        asset = source_asset(name, source)
+        watch.override(task_id=f"watch_{name}", outlets=[asset])(source, asset, config)
