@@ -476,6 +476,16 @@ def _non_global_kind(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> 
     return None
 
 
+_USERINFO = re.compile(r"(?<=://)[^/?#\s]*@")
+
+
+def redact(text: str) -> str:
+    """`text` with the credentials of every URL in it hidden (`https://user:pw@host/…` → `https://***@host/…`)."""
+    if "://" not in text and "@" in text:  # a bare `user:pw@host…`, as a malformed URL may be
+        return "***@" + text.rsplit("@", 1)[1]
+    return _USERINFO.sub("***@", text)
+
+
 def _shown(source: str) -> str:
     """`source` fit for a one-line message: a URL's user info hidden, control characters escaped."""
     if _scheme(source) and "://" in source:

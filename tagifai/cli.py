@@ -365,3 +365,116 @@ def predict(
             for text, row in zip(texts, output.itertuples(), strict=True)
         ],
     }
+
+
+@app.command("predict-batch")
+@command
+def predict_batch(
+    settings: dict,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TAGIFAI_PREDICT_SOURCE",
+            show_default="[predict] source, else the training projects",
+            help="projects CSV (id, title, description) to score: an http(s)/file:// URL or a path.",
+        ),
+    ] = None,
+    model_name: ModelName = None,
+    alias: Annotated[str, typer.Option(help="The alias whose version scores.")] = "champion",
+    experiment_name: Annotated[
+        str | None, typer.Option(show_default="[predict] experiment_name", help="MLflow experiment of the run.")
+    ] = None,
+) -> dict[str, Any]:
+    """Score projects with the champion; upsert them into PostgreSQL (`predictions`), once per version."""
+    from tagifai import registry, steps
+    from tagifai.errors import BadInputError
+
+    database_url = os.environ.get("TAGIFAI_PREDICTIONS_DB")
+    if not database_url:
+        raise BadInputError("set TAGIFAI_PREDICTIONS_DB to the PostgreSQL database of the predictions table")
+    predict = settings["predict"]
+    chosen = source or predict["source"] or data_urls(settings, None, None)[0]
+    experiment = experiment_name or predict["experiment_name"]
+    return steps.predict_batch(
+        settings, chosen, model_name or registry.model_name(settings), alias, experiment, database_url
+    )
+
+
+@app.command()
+def serve(
+    model_name: ModelName = None,
+    alias: Annotated[str | None, typer.Option(show_default="[serve] alias", help="The alias to follow.")] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(show_default="[serve] port")] = None,
+) -> None:
+    """Serve the champion (MLflow's scoring protocol: /invocations, /health, /version), following the alias."""
+    from tagifai import registry, serve
+
+    def run(settings: dict[str, Any]) -> None:
+        options = settings["serve"]
+        name = model_name or registry.model_name(settings)
+        serve.run(name, alias or options["alias"], host, port or options["port"], options["poll_seconds"])
+
+    human(run)
+
+
+@app.command("champion-history")
+def champion_history(model_name: ModelName = None) -> None:
+    """Print every move of `champion`, newest first: from, to, when, by what, and why."""
+    from tagifai import champion, registry
+
+    def show(settings: dict[str, Any]) -> None:
+        for line in champion.history_table(
+            registry.sync_history(settings, model_name or registry.model_name(settings))
+        ):
+            typer.echo(line)
+
+    human(show)
+
+
+@app.command()
+@command
+def rollback(
+    settings: dict,
+    to: Annotated[
+        str | None, typer.Option(help="The version to move champion to.", show_default="the one before")
+    ] = None,
+    reason: Annotated[str | None, typer.Option(help="Why, for the record.")] = None,
+    model_name: ModelName = None,
+) -> dict[str, Any]:
+    """Move `champion` back (re-scored on the current test split), record the move, tell Airflow."""
+    from tagifai import champion, registry
+
+    return champion.rollback(settings, model_name or registry.model_name(settings), to, reason)
+
+
+@app.command()
+def card(
+    model_uri: Annotated[
+        str, typer.Option(help="models:/<name>/<version> or models:/<name>@<alias>.")
+    ] = "models:/tagifai@champion",
+) -> None:
+    """Print a registered version's model card (markdown), as its description in MLflow shows it."""
+    from tagifai import card as cards
+    from tagifai import champion
+
+    def show(settings: dict[str, Any]) -> None:
+        name, version = champion.resolve(model_uri)
+        typer.echo(cards.render(champion.card_of(settings, name, version)), nl=False)
+
+    human(show)
+
+
+def human(action: Callable[[dict[str, Any]], None]) -> None:
+    """Run a command whose output is for people or a server (no JSON line): settings, MLflow, errors in one line."""
+    from tagifai import tracking
+    from tagifai.errors import TagifaiError
+    from tagifai.settings import load_settings
+
+    try:
+        settings = load_settings()
+        tracking.connect(settings)
+        action(settings)
+    except TagifaiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None

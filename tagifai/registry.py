@@ -189,6 +189,7 @@ def apply(client: MlflowClient, name: str, version: str, decision: dict[str, Any
     if decision["promote"]:
         client.set_registered_model_alias(name, CHAMPION, version)
     client.set_model_version_tag(name, version, "promotion", decision["reason"])
+    client.set_model_version_tag(name, version, "promoted", str(decision["promote"]).lower())
 
 
 def log_decision(

@@ -10,14 +10,11 @@ that person can. Every fetch stops at `[data] max_bytes` and `[data] fetch_deadl
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 import tagifai_sources
 
 from tagifai.errors import BadInputError, TagifaiError
-
-_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
 
 
 def policy(settings: dict[str, Any]) -> tagifai_sources.SourcePolicy:
@@ -47,6 +44,4 @@ def fetch(source: str, settings: dict[str, Any]) -> bytes:
         raise (TagifaiError if exc.transient else BadInputError)(str(exc)) from exc
 
 
-def redact(url: str) -> str:
-    """`url` without the credentials it may carry (`https://user:pw@host/…` → `https://***@host/…`)."""
-    return _USERINFO.sub("***@", url)
+redact = tagifai_sources.redact

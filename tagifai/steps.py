@@ -16,7 +16,8 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 import tagifai
-from tagifai import data, registry, reuse, sources, tracking, tuning
+from tagifai import champion as champion_cards
+from tagifai import data, predictions, registry, reuse, sources, tracking, tuning
 from tagifai import evaluate as evaluation
 from tagifai import model as models
 from tagifai import train as training
@@ -374,6 +375,8 @@ def register(
             registry.record_move(settings, model_name, previous, version.version, "promote", by, judged["reason"])
         mlflow.log_param("model_name", model_name)
         registry.log_decision(judged, version.version, previous, gate)
+        if not judged["stale"]:  # the version's description: its model card, with the gate's decision
+            champion_cards.write_card(settings, model_name, str(version.version))
         outcome = "champion" if judged["promote"] else "not promoted"
         log.info("register: %s v%s: %s -> %s", model_name, version.version, judged["reason"], outcome)
         return tracking.record_output(
@@ -400,3 +403,45 @@ def reusable_register(experiment: str, key: str, model_name: str) -> dict[str, A
     if champion is not None and int(found["version"]) < int(champion.version):
         return None  # the champion moved on since: judge this old version again (it will not move back)
     return found
+
+
+def predict_batch(
+    settings: dict[str, Any], source: str, model_name: str, alias: str, experiment_name: str, database_url: str
+) -> dict[str, Any]:
+    """Score a CSV of projects with the version holding `alias`; upsert them into PostgreSQL's `predictions`.
+
+    Idempotent per (project id, model version): scoring the same projects with the same version again
+    adds no row. Also logs the predictions file and the count of each tag to MLflow.
+    """
+    client = MlflowClient()
+    version = registry.version_by_alias(client, model_name, alias)
+    if version is None:
+        raise TagifaiError(f"{model_name} has no @{alias} to score with yet")
+    projects = data.parse_csv(sources.fetch(source, settings), f"projects ({sources.redact(source)})", ("id", "title"))
+    model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version.version}")
+    scored = predictions.score(model, projects)
+    with tracking.step_run("predict-batch", tracking.experiment_id(experiment_name)) as run:
+        written = predictions.upsert(
+            database_url, scored, int(version.version), run.data.tags[tracking.PIPELINE_TAG], now_utc()
+        )
+        counts = predictions.counts(scored)
+        mlflow.log_params(
+            {"source": sources.redact(source), "model_name": model_name, "model_version": version.version}
+        )
+        mlflow.log_metrics({"rows": len(scored), **written, **{f"tag_{tag}": n for tag, n in counts.items()}})
+        tracking.log_bytes(data.to_csv_bytes(scored), "predictions/predictions.csv")
+        log.info("predict-batch: %d projects scored by %s v%s: %s", len(scored), model_name, version.version, counts)
+        return {
+            "run_id": run.info.run_id,
+            "model_version": str(version.version),
+            "rows": len(scored),
+            **written,
+            "counts": counts,
+        }
+
+
+def now_utc() -> Any:
+    """The time now, in UTC."""
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)

@@ -1,0 +1,55 @@
+"""The champion in use: its history after two promotions and a rollback, and each version's model card."""
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.harness import Cli
+
+
+@pytest.fixture(scope="module")
+def moves(module_cli: Cli) -> dict:
+    """Two promotions (a pipeline, then the same pipeline forced: a new version), then a rollback."""
+    args = ("pipeline", "--num-trials", "1", "--experiment-name", "champion")
+    _, first, _ = module_cli(*args)
+    _, second, _ = module_cli(*args, "--force")
+    _, back, _ = module_cli("rollback", "--reason", "v2 misbehaves in production")
+    history = module_cli.start("champion-history").communicate(timeout=300)[0]
+    return {"first": first, "second": second, "back": back, "history": history}
+
+
+def test_rollback_moves_champion_to_the_version_before_after_re_scoring_it(moves, module_cli):
+    assert (moves["first"]["version"], moves["second"]["version"]) == ("1", "2")
+    assert moves["second"]["promoted"] is True
+    back = moves["back"]
+    assert (back["from_version"], back["version"]) == ("2", "1")
+    assert 0 < back["test_f1"] <= 1 and "re-scored test f1" in back["reason"]
+    assert back["announced"] is False  # no Airflow here: serving follows the alias anyway
+    client = MlflowClient(module_cli.env["MLFLOW_TRACKING_URI"])
+    assert str(client.get_model_version_by_alias("tagifai", "champion").version) == "1"
+
+
+def test_champion_history_lists_every_move_with_its_reason(moves):
+    lines = moves["history"].strip().splitlines()
+    header, *rows = lines
+    assert header.split()[:6] == ["when", "(UTC)", "from", "to", "action", "by"]
+    assert len(rows) == 3  # newest first: the rollback, then the two promotions
+    assert rows[0].split()[2:5] == ["v2", "v1", "rollback"] and "v2 misbehaves in production" in rows[0]
+    assert rows[1].split()[2:5] == ["v1", "v2", "promote"] and moves["second"]["pipeline_run_id"] in rows[1]
+    assert rows[2].split()[2:5] == ["-", "v1", "promote"] and "no champion yet" in rows[2]
+
+
+def test_every_version_describes_itself_with_its_model_card(moves, module_cli):
+    client = MlflowClient(module_cli.env["MLFLOW_TRACKING_URI"])
+    description = client.get_model_version("tagifai", "2").description
+    printed = module_cli.start("card", "--model-uri", "models:/tagifai/2").communicate(timeout=300)[0]
+    assert printed == description
+    for section in ("## Intended use", "## Data", "## Metrics", "## Parameters", "## Known weaknesses", "## Runs"):
+        assert section in description
+    assert f"{moves['second']['test_f1']:.4f}" in description
+
+
+def test_rollback_refuses_what_it_cannot_do(moves, module_cli):
+    code, _, err = module_cli("rollback", "--to", "1", check=False)
+    assert code == 3 and "v1 is the champion already" in err
+    code, _, err = module_cli("rollback", "--to", "99", check=False)
+    assert code == 3 and "has no version 99" in err
