@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import sys
 import time
 import traceback
@@ -23,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import quality
+from benchmarks import serving as serving_section
 from tests import harness
 
 RESULTS = Path(__file__).with_name("results.json")
-SECTIONS = ("quality", "pipeline", "images")
+SECTIONS = ("quality", "pipeline", "serving", "images")
 GB = 1e9
 # The issue's targets: (name, figure, bound, at most?)
 TARGETS = {
@@ -34,6 +36,9 @@ TARGETS = {
     "rebuild_seconds": ("code-only rebuild of the tagifai image (s)", 15.0, True),
     "tagifai_image_gb": ("tagifai image (GB)", 1.5, True),
     "two_worker_speedup": ("trials per minute, 2 workers / 1 worker", 1.6, False),
+    "reuse_ratio_docker": ("second DAG run on the same data / first (docker)", 0.2, True),
+    "serving_p99_ms": ("tagifai serve p99, 1 row, 10 connections (ms)", 50.0, True),
+    "serving_vs_mlflow": ("tagifai serve / mlflow models serve, req/s (worst)", 1.0, False),
 }
 
 
@@ -41,6 +46,8 @@ def missing_services(section: str) -> str | None:
     """Why `section` cannot run here, or None."""
     if section in ("pipeline", "images") and not harness.docker_ok("info"):
         return "no Docker engine"
+    if section == "serving" and not shutil.which("wrk"):
+        return "no wrk (apt-get install wrk)"
     if section == "pipeline":
         if harness.postgres_bin() is None:
             return "no PostgreSQL server binaries (apt-get install postgresql)"
@@ -56,6 +63,12 @@ def figures(results: dict[str, Any]) -> dict[str, float]:
         out["docker_vs_inprocess"] = wall["seconds"]["docker"] / wall["seconds"]["inprocess"]
     if tuning := results.get("pipeline", {}).get("throughput"):
         out["two_worker_speedup"] = tuning["speedup"]
+    if reuse := results.get("pipeline", {}).get("reuse"):
+        out["reuse_ratio_docker"] = reuse["ratio"]["docker"]
+    if serving := results.get("serving"):
+        ours, theirs = (serving["servers"][name] for name in ("tagifai serve", "mlflow models serve"))
+        out["serving_p99_ms"] = ours["1"]["p99_ms"]
+        out["serving_vs_mlflow"] = min(ours[n]["requests_per_second"] / theirs[n]["requests_per_second"] for n in ours)
     if images := results.get("images"):
         out["rebuild_seconds"] = images["rebuild_seconds"]
         if images["bytes"]["tagifai"]:
@@ -86,14 +99,23 @@ def report(results: dict[str, Any]) -> list[str]:
         per_task = ", ".join(f"{k} {v:+.1f}" for k, v in wall["container_overhead_seconds"].items())
         lines.append(f"  {'container overhead per task (docker - local, mean)':<58} {overhead:>7.1f}")
         lines.append(f"    ({per_task})")
+    if reuse := results.get("pipeline", {}).get("reuse"):
+        lines += ["", "   The same run again, on the same data (every step reused)     seconds   vs its first run"]
+        for key, name in (
+            ("inprocess", "tagifai pipeline (in-process)"),
+            ("docker", "airflow dags test, docker runner"),
+        ):
+            lines.append(f"  {name:<58} {reuse['seconds'][key]:>7.1f}   {reuse['ratio'][key]:>5.2f}x")
     if tuning := results.get("pipeline", {}).get("throughput"):
         lines += ["", f"3. Tuning throughput ({tuning['num_trials']} trials, no pruning)       trials/min   wall s"]
         for workers, row in tuning["workers"].items():
             label = f"{workers} worker{'s' if workers != '1' else ''}"
             lines.append(f"  {label:<50} {row['trials_per_minute']:>10.1f} {row['wall_seconds']:>8.1f}")
         lines.append(f"  {'speedup':<50} {tuning['speedup']:>9.2f}x")
+    if serving := results.get("serving"):
+        lines += ["", "4. Serving the champion (wrk, 2 threads)", *serving_section.table(serving)]
     if images := results.get("images"):
-        lines += ["", "4. Images                                                   size"]
+        lines += ["", "5. Images                                                   size"]
         for name, size in images["bytes"].items():
             shown = f"{size / GB:.2f} GB" if size else "not built"
             lines.append(f"  {name:<58} {shown:>9}")
@@ -123,6 +145,8 @@ def measure(section: str, projects: str, tags: str, trials: int, image: str) -> 
         from benchmarks import pipeline
 
         return pipeline.measure(projects, tags, trials, image)
+    if section == "serving":
+        return serving_section.measure_trained(projects, tags)
     if section == "images":
         from benchmarks import images
 

@@ -56,6 +56,8 @@ OPTUNA_STORAGE_ENV = "TAGIFAI_OPTUNA_STORAGE"
 # never stored with the DAG).
 SECRET_ENV = (
     OPTUNA_STORAGE_ENV,
+    # The PostgreSQL database of the `predictions` table (`tagifai predict-batch`).
+    "TAGIFAI_PREDICTIONS_DB",
     "MLFLOW_TRACKING_USERNAME",
     "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_TRACKING_TOKEN",

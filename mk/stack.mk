@@ -9,11 +9,11 @@
 STACK_ENV ?= .env
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose) \
 	--env-file $(STACK_ENV)
-STACK_SERVICES := postgres mlflow airflow-apiserver airflow-scheduler airflow-dag-processor airflow-triggerer
+STACK_SERVICES := postgres mlflow airflow-apiserver airflow-scheduler airflow-dag-processor airflow-triggerer serve
 # The DAGs `make up` unpauses (new DAGs start paused): training, and the watcher that starts it on new data.
-STACK_DAGS ?= tagifai_training tagifai_watch
+STACK_DAGS ?= tagifai_training tagifai_watch tagifai_batch_predictions
 
-.PHONY: up down clean logs train dags-test-stack mlflow-user
+.PHONY: up down clean logs train dags-test-stack mlflow-user rollback champion-history card
 
 $(STACK_ENV):
 	python3 scripts/stack.py env --to $@ --set PYTHON_IMAGE=$(PYTHON_IMAGE) --set POSTGRES_IMAGE=$(POSTGRES_IMAGE)
@@ -33,6 +33,7 @@ up: $(STACK_ENV) ## Start the stack (Airflow UI :8080, MLflow UI :5000); writes 
 	done
 	@. $(abspath $(STACK_ENV)); echo; \
 	echo "  Airflow  http://127.0.0.1:$${AIRFLOW_PORT:-8080}   login: $${AIRFLOW_ADMIN_USER:-admin} / $$AIRFLOW_ADMIN_PASSWORD"; \
+	echo "  Serving  http://127.0.0.1:$${SERVE_PORT:-5001}/invocations   (the champion; /health, /version)"; \
 	echo "  MLflow   http://127.0.0.1:$${MLFLOW_PORT:-5000}   login: $${MLFLOW_VIEWER_USERNAME:-viewer} / $$MLFLOW_VIEWER_PASSWORD (read-only)"; \
 	echo "                                  admin: $${MLFLOW_ADMIN_USERNAME:-admin} / $$MLFLOW_ADMIN_PASSWORD"; \
 	echo "  DAGs unpaused: $(STACK_DAGS). tagifai_training runs daily and when tagifai_watch sees the data"; \
@@ -40,6 +41,15 @@ up: $(STACK_ENV) ## Start the stack (Airflow UI :8080, MLflow UI :5000); writes 
 
 train: $(STACK_ENV) ## Run tagifai_training in the stack now (REST API), wait, fail if it fails (CONF='{...}')
 	python3 scripts/stack.py trigger --conf '$(CONF)' --env-file $(STACK_ENV)
+
+rollback: $(STACK_ENV) ## Move champion back to the version before (TO=3: to version 3; REASON='...'), recorded and announced
+	$(COMPOSE) --profile tools run --rm --no-deps tagifai rollback $(if $(TO),--to '$(TO)') $(if $(REASON),--reason '$(REASON)')
+
+champion-history: $(STACK_ENV) ## Print every move of champion: from, to, when, by what, why
+	@$(COMPOSE) --profile tools run --rm --no-deps tagifai champion-history
+
+card: $(STACK_ENV) ## Print a version's model card (VERSION=3; default: the champion)
+	@$(COMPOSE) --profile tools run --rm --no-deps tagifai card --model-uri 'models:/tagifai$(if $(VERSION),/$(VERSION),@champion)'
 
 mlflow-user: $(STACK_ENV) ## Add a read-only MLflow login to the stack: make mlflow-user NAME=alice (prints its password)
 	@test -n "$(NAME)" || { echo "usage: make mlflow-user NAME=alice" >&2; exit 2; }
@@ -49,10 +59,10 @@ dags-test-stack: $(STACK_ENV) ## airflow dags test tagifai_training inside the s
 	$(COMPOSE) exec -T airflow-scheduler airflow dags test tagifai_training -c '$(CONF)'
 
 down: ## Stop the stack; runs, models and Airflow history stay in the volumes
-	$(COMPOSE) --profile celery down --remove-orphans
+	$(COMPOSE) --profile celery --profile tools down --remove-orphans
 
 clean: ## Stop the stack and delete its volumes (all runs, models, Airflow history)
-	$(COMPOSE) --profile celery down --volumes --remove-orphans
+	$(COMPOSE) --profile celery --profile tools down --volumes --remove-orphans
 
 logs: ## Follow the stack's logs
 	$(COMPOSE) --profile celery logs --follow --tail=100

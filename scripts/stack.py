@@ -32,6 +32,7 @@ SECRETS = (
     "AIRFLOW_DB_PASSWORD",
     "MLFLOW_DB_PASSWORD",
     "OPTUNA_DB_PASSWORD",
+    "TAGIFAI_DB_PASSWORD",
     "AIRFLOW_ADMIN_PASSWORD",
     "AIRFLOW_JWT_SECRET",
     "AIRFLOW_SECRET_KEY",
@@ -236,8 +237,15 @@ class Airflow:
             f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.request.quote(run_id, safe='')}/taskInstances/{task_id}"
             f"/logs/{try_number}?full_content=true"
         )
-        content = self.request("GET", path).get("content", [])
-        return "\n".join(line.get("event", "") if isinstance(line, dict) else str(line) for line in content)
+        lines = []
+        for entry in self.request("GET", path).get("content", []):
+            if not isinstance(entry, dict):
+                lines.append(str(entry))
+                continue
+            lines.append(entry.get("event", ""))
+            # An exception's type and message, as the UI shows them under its log line.
+            lines += [f"{e.get('exc_type')}: {e.get('exc_value')}" for e in entry.get("error_detail") or []]
+        return "\n".join(lines)
 
     def task_states(self, run_id: str) -> dict[str, str]:
         """State of each task instance of a run."""

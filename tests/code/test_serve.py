@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from io import StringIO
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -639,12 +640,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_module_entry_point_serves_and_stops_gracefully_on_sigterm(store, name):
+def test_tagifai_serve_serves_and_stops_gracefully_on_sigterm(store, name):
     version = register(name, store["models"]["v2"])
     MlflowClient().set_registered_model_alias(name, "champion", version)
     port = free_port()
-    command = [sys.executable, "-m", "tagifai.serve", "--model-name", name, "--port", str(port), "--poll-seconds", "1"]
-    process = subprocess.Popen(command, cwd=store["root"], env=os.environ.copy(), stderr=subprocess.PIPE, text=True)
+    command = [str(Path(sys.executable).with_name("tagifai")), "serve", "--model-name", name, "--port", str(port)]
+    env = {**os.environ, "TAGIFAI_CONFIG_TOML": "[serve]\npoll_seconds = 1\n"}
+    process = subprocess.Popen(command, cwd=store["root"], env=env, stderr=subprocess.PIPE, text=True)
     try:
         server = type("Remote", (), {"url": f"http://127.0.0.1:{port}"})()
 

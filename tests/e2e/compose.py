@@ -25,8 +25,9 @@ from tests import synthetic
 from tests.harness import REPO, docker_ok, free_port, require, world_readable
 
 PROJECT = "tagifai-e2e"
-# How often the test stack's tagifai_watch looks at the data.
+# How often the test stack's tagifai_watch looks at the data, and its server at the champion alias.
 WATCH_SECONDS = 60
+SERVE_POLL_SECONDS = 2
 SCREENSHOTS = REPO / "build" / "screenshots"
 
 
@@ -60,6 +61,7 @@ class Stack:
         self.env = stack_script.read_env(env_file)
         self.airflow_url = f"http://127.0.0.1:{self.env['AIRFLOW_PORT']}"
         self.mlflow_url = f"http://127.0.0.1:{self.env['MLFLOW_PORT']}"
+        self.serve_url = f"http://127.0.0.1:{self.env['SERVE_PORT']}"
 
     def airflow(self) -> stack_script.Airflow:
         """A logged-in Airflow REST client."""
@@ -95,6 +97,21 @@ class Stack:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.read()
 
+    def serve(self, path: str, body: dict | None = None) -> dict:
+        """A request to the stack's `tagifai serve` (POST with a body)."""
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"{self.serve_url}{path}", data=data, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def psql(self, query: str) -> str:
+        """A query to the stack's `tagifai` database, as a user would run it (README), unaligned output."""
+        proc = self.compose("exec", "-T", "postgres", "psql", "-U", "tagifai", "-d", "tagifai", "-At", "-c", query)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
     def secrets(self) -> dict[str, str]:
         """The stack's secrets, as its settings file holds them."""
         return {key: self.env[key] for key in (*stack_script.SECRETS, "AIRFLOW_FERNET_KEY") if self.env.get(key)}
@@ -124,13 +141,16 @@ def running_stack(root: Path) -> Iterator[Stack]:
         projects, tags = synthetic.write_dataset(data, per_tag=90)
     # The deployer's settings over the defaults: the watcher looks every minute, not every 15.
     override = data / "stack.toml"
-    override.write_text(f"[watch]\ninterval_seconds = {WATCH_SECONDS}\n", encoding="utf-8")
+    override.write_text(
+        f"[watch]\ninterval_seconds = {WATCH_SECONDS}\n[serve]\npoll_seconds = {SERVE_POLL_SECONDS}\n", encoding="utf-8"
+    )
     world_readable(data)
     env_file = root / "e2e.env"
     overrides = {
         "COMPOSE_PROJECT_NAME": PROJECT,
         "AIRFLOW_PORT": str(free_port()),
         "MLFLOW_PORT": str(free_port()),
+        "SERVE_PORT": str(free_port()),
         "TAGIFAI_DOCKER_NETWORK": PROJECT,
         "TAGIFAI_PROJECTS_URL": str(projects),
         "TAGIFAI_TAGS_URL": str(tags),

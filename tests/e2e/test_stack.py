@@ -110,6 +110,15 @@ def test_mlflow_ui_shows_the_model(stack, first_run, browser):
     browser.save_screenshot(str(SCREENSHOTS / "mlflow-model.png"))
 
 
+def test_mlflow_ui_shows_the_model_card_on_the_version_page(stack, first_run, browser):
+    version = stack.mlflow("registered-models/alias", name="tagifai", alias="champion")["model_version"]["version"]
+    browser.get(f"{stack.mlflow_url}/#/models/tagifai/versions/{version}")
+    body = wait_for_text(browser, "Intended use", "Known weaknesses", "Metrics", timeout=90)
+    assert "Behavioral tests: pass rate" in body
+    time.sleep(2)
+    browser.save_screenshot(str(SCREENSHOTS / "mlflow-model-card.png"))
+
+
 def test_run_survives_an_mlflow_restart_and_a_killed_task(stack, first_run):
     """Restart MLflow during `optimize`, kill the `train` container: retries carry the run to success."""
     client = stack.airflow()

@@ -1,0 +1,60 @@
+"""Score projects with the champion: whenever it moves, and daily.
+
+One step, `predict-batch` (the `tagifai` command of the same name, in the same image, with the same
+runners as training): it scores the CSV of projects `source` (`[predict] source`, else the training
+projects; read under the same source policy as the training data) with the version holding
+`champion`, and upserts `(id, tag, probability, model_version, pipeline_run_id, scored_at)` into the
+PostgreSQL table `predictions` (`TAGIFAI_PREDICTIONS_DB`, handed to the step privately), once per
+project and model version. It also logs the predictions file and the count of each tag to MLflow.
+
+It runs on an event of the `tagifai_champion` Asset (a promotion in `tagifai_training`, or
+`tagifai rollback`), and daily. A move made in the MLflow UI is scored at the next daily run.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+
+import tagifai_config
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
+from tagifai_assets import CHAMPION
+from tagifai_runners import USER_DEFINED_FILTERS, RunnerSettings, data_url, tagifai_step
+
+config = tagifai_config.load(tagifai_config.repository_dir())
+settings = RunnerSettings.from_env(config=config)
+default_source = config["predict"]["source"] or os.environ.get("TAGIFAI_PROJECTS_URL") or config["data"]["projects_url"]
+
+with DAG(
+    dag_id="tagifai_batch_predictions",
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("@daily", timezone="UTC"), assets=CHAMPION),
+    start_date=datetime(2025, 1, 1, tzinfo=UTC),
+    catchup=False,
+    max_active_runs=1,
+    dagrun_timeout=timedelta(minutes=config["limits"]["run_minutes"]),
+    default_args={
+        "owner": "tagifai",
+        "retries": settings.retries,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=30),
+    },
+    params={
+        "source": Param(
+            data_url(os.environ.get("TAGIFAI_PREDICT_SOURCE"), default_source),
+            type="string",
+            description="projects CSV (id, title, description) to score: an allowed http(s) URL, or a file in one of "
+            "the deployment's data folders.",
+        ),
+    },
+    user_defined_filters=USER_DEFINED_FILTERS,
+    doc_md=__doc__,
+    tags=["tagifai", "ml", "predictions"],
+) as dag:
+    tagifai_step(
+        "predict-batch",
+        ["predict-batch", "--source", "{{ params.source }}"],
+        settings,
+        experiment_name=config["predict"]["experiment_name"],
+        data_sources=("{{ params.source }}",),
+    )

@@ -1,0 +1,121 @@
+"""The champion in use, in the running stack: `tagifai serve` answers with it and follows a rollback
+with no failed request; the batch DAG scores the projects into PostgreSQL on the champion event,
+once per version.
+"""
+
+from __future__ import annotations
+
+import csv
+import threading
+import time
+import urllib.error
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.compose import SERVE_POLL_SECONDS, make
+from tests.harness import last_json, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.stack, pytest.mark.slow]
+
+PROJECTS = [
+    {"title": "BERT for question answering", "description": "Fine-tune a transformer on SQuAD to answer questions."},
+    {"title": "YOLO object detection", "description": "Real-time detection of objects in images and video."},
+    {"title": "Feature store for ML pipelines", "description": "Serve and monitor features for models in production."},
+]
+TAGS = {"natural-language-processing", "computer-vision", "mlops", "other"}
+
+
+def champion_version(stack) -> str:
+    return stack.mlflow("registered-models/alias", name="tagifai", alias="champion")["model_version"]["version"]
+
+
+def test_the_served_champion_tags_real_projects(stack, first_run):
+    wait_for(lambda: stack.serve("/version")["model_version"] == champion_version(stack), "serve follows champion", 120)
+    predictions = stack.serve("/invocations", {"dataframe_records": PROJECTS})["predictions"]
+    assert len(predictions) == 3
+    assert all(p["tag"] in TAGS and 0 < p["probability"] <= 1 for p in predictions)
+    assert predictions[1]["tag"] == "computer-vision"
+    version = stack.serve("/version")
+    assert {"model_version", "test_f1", "data_sha256", "pipeline_run_id"} <= set(version)
+    assert stack.serve("/health")["status"] == "ok"
+
+
+@pytest.fixture(scope="module")
+def rollback(stack, first_run):
+    """`make rollback` while a client sends requests; what the client and /version saw."""
+    before = champion_version(stack)
+    seen: dict[str, list] = {"errors": [], "ok": []}
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                stack.serve("/invocations", {"dataframe_records": PROJECTS[:1]})
+                seen["ok"].append(time.monotonic())
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                seen["errors"].append(repr(exc))
+
+    sender = threading.Thread(target=client, daemon=True)
+    sender.start()
+    moved = make("rollback", env_file=stack.env_file, timeout=600)
+    done = time.monotonic()
+    out = last_json(moved.stdout)
+    wait_for(lambda: stack.serve("/version")["model_version"] == out["version"], "serve follows the rollback", 60)
+    swapped = time.monotonic() - done
+    time.sleep(2)  # requests after the swap, too
+    stop.set()
+    sender.join(timeout=30)
+    return {"before": before, "out": out, "swapped": swapped, "seen": seen, "done": done}
+
+
+def test_rollback_swaps_the_served_model_with_no_failed_request(rollback, stack):
+    out = rollback["out"]
+    assert out["from_version"] == rollback["before"] and out["version"] != rollback["before"]
+    assert out["announced"] is True  # the champion event went to Airflow
+    assert champion_version(stack) == out["version"]
+    print(f"serve swapped to v{out['version']} {rollback['swapped']:.1f}s after the rollback")
+    assert rollback["swapped"] <= SERVE_POLL_SECONDS + 15  # a poll, plus loading the model
+    assert rollback["seen"]["errors"] == []
+    assert len(rollback["seen"]["ok"]) > 20 and rollback["seen"]["ok"][-1] > rollback["done"]
+
+
+def test_the_batch_dag_scores_every_project_once_per_version_after_the_champion_event(rollback, stack):
+    client = stack.airflow()
+    version = rollback["out"]["version"]
+
+    def scored_after_rollback() -> list[dict]:
+        runs = client.runs("tagifai_batch_predictions")
+        return [r for r in runs if r["run_type"] == "asset_triggered" and r["state"] in ("success", "failed")]
+
+    deadline = time.monotonic() + 600
+    while not [
+        r
+        for r in scored_after_rollback()
+        if stack.psql(f"select count(*) from predictions where model_version = {version}") != "0"
+    ]:
+        assert time.monotonic() < deadline, (
+            f"no batch run scored v{version}: {client.runs('tagifai_batch_predictions')[:3]}"
+        )
+        time.sleep(5)
+    with Path(stack.env["TAGIFAI_PROJECTS_URL"]).open(newline="", encoding="utf-8") as f:
+        projects = len(list(csv.DictReader(f)))
+    counted = f"select count(*), count(distinct id) from predictions where model_version = {version}"
+    assert stack.psql(counted) == f"{projects}|{projects}"
+    # A second run with the same champion adds no row.
+    run_id = client.request(
+        "POST", "/api/v2/dags/tagifai_batch_predictions/dagRuns", {"logical_date": None, "conf": {}}
+    )["dag_run_id"]
+    deadline = time.monotonic() + 600
+    while (state := client.request("GET", f"/api/v2/dags/tagifai_batch_predictions/dagRuns/{run_id}")["state"]) not in (
+        "success",
+        "failed",
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(5)
+    assert state == "success"
+    assert stack.psql(counted) == f"{projects}|{projects}"
+    columns = stack.psql(
+        "select id, tag, probability, model_version, pipeline_run_id, scored_at from predictions limit 1"
+    )
+    assert len(columns.split("|")) == 6
