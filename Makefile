@@ -3,12 +3,14 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 # Shared by every make file: the two venvs (tagifai's; Airflow's, which never imports tagifai),
-# the base image, and CONF, the DAG params as JSON for `make dags-test` / `make train`.
+# the base images, and CONF, the DAG params as JSON for `make dags-test` / `make train`.
 PYTHON ?= python3
 VENV := .venv
 AIRFLOW_VENV := .venv-airflow
 BIN := $(VENV)/bin
 PYTHON_IMAGE ?= python:3.11-slim-bookworm
+POSTGRES_IMAGE ?= postgres:16
+REDIS_IMAGE ?= redis:7
 CONF ?= {}
 
 -include mk/*.mk

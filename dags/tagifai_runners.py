@@ -372,8 +372,12 @@ def _operator(
         "docker_url": settings.docker_url,
         "network_mode": settings.docker_network,
         "environment": env,
-        # Which pipeline run and step a container belongs to: `docker ps --filter label=...`.
-        "labels": {"org.tagifai.step": task_id, "org.tagifai.pipeline-run-id": "{{ run_id }}"},
+        # Which pipeline run, step and worker copy a container belongs to: `docker ps --filter label=...`.
+        "labels": {
+            "org.tagifai.step": task_id,
+            "org.tagifai.pipeline-run-id": "{{ run_id }}",
+            "org.tagifai.map-index": "{{ ti.map_index }}",
+        },
         "auto_remove": "success",
         "mount_tmp_dir": False,
         # Pull only what is not on the host: local builds (`make image`) are never pulled.
@@ -533,6 +537,14 @@ class TagifaiDockerOperator(StepMixin, DockerOperator):
             **{name: environ[name] for name in SECRET_ENV if name in environ},
             **self._private_environment,
         }
+        self.stop_orphans()
+
+    def stop_orphans(self) -> None:
+        """Stop this task's containers still running from an earlier try (its worker died): never two at once."""
+        labels = [f"{key}={value}" for key, value in self.labels.items()]
+        for orphan in self.cli.containers(filters={"label": labels, "status": "running"}):
+            self.log.warning("stopping %s, left running by an earlier try of this task", orphan["Id"][:12])
+            self.cli.stop(orphan["Id"], timeout=10)
 
     @property
     def cli(self) -> Any:

@@ -9,27 +9,29 @@
 STACK_ENV ?= .env
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose) \
 	--env-file $(STACK_ENV)
-STACK_SERVICES := postgres mlflow airflow-apiserver airflow-scheduler airflow-dag-processor airflow-triggerer serve
 # The DAGs `make up` unpauses (new DAGs start paused): training, and the watcher that starts it on new data.
 STACK_DAGS ?= tagifai_training tagifai_watch tagifai_batch_predictions
 
-.PHONY: up down clean logs train dags-test-stack mlflow-user rollback champion-history card
+.PHONY: up down clean logs train dags-test-stack mlflow-user rollback champion-history card worker worker-down
 
 $(STACK_ENV):
-	python3 scripts/stack.py env --to $@ --set PYTHON_IMAGE=$(PYTHON_IMAGE) --set POSTGRES_IMAGE=$(POSTGRES_IMAGE)
+	python3 scripts/stack.py env --to $@ --set PYTHON_IMAGE=$(PYTHON_IMAGE) --set POSTGRES_IMAGE=$(POSTGRES_IMAGE) \
+		--set REDIS_IMAGE=$(REDIS_IMAGE)
 
 up: $(STACK_ENV) ## Start the stack (Airflow UI :8080, MLflow UI :5000); writes .env when missing
 	@# Before anything starts: no placeholder secrets, and volumes made with this .env's secrets.
 	@python3 scripts/stack.py preflight --env-file $(STACK_ENV)
 	$(MAKE) --no-print-directory image
 	$(COMPOSE) build
-	$(COMPOSE) up -d
-	python3 scripts/stack.py wait $(STACK_SERVICES) --timeout 900 --compose "$(COMPOSE)"
+	@# CELERY_WORKERS Celery workers when COMPOSE_PROFILES=celery (the profile that starts them).
+	. $(abspath $(STACK_ENV)); case ",$$COMPOSE_PROFILES," in *,celery,*) scale="--scale airflow-worker=$${CELERY_WORKERS:-2}";; esac; \
+		$(COMPOSE) up -d $$scale
+	python3 scripts/stack.py wait --timeout 900 --compose "$(COMPOSE)"
 	@for dag in $(STACK_DAGS); do \
 		for i in $$(seq 60); do \
-			$(COMPOSE) exec -T airflow-scheduler airflow dags unpause $$dag >/dev/null 2>&1 && break; \
+			$(COMPOSE) exec -T airflow-apiserver airflow dags unpause $$dag >/dev/null 2>&1 && break; \
 			sleep 3; \
-		done; $(COMPOSE) exec -T airflow-scheduler airflow dags unpause $$dag >/dev/null; \
+		done; $(COMPOSE) exec -T airflow-apiserver airflow dags unpause $$dag >/dev/null; \
 	done
 	@. $(abspath $(STACK_ENV)); echo; \
 	echo "  Airflow  http://127.0.0.1:$${AIRFLOW_PORT:-8080}   login: $${AIRFLOW_ADMIN_USER:-admin} / $$AIRFLOW_ADMIN_PASSWORD"; \
@@ -51,18 +53,32 @@ champion-history: $(STACK_ENV) ## Print every move of champion: from, to, when, 
 card: $(STACK_ENV) ## Print a version's model card (VERSION=3; default: the champion)
 	@$(COMPOSE) --profile tools run --rm --no-deps tagifai card --model-uri 'models:/tagifai$(if $(VERSION),/$(VERSION),@champion)'
 
+# A Celery worker on another machine (docker-compose.worker.yml): its settings file, see that file.
+WORKER_ENV ?= worker.env
+WORKER_COMPOSE = $(firstword $(COMPOSE)) $(filter-out --env-file $(STACK_ENV),$(wordlist 2,9,$(COMPOSE))) \
+	-f docker-compose.worker.yml --env-file $(WORKER_ENV)
+
+worker: ## Start a Celery worker on this machine for a stack on another (WORKER_ENV=worker.env: see docker-compose.worker.yml)
+	$(MAKE) --no-print-directory image
+	$(WORKER_COMPOSE) up -d --build
+	python3 scripts/stack.py wait --timeout 600 --compose "$(WORKER_COMPOSE)"
+
+worker-down: ## Stop the Celery worker docker-compose.worker.yml started
+	$(WORKER_COMPOSE) down --remove-orphans
+
 mlflow-user: $(STACK_ENV) ## Add a read-only MLflow login to the stack: make mlflow-user NAME=alice (prints its password)
 	@test -n "$(NAME)" || { echo "usage: make mlflow-user NAME=alice" >&2; exit 2; }
 	@python3 scripts/stack.py mlflow-user '$(NAME)' --env-file $(STACK_ENV)
 
-dags-test-stack: $(STACK_ENV) ## airflow dags test tagifai_training inside the scheduler container (CONF='{...}')
-	$(COMPOSE) exec -T airflow-scheduler airflow dags test tagifai_training -c '$(CONF)'
+dags-test-stack: $(STACK_ENV) ## airflow dags test tagifai_training in the stack (the scheduler, or a Celery worker) (CONF='{...}')
+	. $(abspath $(STACK_ENV)); case ",$$COMPOSE_PROFILES," in *,celery,*) runs=airflow-worker;; *) runs=airflow-scheduler;; esac; \
+		$(COMPOSE) exec -T $$runs airflow dags test tagifai_training -c '$(CONF)'
 
 down: ## Stop the stack; runs, models and Airflow history stay in the volumes
-	$(COMPOSE) --profile celery --profile tools down --remove-orphans
+	$(COMPOSE) --profile local --profile celery --profile tools down --remove-orphans
 
 clean: ## Stop the stack and delete its volumes (all runs, models, Airflow history)
-	$(COMPOSE) --profile celery --profile tools down --volumes --remove-orphans
+	$(COMPOSE) --profile local --profile celery --profile tools down --volumes --remove-orphans
 
 logs: ## Follow the stack's logs
-	$(COMPOSE) --profile celery logs --follow --tail=100
+	$(COMPOSE) logs --follow --tail=100

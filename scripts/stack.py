@@ -39,7 +39,11 @@ SECRETS = (
     "MLFLOW_ADMIN_PASSWORD",
     "MLFLOW_VIEWER_PASSWORD",
     "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    "REDIS_PASSWORD",
+    "FLOWER_PASSWORD",
 )
+# Who runs the tasks: the executor and the compose profile that starts it.
+EXECUTOR_PROFILES = {"LocalExecutor": "local", "CeleryExecutor": "celery"}
 # The placeholder .env.example holds: a stack never starts with it.
 PLACEHOLDER = "change-me"
 # Written into the postgres volume when it is first made (images/postgres/initdb): a sha256 per secret.
@@ -92,6 +96,19 @@ def placeholders(env: dict[str, str]) -> list[str]:
     return [key for key in keys if key in env and env[key].strip() in ("", PLACEHOLDER)]
 
 
+def executor_mismatch(env: dict[str, str]) -> str | None:
+    """Why AIRFLOW_EXECUTOR and COMPOSE_PROFILES do not start one scheduler that can run the tasks, or None."""
+    executor = env.get("AIRFLOW_EXECUTOR", "LocalExecutor")
+    if executor not in EXECUTOR_PROFILES:
+        return f"AIRFLOW_EXECUTOR={executor}: use LocalExecutor or CeleryExecutor"
+    profiles = {p.strip() for p in env.get("COMPOSE_PROFILES", "").split(",") if p.strip()}
+    wanted = EXECUTOR_PROFILES[executor]
+    if wanted not in profiles or profiles & set(EXECUTOR_PROFILES.values()) != {wanted}:
+        given = env.get("COMPOSE_PROFILES", "")
+        return f"AIRFLOW_EXECUTOR={executor} runs with COMPOSE_PROFILES={wanted} (not {given!r})"
+    return None
+
+
 def fingerprint_mismatch(recorded: str, env: dict[str, str]) -> list[str]:
     """The secrets whose sha256 in a volume's fingerprint (`NAME sha256` lines) differs from the settings file's."""
     wrong = []
@@ -128,6 +145,9 @@ def preflight(env_file: Path) -> int:
             file=sys.stderr,
         )
         return 1
+    if problem := executor_mismatch(env):
+        print(f"{env_file}: {problem}", file=sys.stderr)
+        return 1
     project = env.get("COMPOSE_PROJECT_NAME", "tagifai")
     recorded = volume_fingerprint(project, env.get("POSTGRES_IMAGE") or "postgres:16")
     if recorded and (wrong := fingerprint_mismatch(recorded, env)):
@@ -141,37 +161,34 @@ def preflight(env_file: Path) -> int:
     return 0
 
 
-def health(compose: list[str], service: str) -> str:
-    """Health (or state) of a compose service's container: healthy, starting, exited and so on."""
-    ids = subprocess.run([*compose, "ps", "-q", service], capture_output=True, text=True).stdout.split()
-    if not ids:
-        return "missing"
-    out = subprocess.run(
-        [
-            "docker",
-            "inspect",
-            "--format",
-            "{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}",
-            ids[0],
-        ],
-        capture_output=True,
-        text=True,
-    )
-    return out.stdout.strip() or "missing"
-
-
 def wait(compose: list[str], services: list[str], timeout: float) -> int:
-    """Wait until every service is healthy; print the last states on timeout."""
+    """Wait until every container of `services` (none given: of every running service) is healthy.
+
+    One-shot services (airflow-init) count when they exited 0. Prints the last states on timeout.
+    """
     deadline = time.monotonic() + timeout
     states: dict[str, str] = {}
     while time.monotonic() < deadline:
-        states = {service: health(compose, service) for service in services}
-        if all(state == "healthy" for state in states.values()):
-            print("healthy: " + ", ".join(services))
+        states = container_states(compose, services)
+        if states and all(state in ("healthy", "exited 0") for state in states.values()):
+            print("healthy: " + ", ".join(sorted(states)))
             return 0
         time.sleep(3)
     print(f"not healthy after {timeout:.0f}s: {states}", file=sys.stderr)
     return 1
+
+
+def container_states(compose: list[str], services: list[str]) -> dict[str, str]:
+    """Health of each container of `services` (all when empty), by name: healthy, starting, exited 0, ..."""
+    ids = subprocess.run([*compose, "ps", "-q", *services], capture_output=True, text=True).stdout.split()
+    if not ids:
+        return {}
+    template = (
+        "{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}"
+        "{{if eq .State.Status \"exited\"}} {{.State.ExitCode}}{{end}}{{end}}"
+    )
+    out = subprocess.run(["docker", "inspect", "--format", template, *ids], capture_output=True, text=True).stdout
+    return dict(line.lstrip("/").split(" ", 1) for line in out.splitlines() if " " in line)
 
 
 class Airflow:
@@ -314,7 +331,7 @@ def main() -> int:
         help="also set KEY (e.g. PYTHON_IMAGE=…); empty values are ignored",
     )
     wait_parser = sub.add_parser("wait", help="wait until compose services are healthy")
-    wait_parser.add_argument("services", nargs="+")
+    wait_parser.add_argument("services", nargs="*", help="compose services (default: every one started)")
     wait_parser.add_argument("--timeout", type=float, default=600)
     wait_parser.add_argument("--compose", default="docker compose", help="the compose command, with its options")
     check = sub.add_parser("preflight", help="refuse a .env with placeholders, or one the volumes were not made with")

@@ -9,7 +9,8 @@ process's arguments to every user of the host):
     MLFLOW_VIEWER_USERNAME/PASSWORD a read-only login for people who browse
     MLFLOW_FLASK_SERVER_SECRET_KEY  signs the auth app's sessions and CSRF tokens
     MLFLOW_AUTH_DATABASE_URI        where the logins live (default: SQLite in the mlflow-auth volume)
-    MLFLOW_ALLOWED_HOSTS            Host headers to accept (MLflow >= 3.5 rejects unknown ones)
+    MLFLOW_ALLOWED_HOSTS            Host headers to accept (MLflow >= 3.5 rejects unknown ones), and
+    MLFLOW_EXTRA_ALLOWED_HOSTS      more of them: the addresses other machines use
 
 The logins follow the environment: a changed password in .env is the password after a restart.
 Users added in the UI or API (`scripts/stack.py mlflow-user`) are kept.

@@ -37,3 +37,20 @@ def test_fingerprint_mismatch_names_the_secrets_that_differ(env, wrong):
         for name, value in {"AIRFLOW_DB_PASSWORD": "a", "MLFLOW_DB_PASSWORD": "b"}.items()
     )
     assert stack.fingerprint_mismatch(recorded, env) == wrong
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"AIRFLOW_EXECUTOR": "LocalExecutor", "COMPOSE_PROFILES": "local"}, None),
+        ({"AIRFLOW_EXECUTOR": "CeleryExecutor", "COMPOSE_PROFILES": "celery"}, None),
+        ({"AIRFLOW_EXECUTOR": "CeleryExecutor", "COMPOSE_PROFILES": "celery,tools"}, None),  # other profiles too
+        ({"AIRFLOW_EXECUTOR": "CeleryExecutor", "COMPOSE_PROFILES": "local"}, "runs with COMPOSE_PROFILES=celery"),
+        ({"AIRFLOW_EXECUTOR": "LocalExecutor"}, "runs with COMPOSE_PROFILES=local"),  # an old .env: no scheduler
+        ({"AIRFLOW_EXECUTOR": "LocalExecutor", "COMPOSE_PROFILES": "local,celery"}, "runs with"),  # two schedulers
+        ({"AIRFLOW_EXECUTOR": "KubernetesExecutor", "COMPOSE_PROFILES": "local"}, "use LocalExecutor or Celery"),
+    ],
+)
+def test_the_executor_and_the_compose_profile_must_agree(env, problem):
+    found = stack.executor_mismatch(env)
+    assert (found is None) if problem is None else (problem in found)

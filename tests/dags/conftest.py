@@ -59,6 +59,8 @@ def load_dag(parse_dags: Callable[..., Any]) -> Callable[..., Any]:
 class FakeTaskInstance:
     """Stands in for `ti` in templates: each task's XCom is the JSON line its step printed."""
 
+    map_index = -1
+
     def xcom_pull(self, task_ids: str, map_indexes: int | None = None, **_: Any) -> str:
         name = task_ids if map_indexes is None else f"{task_ids}-{map_indexes}"
         return json.dumps({"run_id": f"{name}-run-id", "extra": "ignored"})
@@ -81,3 +83,31 @@ def render() -> Callable[..., Any]:
         return task
 
     return _render
+
+
+class FakeDocker:
+    """Stands in for the Docker API client of the docker runner: running containers, and what was stopped."""
+
+    def __init__(self) -> None:
+        self.running: list[dict] = []
+        self.stopped: list[str] = []
+        self.filters: list[dict] = []
+
+    def containers(self, filters: dict) -> list[dict]:
+        self.filters.append(filters)
+        return self.running
+
+    def stop(self, container: str, timeout: int) -> None:
+        self.stopped.append(container)
+
+
+@pytest.fixture(autouse=True)
+def docker_client(monkeypatch: pytest.MonkeyPatch) -> FakeDocker:
+    """The Docker engine behind the docker runner's hook, faked: DAG tests never touch a real one."""
+    from types import SimpleNamespace
+
+    from tagifai_runners import TagifaiDockerOperator
+
+    fake = FakeDocker()
+    monkeypatch.setattr(TagifaiDockerOperator, "hook", property(lambda self: SimpleNamespace(api_client=fake)))
+    return fake

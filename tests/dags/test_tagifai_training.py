@@ -227,6 +227,7 @@ def test_docker_tasks_use_the_one_image_and_the_configured_network(load_dag, ren
         assert task.labels == {
             "org.tagifai.step": task.task_id,
             "org.tagifai.pipeline-run-id": "manual__2026-01-01T00:00:00+00:00",
+            "org.tagifai.map-index": "-1",
         }
         assert task.mount_tmp_dir is False
         assert task.environment == {
@@ -686,3 +687,46 @@ def test_batch_predictions_get_their_database_privately(parse_dags, render, monk
     assert task._private_environment["TAGIFAI_PREDICTIONS_DB"].endswith("@postgres/tagifai")
     assert "s3cret" not in json.dumps(task.environment)
     assert task.mounts == [{"Target": "/srv/data", "Source": "/srv/data", "Type": "bind", "ReadOnly": True}]
+
+
+def test_a_retry_stops_the_container_its_dead_workers_try_left_running(load_dag, render, monkeypatch, docker_client):
+    from airflow.providers.docker.operators.docker import DockerOperator
+
+    monkeypatch.setattr(DockerOperator, "execute", lambda self, context: "ran")
+    docker_client.running = [{"Id": "0123456789abcdef"}]  # the earlier try's container, still running
+    assert render(load_dag().get_task("train")).execute({}) == "ran"
+    assert docker_client.stopped == ["0123456789abcdef"]
+    assert docker_client.filters == [
+        {
+            "label": [
+                "org.tagifai.step=train",
+                "org.tagifai.pipeline-run-id=manual__2026-01-01T00:00:00+00:00",
+                "org.tagifai.map-index=-1",
+            ],
+            "status": "running",
+        }
+    ]
+
+
+def test_kubernetes_pods_are_valid_v1pods_without_secrets(load_dag, render, monkeypatch):
+    # No cluster runs here: what the runner would submit, checked against the Kubernetes models.
+    from kubernetes.client import ApiClient, V1Pod
+
+    monkeypatch.setenv("TAGIFAI_OPTUNA_STORAGE", "postgresql+psycopg2://optuna:s3cret@postgres/optuna")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
+    dag = load_dag(
+        TAGIFAI_RUNNER="kubernetes", TAGIFAI_IMAGE="registry.example/tagifai:1.2.3", TAGIFAI_K8S_SECRET="tagifai"
+    )
+    client = ApiClient()
+    for task in step_operators(dag, render):
+        body = client.sanitize_for_serialization(task.build_pod_request_obj(dry_run=True))
+        response = type("Response", (), {"data": json.dumps(body)})()
+        pod = client.deserialize(response, "V1Pod")  # the models accept what the runner would submit
+        assert isinstance(pod, V1Pod) and client.sanitize_for_serialization(pod) == body
+        base = pod.spec.containers[0]
+        assert base.image == "registry.example/tagifai:1.2.3"
+        assert base.args[0] == task.task_id
+        assert base.resources.limits == base.resources.requests == {"memory": "4Gi"}  # [limits] step_memory
+        assert [source.secret_ref.name for source in base.env_from] == ["tagifai"]  # secrets: the Secret, only
+        assert "s3cret" not in json.dumps(body)
+        assert base.security_context.run_as_non_root is True

@@ -58,10 +58,15 @@ class Stack:
     def __init__(self, env_file: Path) -> None:
         """Read the stack's settings file."""
         self.env_file = env_file
-        self.env = stack_script.read_env(env_file)
-        self.airflow_url = f"http://127.0.0.1:{self.env['AIRFLOW_PORT']}"
-        self.mlflow_url = f"http://127.0.0.1:{self.env['MLFLOW_PORT']}"
-        self.serve_url = f"http://127.0.0.1:{self.env['SERVE_PORT']}"
+        self.reread()
+
+    def reread(self) -> None:
+        """Read the settings file again (a test changed it); URLs on its BIND_ADDRESS."""
+        self.env = stack_script.read_env(self.env_file)
+        host = self.env.get("BIND_ADDRESS") or "127.0.0.1"
+        self.airflow_url = f"http://{host}:{self.env['AIRFLOW_PORT']}"
+        self.mlflow_url = f"http://{host}:{self.env['MLFLOW_PORT']}"
+        self.serve_url = f"http://{host}:{self.env['SERVE_PORT']}"
 
     def airflow(self) -> stack_script.Airflow:
         """A logged-in Airflow REST client."""

@@ -68,6 +68,12 @@ def browser() -> Iterator[Any]:
         yield session
 
 
+# Stack tests that change the stack itself run after every other test that uses it: `make down` and
+# `make up` again, then the switch to Celery (which ends with `make down`).
+LAST = ("test_stack_lifecycle", "test_stack_celery")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Run the stack's lifecycle tests (`make down`, `make up` again) after every other test that uses it."""
-    items.sort(key=lambda item: item.module.__name__.endswith("test_stack_lifecycle"))
+    """Order the session: every other test, then the stack's lifecycle, then Celery."""
+    rank = {name: index + 1 for index, name in enumerate(LAST)}
+    items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], 0))

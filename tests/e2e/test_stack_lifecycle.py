@@ -1,5 +1,5 @@
 """The stack's lifecycle: runs, models and Airflow history survive `make down && make up`, and
-`make down` leaves nothing running. Ordered after every other test that uses the session's stack
+a lost `.env` is caught before anything starts. Ordered after every other test that uses the session's stack
 (tests/e2e/conftest.py).
 """
 
@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from scripts import stack as stack_script
-from tests.e2e.compose import PROJECT, make, running_containers, task_containers
+from tests.e2e.compose import PROJECT, make, running_containers
 from tests.harness import REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.stack, pytest.mark.slow]
@@ -44,9 +44,3 @@ def test_make_up_with_a_lost_env_says_what_to_do_and_starts_nothing(stack, tmp_p
     proc = subprocess.run(["make", "up", f"STACK_ENV={placeholder}"], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode != 0 and "still empty or 'change-me'" in proc.stderr
     assert running_containers(**{"com.docker.compose.project": PROJECT}) == []
-
-
-def test_make_down_leaves_no_containers_running(stack):
-    make("down", env_file=stack.env_file, timeout=600)
-    assert running_containers(**{"com.docker.compose.project": PROJECT}) == []
-    assert task_containers() == []
