@@ -28,7 +28,9 @@ from benchmarks import serving as serving_section
 from tests import harness
 
 RESULTS = Path(__file__).with_name("results.json")
-SECTIONS = ("quality", "pipeline", "serving", "images")
+# Trials of each run through the stack (the Celery section): enough for 4 workers to overlap.
+CELERY_TRIALS = 12
+SECTIONS = ("quality", "pipeline", "serving", "celery", "images")
 GB = 1e9
 # The issue's targets: (name, figure, bound, at most?)
 TARGETS = {
@@ -44,7 +46,7 @@ TARGETS = {
 
 def missing_services(section: str) -> str | None:
     """Why `section` cannot run here, or None."""
-    if section in ("pipeline", "images") and not harness.docker_ok("info"):
+    if section in ("pipeline", "celery", "images") and not harness.docker_ok("info"):
         return "no Docker engine"
     if section == "serving" and not shutil.which("wrk"):
         return "no wrk (apt-get install wrk)"
@@ -114,8 +116,13 @@ def report(results: dict[str, Any]) -> list[str]:
         lines.append(f"  {'speedup':<50} {tuning['speedup']:>9.2f}x")
     if serving := results.get("serving"):
         lines += ["", "4. Serving the champion (wrk, 2 threads)", *serving_section.table(serving)]
+    if celery_result := results.get("celery"):
+        from benchmarks import celery
+
+        head = f"5. Tuning through Airflow ({celery_result['num_trials']} trials, 4 optimize tasks)"
+        lines += ["", head, *celery.table(celery_result)]
     if images := results.get("images"):
-        lines += ["", "5. Images                                                   size"]
+        lines += ["", "6. Images                                                   size"]
         for name, size in images["bytes"].items():
             shown = f"{size / GB:.2f} GB" if size else "not built"
             lines.append(f"  {name:<58} {shown:>9}")
@@ -147,6 +154,10 @@ def measure(section: str, projects: str, tags: str, trials: int, image: str) -> 
         return pipeline.measure(projects, tags, trials, image)
     if section == "serving":
         return serving_section.measure_trained(projects, tags)
+    if section == "celery":
+        from benchmarks import celery
+
+        return celery.measure(projects, tags, CELERY_TRIALS)
     if section == "images":
         from benchmarks import images
 

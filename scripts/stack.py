@@ -90,6 +90,12 @@ def write_env(template: Path, target: Path, overrides: dict[str, str]) -> None:
     )
 
 
+def update_env(path: Path, values: dict[str, str]) -> None:
+    """Set KEY=VALUE lines of a settings file (appended when missing), as a person edits .env."""
+    kept = [line for line in path.read_text().splitlines() if line.split("=", 1)[0] not in values]
+    path.write_text("\n".join([*kept, *(f"{key}={value}" for key, value in values.items())]) + "\n")
+
+
 def placeholders(env: dict[str, str]) -> list[str]:
     """The secrets of a settings file that are empty or still `change-me`."""
     keys = [*SECRETS, "AIRFLOW_FERNET_KEY"]
@@ -185,7 +191,7 @@ def container_states(compose: list[str], services: list[str]) -> dict[str, str]:
         return {}
     template = (
         "{{.Name}} {{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}"
-        "{{if eq .State.Status \"exited\"}} {{.State.ExitCode}}{{end}}{{end}}"
+        '{{if eq .State.Status "exited"}} {{.State.ExitCode}}{{end}}{{end}}'
     )
     out = subprocess.run(["docker", "inspect", "--format", template, *ids], capture_output=True, text=True).stdout
     return dict(line.lstrip("/").split(" ", 1) for line in out.splitlines() if " " in line)

@@ -12,22 +12,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
+from scripts import stack as stack_script
 from tests.e2e.compose import PROJECT, make, running_containers, task_containers
 from tests.harness import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.stack, pytest.mark.slow]
 
 REMOTE = "tagifai-e2e-remote"
-
-
-def set_env(path: Path, values: dict[str, str]) -> None:
-    """Set KEY=VALUE lines of a settings file (added when missing), as a user edits .env."""
-    kept = [line for line in path.read_text().splitlines() if line.split("=", 1)[0] not in values]
-    path.write_text("\n".join([*kept, *(f"{key}={value}" for key, value in values.items())]) + "\n")
 
 
 def docker_gateway() -> str:
@@ -58,7 +52,7 @@ def celery(stack):
     """The session's stack switched to Celery with two workers, on the Docker bridge's address."""
     make("down", env_file=stack.env_file, timeout=600)
     gateway = docker_gateway()
-    set_env(
+    stack_script.update_env(
         stack.env_file,
         {
             "AIRFLOW_EXECUTOR": "CeleryExecutor",
@@ -128,7 +122,7 @@ def test_a_killed_worker_leaves_the_run_to_the_other_and_no_container_behind(sta
 def test_a_worker_on_another_machine_takes_tasks_and_its_steps_log_to_mlflow(stack, celery, tmp_path):
     env = tmp_path / "worker.env"
     env.write_text(stack.env_file.read_text())
-    set_env(
+    stack_script.update_env(
         env, {"COMPOSE_PROJECT_NAME": REMOTE, "STACK_HOST": celery["gateway"], "WORKER_HOSTNAME": f"{REMOTE}-worker"}
     )
     make("worker", f"WORKER_ENV={env}", env_file=stack.env_file, timeout=1200)
