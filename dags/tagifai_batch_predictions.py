@@ -32,13 +32,7 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(minutes=config["limits"]["run_minutes"]),
-    default_args={
-        "owner": "tagifai",
-        "retries": settings.retries,
-        "retry_delay": timedelta(minutes=1),
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(minutes=30),
-    },
+    default_args=settings.default_args(),
     params={
         "source": Param(
             data_url(os.environ.get("TAGIFAI_PREDICT_SOURCE"), default_source),

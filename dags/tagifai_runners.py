@@ -144,6 +144,16 @@ class RunnerSettings:
             step_memory=limits.get("step_memory"),
         )
 
+    def default_args(self) -> dict[str, Any]:
+        """Every step task's defaults: retried (with exponential backoff) for errors that may pass."""
+        return {
+            "owner": "tagifai",
+            "retries": self.retries,
+            "retry_delay": timedelta(minutes=1),
+            "retry_exponential_backoff": 2.0,
+            "max_retry_delay": timedelta(minutes=30),
+        }
+
     def timeout(self, step: str) -> timedelta | None:
         """How long `step` may run before Airflow stops it (`[limits] step_minutes`)."""
         minutes = self.step_minutes.get(step)

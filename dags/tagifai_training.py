@@ -66,13 +66,7 @@ with DAG(
     max_active_runs=1,
     # A stuck run cannot block the next ones for longer than this (each step has its own timeout too).
     dagrun_timeout=timedelta(minutes=limits["run_minutes"]),
-    default_args={
-        "owner": "tagifai",
-        "retries": settings.retries,
-        "retry_delay": timedelta(minutes=1),
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(minutes=30),
-    },
+    default_args=settings.default_args(),
     params={
         "num_trials": Param(
             config["optimize"]["num_trials"],

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -120,6 +121,30 @@ class Stack:
     def secrets(self) -> dict[str, str]:
         """The stack's secrets, as its settings file holds them."""
         return {key: self.env[key] for key in (*stack_script.SECRETS, "AIRFLOW_FERNET_KEY") if self.env.get(key)}
+
+    def leaked(self, snapshots: list[str]) -> set[str]:
+        """The names of the stack's secrets that show in any of `snapshots` (of command lines)."""
+        return {name for name, secret in self.secrets().items() for snapshot in snapshots if secret in snapshot}
+
+
+@contextlib.contextmanager
+def command_lines(interval: float = 0.5) -> Iterator[list[str]]:
+    """Snapshots of every process's command line on this host (`ps -eo args`) while the block runs."""
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            seen.append(subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout)
+            time.sleep(interval)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
 
     def compose(self, *args: str) -> subprocess.CompletedProcess:
         """Run a compose command on this stack (v2 plugin, else docker-compose 1.29)."""

@@ -8,7 +8,6 @@ leaves nothing running. Runs last: it changes the session's stack (tests/e2e/con
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -16,7 +15,7 @@ import urllib.request
 import pytest
 
 from scripts import stack as stack_script
-from tests.e2e.compose import PROJECT, make, running_containers, task_containers
+from tests.e2e.compose import PROJECT, command_lines, make, running_containers, task_containers
 from tests.harness import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.stack, pytest.mark.slow]
@@ -75,19 +74,9 @@ def celery(stack):
 def test_a_run_spreads_over_two_celery_workers(stack, celery):
     assert len(worker_containers()) == 2
     client = stack.airflow()
-    seen: list[str] = []
-    stop = threading.Event()
-
-    def watch_ps() -> None:
-        while not stop.is_set():
-            seen.append(subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout)
-            time.sleep(1)
-
-    watcher = threading.Thread(target=watch_ps, daemon=True)
-    watcher.start()
-    run_id = client.trigger({"num_trials": 8, "num_workers": 4, "force": True})
-    run = client.wait(run_id, timeout=2400)
-    stop.set()
+    with command_lines(interval=1) as seen:
+        run_id = client.trigger({"num_trials": 8, "num_workers": 4, "force": True})
+        run = client.wait(run_id, timeout=2400)
     assert run["state"] == "success", client.task_states(run_id)
     tis = instances(client, run_id)
     hosts = {ti["hostname"] for ti in tis if ti["state"] == "success"}
@@ -95,8 +84,7 @@ def test_a_run_spreads_over_two_celery_workers(stack, celery):
     assert len(hosts) >= 2 and len(optimize_hosts) >= 2, [(t["task_id"], t["hostname"]) for t in tis]
     assert hosts <= set(worker_containers())
     # Nor the broker's password nor Flower's is on a command line.
-    leaked = {name for name, secret in stack.secrets().items() for snapshot in seen if secret in snapshot}
-    assert leaked == set()
+    assert stack.leaked(seen) == set()
 
 
 def test_a_killed_worker_leaves_the_run_to_the_other_and_no_container_behind(stack, celery):

@@ -9,8 +9,6 @@ import csv
 import json
 import random
 import subprocess
-import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests import synthetic
+from tests.e2e.compose import command_lines
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.stack, pytest.mark.slow]
 
@@ -115,27 +114,15 @@ def test_a_trigger_cannot_loosen_the_gate(stack, first_run, shuffled_labels):
         client.trigger({"tags_url": str(shuffled_labels), "min_f1": 0, "max_regression": 1})
     # With the deployer's gate, shuffled labels train, score far below it, and move nothing; while the
     # run goes, no password is on any command line of the host.
-    seen: list[str] = []
-    stop = threading.Event()
-
-    def watch_ps() -> None:
-        while not stop.is_set():
-            seen.append(subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout)
-            time.sleep(0.5)
-
-    watcher = threading.Thread(target=watch_ps, daemon=True)
-    watcher.start()
-    run_id = client.trigger({"tags_url": str(shuffled_labels), "num_trials": 1, "num_workers": 1})
-    run = client.wait(run_id, timeout=1800)
-    stop.set()
-    watcher.join(timeout=10)
+    with command_lines() as seen:
+        run_id = client.trigger({"tags_url": str(shuffled_labels), "num_trials": 1, "num_workers": 1})
+        run = client.wait(run_id, timeout=1800)
     assert run["state"] == "success", client.task_states(run_id)
     register = next(r for r in mlflow_runs_of(stack, run_id) if tag(r, "tagifai.step") == "register")
     assert tag(register, "promoted") == "false" and "below the minimum" in tag(register, "promotion")
     after = stack.mlflow("registered-models/alias", name="tagifai", alias="champion")["model_version"]["version"]
     assert after == before
-    leaked = {name for name, secret in stack.secrets().items() for snapshot in seen if secret in snapshot}
-    assert len(seen) > 20 and leaked == set()
+    assert len(seen) > 20 and stack.leaked(seen) == set()
 
 
 def tag(run: dict, key: str) -> str | None:
