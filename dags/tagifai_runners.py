@@ -77,6 +77,8 @@ FORWARDED_ENV = (
 # runner, a missing executable (127). The task fails at once instead of being retried.
 EXIT_BAD_INPUT = 3
 FINAL_EXIT_CODES = {"docker": (EXIT_BAD_INPUT,), "local": (EXIT_BAD_INPUT, 126, 127)}
+# Where a step container's `tagifai` writes its JSON line (`TAGIFAI_OUTPUT`) for the docker runner.
+OUTPUT_PATH = "/tmp/tagifai-output.json"
 # Every step container: no privilege escalation, no Linux capabilities (the steps need none).
 HARDENING = {"security_opt": ["no-new-privileges"], "cap_drop": ["ALL"]}
 
@@ -394,7 +396,12 @@ def _operator(
         "force_pull": False,
         "mem_limit": settings.step_memory,
         "skip_on_exit_code": FINAL_EXIT_CODES["docker"],
+        # The step's JSON line, read from a file in the finished container: in its log, stdout and
+        # stderr interleave, so the last log line need not be the last stdout line.
+        "retrieve_output": True,
+        "retrieve_output_path": OUTPUT_PATH,
     }
+    kwargs["environment"] = {**env, "TAGIFAI_OUTPUT": OUTPUT_PATH}
     return TagifaiDockerOperator, kwargs, "command"
 
 
@@ -525,6 +532,8 @@ class TagifaiDockerOperator(StepMixin, DockerOperator):
     """
 
     template_fields: Sequence[str] = (*DockerOperator.template_fields, "labels", "data_sources")
+    # How `retrieve_output` reads the output file: the step's JSON line.
+    pickling_library = json
 
     def __init__(self, *, data_sources: Sequence[str] = (), default_urls: Sequence[str] = (), **kwargs: Any) -> None:
         """Create the operator; `data_sources` are templates of the URLs the step reads (`StepMixin`)."""

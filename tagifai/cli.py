@@ -73,11 +73,19 @@ ModelName = Annotated[
 
 
 def emit(result: dict[str, Any]) -> None:
-    """Print the hand-off line: the last line of stdout."""
+    """Print the hand-off line, the last line of stdout; also write it to the file `TAGIFAI_OUTPUT` names.
+
+    The file is for runners that read a container's output from its log, where stdout and stderr
+    arrive interleaved: the docker runner copies it out of the finished container instead.
+    """
     for handler in logging.getLogger().handlers:
         handler.flush()
     sys.stderr.flush()
-    print(json.dumps(result, default=str), flush=True)
+    line = json.dumps(result, default=str)
+    if path := os.environ.get("TAGIFAI_OUTPUT"):
+        with open(path, "w", encoding="utf-8") as output:
+            output.write(line + "\n")
+    print(line, flush=True)
 
 
 def command(func: Callable[..., dict[str, Any]]) -> Callable[..., None]:

@@ -195,3 +195,12 @@ def test_retried_optimize_does_not_repeat_finished_trials(module_cli, chain):
     assert (again["trials"], again["trials_run"]) == (3, 0)
     assert len(optuna.load_study(study_name=again["study_name"], storage=storage).trials) == 3
     assert again["best_value"] == chain["optimize"]["best_value"]
+
+
+def test_the_json_line_also_goes_to_the_file_tagifai_output_names(module_cli, tmp_path):
+    # The docker runner reads it there: a container's log interleaves stdout and stderr.
+    output = tmp_path / "output.json"
+    proc = module_cli.start("elt", "--experiment-name", "chain", TAGIFAI_OUTPUT=str(output))
+    stdout, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0
+    assert output.read_text().strip() == stdout.strip().splitlines()[-1]

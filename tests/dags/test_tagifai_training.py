@@ -236,7 +236,10 @@ def test_docker_tasks_use_the_one_image_and_the_configured_network(load_dag, ren
             "TAGIFAI_PIPELINE_RUN_ID": "manual__2026-01-01T00:00:00+00:00",
             "TAGIFAI_IMAGE": "registry.example/tagifai:1.2.3",
             "TAGIFAI_FORCE": "False",
+            "TAGIFAI_OUTPUT": "/tmp/tagifai-output.json",
         }
+        # The JSON line comes from that file, not the log (where stdout and stderr interleave).
+        assert (task.retrieve_output, task.retrieve_output_path) == (True, "/tmp/tagifai-output.json")
 
 
 def test_docker_defaults_fit_the_compose_stack(load_dag, render):
