@@ -14,7 +14,7 @@ It runs on an event of the `tagifai_champion` Asset (a promotion in `tagifai_tra
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import tagifai_config
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
@@ -28,7 +28,7 @@ default_source = config["predict"]["source"] or os.environ.get("TAGIFAI_PROJECTS
 with DAG(
     dag_id="tagifai_batch_predictions",
     schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("@daily", timezone="UTC"), assets=CHAMPION),
-    start_date=datetime(2025, 1, 1, tzinfo=UTC),
+    # No start date: the first daily run is the next midnight; the champion's event runs it any time.
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(minutes=config["limits"]["run_minutes"]),

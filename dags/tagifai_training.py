@@ -35,7 +35,7 @@ step's time and memory, and the whole run. Bad input fails its task once; it is 
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import tagifai_config
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
@@ -60,8 +60,8 @@ with DAG(
         timetable=CronTriggerTimetable("@daily", timezone="UTC"),
         assets=source_asset("projects", sources(config)["projects"]) | source_asset("tags", sources(config)["tags"]),
     ),
-    # With catchup off, only the latest day runs however far back this is.
-    start_date=datetime(2025, 1, 1, tzinfo=UTC),
+    # No start date: the first scheduled run is the next midnight (UTC), not one the moment the DAG is
+    # unpaused; `make train` (or the UI) runs it now, and new data does (an asset event).
     catchup=False,
     max_active_runs=1,
     # A stuck run cannot block the next ones for longer than this (each step has its own timeout too).

@@ -113,7 +113,8 @@ def test_schedule_catchup_and_run_limits(load_dag):
     assert type(dag.timetable.asset_condition).__name__ == "AssetAny"
     assert {a.name for a in dag.timetable.asset_condition.objects} == {"tagifai_projects", "tagifai_tags"}
     assert dag.catchup is False
-    assert dag.start_date is not None
+    # No start date: unpausing does not start a run at once; the first daily one is the next midnight.
+    assert dag.start_date is None
     assert dag.max_active_runs == 1
     assert dag.doc_md and dag.doc_md.startswith("Train, evaluate and register")
     assert {"tagifai", "ml"} <= set(dag.tags)
