@@ -22,6 +22,11 @@ from tests.harness import AIRFLOW, require, tagifai_python
 
 DAG_ID = "tagifai_training"
 STEPS = ["elt", "validate", "optimize", "train", "evaluate", "register"]
+# The task instances of a run with two optimize workers, as `DagRun.states` names them.
+TASKS_WITH_TWO_WORKERS = [
+    "elt", "validate", "optimize_workers", "optimize[0]", "optimize[1]", "train", "evaluate", "register",
+    "publish_champion",
+]  # fmt: skip
 
 
 def champion(tracking_uri: str, model_name: str = "tagifai") -> dict | None:
