@@ -40,7 +40,7 @@ test-unit: install ## Unit, data-contract, behavioral and CLI tests: no services
 test-e2e: install ## The steps against a real mlflow server on PostgreSQL, and mlflow models serve (.venv)
 	$(BIN)/pytest -m "e2e and not airflow and not stack"
 
-test-stack: install ## The compose stack: make up, DAG runs via the REST API, both UIs in Chromium, make down
+test-stack: install ## The compose stack: make up, DAG runs via the REST API, both UIs in Chromium, Celery, make clean
 	$(BIN)/pytest -m stack --durations=10
 
 test: lint test-unit test-e2e test-dags test-stack ## Everything CI runs: lint, then all of the above and test-dags

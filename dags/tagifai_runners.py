@@ -76,7 +76,7 @@ FORWARDED_ENV = (
 # The exit codes of `tagifai` that no retry can fix: bad input or settings (3), and, for the local
 # runner, a missing executable (127). The task fails at once instead of being retried.
 EXIT_BAD_INPUT = 3
-FINAL_EXIT_CODES = {"docker": (EXIT_BAD_INPUT,), "local": (EXIT_BAD_INPUT, 126, 127)}
+FINAL_EXIT_CODES = {"docker": (EXIT_BAD_INPUT,), "kubernetes": (EXIT_BAD_INPUT,), "local": (EXIT_BAD_INPUT, 126, 127)}
 # Where a step container's `tagifai` writes its JSON line (`TAGIFAI_OUTPUT`) for the docker runner.
 OUTPUT_PATH = "/tmp/tagifai-output.json"
 # Every step container: no privilege escalation, no Linux capabilities (the steps need none).
@@ -451,6 +451,7 @@ def _kubernetes_operator(
         ),
         "do_xcom_push": True,
         "get_logs": True,
+        "skip_on_exit_code": FINAL_EXIT_CODES["kubernetes"],
         "on_finish_action": "delete_succeeded_pod",
     }
     return TagifaiPodOperator, kwargs, "arguments"

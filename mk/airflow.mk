@@ -67,13 +67,17 @@ dags-list: airflow-db ## List the DAG's tasks as Airflow parses them (RUNNER=...
 # password is read from .env when the recipe runs, so make never prints it).
 DAGS_TEST_OPTUNA_STORAGE = $(if $(filter local,$(RUNNER)),sqlite:///$(CURDIR)/stores/optuna.db,$\
 	postgresql+psycopg2://optuna:$$(sed -n 's/^OPTUNA_DB_PASSWORD=//p' $(STACK_ENV) 2>/dev/null)@postgres:5432/optuna)
+# The docker runner's steps log to the stack's MLflow, which needs a login: the admin's, from .env.
+DAGS_TEST_MLFLOW_LOGIN = $(if $(filter local,$(RUNNER)),MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/stores/mlflow.db},$\
+	MLFLOW_TRACKING_USERNAME=$${MLFLOW_TRACKING_USERNAME:-$$(sed -n 's/^MLFLOW_ADMIN_USERNAME=//p' $(STACK_ENV) 2>/dev/null)} $\
+	MLFLOW_TRACKING_PASSWORD=$${MLFLOW_TRACKING_PASSWORD:-$$(sed -n 's/^MLFLOW_ADMIN_PASSWORD=//p' $(STACK_ENV) 2>/dev/null)})
 
 # local: steps run in a temporary folder, so the embedded store is named by its absolute path.
 dags-test: airflow-db $(if $(filter local,$(RUNNER)),install) ## Run the DAG once: airflow dags test (RUNNER=docker|local, CONF='{"num_trials": 2}')
 	@mkdir -p stores
 	$(AIRFLOW_ENV) TAGIFAI_RUNNER=$(RUNNER) TAGIFAI_BIN=$(CURDIR)/$(VENV)/bin/tagifai \
 		TAGIFAI_OPTUNA_STORAGE=$${TAGIFAI_OPTUNA_STORAGE:-$(DAGS_TEST_OPTUNA_STORAGE)} \
-		$(if $(filter local,$(RUNNER)),MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/stores/mlflow.db}) \
+		$(DAGS_TEST_MLFLOW_LOGIN) \
 		$(AIRFLOW) dags test tagifai_training -c '$(CONF)'
 
 test-dags: airflow-install install ## The DAG's structure, then airflow dags test with the local and docker runners (.venv-airflow)

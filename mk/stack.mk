@@ -1,6 +1,6 @@
 # The compose stack: PostgreSQL + MLflow server + Airflow 3. Included from the Makefile.
 #
-#   make up       build images, start, wait until healthy, unpause the DAG, print URLs and login
+#   make up       build images, start, wait until healthy, unpause the DAGs, print URLs and logins
 #   make train    trigger tagifai_training through the Airflow REST API and wait for it
 #   make down     stop (volumes kept)         make clean    stop and delete the volumes
 
@@ -9,7 +9,8 @@
 STACK_ENV ?= .env
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose) \
 	--env-file $(STACK_ENV)
-# The DAGs `make up` unpauses (new DAGs start paused): training, and the watcher that starts it on new data.
+# The DAGs `make up` unpauses (new DAGs start paused): training, the watcher that starts it on new
+# data, and the daily batch scoring with the champion.
 STACK_DAGS ?= tagifai_training tagifai_watch tagifai_batch_predictions
 
 .PHONY: up down clean logs train dags-test-stack mlflow-user rollback champion-history card worker worker-down
@@ -36,7 +37,7 @@ up: $(STACK_ENV) ## Start the stack (Airflow UI :8080, MLflow UI :5000); writes 
 	@. $(abspath $(STACK_ENV)); echo; \
 	echo "  Airflow  http://127.0.0.1:$${AIRFLOW_PORT:-8080}   login: $${AIRFLOW_ADMIN_USER:-admin} / $$AIRFLOW_ADMIN_PASSWORD"; \
 	echo "  Serving  http://127.0.0.1:$${SERVE_PORT:-5001}/invocations   (the champion; /health, /version)"; \
-	echo "  MLflow   http://127.0.0.1:$${MLFLOW_PORT:-5000}   login: $${MLFLOW_VIEWER_USERNAME:-viewer} / $$MLFLOW_VIEWER_PASSWORD (read-only)"; \
+	echo "  MLflow   http://127.0.0.1:$${MLFLOW_PORT:-5000}   login: $${MLFLOW_VIEWER_USERNAME:-viewer} / $$MLFLOW_VIEWER_PASSWORD (viewer)"; \
 	echo "                                  admin: $${MLFLOW_ADMIN_USERNAME:-admin} / $$MLFLOW_ADMIN_PASSWORD"; \
 	echo "  DAGs unpaused: $(STACK_DAGS). tagifai_training runs daily and when tagifai_watch sees the data"; \
 	echo "  change; 'make train' runs it now."
@@ -66,7 +67,7 @@ worker: ## Start a Celery worker on this machine for a stack on another (WORKER_
 worker-down: ## Stop the Celery worker docker-compose.worker.yml started
 	$(WORKER_COMPOSE) down --remove-orphans
 
-mlflow-user: $(STACK_ENV) ## Add a read-only MLflow login to the stack: make mlflow-user NAME=alice (prints its password)
+mlflow-user: $(STACK_ENV) ## Add an MLflow login for a person (reads everything, changes what it creates): make mlflow-user NAME=alice (prints its password)
 	@test -n "$(NAME)" || { echo "usage: make mlflow-user NAME=alice" >&2; exit 2; }
 	@python3 scripts/stack.py mlflow-user '$(NAME)' --env-file $(STACK_ENV)
 

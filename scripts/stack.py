@@ -5,7 +5,7 @@ python3 scripts/stack.py env [--from .env.example] [--to .env]   write .env with
 python3 scripts/stack.py preflight [--env-file .env]              refuse a .env that cannot start this stack
 python3 scripts/stack.py wait SERVICE...                         wait until containers are healthy
 python3 scripts/stack.py trigger [--conf JSON]                   run tagifai_training via the REST API
-python3 scripts/stack.py mlflow-user NAME                        add a read-only MLflow login (prints its password)
+python3 scripts/stack.py mlflow-user NAME                        add an MLflow login for a person (prints its password)
 
 No secret is ever put on a command line: they travel in files and environment variables.
 """
@@ -342,7 +342,7 @@ def main() -> int:
     wait_parser.add_argument("--compose", default="docker compose", help="the compose command, with its options")
     check = sub.add_parser("preflight", help="refuse a .env with placeholders, or one the volumes were not made with")
     check.add_argument("--env-file", default=".env")
-    user = sub.add_parser("mlflow-user", help="add a read-only MLflow login; its password is printed once")
+    user = sub.add_parser("mlflow-user", help="add an MLflow login for a person (reads everything, changes what it creates); its password is printed once")
     user.add_argument("name")
     user.add_argument("--env-file", default=".env")
     run = sub.add_parser("trigger", help="trigger tagifai_training through the REST API and wait")

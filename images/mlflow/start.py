@@ -6,7 +6,8 @@ process's arguments to every user of the host):
 
     MLFLOW_BACKEND_STORE_URI        postgresql+psycopg2://user:password@host:5432/db (read by `mlflow server`)
     MLFLOW_ADMIN_USERNAME/PASSWORD  the admin login (the steps log with it)
-    MLFLOW_VIEWER_USERNAME/PASSWORD a read-only login for people who browse
+    MLFLOW_VIEWER_USERNAME/PASSWORD the login for people who browse: reads everything,
+                                    changes only what it creates
     MLFLOW_FLASK_SERVER_SECRET_KEY  signs the auth app's sessions and CSRF tokens
     MLFLOW_AUTH_DATABASE_URI        where the logins live (default: SQLite in the mlflow-auth volume)
     MLFLOW_ALLOWED_HOSTS            Host headers to accept (MLflow >= 3.5 rejects unknown ones), and
@@ -21,6 +22,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 AUTH_INI = """[mlflow]
@@ -63,10 +65,21 @@ def sync_logins() -> None:
             continue
         if not store.has_user(username, use_primary=True):
             store.create_user(username, password, is_admin=is_admin)
-            print(f"mlflow-start: created the {'admin' if is_admin else 'read-only'} login {username!r}", flush=True)
+            print(f"mlflow-start: created the {'admin' if is_admin else 'viewer'} login {username!r}", flush=True)
         elif not store.authenticate_user(username, password, use_primary=True):
             store.update_user(username, password=password, is_admin=is_admin)
             print(f"mlflow-start: {username!r} now has the password in the environment", flush=True)
+
+
+def allowed_hosts(environ: Mapping[str, str]) -> str:
+    """`--allowed-hosts`: the stack's own names (MLFLOW_ALLOWED_HOSTS), then MLFLOW_EXTRA_ALLOWED_HOSTS.
+
+    The extra ones are the deployer's: e.g. the address another machine's worker reaches MLflow by.
+    """
+    own = environ.get("MLFLOW_ALLOWED_HOSTS") or "mlflow,mlflow:5000,localhost,localhost:5000,127.0.0.1,127.0.0.1:5000"
+    extra = environ.get("MLFLOW_EXTRA_ALLOWED_HOSTS", "")
+    hosts = [h.strip() for h in f"{own},{extra}".split(",") if h.strip()]
+    return ",".join(dict.fromkeys(hosts))
 
 
 def main() -> int:
@@ -78,9 +91,7 @@ def main() -> int:
     upgrade_schema()
     write_auth_config()
     sync_logins()
-    hosts = os.environ.get(
-        "MLFLOW_ALLOWED_HOSTS", "mlflow,mlflow:5000,localhost,localhost:5000,127.0.0.1,127.0.0.1:5000"
-    )
+    hosts = allowed_hosts(os.environ)
     command = [
         "mlflow", "server",
         "--app-name", "basic-auth",

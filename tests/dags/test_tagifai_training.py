@@ -574,6 +574,20 @@ def test_the_trigger_form_accepts_a_stricter_gate(load_dag):
     assert params.get_param("max_regression").resolve(0.0) == 0.0
 
 
+def test_kubernetes_exit_code_3_fails_without_retry(load_dag, render, monkeypatch):
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    def exits_3(self, context):
+        assert 3 in self.skip_on_exit_code  # the pod's exit code for bad input: the operator skips
+        raise AirflowSkipException("Pod returned exit code 3. Skipping.")
+
+    monkeypatch.setattr(KubernetesPodOperator, "execute", exits_3)
+    dag = load_dag(TAGIFAI_RUNNER="kubernetes", TAGIFAI_K8S_SECRET="tagifai-secrets")
+    with pytest.raises(AirflowFailException, match="cannot run with this input or setup"):
+        render(dag.get_task("validate")).execute({})
+
+
 def test_kubernetes_pods_are_bounded_and_unprivileged(load_dag, render):
     dag = load_dag(TAGIFAI_RUNNER="kubernetes", TAGIFAI_K8S_SECRET="tagifai-secrets")
     for task in step_operators(dag, render):

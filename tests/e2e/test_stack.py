@@ -100,7 +100,7 @@ def test_airflow_ui_shows_the_run(stack, first_run, browser):
 
 
 def test_mlflow_ui_shows_the_model(stack, first_run, browser):
-    # MLflow asks for a login (HTTP basic auth): the read-only one, as a person who browses would use.
+    # MLflow asks for a login (HTTP basic auth): the viewer login, as a person who browses would use.
     login = f"{stack.env['MLFLOW_VIEWER_USERNAME']}:{stack.env['MLFLOW_VIEWER_PASSWORD']}"
     browser.get(stack.mlflow_url.replace("http://", f"http://{login}@") + "/")
     browser.get(f"{stack.mlflow_url}/#/models/tagifai")

@@ -81,8 +81,8 @@ def test_anonymous_mlflow_requests_get_401_and_the_steps_still_log(stack, first_
     with urllib.request.urlopen(
         stack.mlflow_request("/api/2.0/mlflow/experiments/search?max_results=5", login="VIEWER")
     ) as ok:
-        assert ok.status == 200  # the read-only login browses
-    # The read-only login cannot move the champion.
+        assert ok.status == 200  # the viewer login browses
+    # The viewer login cannot move the champion.
     body = {"name": "tagifai", "alias": "champion", "version": "1"}
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(stack.mlflow_request("/api/2.0/mlflow/registered-models/alias", body, login="VIEWER"))
