@@ -14,8 +14,9 @@
 
 `TAGIFAI_TASK_RETRIES` (default 2) exists for tests: `airflow dags test` waits out retry delays.
 
-Every step prints a one-line JSON object as its last stdout line; the operator pushes that line to
-XCom and the next step reads it with the `fromjson` template filter.
+Every step prints a one-line JSON object as its last stdout line; the operator pushes it to XCom
+(the local runner the line, the docker and kubernetes runners the object, read from a file the step
+wrote) and the next step reads it with the `fromjson` template filter.
 
 `optimize` fans out: `tagifai_workers` renders its command once per worker (the task
 `optimize_workers`, a few milliseconds on the Airflow worker) and maps one task instance over each
@@ -170,8 +171,8 @@ def fromjson(value: Any) -> dict[str, Any]:
     """Template filter: the JSON object a step printed as its last stdout line.
 
     Args:
-        value: the XCom value: the line as a string (Docker, local) or the object already parsed
-            from the pod's `return.json` (Kubernetes).
+        value: the XCom value: the line as a string (local) or the object already parsed from
+            the file the step wrote (docker: `TAGIFAI_OUTPUT`; kubernetes: the pod's `return.json`).
 
     Returns:
         The parsed object.

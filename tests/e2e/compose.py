@@ -34,9 +34,10 @@ SCREENSHOTS = REPO / "build" / "screenshots"
 
 def make(*targets: str, env_file: Path, timeout: float = 1800) -> subprocess.CompletedProcess:
     """Run make targets of the repo with this settings file; fail with their output if they fail."""
-    proc = subprocess.run(
-        ["make", *targets, f"STACK_ENV={env_file}"], cwd=REPO, capture_output=True, text=True, timeout=timeout
-    )
+    # --no-print-directory: under `make test-stack` this make is a sub-make, which would otherwise
+    # print "Entering/Leaving directory" lines around the targets' own output.
+    command = ["make", "--no-print-directory", *targets, f"STACK_ENV={env_file}"]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"make {' '.join(targets)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc
 
@@ -126,6 +127,14 @@ class Stack:
         """The names of the stack's secrets that show in any of `snapshots` (of command lines)."""
         return {name for name, secret in self.secrets().items() for snapshot in snapshots if secret in snapshot}
 
+    def compose(self, *args: str) -> subprocess.CompletedProcess:
+        """Run a compose command on this stack (v2 plugin, else docker-compose 1.29)."""
+        v2 = subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+        command = ["docker", "compose"] if v2 else ["docker-compose"]
+        return subprocess.run(
+            [*command, "--env-file", str(self.env_file), *args], cwd=REPO, capture_output=True, text=True, timeout=600
+        )
+
 
 @contextlib.contextmanager
 def command_lines(interval: float = 0.5) -> Iterator[list[str]]:
@@ -145,14 +154,6 @@ def command_lines(interval: float = 0.5) -> Iterator[list[str]]:
     finally:
         stop.set()
         watcher.join(timeout=10)
-
-    def compose(self, *args: str) -> subprocess.CompletedProcess:
-        """Run a compose command on this stack (v2 plugin, else docker-compose 1.29)."""
-        v2 = subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
-        command = ["docker", "compose"] if v2 else ["docker-compose"]
-        return subprocess.run(
-            [*command, "--env-file", str(self.env_file), *args], cwd=REPO, capture_output=True, text=True, timeout=600
-        )
 
 
 @contextlib.contextmanager

@@ -126,6 +126,12 @@ def test_run_survives_an_mlflow_restart_and_a_killed_task(stack, first_run):
     faults: dict[str, str] = {}
 
     def inject() -> None:
+        try:
+            inject_both()
+        except Exception as exc:  # noqa: BLE001 — shown by the assertion below, not lost with the thread
+            faults["error"] = repr(exc)
+
+    def inject_both() -> None:
         deadline = time.monotonic() + 1200
         while time.monotonic() < deadline and len(faults) < 2:
             states = client.task_states(run_id)

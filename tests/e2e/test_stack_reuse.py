@@ -22,9 +22,9 @@ STEP_TASKS = ["validate", "optimize", "train", "evaluate", "register"]
 
 
 def step_outputs(client, run_id: str) -> dict[str, dict]:
-    """Each step's JSON line (optimize: worker 0's), from XCom."""
-    out = {"elt": json.loads(client.xcom(run_id, "elt"))}
-    for task in STEP_TASKS:
+    """Each step's JSON line (optimize: worker 0's), from XCom: parsed (docker runner) or a string."""
+    out = {}
+    for task in ["elt", *STEP_TASKS]:
         value = client.xcom(run_id, task, map_index=0 if task == "optimize" else -1)
         out[task] = value if isinstance(value, dict) else json.loads(value)
     return out
