@@ -75,10 +75,20 @@ dags-test-stack: $(STACK_ENV) ## airflow dags test tagifai_training in the stack
 	. $(abspath $(STACK_ENV)); case ",$$COMPOSE_PROFILES," in *,celery,*) runs=airflow-worker;; *) runs=airflow-scheduler;; esac; \
 		$(COMPOSE) exec -T $$runs airflow dags test tagifai_training -c '$(CONF)'
 
+# Step containers still running on the stack's network (a run in progress): compose does not know
+# them (the tasks start them), and the network cannot be removed while they are attached.
+STOP_STEPS = net=$$(sed -n 's/^TAGIFAI_DOCKER_NETWORK=//p' $(STACK_ENV) 2>/dev/null); \
+	steps=$$(docker ps -q --filter label=org.tagifai.step --filter network=$${net:-tagifai}); \
+	if [ -n "$$steps" ]; then echo "stopping the step containers of runs in progress"; docker stop -t 10 $$steps >/dev/null; fi
+
 down: ## Stop the stack; runs, models and Airflow history stay in the volumes
+	$(COMPOSE) --profile local --profile celery --profile tools stop
+	@$(STOP_STEPS)
 	$(COMPOSE) --profile local --profile celery --profile tools down --remove-orphans
 
 clean: ## Stop the stack and delete its volumes (all runs, models, Airflow history)
+	$(COMPOSE) --profile local --profile celery --profile tools stop
+	@$(STOP_STEPS)
 	$(COMPOSE) --profile local --profile celery --profile tools down --volumes --remove-orphans
 
 logs: ## Follow the stack's logs
