@@ -10,13 +10,11 @@ Standard library and Airflow only.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-import tagifai_sources
 from airflow.sdk import Asset, Variable, task
 from airflow.sdk.exceptions import AirflowSkipException
 from tagifai_runners import data_url, fromjson
@@ -40,28 +38,18 @@ def source_asset(name: str, source: str) -> Asset:
     return Asset(name=f"tagifai_{name}", uri=uri)
 
 
-def fingerprint(source: str, config: Mapping[str, Any]) -> str:
-    """The sha256 of a source's content, read under the deployment's source policy (as `elt` reads it)."""
-    data = config["data"]
-    policy = tagifai_sources.SourcePolicy.from_environ(
-        os.environ, [data["projects_url"], data["tags_url"]], enforce=True
-    )
-    content = tagifai_sources.fetch(
-        source, policy, max_bytes=data["max_bytes"], deadline_seconds=data["fetch_deadline_seconds"]
-    )
-    return hashlib.sha256(content).hexdigest()
-
-
 @task
-def watch(source: str, asset: Asset, config: dict[str, Any], **context: Any) -> dict[str, str]:
+def watch(checksum_line: Any, source: str, asset: Asset, **context: Any) -> dict[str, str]:
     """Emit an event on `asset` when `source` changed since the last look; else skip (no event).
 
-    The last sha256 seen is an Airflow Variable per asset. The first look records it and emits nothing.
+    `checksum_line` is the output of `tagifai checksum <source>`, run by the steps' runner (so the
+    source is read where and as `elt` reads it). The last sha256 seen is an Airflow Variable per
+    asset. The first look records it and emits nothing.
 
     Raises:
         AirflowSkipException: the source is unchanged, or seen for the first time.
     """
-    sha = fingerprint(source, config)
+    sha = fromjson(checksum_line)["sha256"]
     seen_key = f"{asset.name}_sha256"
     previous = Variable.get(seen_key, default=None)
     if sha == previous:

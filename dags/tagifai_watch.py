@@ -1,9 +1,11 @@
 """Watch the training data; when a source changed, emit an event that runs `tagifai_training`.
 
-Every `[watch] interval_seconds` (15 min) one task per source reads it, under the same source policy
-as `elt`, and compares its sha256 with the last one seen. Changed: an event on the source's Asset
-(`tagifai_projects`, `tagifai_tags`; `extra`: source, sha256, previous), and `tagifai_training`
-starts. Unchanged, or seen for the first time: the task is skipped and nothing is emitted.
+Every `[watch] interval_seconds` (15 min), for each source: `checksum_<source>` runs `tagifai checksum`
+with the steps' runner (a container of the tagifai image, with the source's data folder mounted as
+for `elt`, under the same source policy), and `watch_<source>` compares the sha256 with the last
+one seen. Changed: an event on the source's Asset (`tagifai_projects`, `tagifai_tags`; `extra`:
+source, sha256, previous), and `tagifai_training` starts. Unchanged, or seen for the first time:
+the watch task is skipped and nothing is emitted.
 
 A small DAG rather than an AssetWatcher: an AssetWatcher's trigger runs in the triggerer, which
 must import it from an installed package (this repo's dags/ is not one) and keeps its state in
@@ -18,8 +20,10 @@ from datetime import UTC, datetime, timedelta
 import tagifai_config
 from airflow.sdk import DAG
 from tagifai_assets import source_asset, sources, watch
+from tagifai_runners import RunnerSettings, tagifai_step
 
 config = tagifai_config.load(tagifai_config.repository_dir())
+settings = RunnerSettings.from_env(config=config)
 
 with DAG(
     dag_id="tagifai_watch",
@@ -27,10 +31,18 @@ with DAG(
     start_date=datetime(2025, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
-    default_args={"owner": "tagifai", "retries": 0},
+    default_args={"owner": "tagifai", "retries": 0},  # the next look is the retry
     doc_md=__doc__,
     tags=["tagifai", "assets"],
 ) as dag:
     for name, source in sources(config).items():
         asset = source_asset(name, source)
-        watch.override(task_id=f"watch_{name}", outlets=[asset])(source, asset, config)
+        checksum = tagifai_step(
+            f"checksum_{name}",
+            ["checksum", source],
+            settings,
+            experiment_name=config["mlflow"]["experiment_name"],
+            data_sources=(source,),
+        )
+        checksum.execution_timeout = settings.timeout("checksum")
+        watch.override(task_id=f"watch_{name}", outlets=[asset])(checksum.output, source, asset)

@@ -375,6 +375,21 @@ def predict(
     }
 
 
+@app.command()
+@command
+def checksum(
+    settings: dict,
+    source: Annotated[str, typer.Argument(help="A data source: an http(s)/file:// URL or a path.")],
+) -> dict[str, Any]:
+    """The sha256 of a data source's content, read as `elt` reads it (what `tagifai_watch` compares)."""
+    import hashlib
+
+    from tagifai import sources
+
+    content = sources.fetch(source, settings)
+    return {"source": sources.redact(source), "sha256": hashlib.sha256(content).hexdigest(), "bytes": len(content)}
+
+
 @app.command("predict-batch")
 @command
 def predict_batch(

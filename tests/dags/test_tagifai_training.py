@@ -662,13 +662,19 @@ def test_the_champion_event_is_emitted_only_when_champion_moved(load_dag, regist
             task.python_callable(line, **context)
 
 
-def test_the_watcher_looks_at_each_source_on_the_configured_interval(parse_dags, tmp_path):
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_the_watcher_looks_at_each_source_on_the_configured_interval(parse_dags, render, runner, tmp_path):
     override = tmp_path / "watch.toml"
     override.write_text("[watch]\ninterval_seconds = 20\n")
-    bag = parse_dags(TAGIFAI_CONFIG=str(override), TAGIFAI_PROJECTS_URL="/srv/data/projects.csv")
+    bag = parse_dags(TAGIFAI_RUNNER=runner, TAGIFAI_CONFIG=str(override), TAGIFAI_PROJECTS_URL="/srv/data/projects.csv")
     dag = bag.dags["tagifai_watch"]
     assert dag.timetable.delta == timedelta(seconds=20)
-    assert sorted(dag.task_ids) == ["watch_projects", "watch_tags"]
+    assert sorted(dag.task_ids) == ["checksum_projects", "checksum_tags", "watch_projects", "watch_tags"]
+    # The source is read by the steps' runner, as elt reads it (its data folder mounted, for docker).
+    checksum = render(dag.get_task("checksum_projects"))
+    assert rendered_command(checksum, runner) == ["tagifai", "checksum", "/srv/data/projects.csv"]
+    assert checksum.execution_timeout == timedelta(minutes=5)
+    assert dag.get_task("watch_projects").upstream_task_ids == {"checksum_projects"}
     [projects] = dag.get_task("watch_projects").outlets
     assert (projects.name, projects.uri) == ("tagifai_projects", "file:///srv/data/projects.csv")
     assert dag.catchup is False and dag.max_active_runs == 1

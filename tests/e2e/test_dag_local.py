@@ -133,9 +133,10 @@ def test_the_watcher_emits_an_event_only_when_a_source_changed(tmp_path):
         return run.states
 
     # First look: both sources recorded, nothing emitted (skipped).
-    assert look() == {"watch_projects": "skipped", "watch_tags": "skipped"}
-    assert look() == {"watch_projects": "skipped", "watch_tags": "skipped"}  # unchanged
+    checked = {"checksum_projects": "success", "checksum_tags": "success"}
+    assert look() == {**checked, "watch_projects": "skipped", "watch_tags": "skipped"}
+    assert look() == {**checked, "watch_projects": "skipped", "watch_tags": "skipped"}  # unchanged
     with projects.open("a", encoding="utf-8") as f:
         f.write("9999,2020-03-01 10:00:00,A new project,with a description\n")
     # The changed source's task succeeds: its asset event starts tagifai_training.
-    assert look() == {"watch_projects": "success", "watch_tags": "skipped"}
+    assert look() == {**checked, "watch_projects": "success", "watch_tags": "skipped"}
