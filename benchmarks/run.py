@@ -28,8 +28,8 @@ from benchmarks import serving as serving_section
 from tests import harness
 
 RESULTS = Path(__file__).with_name("results.json")
-# Trials of each run through the stack (the Celery section): enough for 4 workers to overlap.
-CELERY_TRIALS = 12
+# Trials of each run through the stack (the Celery section): two for each of the 4 optimize tasks.
+CELERY_TRIALS = 8
 SECTIONS = ("quality", "pipeline", "serving", "celery", "images")
 GB = 1e9
 # The targets: (name, figure, bound, at most?)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -77,3 +79,41 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Order the session: every other test, then the stack's lifecycle, then Celery."""
     rank = {name: index + 1 for index, name in enumerate(LAST)}
     items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], 0))
+
+
+@pytest.fixture(scope="session")
+def faulted_run(stack, first_run) -> dict[str, Any]:
+    """A forced run (every step runs again) during which MLflow restarts (in `optimize`) and the `train`
+    container is killed. Its run, the faults injected, the task states and train's try number."""
+    client = stack.airflow()
+    run_id = client.trigger({"num_trials": 5, "force": True})
+    faults: dict[str, str] = {}
+
+    def inject_both() -> None:
+        deadline = time.monotonic() + 1200
+        while time.monotonic() < deadline and len(faults) < 2:
+            states = client.task_states(run_id)
+            if "mlflow" not in faults and "running" in (states.get("optimize[0]"), states.get("optimize[1]")):
+                faults["mlflow"] = stack.compose("restart", "mlflow").stderr
+            if "train" not in faults and states.get("train") == "running":
+                labels = {"org.tagifai.step": "train", "org.tagifai.pipeline-run-id": run_id}
+                for container in compose.task_containers(**labels):
+                    subprocess.run(["docker", "kill", container], capture_output=True)
+                    faults["train"] = container
+            time.sleep(1)
+
+    def inject() -> None:
+        try:
+            inject_both()
+        except Exception as exc:  # noqa: BLE001 — shown by the test's assertion, not lost with the thread
+            faults["error"] = repr(exc)
+
+    injector = threading.Thread(target=inject, daemon=True)
+    injector.start()
+    run = client.wait(run_id, timeout=2400)
+    injector.join(timeout=5)
+    train = client.request(
+        "GET", f"/api/v2/dags/tagifai_training/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/train"
+    )
+    return {"run_id": run_id, "run": run, "faults": faults, "states": client.task_states(run_id),
+            "train_tries": train["try_number"]}  # fmt: skip

@@ -41,15 +41,16 @@ def champion_events(client) -> list[dict]:
     return client.request("GET", f"/api/v2/assets/events?asset_id={asset['id']}&order_by=timestamp")["asset_events"]
 
 
-def test_force_runs_every_step_again(stack, first_run):
-    # The first run's params on the first run's data: without force every step would be reused.
+def test_force_runs_every_step_again(stack, first_run, faulted_run):
+    # The faulted run is forced: on the first run's data, where every step would be reused otherwise.
     client = stack.airflow()
-    run_id = client.trigger({"num_trials": 3, "num_workers": 2, "force": True})
-    assert client.wait(run_id, timeout=1800)["state"] == "success", client.task_states(run_id)
-    forced = step_outputs(client, run_id)
+    assert faulted_run["run"]["state"] == "success", faulted_run["states"]
+    forced = step_outputs(client, faulted_run["run_id"])
     assert not any(out.get("reused") for out in forced.values())
     assert "plan" not in forced["elt"]
-    assert forced["train"]["run_id"] != step_outputs(client, first_run[0])["train"]["run_id"]
+    first = step_outputs(client, first_run[0])
+    assert forced["elt"]["run_id"] != first["elt"]["run_id"]
+    assert forced["train"]["run_id"] != first["train"]["run_id"]
 
 
 @pytest.fixture(scope="module")
