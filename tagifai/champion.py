@@ -80,7 +80,10 @@ def rollback(settings: dict[str, Any], name: str, to_version: str | None, reason
     data_run_id = current.tags.get("data_run_id")
     f1, unloadable = registry.rescore_or_reason(name, target, data_run_id)
     if f1 is None:
-        raise BadInputError(f"{name} v{target} cannot be rolled back to: it cannot be loaded and scored ({unloadable})")
+        choose = "" if to_version else "; choose another with --to VERSION (make rollback TO=...)"
+        raise BadInputError(
+            f"{name} v{target} cannot be rolled back to: it cannot be loaded and scored ({unloadable}){choose}"
+        )
     by = f"tagifai rollback by {getpass.getuser()}"
     why = f"{reason or 'rolled back'}: v{current.version} → v{target}; v{target} re-scored test f1 {f1:.4f} "
     why += f"on the current test split (data run {data_run_id})"

@@ -186,8 +186,7 @@ def running_stack(root: Path) -> Iterator[Stack]:
         "TAGIFAI_PROJECTS_URL": str(projects),
         "TAGIFAI_TAGS_URL": str(tags),
         "TAGIFAI_CONFIG": str(override),
-        "PYTHON_IMAGE": os.environ.get("PYTHON_IMAGE", ""),
-        "POSTGRES_IMAGE": os.environ.get("POSTGRES_IMAGE", ""),
+        **{name: os.environ.get(name, "") for name in ("PYTHON_IMAGE", "POSTGRES_IMAGE", "REDIS_IMAGE")},
     }
     stack_script.write_env(REPO / ".env.example", env_file, overrides)
     started = time.time()

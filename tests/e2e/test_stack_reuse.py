@@ -82,8 +82,9 @@ def data_change(stack):
             break
         assert time.monotonic() < deadline, "no run started by an asset event within two watch intervals"
         time.sleep(5)
+    waited = time.monotonic() - changed  # from the change to the run's start
     run = client.wait(started[0]["dag_run_id"], timeout=2400)
-    return {"run": run, "waited": time.monotonic() - changed}
+    return {"run": run, "waited": waited}
 
 
 def test_new_data_starts_a_run_by_asset_event_and_is_learned_anew(data_change, stack):
@@ -111,14 +112,14 @@ def test_a_promotion_emits_the_champion_event(data_change, stack):
 def test_a_second_run_on_the_same_data_reuses_every_step(data_change, stack):
     client = stack.airflow()
     first = data_change["run"]
-    versions = stack.mlflow_post("model-versions/search", {"filter": "name = 'tagifai'", "max_results": 1000})
+    versions = stack.mlflow("model-versions/search", filter="name = 'tagifai'", max_results="1000")
     run_id = client.trigger({})  # the same params as the asset-triggered run: the defaults
     second = client.wait(run_id, timeout=1800)
     assert second["state"] == "success", client.task_states(run_id)
     outputs = step_outputs(client, run_id)
     assert {step: out.get("reused") for step, out in outputs.items()} == dict.fromkeys(outputs, True)
     # Nothing trained, tuned or registered; no champion event.
-    after = stack.mlflow_post("model-versions/search", {"filter": "name = 'tagifai'", "max_results": 1000})
+    after = stack.mlflow("model-versions/search", filter="name = 'tagifai'", max_results="1000")
     assert len(after["model_versions"]) == len(versions["model_versions"])
     assert client.task_states(run_id)["publish_champion"] == "skipped"
     assert not [e for e in champion_events(client) if e["extra"].get("pipeline_run_id") == run_id]
