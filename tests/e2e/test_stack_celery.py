@@ -1,5 +1,6 @@
 """The stack on Celery, as a user switches to it: `AIRFLOW_EXECUTOR=CeleryExecutor` and
-`COMPOSE_PROFILES=celery` in `.env`, then `make up`. Two workers share the runs; a killed worker's tasks
+`COMPOSE_PROFILES=celery` in `.env`, then `make up`; runs, models and Airflow history survive the
+`make down` before it. Two workers share the runs; a killed worker's tasks
 are retried on the other and its orphaned step containers stopped; a worker started from
 docker-compose.worker.yml, as on another machine, takes tasks; Flower needs a login. Then `make down`
 leaves nothing running. Runs last: it changes the session's stack (tests/e2e/conftest.py).
@@ -69,6 +70,14 @@ def celery(stack):
     stack.reread()
     make("up", env_file=stack.env_file)
     return {"gateway": gateway}
+
+
+def test_runs_models_and_history_survive_down_and_up(stack, first_run, celery):
+    # The Celery fixture's `make up` follows a `make down` (and a change of executor): nothing is lost.
+    version = stack.mlflow("registered-models/alias", name="tagifai", alias="champion")["model_version"]
+    assert version["version"]
+    runs = stack.airflow().request("GET", "/api/v2/dags/tagifai_training/dagRuns?limit=100")["dag_runs"]
+    assert first_run[0] in {r["dag_run_id"] for r in runs}
 
 
 def test_a_run_spreads_over_two_celery_workers(stack, celery):

@@ -1,6 +1,6 @@
-"""The stack's lifecycle: runs, models and Airflow history survive `make down && make up`, and
-a lost `.env` is caught before anything starts. Ordered after every other test that uses the session's stack
-(tests/e2e/conftest.py).
+"""The stack's lifecycle: a lost `.env` is caught before anything starts. Ordered after every other
+test that uses the session's stack, and before Celery (tests/e2e/conftest.py), whose `make up` then
+shows that runs, models and Airflow history survived `make down`.
 """
 
 from __future__ import annotations
@@ -15,16 +15,6 @@ from tests.e2e.compose import PROJECT, make, running_containers
 from tests.harness import REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.stack, pytest.mark.slow]
-
-
-def test_data_survive_down_and_up(stack, first_run):
-    make("down", env_file=stack.env_file, timeout=600)
-    assert running_containers(**{"com.docker.compose.project": PROJECT}) == []
-    make("up", env_file=stack.env_file)
-    version = stack.mlflow("registered-models/alias", name="tagifai", alias="champion")["model_version"]
-    assert version["version"]
-    runs = stack.airflow().request("GET", "/api/v2/dags/tagifai_training/dagRuns")["dag_runs"]
-    assert first_run[0] in {r["dag_run_id"] for r in runs}
 
 
 def test_make_up_with_a_lost_env_says_what_to_do_and_starts_nothing(stack, tmp_path):
