@@ -5,7 +5,9 @@ switched to Celery the way a user does it (`.env`: `AIRFLOW_EXECUTOR`, `COMPOSE_
 task at a time per worker (`CELERY_WORKER_CONCURRENCY=1`) and 1, 2, then 4 worker containers. Each
 measurement is a DAG run with 4 `optimize` workers sharing one study (every run forced, so nothing is
 reused); trials per minute are counted from the study's trial runs in MLflow, from the first trial's
-start to the last one's end.
+start to the last one's end. Once every `optimize` task has ended the run is stopped (marked failed
+through the REST API, its step containers stopped): train, evaluate and register are not measured,
+and would only make the benchmark longer.
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from scripts import stack as stack_script
-from tests.e2e.compose import Stack, make
+from tests.e2e.compose import Stack, make, task_containers
 from tests.harness import REPO, free_port, world_readable
 
 PROJECT = "tagifai-bench"
@@ -61,15 +65,39 @@ def trials_per_minute(stack: Stack, num_trials: int) -> dict[str, Any]:
     """Run the DAG once (forced) with OPTIMIZE_WORKERS optimize tasks; its study's trials per minute."""
     client = stack.airflow()
     run_id = client.trigger({"num_trials": num_trials, "num_workers": OPTIMIZE_WORKERS, "force": True})
-    run = client.wait(run_id, timeout=3600)
-    if run["state"] != "success":
-        raise RuntimeError(f"the benchmark run {run_id} failed: {client.task_states(run_id)}")
+    tuned(client, run_id, timeout=3600)
+    stop_run(client, run_id)
     experiment = stack.mlflow("experiments/get-by-name", experiment_name="tagifai")["experiment"]["experiment_id"]
     query = f"tags.pipeline_run_id = '{run_id}' and tags.`tagifai.step` = 'trial'"
     trials = stack.mlflow_post("runs/search", {"experiment_ids": [experiment], "filter": query, "max_results": 1000})
     spans = [(int(t["info"]["start_time"]), int(t["info"]["end_time"])) for t in trials.get("runs", [])]
     seconds = (max(end for _, end in spans) - min(start for start, _ in spans)) / 1000
     return {"trials": len(spans), "tuning_seconds": seconds, "trials_per_minute": 60 * len(spans) / seconds}
+
+
+def tuned(client: Any, run_id: str, timeout: float) -> None:
+    """Wait until all OPTIMIZE_WORKERS `optimize` tasks of the run succeeded; fail if one did not."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = client.task_states(run_id)
+        workers = [state for task, state in states.items() if task.startswith("optimize[")]
+        if len(workers) == OPTIMIZE_WORKERS and all(state == "success" for state in workers):
+            return
+        if any(state in ("failed", "upstream_failed") for state in states.values()):
+            raise RuntimeError(f"the benchmark run {run_id} failed: {states}")
+        time.sleep(3)
+    raise TimeoutError(f"the benchmark run {run_id} was still tuning after {timeout:.0f}s")
+
+
+def stop_run(client: Any, run_id: str) -> None:
+    """End the run now (marked failed) and stop the step containers it started after tuning."""
+    path = f"/api/v2/dags/tagifai_training/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+    client.request("PATCH", path, {"state": "failed"})
+    deadline = time.monotonic() + 120
+    while containers := task_containers(**{"org.tagifai.pipeline-run-id": run_id}):
+        subprocess.run(["docker", "stop", "-t", "5", *containers], capture_output=True)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"step containers of {run_id} still running: {containers}")
 
 
 def measure(projects: str, tags: str, num_trials: int) -> dict[str, Any]:
