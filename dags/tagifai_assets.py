@@ -1,4 +1,4 @@
-"""tagifai's Airflow Assets, and the tasks that emit their events.
+"""tagifai's Airflow Assets, the tasks that emit their events, and the daily time schedule.
 
 - One Asset per training data source (`tagifai_projects`, `tagifai_tags`): `tagifai_watch` emits an
   event when the source changed, and `tagifai_training` runs on either (or daily).
@@ -13,13 +13,18 @@ from __future__ import annotations
 import os
 import urllib.parse
 from collections.abc import Mapping
+from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import Asset, Variable, task
+from airflow.sdk import Asset, CronTriggerTimetable, Variable, task
 from airflow.sdk.exceptions import AirflowSkipException
 from tagifai_runners import data_url, fromjson
 
 CHAMPION = Asset(name="tagifai_champion", uri="x-tagifai://champion")
+# Midnight UTC. A DAG without a start date that is unpaused first runs at the next midnight:
+# `run_immediately=False` would still run the past midnight's when it is under 2.4 hours old (Airflow
+# 3.3 treats False like None, "10% of the interval"); a zero timedelta never does.
+DAILY = CronTriggerTimetable("@daily", timezone="UTC", run_immediately=timedelta(0))
 
 
 def sources(config: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -17,8 +17,8 @@ import os
 from datetime import timedelta
 
 import tagifai_config
-from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
-from tagifai_assets import CHAMPION
+from airflow.sdk import DAG, AssetOrTimeSchedule, Param
+from tagifai_assets import CHAMPION, DAILY
 from tagifai_runners import USER_DEFINED_FILTERS, RunnerSettings, data_url, tagifai_step
 
 config = tagifai_config.load(tagifai_config.repository_dir())
@@ -27,7 +27,7 @@ default_source = config["predict"]["source"] or os.environ.get("TAGIFAI_PROJECTS
 
 with DAG(
     dag_id="tagifai_batch_predictions",
-    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("@daily", timezone="UTC"), assets=CHAMPION),
+    schedule=AssetOrTimeSchedule(timetable=DAILY, assets=CHAMPION),
     # No start date: the first daily run is the next midnight; the champion's event runs it any time.
     catchup=False,
     max_active_runs=1,

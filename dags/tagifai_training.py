@@ -38,8 +38,8 @@ import os
 from datetime import timedelta
 
 import tagifai_config
-from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param
-from tagifai_assets import publish_champion, source_asset, sources
+from airflow.sdk import DAG, AssetOrTimeSchedule, Param
+from tagifai_assets import DAILY, publish_champion, source_asset, sources
 from tagifai_runners import (
     USER_DEFINED_FILTERS,
     RunnerSettings,
@@ -57,7 +57,7 @@ with DAG(
     dag_id="tagifai_training",
     # Daily, and whenever tagifai_watch saw a data source change.
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("@daily", timezone="UTC"),
+        timetable=DAILY,
         assets=source_asset("projects", sources(config)["projects"]) | source_asset("tags", sources(config)["tags"]),
     ),
     # No start date: the first scheduled run is the next midnight (UTC), not one the moment the DAG is

@@ -103,6 +103,25 @@ def test_graph_is_the_six_steps_in_order_with_optimize_fanned_out(load_dag, runn
     assert [op.task_id for op in optimize.iter_mapped_dependencies()] == ["optimize_workers"]
 
 
+@pytest.mark.parametrize("dag_id", ["tagifai_training", "tagifai_batch_predictions"])
+@pytest.mark.parametrize("unpaused_at", ["00:08", "02:00", "23:59"])
+def test_a_daily_dag_unpaused_soon_after_midnight_waits_for_the_next(parse_dags, monkeypatch, dag_id, unpaused_at):
+    # The timetable as the scheduler has it (serialized, then decoded into the core class).
+    import airflow.timetables.trigger as trigger
+    import pendulum
+    from airflow.serialization.decoders import decode_timetable
+    from airflow.serialization.encoders import encode_timetable
+    from airflow.timetables.base import TimeRestriction
+
+    daily = decode_timetable(encode_timetable(parse_dags().dags[dag_id].timetable.timetable))
+    hour, minute = map(int, unpaused_at.split(":"))
+    monkeypatch.setattr(trigger, "utcnow", lambda: pendulum.datetime(2026, 11, 24, hour, minute, tz="UTC"))
+    first = daily.next_dagrun_info(
+        last_automated_data_interval=None, restriction=TimeRestriction(earliest=None, latest=None, catchup=False)
+    )
+    assert first.run_after == pendulum.datetime(2026, 11, 25, tz="UTC")
+
+
 def test_schedule_catchup_and_run_limits(load_dag):
     from airflow.sdk import AssetOrTimeSchedule
 
