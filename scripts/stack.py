@@ -342,7 +342,10 @@ def main() -> int:
     wait_parser.add_argument("--compose", default="docker compose", help="the compose command, with its options")
     check = sub.add_parser("preflight", help="refuse a .env with placeholders, or one the volumes were not made with")
     check.add_argument("--env-file", default=".env")
-    user = sub.add_parser("mlflow-user", help="add an MLflow login for a person (reads everything, changes what it creates); its password is printed once")
+    user = sub.add_parser(
+        "mlflow-user",
+        help="add an MLflow login (reads everything, changes what it creates); its password is printed once",
+    )
     user.add_argument("name")
     user.add_argument("--env-file", default=".env")
     run = sub.add_parser("trigger", help="trigger tagifai_training through the REST API and wait")
