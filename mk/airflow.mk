@@ -16,8 +16,9 @@ DOCKER_BUILD_FLAGS ?= --network host
 RUNNER ?= docker
 
 # What the Airflow image and .venv-airflow are made of; AIRFLOW_REQUIREMENTS pins these and everything
-# they pull in (one list for both).
-AIRFLOW_PACKAGES := apache-airflow[celery,postgres]==3.3.2 apache-airflow-providers-docker==4.6.1 \
+# they pull in (one list for both). celery stays below 5.7: 5.7 dropped celery.backends.database.retry,
+# which the celery provider imports, and its executor and workers then fail to load.
+AIRFLOW_PACKAGES := apache-airflow[celery,postgres]==3.3.2 celery==5.6.3 apache-airflow-providers-docker==4.6.1 \
 	apache-airflow-providers-fab==3.10.2 apache-airflow-providers-celery==3.26.0 \
 	apache-airflow-providers-cncf-kubernetes==10.25.0 psycopg2-binary==2.9.13 redis==6.4.0 asyncpg==0.32.0 \
 	pytest==9.2.0

@@ -617,6 +617,14 @@ def test_kubernetes_pods_are_bounded_and_unprivileged(load_dag, render):
         assert base.security_context.capabilities.drop == ["ALL"]
 
 
+def test_the_celery_executor_and_worker_load_with_the_pinned_packages():
+    # The image's (and this venv's) celery must be one the provider imports: with celery 5.7 the
+    # executor failed to load and every worker crash-looped on a misleading "Airflow >= 2.8.0" error.
+    from airflow.providers.celery.executors.celery_executor import app  # what `airflow celery worker` loads
+
+    assert "execute_workload" in app.tasks
+
+
 # ---- change-driven: reuse and asset events --------------------------------------------------------
 
 
