@@ -74,13 +74,17 @@ def data_sha(*contents: bytes) -> str:
     return digest.hexdigest()
 
 
-def drift_reference(reference_sha: str | None, data_sha256: str) -> str | None:
-    """What of the drift reference decides validation: nothing when there is none, or it is this very data.
+def drift_reference(reference_sha: str | None, data_sha256: str, reference_used: str | None = None) -> str | None:
+    """What of the drift reference decides validation: the reference's data, when it is other data.
 
-    Data compared with itself never drifts, so that case keys like no reference at all: the second run
-    on the champion's own data reuses the first run's validation.
+    No reference keys as None. When the reference is this very data (it became the champion's), the
+    data cannot drift from itself, and it was validated once already, against the reference that run
+    used (`reference_used`, None if it had none): keying as that run did, the next run on the same
+    data reuses it instead of validating, and then training, all over again.
     """
-    return None if reference_sha in (None, "", data_sha256) else reference_sha
+    if reference_sha in (None, ""):
+        return None
+    return (reference_used or None) if reference_sha == data_sha256 else reference_sha
 
 
 def source_files() -> list[Path]:

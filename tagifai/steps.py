@@ -31,6 +31,7 @@ LABELED = "data/labeled.csv"
 PROFILE = "validation/profile.json"
 BEST_PARAMS = "best_params.json"
 REPORT = "evaluation/report.json"
+REFERENCE_TAG = "tagifai.drift_reference"  # on validate runs: the drift reference their key holds
 # What a run must still have to be reused.
 REQUIRED = {
     "elt": (LABELED,),
@@ -135,8 +136,8 @@ def drift_reference_run(settings: dict[str, Any]) -> str | None:
 
 def reference_key(reference_run_id: str | None, data_sha256: str) -> str | None:
     """What of a drift reference decides validation (`reuse.drift_reference`)."""
-    sha = MlflowClient().get_run(reference_run_id).data.tags.get("data_sha256") if reference_run_id else None
-    return reuse.drift_reference(sha, data_sha256)
+    tags = MlflowClient().get_run(reference_run_id).data.tags if reference_run_id else {}
+    return reuse.drift_reference(tags.get("data_sha256"), data_sha256, tags.get(REFERENCE_TAG))
 
 
 def validate(
@@ -164,6 +165,7 @@ def validate(
     df = data.read_frame(tracking.read_artifact(elt_run_id, LABELED))
     profile = tracking.read_json_artifact(reference_run_id, PROFILE) if reference_run_id else None
     with tracking.step_run("validate", experiment, upstream, key=key) as run:
+        mlflow.set_tag(REFERENCE_TAG, reference or "")
         report = {**validation.validate(df, settings, profile, not allow_drift), "reference_run_id": reference_run_id}
         tracking.log_json(report, "validation/report.json")
         mlflow.log_text(validation.render_markdown(report), "validation/report.md")

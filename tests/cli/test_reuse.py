@@ -1,10 +1,13 @@
 """Reuse through the CLI: a pipeline run twice on the same data does its work once."""
 
+from pathlib import Path
+
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
 from tagifai.steps import NAMES
+from tests import synthetic
 from tests.harness import Cli
 
 
@@ -63,3 +66,18 @@ def test_a_run_whose_artifacts_are_gone_is_a_miss_not_an_error(module_cli, twice
     _, again, _ = module_cli("evaluate", "--train-run", twice["forced"]["train_run_id"])
     assert not again.get("reused")
     assert again["run_id"] not in {twice["first"]["evaluate_run_id"], twice["forced"]["evaluate_run_id"]}
+
+
+def test_new_data_once_promoted_is_not_learned_again_by_the_next_run(cli: Cli):
+    # The new data's validation was keyed by the old champion's data; once its model is champion, the
+    # drift reference is this very data: the next run must still find that validation, and all after it.
+    config = Path(cli.env["TAGIFAI_CONFIG"])
+    config.write_text(config.read_text() + "\n[register]\nmax_regression = 1.0\n", encoding="utf-8")
+    args = ("pipeline", "--num-trials", "1", "--experiment-name", "new-data")
+    _, first, _ = cli(*args)
+    synthetic.write_dataset(Path(cli.env["TAGIFAI_PROJECTS_URL"]).parent, per_tag=45)
+    _, learned, _ = cli(*args)
+    assert learned["reused"] == [] and learned["promoted"] and learned["version"] == "2"
+    _, again, _ = cli(*args)
+    assert again["reused"] == list(NAMES)
+    assert again["validate_run_id"] == learned["validate_run_id"] and again["version"] == "2"

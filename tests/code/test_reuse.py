@@ -97,15 +97,18 @@ def test_a_steps_arguments_change_its_key(base, kwargs, step):
 
 
 @pytest.mark.parametrize(
-    ("reference", "expected"),
+    ("reference", "used", "expected"),
     [
-        (None, None),  # no reference
-        ("a" * 64, None),  # the data itself: drift is impossible, as without a reference
-        ("b" * 64, "b" * 64),  # other data
+        (None, None, None),  # no reference
+        ("a" * 64, None, None),  # the data itself, first validated with no reference
+        ("a" * 64, "", None),  # (as its tag says it)
+        ("a" * 64, "b" * 64, "b" * 64),  # the data itself, first validated against other data
+        ("b" * 64, None, "b" * 64),  # other data
+        ("b" * 64, "c" * 64, "b" * 64),
     ],
 )
-def test_drift_reference_keys_only_other_data(reference, expected):
-    assert reuse.drift_reference(reference, "a" * 64) == expected
+def test_drift_reference_keys_other_data_or_as_the_data_was_first_validated(reference, used, expected):
+    assert reuse.drift_reference(reference, "a" * 64, used) == expected
 
 
 def test_data_sha_tells_apart_where_one_file_ends():
