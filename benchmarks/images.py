@@ -21,8 +21,12 @@ IMAGES = {
     "airflow": "tagifai-airflow:latest",
 }
 REBUILD_TAG = "tagifai:benchmark-rebuild"
-# What `.dockerignore` lets into the tagifai image's context.
-CONTEXT = ("pyproject.toml", "README.md", "tagifai", "config", ".dockerignore")
+
+
+def context_paths() -> list[str]:
+    """What `.dockerignore` lets back into the tagifai image's context (its `!` lines)."""
+    lines = (REPO / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    return [line[1:].rstrip("/") for line in lines if line.startswith("!")]
 
 
 def size(image: str) -> int | None:
@@ -51,12 +55,14 @@ def rebuild_seconds(python_image: str) -> float:
     """Seconds to rebuild the tagifai image after editing one line of `tagifai/steps.py`."""
     context = Path(tempfile.mkdtemp(prefix="tagifai-bench-image-"))
     try:
-        for name in CONTEXT:
-            source = REPO / name
-            (shutil.copytree if source.is_dir() else shutil.copy2)(source, context / name)
         shutil.copytree(REPO / "images" / "tagifai", context / "images" / "tagifai")
-        if (REPO / "build" / "wheelhouse").is_dir():
-            shutil.copytree(REPO / "build" / "wheelhouse", context / "build" / "wheelhouse")
+        for name in context_paths():
+            source, target = REPO / name, context / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, target, dirs_exist_ok=True)
+            elif source.exists():  # build/wheelhouse only where WHEELHOUSE staged one
+                shutil.copy2(source, target)
         build(context, python_image)  # warm: every layer from the cache `make image` filled
         with (context / "tagifai" / "steps.py").open("a", encoding="utf-8") as f:
             f.write(f"# benchmark rebuild {time.time()}\n")
