@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tests import harness
-from tests.harness import stop, wait_for
+from tests.harness import answers, stop, wait_for
 
 CONNECTIONS = 10
 THREADS = 2
@@ -139,8 +139,12 @@ def measure(tracking_uri: str, model_uri: str, env: dict[str, str]) -> dict[str,
                     command, env=server_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
                 )
         for server, process in processes.items():
-            wait_for(lambda url=urls[server]: answers(f"{url}/ping"), server, START_TIMEOUT_SECONDS, process)
-        answers = {
+            try:
+                wait_for(lambda url=urls[server]: answers(f"{url}/ping"), server, START_TIMEOUT_SECONDS, process)
+            except (TimeoutError, RuntimeError) as exc:
+                tail = logs[server].read_text(errors="replace").strip().splitlines()[-5:]
+                raise RuntimeError(f"{exc}; its log ends: {' | '.join(tail)}") from exc
+        replies = {
             n: {server: post(f"{urls[server]}/invocations", body) for server in SERVERS} for n, body in texts.items()
         }
         figures: dict[str, dict[str, Any]] = {server: {} for server in SERVERS}
@@ -163,7 +167,7 @@ def measure(tracking_uri: str, model_uri: str, env: dict[str, str]) -> dict[str,
         "connections": CONNECTIONS,
         "seconds": MEASURE_SECONDS,
         "identical_answers": all(
-            len({a[s] for s in SERVERS}) == 1 and a[SERVERS[0]][0] == 200 for a in answers.values()
+            len({a[s] for s in SERVERS}) == 1 and a[SERVERS[0]][0] == 200 for a in replies.values()
         ),
         "servers": figures,
         "exit_codes": exit_codes,
