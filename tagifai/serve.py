@@ -621,7 +621,7 @@ class Handler(BaseHTTPRequestHandler):
             RequestError: 411 or 413.
         """
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        if length is None or not (length.isascii() and length.isdigit()):
             self.close_connection = True
             raise RequestError(411, "send the body with a Content-Length header (chunked bodies are not accepted)")
         size = int(length)

@@ -32,6 +32,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service import utils as tracking_utils
 
 from tagifai import serve
+from tests.harness import free_port
 
 POLL = 0.2
 ROWS = [
@@ -344,6 +345,17 @@ def test_too_large_body_is_refused_before_it_is_read(v1_server, monkeypatch):
     assert "limit is 100 bytes" in answer["message"]
 
 
+@pytest.mark.parametrize("length", [None, b"-1", b"1e3", b"\xb2"])  # \xb2 is "2" superscript: isdigit(), no int
+def test_a_body_without_a_plain_content_length_is_refused_with_411(v1_server, length):
+    url = urlparse(v1_server.url)
+    header = b"" if length is None else b"Content-Length: " + length + b"\r\n"
+    request = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + header + b"\r\n{}"
+    with socket.create_connection((url.hostname, url.port), timeout=10) as conn:
+        conn.sendall(request)
+        status_line = conn.makefile("rb").readline()
+    assert status_line.split()[1] == b"411", status_line
+
+
 def test_unknown_endpoints_answer_404(v1_server):
     assert call(v1_server, "GET", "/nope")[0] == 404
     assert call(v1_server, "POST", "/predict", "{}")[0] == 404
@@ -632,12 +644,6 @@ def test_stop_lets_requests_in_flight_finish_then_refuses_connections():
     assert answers == [(200, {"predictions": [{"tag": "X", "probability": 0.5}]})]
     with pytest.raises(ConnectionRefusedError):
         call(server, "GET", "/health")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_tagifai_serve_serves_and_stops_gracefully_on_sigterm(store, name):
