@@ -3,7 +3,7 @@
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.harness import Cli
+from tests.harness import Cli, free_port
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +53,12 @@ def test_rollback_refuses_what_it_cannot_do(moves, module_cli):
     assert code == 3 and "v1 is the champion already" in err
     code, _, err = module_cli("rollback", "--to", "99", check=False)
     assert code == 3 and "has no version 99" in err
+
+
+def test_a_rollback_airflow_does_not_hear_of_is_made_and_says_so(moves, module_cli):
+    # Runs last: it moves champion back to v2. The move and its record stand; only the event is missing.
+    code, back, err = module_cli("rollback", "--to", "2", TAGIFAI_AIRFLOW_URL=f"http://127.0.0.1:{free_port()}")
+    assert code == 0 and (back["from_version"], back["version"], back["announced"]) == ("1", "2", False)
+    assert "no champion event" in err and "did not answer" in err
+    client = MlflowClient(module_cli.env["MLFLOW_TRACKING_URI"])
+    assert str(client.get_model_version_by_alias("tagifai", "champion").version) == "2"
