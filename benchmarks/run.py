@@ -212,6 +212,9 @@ def main() -> int:
     if "quality" in results and "quality" in sections and not quality.passed(results["quality"]):
         print(f"tuned test f1 is below the required {quality.REQUIRED_F1}", file=sys.stderr)
         code = 1
+    if results.get("serving", {}).get("identical_answers") is False:
+        print("tagifai serve and mlflow models serve answered the same requests differently", file=sys.stderr)
+        code = 1
     if results["skipped"] and os.environ.get("TAGIFAI_REQUIRE_SERVICES") == "1":
         print(f"sections skipped under TAGIFAI_REQUIRE_SERVICES=1: {results['skipped']}", file=sys.stderr)
         code = 1
