@@ -384,7 +384,7 @@ def _operator(
         "command": list(command),
         "docker_url": settings.docker_url,
         "network_mode": settings.docker_network,
-        "environment": env,
+        "environment": {**env, "TAGIFAI_OUTPUT": OUTPUT_PATH},
         # Which pipeline run, step and worker copy a container belongs to: `docker ps --filter label=...`.
         "labels": {
             "org.tagifai.step": task_id,
@@ -402,7 +402,6 @@ def _operator(
         "retrieve_output": True,
         "retrieve_output_path": OUTPUT_PATH,
     }
-    kwargs["environment"] = {**env, "TAGIFAI_OUTPUT": OUTPUT_PATH}
     return TagifaiDockerOperator, kwargs, "command"
 
 

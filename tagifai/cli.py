@@ -382,12 +382,10 @@ def checksum(
     source: Annotated[str, typer.Argument(help="A data source: an http(s)/file:// URL or a path.")],
 ) -> dict[str, Any]:
     """The sha256 of a data source's content, read as `elt` reads it (what `tagifai_watch` compares)."""
-    import hashlib
-
-    from tagifai import sources
+    from tagifai import data, sources
 
     content = sources.fetch(source, settings)
-    return {"source": sources.redact(source), "sha256": hashlib.sha256(content).hexdigest(), "bytes": len(content)}
+    return {"source": sources.redact(source), "sha256": data.sha256(content), "bytes": len(content)}
 
 
 @app.command("predict-batch")
