@@ -39,6 +39,8 @@ up: $(STACK_ENV) ## Start the stack (Airflow UI :8080, MLflow UI :5000); writes 
 	echo "  Serving  http://127.0.0.1:$${SERVE_PORT:-5001}/invocations   (the champion; /health, /version)"; \
 	echo "  MLflow   http://127.0.0.1:$${MLFLOW_PORT:-5000}   login: $${MLFLOW_VIEWER_USERNAME:-viewer} / $$MLFLOW_VIEWER_PASSWORD (viewer)"; \
 	echo "                                  admin: $${MLFLOW_ADMIN_USERNAME:-admin} / $$MLFLOW_ADMIN_PASSWORD"; \
+	case ",$$COMPOSE_PROFILES," in *,celery,*) \
+	  echo "  Flower   http://127.0.0.1:$${FLOWER_PORT:-5555}   login: $${FLOWER_USER:-admin} / $$FLOWER_PASSWORD (Celery workers)";; esac; \
 	echo "  DAGs unpaused: $(STACK_DAGS). tagifai_training runs daily and when tagifai_watch sees the data"; \
 	echo "  change; 'make train' runs it now."
 

@@ -3,7 +3,7 @@
 
 python3 scripts/stack.py env [--from .env.example] [--to .env]   write .env with fresh secrets
 python3 scripts/stack.py preflight [--env-file .env]              refuse a .env that cannot start this stack
-python3 scripts/stack.py wait SERVICE...                         wait until containers are healthy
+python3 scripts/stack.py wait [SERVICE...]                       wait until containers are healthy (all started)
 python3 scripts/stack.py trigger [--conf JSON]                   run tagifai_training via the REST API
 python3 scripts/stack.py mlflow-user NAME                        add an MLflow login for a person (prints its password)
 
