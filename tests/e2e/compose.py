@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -52,6 +55,43 @@ def running_containers(**labels: str) -> list[str]:
 def task_containers(**labels: str) -> list[str]:
     """Running task containers (labelled `org.tagifai.step` by the DAG), narrowed by `labels`."""
     return running_containers(**{"org.tagifai.step": "", **labels})
+
+
+def interface_address(name: str) -> str | None:
+    """The IPv4 address of this host's network interface `name`, or None (no such interface, no IPv4)."""
+    siocgifaddr = 0x8915  # <linux/sockios.h>
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            packed = fcntl.ioctl(sock.fileno(), siocgifaddr, struct.pack("256s", name[:15].encode()))
+        except OSError:
+            return None
+    return socket.inet_ntoa(packed[20:24])
+
+
+def host_address(network: str = "bridge") -> str:
+    """This host's address on a Docker bridge network: what its containers reach the host by.
+
+    The network's IPAM config names it as the gateway only when someone chose it (a daemon started
+    with --bip, or a network made with --subnet alone, lists just the subnet); otherwise it is the
+    address of the network's bridge interface here (`com.docker.network.bridge.name`, else
+    `br-<id[:12]>`, as Docker names it).
+    """
+    proc = subprocess.run(
+        ["docker", "network", "inspect", network, "--format", "{{json .}}"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, f"docker network inspect {network} failed: {proc.stderr.strip()}"
+    info = json.loads(proc.stdout)
+    configs = (info.get("IPAM") or {}).get("Config") or []
+    for config in configs:
+        if config.get("Gateway"):
+            return config["Gateway"].split("/")[0]
+    interface = (info.get("Options") or {}).get("com.docker.network.bridge.name") or f"br-{info['Id'][:12]}"
+    address = interface_address(interface)
+    assert address, (
+        f"cannot find this host's address on Docker network {network!r}: its IPAM config lists no gateway "
+        f"({json.dumps(configs)}) and its bridge interface {interface} has no IPv4 address here"
+    )
+    return address
 
 
 class Stack:
