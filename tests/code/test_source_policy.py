@@ -7,12 +7,11 @@ to non-loopback addresses are replaced; the code under test runs as it is.
 import errno
 import http.server
 import ipaddress
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import tagifai_sources as sources
@@ -667,18 +666,42 @@ def test_errors_are_the_kinds_callers_catch():
 # HTTPS: TLS to the vetted address, checked against the host name
 
 
+def self_signed(name: str, cert: Path, key: Path) -> None:
+    """Write a self-signed certificate for DNS name `name` and its key (PEM), valid for a day."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    private = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(private, hashes.SHA256())
+    )
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+
+
 @pytest.fixture
 def https_server(tmp_path, monkeypatch):
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command to make a certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-        + ["-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=files.test"]
-        + ["-addext", "subjectAltName=DNS:files.test"],
-        check=True,
-        capture_output=True,
-    )
+    self_signed("files.test", cert, key)
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the only CA ssl.create_default_context trusts
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
