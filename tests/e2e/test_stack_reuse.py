@@ -1,6 +1,6 @@
 """Change-driven, in the running stack: force runs every step; new data starts a run by asset event
-and is learned anew; a second run on the same data reuses every step, trains and registers nothing,
-and takes a fraction of the time; the champion event follows promotions only.
+and is learned anew; a second run on the same data reuses every step and trains and registers
+nothing (how much faster it is, `make benchmark` says); the champion event follows promotions only.
 """
 
 from __future__ import annotations
@@ -126,6 +126,6 @@ def test_a_second_run_on_the_same_data_reuses_every_step(data_change, stack):
     experiment = stack.mlflow("experiments/get-by-name", experiment_name="tagifai")["experiment"]["experiment_id"]
     body = {"experiment_ids": [experiment], "filter": f"tags.pipeline_run_id = '{run_id}'", "max_results": 10}
     assert stack.mlflow_post("runs/search", body).get("runs", []) == []  # not even a trial
+    # How much faster is a figure of `make benchmark` (its pipeline section), not a timed assertion here.
     ratio = seconds(second) / seconds(first)
     print(f"second run on the same data: {seconds(second):.0f}s, {ratio:.0%} of the first ({seconds(first):.0f}s)")
-    assert ratio <= 0.2
