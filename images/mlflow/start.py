@@ -25,6 +25,8 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+WORKER_HEALTHCHECK_SECONDS = 60
+
 AUTH_INI = """[mlflow]
 # Users may read everything; what they create is theirs to change. The admin (the steps) changes all.
 default_permission = READ
@@ -100,6 +102,10 @@ def main() -> int:
         "--host", "0.0.0.0",
         "--port", "5000",
         "--workers", os.environ.get("MLFLOW_WORKERS", "2"),
+        # uvicorn's supervisor kills a worker that misses its 5 s health ping, and a worker still
+        # importing MLflow (or busy with a request) on a loaded 2-core machine misses it: seen as a
+        # restart loop of 90 s before the first answer at `make up`.
+        "--uvicorn-opts", f"--timeout-worker-healthcheck {WORKER_HEALTHCHECK_SECONDS}",
         "--allowed-hosts", hosts,
     ]  # fmt: skip
     os.execvp(command[0], command)  # the store URI stays in the environment (MLFLOW_BACKEND_STORE_URI)
