@@ -28,12 +28,7 @@ up: $(STACK_ENV) ## Start the stack (Airflow UI :8080, MLflow UI :5000); writes 
 	. $(abspath $(STACK_ENV)); case ",$$COMPOSE_PROFILES," in *,celery,*) scale="--scale airflow-worker=$${CELERY_WORKERS:-2}";; esac; \
 		$(COMPOSE) up -d $$scale
 	python3 scripts/stack.py wait --timeout 900 --compose "$(COMPOSE)"
-	@for dag in $(STACK_DAGS); do \
-		for i in $$(seq 60); do \
-			$(COMPOSE) exec -T airflow-apiserver airflow dags unpause $$dag >/dev/null 2>&1 && break; \
-			sleep 3; \
-		done; $(COMPOSE) exec -T airflow-apiserver airflow dags unpause $$dag >/dev/null; \
-	done
+	python3 scripts/stack.py unpause $(STACK_DAGS) --env-file $(STACK_ENV)
 	@. $(abspath $(STACK_ENV)); echo; \
 	echo "  Airflow  http://127.0.0.1:$${AIRFLOW_PORT:-8080}   login: $${AIRFLOW_ADMIN_USER:-admin} / $$AIRFLOW_ADMIN_PASSWORD"; \
 	echo "  Serving  http://127.0.0.1:$${SERVE_PORT:-5001}/invocations   (the champion; /health, /version)"; \

@@ -5,6 +5,7 @@ python3 scripts/stack.py env [--from .env.example] [--to .env]   write .env with
 python3 scripts/stack.py preflight [--env-file .env]              refuse a .env that cannot start this stack
 python3 scripts/stack.py wait [SERVICE...]                       wait until containers are healthy (all started)
 python3 scripts/stack.py trigger [--conf JSON]                   run tagifai_training via the REST API
+python3 scripts/stack.py unpause DAG...                          unpause DAGs via the REST API (once parsed)
 python3 scripts/stack.py mlflow-user NAME                        add an MLflow login for a person (prints its password)
 
 No secret is ever put on a command line: they travel in files and environment variables.
@@ -284,7 +285,7 @@ class Airflow:
 def mlflow_user(args: argparse.Namespace) -> int:
     """Add a login to the stack's MLflow: it may read everything and change only what it creates."""
     env = read_env(Path(args.env_file))
-    url = f"http://127.0.0.1:{env.get('MLFLOW_PORT', '5000')}/api/2.0/mlflow/users/create"
+    url = f"{published(env, 'MLFLOW_PORT', '5000')}/api/2.0/mlflow/users/create"
     password = secrets.token_urlsafe(18)
     admin = f"{env.get('MLFLOW_ADMIN_USERNAME', 'admin')}:{env['MLFLOW_ADMIN_PASSWORD']}"
     request = urllib.request.Request(
@@ -307,12 +308,42 @@ def mlflow_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def published(env: dict[str, str], port: str, default: str) -> str:
+    """The URL of a port the stack publishes on its BIND_ADDRESS (0.0.0.0 or unset: 127.0.0.1)."""
+    host = env.get("BIND_ADDRESS") or "127.0.0.1"
+    return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{env.get(port) or default}"
+
+
+def airflow_client(env: dict[str, str]) -> Airflow:
+    """The stack's Airflow REST API, logged in as its admin."""
+    url = published(env, "AIRFLOW_PORT", "8080")
+    return Airflow(url, env.get("AIRFLOW_ADMIN_USER", "admin"), env["AIRFLOW_ADMIN_PASSWORD"])
+
+
+def unpause(args: argparse.Namespace) -> int:
+    """Unpause DAGs (new DAGs start paused), each as soon as Airflow has parsed it."""
+    client = airflow_client(read_env(Path(args.env_file)))
+    deadline = time.monotonic() + args.timeout
+    for dag_id in args.dags:
+        while True:
+            try:
+                client.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+                break
+            except RuntimeError as exc:  # 404 until the dag-processor has parsed the file
+                if "HTTP 404" not in str(exc) or time.monotonic() > deadline:
+                    print(f"cannot unpause {dag_id}: {str(exc)[:300]}", file=sys.stderr)
+                    return 1
+            time.sleep(2)
+    print(f"unpaused: {' '.join(args.dags)}")
+    return 0
+
+
 def trigger(args: argparse.Namespace) -> int:
     """Trigger the DAG, wait, report; exit 1 if the run failed."""
     env = read_env(Path(args.env_file))
-    airflow_url = f"http://127.0.0.1:{env.get('AIRFLOW_PORT', '8080')}"
-    mlflow_url = f"http://127.0.0.1:{env.get('MLFLOW_PORT', '5000')}"
-    client = Airflow(airflow_url, env.get("AIRFLOW_ADMIN_USER", "admin"), env["AIRFLOW_ADMIN_PASSWORD"])
+    airflow_url = published(env, "AIRFLOW_PORT", "8080")
+    mlflow_url = published(env, "MLFLOW_PORT", "5000")
+    client = airflow_client(env)
     run_id = client.trigger(json.loads(args.conf))
     print(f"triggered {DAG_ID} run {run_id}; waiting (timeout {args.timeout:.0f}s)…", flush=True)
     run = client.wait(run_id, args.timeout)
@@ -352,6 +383,10 @@ def main() -> int:
     run.add_argument("--conf", default="{}", help="DAG params as JSON, e.g. '{\"num_trials\": 5}'")
     run.add_argument("--timeout", type=float, default=3600)
     run.add_argument("--env-file", default=".env")
+    paused = sub.add_parser("unpause", help="unpause DAGs through the REST API, each once Airflow has parsed it")
+    paused.add_argument("dags", nargs="+")
+    paused.add_argument("--timeout", type=float, default=300)
+    paused.add_argument("--env-file", default=".env")
     args = parser.parse_args()
     if args.command == "env":
         write_env(Path(args.template), Path(args.target), dict(kv.split("=", 1) for kv in args.set))
@@ -362,6 +397,8 @@ def main() -> int:
         return wait(args.compose.split(), args.services, args.timeout)
     if args.command == "mlflow-user":
         return mlflow_user(args)
+    if args.command == "unpause":
+        return unpause(args)
     return trigger(args)
 
 

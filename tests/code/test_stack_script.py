@@ -54,3 +54,15 @@ def test_fingerprint_mismatch_names_the_secrets_that_differ(env, wrong):
 def test_the_executor_and_the_compose_profile_must_agree(env, problem):
     found = stack.executor_mismatch(env)
     assert (found is None) if problem is None else (problem in found)
+
+
+@pytest.mark.parametrize(
+    ("bind", "url"),
+    [
+        ("", "http://127.0.0.1:8080"),
+        ("0.0.0.0", "http://127.0.0.1:8080"),  # every address: this machine's loopback is one
+        ("172.17.0.1", "http://172.17.0.1:8080"),  # only there: 127.0.0.1 would find nothing
+    ],
+)
+def test_make_train_and_unpause_reach_airflow_where_the_stack_publishes_it(bind, url):
+    assert stack.published({"BIND_ADDRESS": bind, "AIRFLOW_PORT": "8080"}, "AIRFLOW_PORT", "5000") == url
