@@ -34,16 +34,36 @@ lint: install ## Lint and check formatting (ruff)
 	$(BIN)/ruff format --check .
 
 .PHONY: test-unit test-e2e test-stack test
+# Unit and DAG tests on every core (pytest-xdist); e2e and stack tests share session services, one process.
+TEST_WORKERS ?= auto
 test-unit: install ## Unit, data-contract, behavioral and CLI tests: no services (.venv)
-	$(BIN)/pytest -m "not e2e"
+	$(BIN)/pytest -m "not e2e" -n $(TEST_WORKERS) --dist loadscope
 
 test-e2e: install ## The steps against a real mlflow server on PostgreSQL, and mlflow models serve (.venv)
 	$(BIN)/pytest -m "e2e and not airflow and not stack"
 
 test-stack: install ## The compose stack: make up, DAG runs via the REST API, both UIs in Chromium, Celery, make clean
-	$(BIN)/pytest -m stack --durations=10
+	$(BIN)/pytest -m stack --durations=15
 
-test: lint test-unit test-e2e test-dags test-stack ## Everything CI runs: lint, then all of the above and test-dags
+# Each tier's wall time goes to TIERS_LOG, printed at the end (also when a tier fails); TIERS_KEEP=1 adds
+# to a log that .ci/run began. The images are built in the background meanwhile (they download for
+# minutes): the first tier that needs them waits for them.
+TIERS_LOG ?= build/tiers.tsv
+TIERS_KEEP ?=
+TIER = mk/tiers.sh $(TIERS_LOG)
+test: ## Everything CI runs: lint, unit, e2e, the images, DAG and stack tests; prints each tier's time
+	@$(if $(TIERS_KEEP),,rm -f $(TIERS_LOG);) rm -f build/images.log; images=; if docker info >/dev/null 2>&1; then \
+		echo "building the images in the background (build/images.log)"; mkdir -p build; \
+		$(TIER) images $(MAKE) --no-print-directory images >build/images.log 2>&1 & images=$$!; fi; \
+	tiers() { \
+		$(TIER) install $(MAKE) --no-print-directory install airflow-install && \
+		$(TIER) lint $(MAKE) --no-print-directory lint && \
+		$(TIER) test-unit $(MAKE) --no-print-directory test-unit && \
+		$(TIER) test-e2e $(MAKE) --no-print-directory test-e2e && \
+		{ [ -z "$$images" ] || wait $$images || { tail -40 build/images.log; false; }; } && \
+		$(TIER) test-dags $(MAKE) --no-print-directory test-dags && \
+		$(TIER) test-stack $(MAKE) --no-print-directory test-stack; }; \
+	tiers; status=$$?; [ -z "$$images" ] || wait $$images 2>/dev/null; $(TIER) --print; exit $$status
 
 .PHONY: pipeline
 pipeline: install ## Run the six steps in-process (embedded MLflow store in ./stores)
