@@ -182,7 +182,8 @@ def running_mlflow_server(
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=folder,
-            env={**os.environ, **(env or {})},
+            # As in the stack: no server-side jobs (seven Huey consumers, each importing MLflow).
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})},
             start_new_session=True,
         )
         try:
