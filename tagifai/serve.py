@@ -7,8 +7,9 @@ asks the registry every `poll_seconds` which version holds the alias; when that 
 rollback, someone moving it in the MLflow UI) it loads the new version off the request path, warms
 it up on the model's own input example and swaps it in with one reference assignment of an
 immutable `State`. Every request reads that reference once, so a request is answered by exactly one
-version and nothing fails during a swap. A version that cannot be loaded is reported on /health
-(`degraded`, `last_error`) while the last good one keeps serving; it is tried again at the next poll.
+version (named in the `Tagifai-Model-Version` header of each answer) and nothing fails during a
+swap. A version that cannot be loaded is reported on /health (`degraded`, `last_error`) while the
+last good one keeps serving; it is tried again at the next poll.
 
 Endpoints: `POST /invocations` (JSON `dataframe_records`, `dataframe_split`, `inputs`, `instances`;
 `text/csv`; parquet) answers `{"predictions": [...]}` byte for byte as MLflow's scoring server does,
@@ -62,6 +63,8 @@ JSON_FORMATS = ("dataframe_records", "dataframe_split", "inputs", "instances")
 CONTENT_TYPE_JSON = "application/json"
 CONTENT_TYPE_CSV = "text/csv"
 CONTENT_TYPE_PARQUET = "application/vnd.apache.parquet"
+# The header of every /invocations answer that names the version which scored it.
+VERSION_HEADER = "Tagifai-Model-Version"
 
 
 class RequestError(Exception):
@@ -541,8 +544,10 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """No access log: it would cost more than scoring a row."""
 
-    def reply(self, status: int, body: bytes, content_type: str = CONTENT_TYPE_JSON) -> None:
-        """Send a complete response in one write."""
+    def reply(
+        self, status: int, body: bytes, content_type: str = CONTENT_TYPE_JSON, version: str | None = None
+    ) -> None:
+        """Send a complete response in one write (naming the model `version` that answered, if any)."""
         if self.server.stopping:
             self.close_connection = True
         headers = [
@@ -552,6 +557,8 @@ class Handler(BaseHTTPRequestHandler):
             f"Content-Type: {content_type}",
             f"Content-Length: {len(body)}",
         ]
+        if version is not None:
+            headers.append(f"{VERSION_HEADER}: {version}")
         if self.close_connection:
             headers.append("Connection: close")
         elif self.request_version == "HTTP/1.0":
@@ -590,15 +597,16 @@ class Handler(BaseHTTPRequestHandler):
         """/invocations."""
         with self.server.request():
             try:
-                self.reply(200, self.invocations())
+                version, body = self.invocations()
+                self.reply(200, body, version=version)
             except RequestError as error:
                 self.refuse(error)
             except Exception as exc:  # a bug or an answer that is not JSON: one line, no request data
                 log.error("serve: /invocations failed: %s: %s", type(exc).__name__, one_line(exc))
                 self.refuse(RequestError(500, f"the server failed to answer: {one_line(exc)}", "INTERNAL_ERROR"))
 
-    def invocations(self) -> bytes:
-        """Read, parse and score one request.
+    def invocations(self) -> tuple[str, bytes]:
+        """Read, parse and score one request: the version that scored it, and the answer.
 
         Raises:
             RequestError: for anything the client should change.
@@ -612,7 +620,7 @@ class Handler(BaseHTTPRequestHandler):
         if loaded is None:
             raise no_model(self.server.champion.state)
         payload = parse_body(body, media_type(self.headers.get("Content-Type")), loaded.schema, loaded.csv_dtypes)
-        return predictions_json(self.server.scorer.submit(loaded, payload))
+        return loaded.version, predictions_json(self.server.scorer.submit(loaded, payload))
 
     def read_body(self) -> bytes:
         """The request body, refused if it is too large or has no length.

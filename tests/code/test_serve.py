@@ -375,6 +375,17 @@ def test_version_shows_the_registry_metadata(v1_server):
     assert get(v1_server, "/ping")[0] == 200
 
 
+def test_every_answer_names_the_version_that_scored_it(v1_server):
+    url = urlparse(v1_server.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    conn.request("POST", "/invocations", BODIES["dataframe_records"][1], {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    assert response.status == 200
+    assert response.getheader(serve.VERSION_HEADER) == "1"
+
+
 def test_keep_alive_connection_serves_many_requests(v1_server):
     url = urlparse(v1_server.url)
     conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
@@ -428,10 +439,13 @@ def test_moving_the_alias_swaps_versions_without_failed_or_mixed_requests(store,
         body = json.dumps({"dataframe_records": ROWS})
         while running.is_set():
             try:
-                status, text = call(server, "POST", "/invocations", body, connection=conn)
+                conn.request("POST", "/invocations", body, {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                status, text = response.status, response.read().decode()
                 tags = {row["tag"] for row in json.loads(text)["predictions"]} if status == 200 else set()
-                if status != 200 or len(tags) != 1:
-                    errors.append((status, text))
+                named = {v1: "v1", v2: "v2"}.get(response.getheader(serve.VERSION_HEADER))
+                if status != 200 or len(tags) != 1 or tags != {named}:  # the header names who answered
+                    errors.append((status, text, named))
                 else:
                     seen[client_id].append(tags.pop())
             except Exception as exc:
