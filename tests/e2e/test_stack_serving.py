@@ -48,19 +48,28 @@ def rollback(stack, first_run):
     """`make rollback TO=<the first run's version>` while a client sends requests; what the client and
     /version saw. (The champion before the current one may be the version whose artifacts the
     security tests removed: a rollback to it is refused, so the target is named.)"""
+    import http.client
+    from urllib.request import Request, urlopen
+
+    from tagifai.serve import VERSION_HEADER
+
     before = champion_version(stack)
     registered = stack.airflow().xcom(first_run[0], "register")
     target = str((registered if isinstance(registered, dict) else json.loads(registered))["version"])
     assert target != before
+    # ok: (when, the version that answered), from the Tagifai-Model-Version header of each answer.
     seen: dict[str, list] = {"errors": [], "ok": []}
     stop = threading.Event()
+    body = json.dumps({"dataframe_records": PROJECTS[:1]}).encode()
 
     def client() -> None:
         while not stop.is_set():
+            request = Request(f"{stack.serve_url}/invocations", data=body, headers={"Content-Type": "application/json"})
             try:
-                stack.serve("/invocations", {"dataframe_records": PROJECTS[:1]})
-                seen["ok"].append(time.monotonic())
-            except (urllib.error.URLError, OSError, ValueError) as exc:
+                with urlopen(request, timeout=30) as response:
+                    json.loads(response.read())["predictions"]  # KeyError: not a scoring answer
+                    seen["ok"].append((time.monotonic(), response.headers.get(VERSION_HEADER)))
+            except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError, KeyError) as exc:
                 seen["errors"].append(repr(exc))
 
     sender = threading.Thread(target=client, daemon=True)
@@ -69,8 +78,14 @@ def rollback(stack, first_run):
     moved = make("rollback", f"TO={target}", env_file=stack.env_file, timeout=600)
     done = time.monotonic()
     out = last_json(moved.stdout)
-    wait_for(lambda: stack.serve("/version")["model_version"] == out["version"], "serve follows the rollback", 60)
-    swapped = time.monotonic() - done
+
+    def answered_by_target() -> bool:
+        return any(version == out["version"] for _, version in seen["ok"])
+
+    # Only a hang fails here: how long serve takes to follow is measured by `make benchmark`
+    # (serving: "alias move → first answer by the new version"), not bounded on a shared CI machine.
+    wait_for(answered_by_target, "serve answers with the rolled-back version", 300)
+    swapped = min(when for when, version in seen["ok"] if version == out["version"]) - done
     time.sleep(2)  # requests after the swap, too
     stop.set()
     sender.join(timeout=30)
@@ -90,10 +105,20 @@ def test_rollback_swaps_the_served_model_with_no_failed_request(rollback, stack)
     assert out["from_version"] == rollback["before"] and out["version"] == rollback["target"]
     assert out["announced"] is True  # the champion event went to Airflow
     assert champion_version(stack) == out["version"]
-    print(f"serve swapped to v{out['version']} {rollback['swapped']:.1f}s after the rollback")
-    assert rollback["swapped"] <= SERVE_POLL_SECONDS + 15  # a poll, plus loading the model
+    assert stack.serve("/version")["model_version"] == out["version"]
+    print(
+        f"serve answered with v{out['version']} {rollback['swapped']:.1f}s after the rollback"
+        f" (polling every {SERVE_POLL_SECONDS}s)"
+    )
     assert rollback["seen"]["errors"] == []
-    assert len(rollback["seen"]["ok"]) > 20 and rollback["seen"]["ok"][-1] > rollback["done"]
+    answered = rollback["seen"]["ok"]
+    assert len(answered) > 20
+    # Each answer came from the old or the new version, and once the new one answered, only it did.
+    versions = [version for _, version in answered]
+    assert set(versions) <= {rollback["before"], out["version"]}
+    first_new = versions.index(out["version"])
+    assert set(versions[first_new:]) == {out["version"]}
+    assert answered[-1][0] > rollback["done"] + max(rollback["swapped"], 0)  # requests went on after the swap
 
 
 def test_the_batch_dag_scores_every_project_once_per_version_after_the_champion_event(rollback, stack):
