@@ -41,6 +41,7 @@ TARGETS = {
     "reuse_ratio_docker": ("second DAG run on the same data / first (docker)", 0.2, True),
     "serving_p99_ms": ("tagifai serve p99, 1 row, 10 connections (ms)", 50.0, True),
     "serving_vs_mlflow": ("tagifai serve / mlflow models serve, req/s (worst)", 1.0, False),
+    "serving_follow_seconds": ("alias move -> first answer by the new version, under load (s, max)", 10.0, True),
 }
 
 
@@ -71,6 +72,8 @@ def figures(results: dict[str, Any]) -> dict[str, float]:
         ours, theirs = (serving["servers"][name] for name in ("tagifai serve", "mlflow models serve"))
         out["serving_p99_ms"] = ours["1"]["p99_ms"]
         out["serving_vs_mlflow"] = min(ours[n]["requests_per_second"] / theirs[n]["requests_per_second"] for n in ours)
+        if follow := serving.get("follow"):
+            out["serving_follow_seconds"] = follow["requests"]["max_seconds"]
     if images := results.get("images"):
         out["rebuild_seconds"] = images["rebuild_seconds"]
         if images["bytes"]["tagifai"]:
