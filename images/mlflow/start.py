@@ -31,6 +31,11 @@ AUTH_INI = """[mlflow]
 # Users may read everything; what they create is theirs to change. The admin (the steps) changes all.
 default_permission = READ
 database_uri = {database_uri}
+# A login checked once a minute per worker, not on every request: the check is a scrypt hash, about
+# 0.35 s of CPU here, and a pipeline run sends MLflow hundreds of requests. MLflow's own cache (keyed by
+# an HMAC of the password); a password changed or a login deleted through the other worker holds
+# there for at most this long.
+auth_cache_ttl_seconds = 60
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 """
 
