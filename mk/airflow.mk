@@ -93,4 +93,4 @@ dags-test: airflow-db $(if $(filter local,$(RUNNER)),install) ## Run the DAG onc
 test-dags: airflow-install install ## The DAG's structure, then airflow dags test with the local and docker runners (.venv-airflow)
 	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory image; \
 	else echo "no Docker engine: the docker-runner test will skip (or fail with TAGIFAI_REQUIRE_SERVICES=1)"; fi
-	$(AIRFLOW_VENV)/bin/pytest -p no:cacheprovider --durations=10 -m airflow -n $(TEST_WORKERS) --dist loadscope
+	$(AIRFLOW_VENV)/bin/pytest -p no:cacheprovider --durations=10 -m airflow -n $(TEST_WORKERS) --dist load
