@@ -90,7 +90,7 @@ def test_a_run_spreads_over_two_workers_and_survives_one_killed_mid_task(stack, 
     assert len(workers) == 2
     client = stack.airflow()
     with command_lines(interval=1) as seen:
-        run_id = client.trigger({"num_trials": 8, "num_workers": 4, "force": True})
+        run_id = client.trigger({"num_trials": 4, "num_workers": 4, "force": True})
         deadline = time.monotonic() + 900
         killed = None
         while killed is None:
