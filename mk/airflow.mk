@@ -51,7 +51,7 @@ image-airflow image-mlflow: image-%:
 
 $(AIRFLOW_VENV)/.installed: $(AIRFLOW_REQUIREMENTS)
 	test -x $(AIRFLOW_VENV)/bin/python || python3 -m venv $(AIRFLOW_VENV)
-	$(AIRFLOW_VENV)/bin/pip install --quiet --no-deps -r $(AIRFLOW_REQUIREMENTS)
+	$(AIRFLOW_VENV)/bin/pip install --quiet -r $(AIRFLOW_REQUIREMENTS)
 	touch $@
 
 airflow-install: $(AIRFLOW_VENV)/.installed ## Create .venv-airflow: the Airflow image's pinned packages, apart from .venv
