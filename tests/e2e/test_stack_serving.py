@@ -6,15 +6,18 @@ once per version.
 from __future__ import annotations
 
 import csv
+import http.client
 import json
 import threading
 import time
 import urllib.error
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.request import Request, urlopen
 
 import pytest
 
+from tagifai.serve import VERSION_HEADER
 from tests.e2e.compose import SERVE_POLL_SECONDS, make
 from tests.harness import last_json, wait_for
 
@@ -48,11 +51,6 @@ def rollback(stack, first_run):
     """`make rollback TO=<the first run's version>` while a client sends requests; what the client and
     /version saw. (The champion before the current one may be the version whose artifacts the
     security tests removed: a rollback to it is refused, so the target is named.)"""
-    import http.client
-    from urllib.request import Request, urlopen
-
-    from tagifai.serve import VERSION_HEADER
-
     before = champion_version(stack)
     registered = stack.airflow().xcom(first_run[0], "register")
     target = str((registered if isinstance(registered, dict) else json.loads(registered))["version"])
