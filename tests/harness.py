@@ -8,17 +8,24 @@ imports it the same way.
 - `running_postgres`: a throwaway PostgreSQL (whatever version Debian installed) on 127.0.0.1.
 - `running_mlflow_server`: `mlflow server` (the tagifai venv's) on a backend store, proxying artifacts.
 - `Cli` / `run_json`: run a command whose last stdout line is one JSON object, and return it.
+
+`Cli` runs `tagifai` as a new process each time. From the tagifai venv, that process is forked from a
+server that has already imported tagifai, mlflow and their stores (`PRELOAD`), before it sees the
+command's environment, folder or argv: a command then costs its work, not 5-10 s of imports.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import json
+import multiprocessing
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -35,6 +42,12 @@ TAGIFAI = TAGIFAI_VENV / "bin" / "tagifai"
 TAGIFAI_PYTHON = TAGIFAI_VENV / "bin" / "python"
 MLFLOW = TAGIFAI_VENV / "bin" / "mlflow"
 AIRFLOW = AIRFLOW_VENV / "bin" / "airflow"
+PRELOAD = (
+    "tagifai.cli",
+    "tagifai.steps",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.model_registry.sqlalchemy_store",
+)
 
 
 def require(condition: bool, reason: str) -> None:
@@ -220,7 +233,21 @@ class Cli:
 
     def __call__(self, *args: str, check: bool = True, **extra_env: str) -> tuple[int, Any, str]:
         """Run `PROGRAM ARGS`: (exit code, last-line JSON or None when it failed, stderr)."""
-        return self.wait(self.start(*args, **extra_env), check=check)
+        if self.program != [TAGIFAI] or Path(sys.prefix).resolve() != TAGIFAI_VENV.resolve():
+            return self.wait(self.start(*args, **extra_env), check=check)
+        return self.finished(self.forked(list(args), {**self.env, **extra_env}), check)
+
+    def forked(self, args: list[str], env: dict[str, str], timeout: float = 3600) -> subprocess.CompletedProcess:
+        """Run `tagifai ARGS` in a process forked from the preloaded server (see the module's doc)."""
+        with tempfile.TemporaryDirectory() as folder:
+            out, err = Path(folder) / "stdout", Path(folder) / "stderr"
+            process = _preloaded().Process(target=_run_tagifai, args=(args, env, str(self.cwd), str(out), str(err)))
+            process.start()
+            process.join(timeout)
+            if process.exitcode is None:
+                process.kill()
+                process.join()
+            return subprocess.CompletedProcess([TAGIFAI, *args], process.exitcode, out.read_text(), err.read_text())
 
     def start(self, *args: str, **extra_env: str) -> subprocess.Popen:
         """Start `PROGRAM ARGS` without waiting for it."""
@@ -237,11 +264,37 @@ class Cli:
     def wait(proc: subprocess.Popen, check: bool = True, timeout: float = 3600) -> tuple[int, Any, str]:
         """Wait for a started command: (exit code, last-line JSON or None, stderr)."""
         stdout, stderr = proc.communicate(timeout=timeout)
-        if check and proc.returncode != 0:
-            argv = " ".join(map(str, proc.args))
-            raise AssertionError(f"{argv} exited {proc.returncode}:\n{stderr[-3000:]}")
-        result = last_json(stdout) if proc.returncode == 0 and stdout.strip() else None
-        return proc.returncode, result, stderr
+        return Cli.finished(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), check)
+
+    @staticmethod
+    def finished(done: subprocess.CompletedProcess, check: bool) -> tuple[int, Any, str]:
+        """(exit code, last-line JSON or None, stderr) of a finished command; raise if `check` and it failed."""
+        if check and done.returncode != 0:
+            argv = " ".join(map(str, done.args))
+            raise AssertionError(f"{argv} exited {done.returncode}:\n{done.stderr[-3000:]}")
+        result = last_json(done.stdout) if done.returncode == 0 and done.stdout.strip() else None
+        return done.returncode, result, done.stderr
+
+
+@functools.cache
+def _preloaded() -> Any:
+    """A multiprocessing context whose processes fork from a server that has imported `PRELOAD`."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(PRELOAD))
+    return context
+
+
+def _run_tagifai(argv: list[str], env: dict[str, str], cwd: str, stdout: str, stderr: str) -> None:
+    """In the forked process: become `tagifai ARGV` run in `cwd` with `env`, writing to the two files."""
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    for fd, path in ((1, stdout), (2, stderr)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    sys.argv = [str(TAGIFAI), *argv]
+    from tagifai.cli import app  # noqa: PLC0415 - already imported by the server (PRELOAD)
+
+    app()
 
 
 def tagifai_python(script: str, *args: str, env: Mapping[str, str] | None = None) -> Any:
