@@ -52,7 +52,7 @@ def build(context: Path, python_image: str) -> float:
 
 
 def rebuild_seconds(python_image: str) -> float:
-    """Seconds to rebuild the tagifai image after editing one line of `tagifai/steps.py`."""
+    """Seconds to rebuild the tagifai image after editing one line of `tagifai/pipeline/steps.py`."""
     context = Path(tempfile.mkdtemp(prefix="tagifai-bench-image-"))
     try:
         shutil.copytree(REPO / "images" / "tagifai", context / "images" / "tagifai")
@@ -64,7 +64,7 @@ def rebuild_seconds(python_image: str) -> float:
             elif source.exists():  # build/wheelhouse only where WHEELHOUSE staged one
                 shutil.copy2(source, target)
         build(context, python_image)  # warm: every layer from the cache `make image` filled
-        with (context / "tagifai" / "steps.py").open("a", encoding="utf-8") as f:
+        with (context / "tagifai" / "pipeline" / "steps.py").open("a", encoding="utf-8") as f:
             f.write(f"# benchmark rebuild {time.time()}\n")
         return build(context, python_image)
     finally:

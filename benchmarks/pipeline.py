@@ -119,15 +119,15 @@ def same_trials(num_trials: int) -> list[dict[str, Any]]:
     """`num_trials` param sets drawn at random from the `[optimize]` search space, the same every time."""
     import optuna
 
-    from tagifai import tuning
-    from tagifai.settings import load_settings
+    from tagifai.contract.config import load_settings
+    from tagifai.pipeline import tuning
 
     settings = load_settings()
-    draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=settings["optimize"]["seed"]))
+    draws = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=settings.optimize.seed))
     out = []
     for _ in range(num_trials):
         trial = draws.ask()
-        tuning.suggest_params(trial, settings["optimize"], settings["train"])
+        tuning.suggest_params(trial, settings.optimize, settings.train)
         out.append(trial.params)
     return out
 
@@ -137,7 +137,7 @@ def throughput(projects: str, tags: str, num_trials: int, root: Path) -> dict[st
 
     Both runs work through the same queued trials, without pruning, so they do the same work.
     """
-    from tagifai import tuning
+    from tagifai.pipeline import tuning
 
     config = root / "no-pruning.toml"
     config.write_text(NO_PRUNING, encoding="utf-8")

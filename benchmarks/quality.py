@@ -44,10 +44,10 @@ def measure(projects: str, tags: str, num_trials: int) -> dict[str, Any]:
 def _measure(projects: str, tags: str, num_trials: int) -> dict[str, Any]:
     import logging
 
-    from tagifai import steps, tracking
+    from tagifai.pipeline import steps, tracking
 
     logging.getLogger("mlflow").setLevel(logging.ERROR)  # as quiet as the CLI
-    from tagifai.settings import load_settings
+    from tagifai.contract.config import load_settings
 
     settings = load_settings()
     tracking.connect(settings)

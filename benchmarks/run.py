@@ -179,11 +179,11 @@ def main() -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     warnings.filterwarnings("ignore")
-    from tagifai.settings import load_settings
+    from tagifai.contract.config import load_settings
 
     settings = load_settings()
-    projects = os.environ.get("TAGIFAI_PROJECTS_URL") or settings["data"]["projects_url"]
-    tags = os.environ.get("TAGIFAI_TAGS_URL") or settings["data"]["tags_url"]
+    projects = os.environ.get("TAGIFAI_PROJECTS_URL") or settings.data.projects_url
+    tags = os.environ.get("TAGIFAI_TAGS_URL") or settings.data.tags_url
     image = os.environ.get("TAGIFAI_IMAGE") or "tagifai:latest"
     results: dict[str, Any] = {}
     results["machine"] = {

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from tagifai.serve import VERSION_HEADER
+from tagifai.serving.server import VERSION_HEADER
 from tests import harness
 from tests.harness import answers, stop, wait_for
 
@@ -101,9 +101,9 @@ def bodies(env: dict[str, str], rows: tuple[int, ...] = BODY_ROWS) -> dict[int, 
 
     projects = env.get("TAGIFAI_PROJECTS_URL") or os.environ.get("TAGIFAI_PROJECTS_URL")
     if not projects:
-        from tagifai.settings import load_settings
+        from tagifai.contract.config import load_settings
 
-        projects = load_settings()["data"]["projects_url"]
+        projects = load_settings().data.projects_url
     frame = pd.read_csv(projects)[["title", "description"]].fillna("")
     return {n: json.dumps({"dataframe_split": frame.head(n).to_dict(orient="split", index=False)}) for n in rows}
 

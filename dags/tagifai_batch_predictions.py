@@ -16,14 +16,16 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-import tagifai_config
 from airflow.sdk import DAG, AssetOrTimeSchedule, Param
-from tagifai_assets import CHAMPION, DAILY
-from tagifai_runners import USER_DEFINED_FILTERS, RunnerSettings, data_url, tagifai_step
 
-config = tagifai_config.load(tagifai_config.repository_dir())
+from tagifai.contract import names
+from tagifai.contract.config import config_dir, load
+from tagifai.orchestration.assets import CHAMPION, DAILY
+from tagifai.orchestration.runners import USER_DEFINED_FILTERS, RunnerSettings, data_url, tagifai_step
+
+config = load(config_dir())
 settings = RunnerSettings.from_env(config=config)
-default_source = config["predict"]["source"] or os.environ.get("TAGIFAI_PROJECTS_URL") or config["data"]["projects_url"]
+default_source = config.predict.source or os.environ.get(names.PROJECTS_URL_ENV) or config.data.projects_url
 
 with DAG(
     dag_id="tagifai_batch_predictions",
@@ -31,11 +33,11 @@ with DAG(
     # No start date: the first daily run is the next midnight; the champion's event runs it any time.
     catchup=False,
     max_active_runs=1,
-    dagrun_timeout=timedelta(minutes=config["limits"]["run_minutes"]),
+    dagrun_timeout=timedelta(minutes=config.limits.run_minutes),
     default_args=settings.default_args(),
     params={
         "source": Param(
-            data_url(os.environ.get("TAGIFAI_PREDICT_SOURCE"), default_source),
+            data_url(os.environ.get(names.PREDICT_SOURCE_ENV), default_source),
             type="string",
             description="projects CSV (id, title, description) to score: an allowed http(s) URL, or a file in one of "
             "the deployment's data folders.",
@@ -49,6 +51,6 @@ with DAG(
         "predict-batch",
         ["predict-batch", "--source", "{{ params.source }}"],
         settings,
-        experiment_name=config["predict"]["experiment_name"],
+        experiment_name=config.predict.experiment_name,
         data_sources=("{{ params.source }}",),
     )

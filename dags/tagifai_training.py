@@ -22,10 +22,10 @@ The params' defaults are the settings the steps read (`config/tagifai.toml`, wit
 over it): a param left alone changes nothing. Trigger with a config to override them, e.g.
 `{"num_trials": 5, "num_workers": 4}`. Deployment settings come from the environment of the Airflow
 workers: `TAGIFAI_IMAGE`, `TAGIFAI_DOCKER_NETWORK`, `TAGIFAI_MLFLOW_TRACKING_URI`,
-`TAGIFAI_OPTUNA_STORAGE`, `DOCKER_HOST`, `TAGIFAI_BIN` (see `dags/tagifai_runners.py`).
+`TAGIFAI_OPTUNA_STORAGE`, `DOCKER_HOST`, `TAGIFAI_BIN` (see `tagifai/orchestration/runners.py`).
 
 The trigger form is untrusted input. Data sources must pass the deployment's policy before any step
-starts (`dags/tagifai_sources.py`): local files only inside `TAGIFAI_DATA_DIRS` (host paths; the
+starts (`tagifai/contract/sources.py`): local files only inside `TAGIFAI_DATA_DIRS` (host paths; the
 folder of `TAGIFAI_PROJECTS_URL`/`TAGIFAI_TAGS_URL` counts), URLs only from
 `TAGIFAI_ALLOWED_URL_HOSTS` (default: the pinned upstream host) and never private addresses. The
 gate's params may only be stricter than `[register]`, and `[limits]` bounds trials, workers, each
@@ -37,10 +37,13 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-import tagifai_config
 from airflow.sdk import DAG, AssetOrTimeSchedule, Param
-from tagifai_assets import DAILY, publish_champion, source_asset, sources
-from tagifai_runners import (
+
+from tagifai.contract import names
+from tagifai.contract.config import config_dir, load
+from tagifai.orchestration.assets import DAILY, publish_champion, source_asset, sources
+from tagifai.orchestration.runners import (
+    FINITE,
     USER_DEFINED_FILTERS,
     RunnerSettings,
     data_url,
@@ -49,9 +52,9 @@ from tagifai_runners import (
     tagifai_workers,
 )
 
-config = tagifai_config.load(tagifai_config.repository_dir())
+config = load(config_dir())
 settings = RunnerSettings.from_env(config=config)
-limits, gate = config["limits"], config["register"]
+limits, gate = config.limits, config.register
 
 with DAG(
     dag_id="tagifai_training",
@@ -65,37 +68,37 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     # A stuck run cannot block the next ones for longer than this (each step has its own timeout too).
-    dagrun_timeout=timedelta(minutes=limits["run_minutes"]),
+    dagrun_timeout=timedelta(minutes=limits.run_minutes),
     default_args=settings.default_args(),
     params={
         "num_trials": Param(
-            config["optimize"]["num_trials"],
+            config.optimize.num_trials,
             type="integer",
             minimum=1,
-            maximum=limits["max_trials"],
+            maximum=limits.max_trials,
             description="Optuna trials of all `optimize` workers.",
         ),
         "num_workers": Param(
-            config["optimize"]["num_workers"],
+            config.optimize.num_workers,
             type="integer",
             minimum=1,
-            maximum=limits["max_workers"],
+            maximum=limits.max_workers,
             description="Parallel `optimize` tasks sharing one Optuna study (in TAGIFAI_OPTUNA_STORAGE).",
         ),
         "experiment_name": Param(
-            config["mlflow"]["experiment_name"],
+            config.mlflow.experiment_name,
             type="string",
             pattern=r"^[\w .:/-]{1,200}$",
             description="MLflow experiment of the runs (letters, digits, space, `_ . : / -`).",
         ),
         "projects_url": Param(
-            data_url(os.environ.get("TAGIFAI_PROJECTS_URL"), config["data"]["projects_url"]),
+            data_url(os.environ.get(names.PROJECTS_URL_ENV), config.data.projects_url),
             type="string",
             description="projects.csv (id, created_on, title, description): an allowed http(s) URL, or a file in "
             "one of the deployment's data folders (TAGIFAI_DATA_DIRS, host paths).",
         ),
         "tags_url": Param(
-            data_url(os.environ.get("TAGIFAI_TAGS_URL"), config["data"]["tags_url"]),
+            data_url(os.environ.get(names.TAGS_URL_ENV), config.data.tags_url),
             type="string",
             description="tags.csv (id, tag): an allowed http(s) URL, or a file in one of the deployment's data "
             "folders.",
@@ -107,19 +110,21 @@ with DAG(
         ),
         # The gate is the deployer's: a run may make it stricter, never looser.
         "min_f1": Param(
-            gate["min_f1"],
+            gate.min_f1,
             type="number",
-            minimum=gate["min_f1"],
+            **FINITE,
+            minimum=gate.min_f1,
             maximum=1,
-            description=f"Promotion gate: minimum test F1 (this deployment: at least {gate['min_f1']}).",
+            description=f"Promotion gate: minimum test F1 (this deployment: at least {gate.min_f1}).",
         ),
         "max_regression": Param(
-            gate["max_regression"],
+            gate.max_regression,
             type="number",
+            **FINITE,
             minimum=0,
-            maximum=gate["max_regression"],
+            maximum=gate.max_regression,
             description="Promotion gate: largest test-F1 drop allowed against the current and recent champions "
-            f"(this deployment: at most {gate['max_regression']}).",
+            f"(this deployment: at most {gate.max_regression}).",
         ),
     },
     user_defined_filters=USER_DEFINED_FILTERS,

@@ -17,17 +17,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import tagifai_config
 from airflow.sdk import DAG
-from tagifai_assets import source_asset, sources, watch
-from tagifai_runners import RunnerSettings, tagifai_step
 
-config = tagifai_config.load(tagifai_config.repository_dir())
+from tagifai.contract.config import config_dir, load
+from tagifai.orchestration.assets import source_asset, sources, watch
+from tagifai.orchestration.runners import RunnerSettings, tagifai_step
+
+config = load(config_dir())
 settings = RunnerSettings.from_env(config=config)
 
 with DAG(
     dag_id="tagifai_watch",
-    schedule=timedelta(seconds=config["watch"]["interval_seconds"]),
+    schedule=timedelta(seconds=config.watch.interval_seconds),
     start_date=datetime(2025, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
@@ -41,7 +42,7 @@ with DAG(
             f"checksum_{name}",
             ["checksum", source],
             settings,
-            experiment_name=config["mlflow"]["experiment_name"],
+            experiment_name=config.mlflow.experiment_name,
             data_sources=(source,),
         )
         checksum.execution_timeout = settings.timeout("checksum")

@@ -49,9 +49,12 @@ images: ## Build every image side by side: tagifai, tagifai-airflow, tagifai-mlf
 image-airflow image-mlflow: image-%:
 	docker build $(DOCKER_BUILD_FLAGS) --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t tagifai-$*:latest images/$*
 
+# The DAGs import tagifai.contract and tagifai.orchestration (standard library and Airflow only) from the
+# checkout: a .pth puts it on the venv's path, as the stack's PYTHONPATH does (tagifai's dependencies stay out).
 $(AIRFLOW_VENV)/.installed: $(AIRFLOW_REQUIREMENTS)
 	test -x $(AIRFLOW_VENV)/bin/python || python3 -m venv $(AIRFLOW_VENV)
 	$(AIRFLOW_VENV)/bin/pip install --quiet -r $(AIRFLOW_REQUIREMENTS)
+	echo "$(CURDIR)" > "$$($(AIRFLOW_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/tagifai-checkout.pth"
 	touch $@
 
 airflow-install: $(AIRFLOW_VENV)/.installed ## Create .venv-airflow: the Airflow image's pinned packages, apart from .venv
@@ -76,11 +79,11 @@ dags-list: airflow-db ## List the DAG's tasks as Airflow parses them (RUNNER=...
 # (local runner), or the stack's PostgreSQL, whose network the docker runner's containers join (the
 # password is read from .env when the recipe runs, so make never prints it).
 DAGS_TEST_OPTUNA_STORAGE = $(if $(filter local,$(RUNNER)),sqlite:///$(CURDIR)/stores/optuna.db,$\
-	postgresql+psycopg2://optuna:$$(sed -n 's/^OPTUNA_DB_PASSWORD=//p' $(STACK_ENV) 2>/dev/null)@postgres:5432/optuna)
+	postgresql+psycopg2://optuna:$$(python3 scripts/stack.py get OPTUNA_DB_PASSWORD --env-file $(STACK_ENV))@postgres:5432/optuna)
 # The docker runner's steps log to the stack's MLflow, which needs a login: the admin's, from .env.
 DAGS_TEST_MLFLOW_LOGIN = $(if $(filter local,$(RUNNER)),MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/stores/mlflow.db},$\
-	MLFLOW_TRACKING_USERNAME=$${MLFLOW_TRACKING_USERNAME:-$$(sed -n 's/^MLFLOW_ADMIN_USERNAME=//p' $(STACK_ENV) 2>/dev/null)} $\
-	MLFLOW_TRACKING_PASSWORD=$${MLFLOW_TRACKING_PASSWORD:-$$(sed -n 's/^MLFLOW_ADMIN_PASSWORD=//p' $(STACK_ENV) 2>/dev/null)})
+	MLFLOW_TRACKING_USERNAME=$${MLFLOW_TRACKING_USERNAME:-$$(python3 scripts/stack.py get MLFLOW_ADMIN_USERNAME --env-file $(STACK_ENV))} $\
+	MLFLOW_TRACKING_PASSWORD=$${MLFLOW_TRACKING_PASSWORD:-$$(python3 scripts/stack.py get MLFLOW_ADMIN_PASSWORD --env-file $(STACK_ENV))})
 
 # local: steps run in a temporary folder, so the embedded store is named by its absolute path.
 dags-test: airflow-db $(if $(filter local,$(RUNNER)),install) ## Run the DAG once: airflow dags test (RUNNER=docker|local, CONF='{"num_trials": 2}')

@@ -23,20 +23,16 @@ up: $(STACK_ENV) ## Start the stack (Airflow UI :8080, MLflow UI :5000); writes 
 	@# Before anything starts: no placeholder secrets, and volumes made with this .env's secrets.
 	@python3 scripts/stack.py preflight --env-file $(STACK_ENV)
 	$(MAKE) --no-print-directory image
+	@# The settings (config/, TAGIFAI_CONFIG) as the steps will read them: a typo stops here, in one line.
+	@python3 scripts/stack.py settings --env-file $(STACK_ENV)
 	$(COMPOSE) build
-	@# CELERY_WORKERS Celery workers when COMPOSE_PROFILES=celery (the profile that starts them).
-	. $(abspath $(STACK_ENV)); case ",$$COMPOSE_PROFILES," in *,celery,*) scale="--scale airflow-worker=$${CELERY_WORKERS:-2}";; esac; \
-		$(COMPOSE) up -d $$scale
+	@# CELERY_WORKERS Celery workers when COMPOSE_PROFILES=celery (the profile that starts them). Every
+	@# setting is read as compose reads it: a variable exported in the shell wins over .env.
+	$(COMPOSE) up -d $$(python3 scripts/stack.py scale --env-file $(STACK_ENV))
 	python3 scripts/stack.py wait --timeout 900 --compose "$(COMPOSE)"
 	python3 scripts/stack.py unpause $(STACK_DAGS) --env-file $(STACK_ENV)
-	@. $(abspath $(STACK_ENV)); echo; \
-	echo "  Airflow  http://127.0.0.1:$${AIRFLOW_PORT:-8080}   login: $${AIRFLOW_ADMIN_USER:-admin} / $$AIRFLOW_ADMIN_PASSWORD"; \
-	echo "  Serving  http://127.0.0.1:$${SERVE_PORT:-5001}/invocations   (the champion; /health, /version)"; \
-	echo "  MLflow   http://127.0.0.1:$${MLFLOW_PORT:-5000}   login: $${MLFLOW_VIEWER_USERNAME:-viewer} / $$MLFLOW_VIEWER_PASSWORD (viewer)"; \
-	echo "                                  admin: $${MLFLOW_ADMIN_USERNAME:-admin} / $$MLFLOW_ADMIN_PASSWORD"; \
-	case ",$$COMPOSE_PROFILES," in *,celery,*) \
-	  echo "  Flower   http://127.0.0.1:$${FLOWER_PORT:-5555}   login: $${FLOWER_USER:-admin} / $$FLOWER_PASSWORD (Celery workers)";; esac; \
-	echo "  DAGs unpaused: $(STACK_DAGS). tagifai_training runs daily and when tagifai_watch sees the data"; \
+	@echo; python3 scripts/stack.py summary --env-file $(STACK_ENV)
+	@echo "  DAGs unpaused: $(STACK_DAGS). tagifai_training runs daily and when tagifai_watch sees the data"; \
 	echo "  change; 'make train' runs it now."
 
 train: $(STACK_ENV) ## Run tagifai_training in the stack now (REST API), wait, fail if it fails (CONF='{...}')
@@ -69,12 +65,13 @@ mlflow-user: $(STACK_ENV) ## Add an MLflow login for a person (reads everything,
 	@python3 scripts/stack.py mlflow-user '$(NAME)' --env-file $(STACK_ENV)
 
 dags-test-stack: $(STACK_ENV) ## airflow dags test tagifai_training in the stack (the scheduler, or a Celery worker) (CONF='{...}')
-	. $(abspath $(STACK_ENV)); case ",$$COMPOSE_PROFILES," in *,celery,*) runs=airflow-worker;; *) runs=airflow-scheduler;; esac; \
+	case ",$$(python3 scripts/stack.py get COMPOSE_PROFILES --env-file $(STACK_ENV))," in \
+		*,celery,*) runs=airflow-worker;; *) runs=airflow-scheduler;; esac; \
 		$(COMPOSE) exec -T $$runs airflow dags test tagifai_training -c '$(CONF)'
 
 # Step containers still running on the stack's network (a run in progress): compose does not know
 # them (the tasks start them), and the network cannot be removed while they are attached.
-STOP_STEPS = net=$$(sed -n 's/^TAGIFAI_DOCKER_NETWORK=//p' $(STACK_ENV) 2>/dev/null); \
+STOP_STEPS = net=$$(python3 scripts/stack.py get TAGIFAI_DOCKER_NETWORK --default tagifai --env-file $(STACK_ENV)); \
 	steps=$$(docker ps -q --filter label=org.tagifai.step --filter network=$${net:-tagifai}); \
 	if [ -n "$$steps" ]; then echo "stopping the step containers of runs in progress"; docker stop -t 10 $$steps >/dev/null; fi
 

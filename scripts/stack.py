@@ -7,6 +7,9 @@ python3 scripts/stack.py wait [SERVICE...]                       wait until cont
 python3 scripts/stack.py trigger [--conf JSON]                   run tagifai_training via the REST API
 python3 scripts/stack.py unpause DAG...                          unpause DAGs via the REST API (once parsed)
 python3 scripts/stack.py mlflow-user NAME                        add an MLflow login for a person (prints its password)
+python3 scripts/stack.py get KEY | scale | summary | settings      a setting, Celery's scale, the URLs, the settings
+
+Every command reads the settings file as compose does (`read_env`): a variable exported in the shell wins.
 
 No secret is ever put on a command line: they travel in files and environment variables.
 """
@@ -26,7 +29,10 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
+
+# The Airflow client is the package's (standard library only, like this script).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tagifai.operations.airflow_api import DAG_ID, Airflow, AirflowError  # noqa: E402
 
 SECRETS = (
     "POSTGRES_PASSWORD",
@@ -49,18 +55,22 @@ EXECUTOR_PROFILES = {"LocalExecutor": "local", "CeleryExecutor": "celery"}
 PLACEHOLDER = "change-me"
 # Written into the postgres volume when it is first made (images/postgres/initdb): a sha256 per secret.
 FINGERPRINT = "tagifai-secrets.sha256"
-DAG_ID = "tagifai_training"
 
 
-def read_env(path: Path) -> dict[str, str]:
-    """Parse KEY=VALUE lines (comments and blanks skipped)."""
+def read_env(path: Path, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The stack's settings as compose sees them: `path`'s KEY=VALUE lines, a variable of the shell winning.
+
+    The one reader of `.env` (make, these scripts, the tests): compose substitutes a variable exported in
+    the shell over the file's value, and so does this, so nothing reads a value the stack does not use.
+    """
+    shell = os.environ if environ is None else environ
     values = {}
     for line in path.read_text().splitlines():
         line = line.strip()
         if line and not line.startswith("#") and "=" in line:
             key, value = line.split("=", 1)
             values[key.strip()] = value.strip()
-    return values
+    return {**values, **shell}
 
 
 def docker_gid(socket: str = "/var/run/docker.sock") -> int | None:
@@ -198,90 +208,6 @@ def container_states(compose: list[str], services: list[str]) -> dict[str, str]:
     return dict(line.lstrip("/").split(" ", 1) for line in out.splitlines() if " " in line)
 
 
-class Airflow:
-    """A minimal client of the Airflow 3 REST API (JWT from /auth/token)."""
-
-    def __init__(self, url: str, username: str, password: str) -> None:
-        """Log in: exchange the username and password for a token."""
-        self.url = url.rstrip("/")
-        self.token = self.request("POST", "/auth/token", {"username": username, "password": password}, auth=False)[
-            "access_token"
-        ]
-
-    def request(self, method: str, path: str, body: dict | None = None, auth: bool = True) -> Any:
-        """Send one JSON request and decode the JSON answer."""
-        headers = {"Content-Type": "application/json"}
-        if auth:
-            headers["Authorization"] = f"Bearer {self.token}"
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return json.loads(response.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            raise RuntimeError(f"{method} {path}: HTTP {exc.code} {exc.read().decode(errors='replace')}") from exc
-
-    def trigger(self, conf: dict[str, Any]) -> str:
-        """Start a run of the DAG now; return its run id."""
-        self.request("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
-        run = self.request("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
-        return run["dag_run_id"]
-
-    def wait(self, run_id: str, timeout: float) -> dict[str, Any]:
-        """Poll the run until it ends; return it."""
-        deadline = time.monotonic() + timeout
-        path = f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.request.quote(run_id, safe='')}"
-        while time.monotonic() < deadline:
-            run = self.request("GET", path)
-            if run["state"] in ("success", "failed"):
-                return run
-            time.sleep(5)
-        raise TimeoutError(f"run {run_id} still {run['state']} after {timeout:.0f}s")
-
-    def task_instance(self, run_id: str, task_id: str) -> dict[str, Any]:
-        """One (unmapped) task instance of a run: state, try_number, hostname, ..."""
-        path = f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.request.quote(run_id, safe='')}/taskInstances/{task_id}"
-        return self.request("GET", path)
-
-    def xcom(self, run_id: str, task_id: str, map_index: int = -1, dag_id: str = DAG_ID) -> Any:
-        """The value a task instance pushed (`return_value`), e.g. a step's JSON line."""
-        path = (
-            f"/api/v2/dags/{dag_id}/dagRuns/{urllib.request.quote(run_id, safe='')}/taskInstances/{task_id}"
-            f"/xcomEntries/return_value?map_index={map_index}"
-        )
-        return self.request("GET", path)["value"]
-
-    def runs(self, dag_id: str = DAG_ID) -> list[dict[str, Any]]:
-        """The runs of a DAG, newest first."""
-        return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=-start_date&limit=100")["dag_runs"]
-
-    def task_log(self, run_id: str, task_id: str, try_number: int = 1) -> str:
-        """The log of one try of a task, as text."""
-        path = (
-            f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.request.quote(run_id, safe='')}/taskInstances/{task_id}"
-            f"/logs/{try_number}?full_content=true"
-        )
-        lines = []
-        for entry in self.request("GET", path).get("content", []):
-            if not isinstance(entry, dict):
-                lines.append(str(entry))
-                continue
-            lines.append(entry.get("event", ""))
-            # An exception's type and message, as the UI shows them under its log line.
-            lines += [f"{e.get('exc_type')}: {e.get('exc_value')}" for e in entry.get("error_detail") or []]
-        return "\n".join(lines)
-
-    def task_states(self, run_id: str) -> dict[str, str]:
-        """State of each task instance of a run."""
-        path = f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.request.quote(run_id, safe='')}/taskInstances"
-        instances = self.request("GET", path)["task_instances"]
-        # Instances of a mapped task (the optimize workers) as optimize[0], optimize[1], ...
-        return {
-            ti["task_id"] + (f"[{ti['map_index']}]" if ti.get("map_index", -1) >= 0 else ""): ti["state"]
-            for ti in instances
-        }
-
-
 def mlflow_user(args: argparse.Namespace) -> int:
     """Add a login to the stack's MLflow: it may read everything and change only what it creates."""
     env = read_env(Path(args.env_file))
@@ -329,9 +255,9 @@ def unpause(args: argparse.Namespace) -> int:
             try:
                 client.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
                 break
-            except RuntimeError as exc:  # 404 until the dag-processor has parsed the file
-                if "HTTP 404" not in str(exc) or time.monotonic() > deadline:
-                    print(f"cannot unpause {dag_id}: {str(exc)[:300]}", file=sys.stderr)
+            except AirflowError as exc:  # 404 until the dag-processor has parsed the file
+                if exc.status != 404 or time.monotonic() > deadline:
+                    print(f"cannot unpause {dag_id}: {exc}", file=sys.stderr)
                     return 1
             time.sleep(2)
     print(f"unpaused: {' '.join(args.dags)}")
@@ -343,14 +269,84 @@ def trigger(args: argparse.Namespace) -> int:
     env = read_env(Path(args.env_file))
     airflow_url = published(env, "AIRFLOW_PORT", "8080")
     mlflow_url = published(env, "MLFLOW_PORT", "5000")
+    try:
+        conf = json.loads(args.conf or "{}")
+    except ValueError as exc:
+        print(f"CONF is not JSON: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(conf, dict):
+        print(f"CONF must be a JSON object of the DAG's params, not {args.conf}", file=sys.stderr)
+        return 2
     client = airflow_client(env)
-    run_id = client.trigger(json.loads(args.conf))
+    try:
+        run_id = client.trigger(conf)
+    except AirflowError as exc:
+        print(f"Airflow refused the run: {exc}", file=sys.stderr)
+        return 1
     print(f"triggered {DAG_ID} run {run_id}; waiting (timeout {args.timeout:.0f}s)…", flush=True)
     run = client.wait(run_id, args.timeout)
     print(f"run {run_id}: {run['state']}  tasks: {client.task_states(run_id)}")
     print(f"Airflow: {airflow_url}/dags/{DAG_ID}/runs/{urllib.request.quote(run_id, safe='')}")
     print(f"MLflow model: {mlflow_url}/#/models/tagifai")
     return 0 if run["state"] == "success" else 1
+
+
+def scale(env: dict[str, str]) -> list[str]:
+    """The `compose up` options that start the Celery workers, when the celery profile is on."""
+    if "celery" not in env.get("COMPOSE_PROFILES", "").split(","):
+        return []
+    return ["--scale", f"airflow-worker={env.get('CELERY_WORKERS') or 2}"]
+
+
+def summary(env: dict[str, str]) -> list[str]:
+    """What `make up` ends with: where each UI is, its login, and the data the training runs read."""
+    login = env.get("AIRFLOW_ADMIN_USER", "admin")
+    viewer = env.get("MLFLOW_VIEWER_USERNAME") or "viewer"
+    lines = [
+        f"  Airflow  {published(env, 'AIRFLOW_PORT', '8080')}   login: {login} / {env.get('AIRFLOW_ADMIN_PASSWORD')}",
+        f"  Serving  {published(env, 'SERVE_PORT', '5001')}/invocations   (the champion; /health, /version)",
+        f"  MLflow   {published(env, 'MLFLOW_PORT', '5000')}   login: {viewer} / "
+        f"{env.get('MLFLOW_VIEWER_PASSWORD')} (viewer)",
+        f"                                  admin: {env.get('MLFLOW_ADMIN_USERNAME') or 'admin'} / "
+        f"{env.get('MLFLOW_ADMIN_PASSWORD')}",
+    ]
+    if scale(env):
+        lines.append(
+            f"  Flower   {published(env, 'FLOWER_PORT', '5555')}   login: {env.get('FLOWER_USER') or 'admin'} / "
+            f"{env.get('FLOWER_PASSWORD')} (Celery workers)"
+        )
+    for name in ("TAGIFAI_PROJECTS_URL", "TAGIFAI_TAGS_URL"):
+        lines.append(f"  Data     {name}={env.get(name) or '(the pinned upstream in config/tagifai.toml)'}")
+    return lines
+
+
+def check_settings(env_file: Path) -> int:
+    """Check `config/` and the override `TAGIFAI_CONFIG` names against the schema, in the tagifai image.
+
+    Both are mounted at their host paths, so the one line a refused setting gets names the host file.
+    """
+    env = read_env(env_file)
+    image = env.get("TAGIFAI_IMAGE") or "tagifai:latest"
+    folder = Path("config").resolve()
+    mounts = ["-v", f"{folder}:{folder}:ro", "-e", f"TAGIFAI_CONFIG_DIR={folder}"]
+    if override := env.get("TAGIFAI_CONFIG"):
+        path = Path(override).resolve()
+        if not path.is_file():
+            print(f"{env_file}: TAGIFAI_CONFIG={override}: no such file", file=sys.stderr)
+            return 1
+        mounts += ["-v", f"{path}:{path}:ro", "-e", f"TAGIFAI_CONFIG={path}"]
+    checked = subprocess.run(
+        ["docker", "run", "--rm", "--network", "none", *mounts, image, "settings"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    if checked.returncode != 0:
+        print(
+            checked.stderr.strip().splitlines()[-1] if checked.stderr.strip() else "settings check failed",
+            file=sys.stderr,
+        )
+    return checked.returncode
 
 
 def main() -> int:
@@ -373,6 +369,17 @@ def main() -> int:
     wait_parser.add_argument("--compose", default="docker compose", help="the compose command, with its options")
     check = sub.add_parser("preflight", help="refuse a .env with placeholders, or one the volumes were not made with")
     check.add_argument("--env-file", default=".env")
+    value = sub.add_parser("get", help="print a setting of the stack as compose sees it (the shell's value wins)")
+    value.add_argument("key")
+    value.add_argument("--default", default="")
+    value.add_argument("--env-file", default=".env")
+    for name, text in (
+        ("scale", "print the compose up options that start the Celery workers"),
+        ("summary", "print the URLs, logins and data sources"),
+    ):
+        sub.add_parser(name, help=text).add_argument("--env-file", default=".env")
+    settings = sub.add_parser("settings", help="check config/ and TAGIFAI_CONFIG against the settings schema")
+    settings.add_argument("--env-file", default=".env")
     user = sub.add_parser(
         "mlflow-user",
         help="add an MLflow login (reads everything, changes what it creates); its password is printed once",
@@ -393,6 +400,18 @@ def main() -> int:
         return 0
     if args.command == "preflight":
         return preflight(Path(args.env_file))
+    if args.command == "get":  # no settings file yet: the shell's value, else the default
+        env = read_env(Path(args.env_file)) if Path(args.env_file).exists() else os.environ
+        print(env.get(args.key) or args.default)
+        return 0
+    if args.command == "scale":
+        print(" ".join(scale(read_env(Path(args.env_file)))))
+        return 0
+    if args.command == "summary":
+        print("\n".join(summary(read_env(Path(args.env_file)))))
+        return 0
+    if args.command == "settings":
+        return check_settings(Path(args.env_file))
     if args.command == "wait":
         return wait(args.compose.split(), args.services, args.timeout)
     if args.command == "mlflow-user":

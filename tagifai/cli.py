@@ -2,7 +2,7 @@
 
 Logs go to stderr; each command's last stdout line is a one-line JSON object (run ids and
 whatever the next step needs), which Airflow pushes to XCom. Errors print one line `error: …` and
-exit 1 (may pass: retried) or 3 (bad input or setup: never retried); see `tagifai.errors`.
+exit 1 (may pass: retried) or 3 (bad input or setup: never retried); see `tagifai.contract.errors`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import functools
 import inspect
 import json
 import logging
+import math
 import os
 import sys
 import warnings
@@ -18,6 +19,9 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
+
+from tagifai.contract import names
+from tagifai.contract.settings import Settings
 
 app = typer.Typer(
     help="Tag ML projects: elt → validate → optimize → train → evaluate → register, tracked in MLflow.",
@@ -29,13 +33,13 @@ app = typer.Typer(
 ProjectsUrl = Annotated[
     str | None,
     typer.Option(
-        envvar="TAGIFAI_PROJECTS_URL", show_default="pinned upstream", help="projects.csv: http(s)/file:// URL or path."
+        envvar=names.PROJECTS_URL_ENV, show_default="pinned upstream", help="projects.csv: http(s)/file:// URL or path."
     ),
 ]
 TagsUrl = Annotated[
     str | None,
     typer.Option(
-        envvar="TAGIFAI_TAGS_URL", show_default="pinned upstream", help="tags.csv: http(s)/file:// URL or path."
+        envvar=names.TAGS_URL_ENV, show_default="pinned upstream", help="tags.csv: http(s)/file:// URL or path."
     ),
 ]
 ExperimentName = Annotated[
@@ -46,7 +50,7 @@ NumTrials = Annotated[int | None, typer.Option(min=1, show_default="20 (config)"
 Storage = Annotated[
     str | None,
     typer.Option(
-        envvar="TAGIFAI_OPTUNA_STORAGE",
+        envvar=names.OPTUNA_STORAGE_ENV,
         show_default="in-memory",
         help="Optuna RDB storage URL, to share one study between processes.",
     ),
@@ -63,12 +67,12 @@ Force = Annotated[
     bool,
     typer.Option(
         "--force/--no-force",
-        envvar="TAGIFAI_FORCE",
+        envvar=names.FORCE_ENV,
         help="Run even when a finished run with the same key (data, code, settings, arguments) exists.",
     ),
 ]
 ModelName = Annotated[
-    str | None, typer.Option(envvar="TAGIFAI_MODEL_NAME", show_default="tagifai", help="Registered model name.")
+    str | None, typer.Option(envvar=names.MODEL_NAME_ENV, show_default="tagifai", help="Registered model name.")
 ]
 
 
@@ -82,7 +86,7 @@ def emit(result: dict[str, Any]) -> None:
         handler.flush()
     sys.stderr.flush()
     line = json.dumps(result, default=str)
-    if path := os.environ.get("TAGIFAI_OUTPUT"):
+    if path := os.environ.get(names.OUTPUT_ENV):
         with open(path, "w", encoding="utf-8") as output:
             output.write(line + "\n")
     print(line, flush=True)
@@ -93,9 +97,9 @@ def command(func: Callable[..., dict[str, Any]]) -> Callable[..., None]:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> None:
-        from tagifai import tracking
-        from tagifai.errors import TagifaiError
-        from tagifai.settings import load_settings
+        from tagifai.contract.config import load_settings
+        from tagifai.contract.errors import TagifaiError
+        from tagifai.pipeline import tracking
 
         try:
             settings = load_settings()
@@ -127,49 +131,54 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
     warnings.filterwarnings("ignore", message=".*is experimental.*")
 
 
-def data_urls(settings: dict[str, Any], projects_url: str | None, tags_url: str | None) -> tuple[str, str]:
+def data_urls(settings: Settings, projects_url: str | None, tags_url: str | None) -> tuple[str, str]:
     """The data sources: options/env first, then the pinned defaults."""
-    return projects_url or settings["data"]["projects_url"], tags_url or settings["data"]["tags_url"]
+    return projects_url or settings.data.projects_url, tags_url or settings.data.tags_url
 
 
 def gate_options(
-    settings: dict[str, Any], min_f1: float | None, max_regression: float | None, model_name: str | None
+    settings: Settings, min_f1: float | None, max_regression: float | None, model_name: str | None
 ) -> tuple[float, float, str]:
     """The promotion gate and model name: `[register]`, made stricter (never looser) by the options.
 
     Raises:
-        BadInputError: an option would loosen the deployer's gate.
+        BadInputError: an option is not a finite number, or would loosen the deployer's gate.
     """
-    from tagifai.errors import BadInputError
+    from tagifai.contract.errors import BadInputError
 
-    gate = settings["register"]
-    if min_f1 is not None and min_f1 < gate["min_f1"]:
+    gate = settings.register
+    for name, value in (("min_f1", min_f1), ("max_regression", max_regression)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+        ):
+            raise BadInputError(f"{name} must be a finite number, not {value!r}")
+    if min_f1 is not None and min_f1 < gate.min_f1:
         raise BadInputError(
-            f"min_f1 {min_f1} would loosen this deployment's gate ([register] min_f1 = {gate['min_f1']}): "
+            f"min_f1 {min_f1} would loosen this deployment's gate ([register] min_f1 = {gate.min_f1}): "
             "a run may only make it stricter"
         )
-    if max_regression is not None and max_regression > gate["max_regression"]:
+    if max_regression is not None and max_regression > gate.max_regression:
         raise BadInputError(
             f"max_regression {max_regression} would loosen this deployment's gate "
-            f"([register] max_regression = {gate['max_regression']}): a run may only make it stricter"
+            f"([register] max_regression = {gate.max_regression}): a run may only make it stricter"
         )
     return (
-        gate["min_f1"] if min_f1 is None else min_f1,
-        gate["max_regression"] if max_regression is None else max_regression,
-        model_name or gate["model_name"],
+        gate.min_f1 if min_f1 is None else min_f1,
+        gate.max_regression if max_regression is None else max_regression,
+        model_name or gate.model_name,
     )
 
 
-def trials(settings: dict[str, Any], num_trials: int | None) -> int:
+def trials(settings: Settings, num_trials: int | None) -> int:
     """`--num-trials`, else `[optimize] num_trials`, at most `[limits] max_trials`.
 
     Raises:
         BadInputError: more trials than the deployment allows.
     """
-    from tagifai.errors import BadInputError
+    from tagifai.contract.errors import BadInputError
 
-    count = num_trials or settings["optimize"]["num_trials"]
-    if count > (most := settings["limits"]["max_trials"]):
+    count = num_trials or settings.optimize.num_trials
+    if count > (most := settings.limits.max_trials):
         raise BadInputError(f"num_trials {count} is more than this deployment allows ([limits] max_trials = {most})")
     return count
 
@@ -177,7 +186,7 @@ def trials(settings: dict[str, Any], num_trials: int | None) -> int:
 @app.command()
 @command
 def elt(
-    settings: dict,
+    settings: Settings,
     projects_url: ProjectsUrl = None,
     tags_url: TagsUrl = None,
     experiment_name: ExperimentName = None,
@@ -192,20 +201,20 @@ def elt(
     ] = None,
 ) -> dict[str, Any]:
     """Extract projects.csv and tags.csv, join them on id, log raw and labeled data to MLflow."""
-    from tagifai import steps
+    from tagifai.pipeline import steps
 
     projects, tags = data_urls(settings, projects_url, tags_url)
-    experiment = experiment_name or settings["mlflow"]["experiment_name"]
+    experiment = experiment_name or settings.mlflow.experiment_name
     return steps.elt(settings, projects, tags, experiment, force, plan_params(settings, plan))
 
 
-def plan_params(settings: dict[str, Any], plan: str | None) -> dict[str, Any] | None:
+def plan_params(settings: Settings, plan: str | None) -> dict[str, Any] | None:
     """The pipeline params `--plan` names, checked as their own options would be.
 
     Raises:
         BadInputError: not a JSON object of those params, or they break the gate or `[limits]`.
     """
-    from tagifai.errors import BadInputError
+    from tagifai.contract.errors import BadInputError
 
     if not plan:
         return None
@@ -224,7 +233,7 @@ def plan_params(settings: dict[str, Any], plan: str | None) -> dict[str, Any] | 
 @app.command()
 @command
 def validate(
-    settings: dict,
+    settings: Settings,
     elt_run: Annotated[str, typer.Option(help="Run id of the elt step.")],
     allow_drift: Annotated[
         bool, typer.Option(help="Report drift against the last validated data as a warning instead of failing.")
@@ -235,7 +244,7 @@ def validate(
     force: Force = False,
 ) -> dict[str, Any]:
     """Check the data contract and drift; on success log train/val/test splits."""
-    from tagifai import steps
+    from tagifai.pipeline import steps
 
     return steps.validate(settings, elt_run, allow_drift, reference_run, force)
 
@@ -243,7 +252,7 @@ def validate(
 @app.command()
 @command
 def optimize(
-    settings: dict,
+    settings: Settings,
     data_run: Annotated[str, typer.Option(help="Run id of the validate step.")],
     num_trials: NumTrials = None,
     storage: Storage = None,
@@ -255,7 +264,7 @@ def optimize(
     Start it in several processes with one --storage to share the study: together they run
     --num-trials trials.
     """
-    from tagifai import steps
+    from tagifai.pipeline import steps
 
     return steps.optimize(settings, data_run, trials(settings, num_trials), storage, study_name, force)
 
@@ -263,7 +272,7 @@ def optimize(
 @app.command()
 @command
 def train(
-    settings: dict,
+    settings: Settings,
     data_run: Annotated[str, typer.Option(help="Run id of the validate step.")],
     optimize_run: Annotated[
         str | None,
@@ -275,7 +284,7 @@ def train(
     force: Force = False,
 ) -> dict[str, Any]:
     """Train the model and log it as an MLflow pyfunc model (raw text in, tag out)."""
-    from tagifai import steps
+    from tagifai.pipeline import steps
 
     return steps.train(settings, data_run, optimize_run, force)
 
@@ -283,10 +292,10 @@ def train(
 @app.command()
 @command
 def evaluate(
-    settings: dict, train_run: Annotated[str, typer.Option(help="Run id of the train step.")], force: Force = False
+    settings: Settings, train_run: Annotated[str, typer.Option(help="Run id of the train step.")], force: Force = False
 ) -> dict[str, Any]:
     """Score the trained model on the held-out test split: overall, per class, slices, behavior."""
-    from tagifai import steps
+    from tagifai.pipeline import steps
 
     return steps.evaluate(settings, train_run, force)
 
@@ -294,7 +303,7 @@ def evaluate(
 @app.command()
 @command
 def register(
-    settings: dict,
+    settings: Settings,
     evaluate_run: Annotated[str, typer.Option(help="Run id of the evaluate step.")],
     min_f1: MinF1 = None,
     max_regression: MaxRegression = None,
@@ -302,7 +311,7 @@ def register(
     force: Force = False,
 ) -> dict[str, Any]:
     """Register the model as `challenger`; move `champion` to it only if the gate passes."""
-    from tagifai import steps
+    from tagifai.pipeline import steps
 
     gate = gate_options(settings, min_f1, max_regression, model_name)
     return steps.register(settings, evaluate_run, *gate, force=force)
@@ -311,7 +320,7 @@ def register(
 @app.command()
 @command
 def pipeline(
-    settings: dict,
+    settings: Settings,
     num_trials: NumTrials = None,
     projects_url: ProjectsUrl = None,
     tags_url: TagsUrl = None,
@@ -324,13 +333,13 @@ def pipeline(
     force: Force = False,
 ) -> dict[str, Any]:
     """Run the six steps in order in this process (no Airflow or Docker needed)."""
-    from tagifai import steps, tracking
+    from tagifai.pipeline import steps, tracking
 
     # Every option is checked before the first step runs.
     gate, count = gate_options(settings, min_f1, max_regression, model_name), trials(settings, num_trials)
-    os.environ.setdefault("TAGIFAI_PIPELINE_RUN_ID", tracking.fresh_pipeline_run_id())
+    os.environ.setdefault(names.PIPELINE_RUN_ID_ENV, tracking.fresh_pipeline_run_id())
     projects, tags = data_urls(settings, projects_url, tags_url)
-    experiment = experiment_name or settings["mlflow"]["experiment_name"]
+    experiment = experiment_name or settings.mlflow.experiment_name
     elt_out = steps.elt(settings, projects, tags, experiment, force)
     validate_out = steps.validate(settings, elt_out["run_id"], allow_drift, force=force)
     optimize_out = steps.optimize(settings, validate_out["run_id"], count, storage, force=force)
@@ -339,7 +348,7 @@ def pipeline(
     register_out = steps.register(settings, evaluate_out["run_id"], *gate, force=force)
     outs = [elt_out, validate_out, optimize_out, train_out, evaluate_out, register_out]
     return {
-        "pipeline_run_id": os.environ["TAGIFAI_PIPELINE_RUN_ID"],
+        "pipeline_run_id": os.environ[names.PIPELINE_RUN_ID_ENV],
         **{f"{name}_run_id": out["run_id"] for name, out in zip(steps.NAMES, outs, strict=True)},
         **{k: evaluate_out[k] for k in ("test_f1", "test_precision", "test_recall")},
         **{k: register_out[k] for k in ("model_name", "version", "promoted")},
@@ -350,7 +359,7 @@ def pipeline(
 @app.command()
 @command
 def predict(
-    settings: dict,
+    settings: Settings,
     texts: Annotated[list[str], typer.Argument(help="Project text(s): title and description.")],
     model_uri: Annotated[str, typer.Option(envvar="TAGIFAI_MODEL_URI")] = "models:/tagifai@champion",
 ) -> dict[str, Any]:
@@ -358,7 +367,7 @@ def predict(
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from tagifai.errors import TagifaiError
+    from tagifai.contract.errors import TagifaiError
     from tagifai.model import texts_frame
 
     try:
@@ -378,24 +387,26 @@ def predict(
 @app.command()
 @command
 def checksum(
-    settings: dict,
+    settings: Settings,
     source: Annotated[str, typer.Argument(help="A data source: an http(s)/file:// URL or a path.")],
 ) -> dict[str, Any]:
     """The sha256 of a data source's content, read as `elt` reads it (what `tagifai_watch` compares)."""
-    from tagifai import data, sources
+    from tagifai.contract.sources import redact
+    from tagifai.core import data
+    from tagifai.pipeline import sources
 
     content = sources.fetch(source, settings)
-    return {"source": sources.redact(source), "sha256": data.sha256(content), "bytes": len(content)}
+    return {"source": redact(source), "sha256": data.sha256(content), "bytes": len(content)}
 
 
 @app.command("predict-batch")
 @command
 def predict_batch(
-    settings: dict,
+    settings: Settings,
     source: Annotated[
         str | None,
         typer.Option(
-            envvar="TAGIFAI_PREDICT_SOURCE",
+            envvar=names.PREDICT_SOURCE_ENV,
             show_default="[predict] source, else the training projects",
             help="projects CSV (id, title, description) to score: an http(s)/file:// URL or a path.",
         ),
@@ -407,15 +418,15 @@ def predict_batch(
     ] = None,
 ) -> dict[str, Any]:
     """Score projects with the champion; upsert them into PostgreSQL (`predictions`), once per version."""
-    from tagifai import registry, steps
-    from tagifai.errors import BadInputError
+    from tagifai.contract.errors import BadInputError
+    from tagifai.pipeline import registry, steps
 
-    database_url = os.environ.get("TAGIFAI_PREDICTIONS_DB")
+    database_url = os.environ.get(names.PREDICTIONS_DB_ENV)
     if not database_url:
         raise BadInputError("set TAGIFAI_PREDICTIONS_DB to the PostgreSQL database of the predictions table")
-    predict = settings["predict"]
-    chosen = source or predict["source"] or data_urls(settings, None, None)[0]
-    experiment = experiment_name or predict["experiment_name"]
+    predict = settings.predict
+    chosen = source or predict.source or data_urls(settings, None, None)[0]
+    experiment = experiment_name or predict.experiment_name
     return steps.predict_batch(
         settings, chosen, model_name or registry.model_name(settings), alias, experiment, database_url
     )
@@ -429,12 +440,13 @@ def serve(
     port: Annotated[int | None, typer.Option(show_default="[serve] port")] = None,
 ) -> None:
     """Serve the champion (MLflow's scoring protocol: /invocations, /health, /version), following the alias."""
-    from tagifai import registry, serve
+    from tagifai.pipeline import registry
+    from tagifai.serving import server as serve
 
-    def run(settings: dict[str, Any]) -> None:
-        options = settings["serve"]
+    def run(settings: Settings) -> None:
+        options = settings.serve
         name = model_name or registry.model_name(settings)
-        serve.run(name, alias or options["alias"], host, port or options["port"], options["poll_seconds"])
+        serve.run(name, alias or options.alias, host, port or options.port, options.poll_seconds)
 
     human(run)
 
@@ -442,9 +454,10 @@ def serve(
 @app.command("champion-history")
 def champion_history(model_name: ModelName = None) -> None:
     """Print every move of `champion`, newest first: from, to, when, by what, and why."""
-    from tagifai import champion, registry
+    from tagifai.operations import champion
+    from tagifai.pipeline import registry
 
-    def show(settings: dict[str, Any]) -> None:
+    def show(settings: Settings) -> None:
         for line in champion.history_table(
             registry.sync_history(settings, model_name or registry.model_name(settings))
         ):
@@ -456,7 +469,7 @@ def champion_history(model_name: ModelName = None) -> None:
 @app.command()
 @command
 def rollback(
-    settings: dict,
+    settings: Settings,
     to: Annotated[
         str | None, typer.Option(help="The version to move champion to.", show_default="the one before")
     ] = None,
@@ -464,7 +477,8 @@ def rollback(
     model_name: ModelName = None,
 ) -> dict[str, Any]:
     """Move `champion` back (re-scored on the current test split), record the move, tell Airflow."""
-    from tagifai import champion, registry
+    from tagifai.operations import champion
+    from tagifai.pipeline import registry
 
     return champion.rollback(settings, model_name or registry.model_name(settings), to, reason)
 
@@ -476,21 +490,35 @@ def card(
     ] = "models:/tagifai@champion",
 ) -> None:
     """Print a registered version's model card (markdown), as its description in MLflow shows it."""
-    from tagifai import card as cards
-    from tagifai import champion
+    from tagifai.core import card as cards
+    from tagifai.pipeline import cards as model_cards
 
-    def show(settings: dict[str, Any]) -> None:
-        name, version = champion.resolve(model_uri)
-        typer.echo(cards.render(champion.card_of(settings, name, version)), nl=False)
+    def show(settings: Settings) -> None:
+        name, version = model_cards.resolve(model_uri)
+        typer.echo(cards.render(model_cards.card_of(settings, name, version)), nl=False)
 
     human(show)
 
 
-def human(action: Callable[[dict[str, Any]], None]) -> None:
+@app.command("settings")
+def show_settings() -> None:
+    """Check the settings (`config/`, then `TAGIFAI_CONFIG`) against their schema; print them as JSON."""
+    from tagifai.contract.config import load_settings
+    from tagifai.contract.errors import TagifaiError
+
+    try:
+        settings = load_settings()
+    except TagifaiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    typer.echo(json.dumps({k: v for k, v in settings.as_dict().items() if k != "stopwords"}, indent=2))
+
+
+def human(action: Callable[[Settings], None]) -> None:
     """Run a command whose output is for people or a server (no JSON line): settings, MLflow, errors in one line."""
-    from tagifai import tracking
-    from tagifai.errors import TagifaiError
-    from tagifai.settings import load_settings
+    from tagifai.contract.config import load_settings
+    from tagifai.contract.errors import TagifaiError
+    from tagifai.pipeline import tracking
 
     try:
         settings = load_settings()

@@ -1,21 +1,28 @@
-"""The model: the MLflow pyfunc that turns raw title/description into a tag, and how to call it."""
+"""The model: the MLflow pyfunc that turns raw title/description into a tag, and how to call it.
+
+Registered versions unpickle `tagifai.model.TagifaiModel`: this module keeps its import path.
+"""
 
 from __future__ import annotations
 
 import importlib.metadata
+import shutil
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from tagifai.data import clean_text, compose_text
+from tagifai.core.data import clean_text, compose_text
 
 # What the model reads from each row (`description` may be missing).
 INPUT_COLUMNS = ("title", "description")
 # What it needs to serve, pinned at log time to the versions that trained it.
 REQUIREMENTS = ("mlflow", "cloudpickle", "numpy", "pandas", "scipy", "scikit-learn", "nltk")
+# The code a logged model loads (its `code_paths`): this module and what it imports of tagifai.
+CODE = ("__init__.py", "model.py", "core/__init__.py", "core/data.py", "contract/__init__.py", "contract/errors.py")
 
 
 def custom_predict(y_prob: np.ndarray, threshold: float, other_index: int) -> np.ndarray:
@@ -98,3 +105,12 @@ def texts_frame(texts: Sequence[str]) -> pd.DataFrame:
 def pinned_requirements() -> list[str]:
     """The serving requirements of the model, pinned to what trained it."""
     return [f"{name}=={importlib.metadata.version(name)}" for name in REQUIREMENTS]
+
+
+def copy_code(folder: Path) -> Path:
+    """Copy the model's code (`CODE`) into `folder/tagifai`, a package MLflow logs beside the model."""
+    package, target = Path(__file__).parent, folder / "tagifai"
+    for name in CODE:
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(package / name, target / name)
+    return target

@@ -17,7 +17,10 @@ if importlib.util.find_spec("airflow") is None:
     collect_ignore = ["dags"]
 # (Not `tagifai` itself: the repo root is on sys.path, so its folder is found from either venv.)
 if importlib.util.find_spec("mlflow") is None:
-    collect_ignore = ["code", "data", "model", "cli", "e2e/test_predictions_postgres.py"]
+    collect_ignore = [
+        *("contract", "core", "pipeline", "serving", "tooling", "data", "model", "cli", "test_layers.py"),
+        "e2e/test_predictions_postgres.py",
+    ]
 
 
 @pytest.fixture
@@ -37,7 +40,7 @@ def small_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def settings(small_config: Path) -> dict:
     """All settings, with the small-data override."""
-    from tagifai.settings import load_settings
+    from tagifai.contract.config import load_settings
 
     return load_settings()
 

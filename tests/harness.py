@@ -44,7 +44,7 @@ MLFLOW = TAGIFAI_VENV / "bin" / "mlflow"
 AIRFLOW = AIRFLOW_VENV / "bin" / "airflow"
 PRELOAD = (
     "tagifai.cli",
-    "tagifai.steps",
+    "tagifai.pipeline.steps",
     "mlflow.store.tracking.sqlalchemy_store",
     "mlflow.store.model_registry.sqlalchemy_store",
 )

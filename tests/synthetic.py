@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import random
 from pathlib import Path
+from typing import Any
 
 # The real dataset, where CI and developers keep it (beside the repo; never committed).
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -162,3 +163,9 @@ def write_small_config(path: Path) -> Path:
     """Write the TAGIFAI_CONFIG override for small synthetic data."""
     path.write_text(SMALL_CONFIG, encoding="utf-8")
     return path
+
+
+def with_setting(settings: Any, section: str, **values: Any) -> Any:
+    """`settings` with keys of one `[section]` (as the TOML names it) set to `values`, unchecked."""
+    name = "validation" if section == "validate" else section
+    return settings.model_copy(update={name: getattr(settings, name).model_copy(update=values)})

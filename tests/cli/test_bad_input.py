@@ -1,6 +1,8 @@
 """Bad input: one clear line naming the problem, exit 3 (never retried; 1 when the network may come
 back), and no model registered or promoted."""
 
+import json
+
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
@@ -138,6 +140,8 @@ def test_drift_fails_validate_unless_allowed(run, tmp_path):
         (["--min-f1", "0"], "min_f1 0.0 would loosen this deployment's gate ([register] min_f1 = 0.6)"),
         (["--max-regression", "1"], "max_regression 1.0 would loosen this deployment's gate"),
         (["--num-trials", "100000"], "num_trials 100000 is more than this deployment allows"),
+        (["--min-f1", "nan"], "min_f1 must be a finite number, not nan"),  # NaN passes every comparison
+        (["--max-regression", "-inf"], "max_regression must be a finite number, not -inf"),
     ],
 )
 def test_params_may_not_loosen_the_deployers_gate_or_limits(run, tmp_path, mlflow_store, args, message):
@@ -146,3 +150,40 @@ def test_params_may_not_loosen_the_deployers_gate_or_limits(run, tmp_path, mlflo
     assert result.exit_code == 3 and message in result.stderr.strip().splitlines()[-1]
     mlflow.set_tracking_uri(mlflow_store)
     assert MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()]) == []
+
+
+def test_the_plan_a_dag_hands_to_elt_may_not_hold_nan(tmp_path, mlflow_store, small_config):
+    # JSON's NaN parses in Python; compared with the gate it would pass every check.
+    projects, tags = write(tmp_path / "data")
+    args = ["elt", "--projects-url", str(projects), "--tags-url", str(tags), "--plan", '{"min_f1": NaN}']
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 3 and "min_f1 must be a finite number, not nan" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("[register]\nmin_fi = 0.99\n", "[register] min_fi: unknown setting"),
+        ('[register]\nmin_f1 = "0.9"\n', "[register] min_f1: input should be a valid number, got '0.9'"),
+        ("[register]\nmin_f1 = nan\n", "[register] min_f1: input should be a finite number, got nan"),
+    ],
+)
+@pytest.mark.parametrize("command", [["settings"], ["pipeline", "--num-trials", "1"]])
+def test_a_refused_setting_stops_every_command_with_one_line(
+    tmp_path, monkeypatch, mlflow_store, override, message, command
+):
+    path = tmp_path / "override.toml"
+    path.write_text(override)
+    monkeypatch.setenv("TAGIFAI_CONFIG", str(path))
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 3
+    assert result.stderr.strip().splitlines() == [f"error: settings in {path}: {message}"]
+    mlflow.set_tracking_uri(mlflow_store)
+    assert MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()]) == []
+
+
+def test_settings_prints_what_the_steps_will_read(small_config):
+    result = CliRunner().invoke(app, ["settings"])
+    assert result.exit_code == 0
+    shown = json.loads(result.stdout)
+    assert shown["data"]["min_freq"] == 5 and shown["register"]["min_f1"] == 0.6  # the override over the defaults

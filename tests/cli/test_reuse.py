@@ -6,7 +6,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tagifai.steps import NAMES
+from tagifai.pipeline.steps import NAMES
 from tests import synthetic
 from tests.harness import Cli
 

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tagifai import tuning
+from tagifai.pipeline import tuning
 from tests import synthetic
 from tests.harness import Cli
 

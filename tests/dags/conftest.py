@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,10 +13,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
 DAG_ID = "tagifai_training"
-
-# The helper module is imported by name, as the DAG file does (Airflow puts dags/ on sys.path).
-if str(DAGS) not in sys.path:
-    sys.path.insert(0, str(DAGS))
 
 
 @pytest.fixture(autouse=True)
@@ -106,7 +101,7 @@ def docker_client(monkeypatch: pytest.MonkeyPatch) -> FakeDocker:
     """The Docker engine behind the docker runner's hook, faked: DAG tests never touch a real one."""
     from types import SimpleNamespace
 
-    from tagifai_runners import TagifaiDockerOperator
+    from tagifai.orchestration.runners import TagifaiDockerOperator
 
     fake = FakeDocker()
     monkeypatch.setattr(TagifaiDockerOperator, "hook", property(lambda self: SimpleNamespace(api_client=fake)))

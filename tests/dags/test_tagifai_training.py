@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import ast
 import json
-import shlex
 import subprocess
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
+from tests.dags.helpers import RUNNERS, bash_argv, rendered_command
 
 pytestmark = pytest.mark.airflow
 
@@ -21,22 +21,6 @@ GRAPH = ["elt", "validate", "optimize_workers", "optimize", "train", "evaluate",
 UPSTREAM = (
     "https://raw.githubusercontent.com/GokuMohandas/Made-With-ML/e8dfdbe98f55cba8befaf8409e16e48fac2d26d8/datasets"
 )
-RUNNERS = ["docker", "local", "kubernetes"]
-
-
-def rendered_command(task, runner: str) -> list[str]:
-    """The `tagifai` argv a rendered task runs, whatever the runner."""
-    if runner == "docker":
-        return ["tagifai", *task.command]
-    if runner == "kubernetes":
-        return ["tagifai", *task.arguments]
-    return bash_argv(task.bash_command)
-
-
-def bash_argv(script: str) -> list[str]:
-    """The `tagifai` argv inside a local runner's bash script."""
-    inner = script.split("out=$(", 1)[1].rsplit(")\n", 1)[0]
-    return ["tagifai", *shlex.split(inner)[1:]]
 
 
 def worker_copies(dag, render, **params) -> list:
@@ -76,19 +60,6 @@ def test_unknown_runner_is_an_import_error(parse_dags):
     assert "TAGIFAI_RUNNER='ssh'" in "".join(bag.import_errors.values())
 
 
-@pytest.mark.parametrize("path", sorted(DAGS.glob("*.py")), ids=lambda p: p.name)
-def test_dag_files_never_import_ml_libraries(path: Path):
-    # Wiring only: parsing must stay fast and work in a venv without the ML stack.
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    imported = {
-        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
-    }
-    imported |= {
-        node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
-    }
-    assert imported.isdisjoint({"tagifai", "pandas", "mlflow", "numpy", "sklearn", "torch"})
-
-
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_graph_is_the_six_steps_in_order_with_optimize_fanned_out(load_dag, runner):
     dag = load_dag(TAGIFAI_RUNNER=runner)
@@ -101,25 +72,6 @@ def test_graph_is_the_six_steps_in_order_with_optimize_fanned_out(load_dag, runn
     optimize = dag.get_task("optimize")
     assert type(optimize).__name__ == "MappedOperator"
     assert [op.task_id for op in optimize.iter_mapped_dependencies()] == ["optimize_workers"]
-
-
-@pytest.mark.parametrize("dag_id", ["tagifai_training", "tagifai_batch_predictions"])
-@pytest.mark.parametrize("unpaused_at", ["00:08", "02:00", "23:59"])
-def test_a_daily_dag_unpaused_soon_after_midnight_waits_for_the_next(parse_dags, monkeypatch, dag_id, unpaused_at):
-    # The timetable as the scheduler has it (serialized, then decoded into the core class).
-    import airflow.timetables.trigger as trigger
-    import pendulum
-    from airflow.serialization.decoders import decode_timetable
-    from airflow.serialization.encoders import encode_timetable
-    from airflow.timetables.base import TimeRestriction
-
-    daily = decode_timetable(encode_timetable(parse_dags().dags[dag_id].timetable.timetable))
-    hour, minute = map(int, unpaused_at.split(":"))
-    monkeypatch.setattr(trigger, "utcnow", lambda: pendulum.datetime(2026, 11, 24, hour, minute, tz="UTC"))
-    first = daily.next_dagrun_info(
-        last_automated_data_interval=None, restriction=TimeRestriction(earliest=None, latest=None, catchup=False)
-    )
-    assert first.run_after == pendulum.datetime(2026, 11, 25, tz="UTC")
 
 
 def test_schedule_catchup_and_run_limits(load_dag):
@@ -415,57 +367,6 @@ def test_kubernetes_runner_renders_pods_with_the_same_image_and_commands(load_da
         assert "/airflow/xcom/return.json" in base.command[2]
 
 
-def test_kubernetes_wrapper_keeps_stdout_and_writes_the_last_line_for_xcom(tmp_path):
-    from tagifai_runners import K8S_WRAPPER
-
-    fake_bin = tmp_path / "bin"
-    fake_bin.mkdir()
-    (fake_bin / "tagifai").write_text('#!/bin/sh\necho "log" >&2\necho "progress"\necho \'{"run_id": "r1"}\'\n')
-    (fake_bin / "tagifai").chmod(0o755)
-    script = K8S_WRAPPER.replace("/airflow/xcom", str(tmp_path))
-    proc = subprocess.run(
-        ["/bin/sh", "-c", script, "tagifai", "train", "--data-run", "x"],
-        env={"PATH": f"{fake_bin}:/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0
-    assert proc.stdout.splitlines() == ["progress", '{"run_id": "r1"}']
-    assert json.loads((tmp_path / "return.json").read_text()) == {"run_id": "r1"}
-
-
-# ---- the template filter that hands run ids along ----------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        ('{"run_id": "abc"}', {"run_id": "abc"}),  # Docker and local: the last line as a string
-        ({"run_id": "abc"}, {"run_id": "abc"}),  # Kubernetes: the sidecar already parsed return.json
-        ('  {"run_id": "abc", "best_value": 0.9}\n', {"run_id": "abc", "best_value": 0.9}),  # whitespace
-    ],
-)
-def test_fromjson_reads_a_step_result(value, expected):
-    from tagifai_runners import fromjson
-
-    assert fromjson(value) == expected
-
-
-@pytest.mark.parametrize(
-    "value",
-    [
-        "2026-01-01 INFO tagifai: done",  # a log line ended up last: the contract is broken
-        '["run_id"]',  # JSON, but not an object
-        None,  # the upstream task pushed nothing
-    ],
-)
-def test_fromjson_names_a_broken_output_contract(value):
-    from tagifai_runners import fromjson
-
-    with pytest.raises(ValueError, match="last stdout line to be a JSON object"):
-        fromjson(value)
-
-
 # ---- safe to share: the trigger form is untrusted input ----------------------------------------
 
 REFUSED_SOURCES = [
@@ -548,7 +449,7 @@ def test_docker_exit_code_3_fails_without_retry(load_dag, render, monkeypatch):
 
 
 def test_step_containers_are_bounded_and_unprivileged(load_dag, render):
-    from tagifai_runners import HARDENING, HardenedClient
+    from tagifai.orchestration.runners import HARDENING, HardenedClient
 
     for task in step_operators(load_dag(), render):
         assert task.mem_limit == "4g"
@@ -578,6 +479,9 @@ def test_runs_and_steps_have_time_limits_from_the_settings(load_dag):
         ("num_trials", 201),  # more than [limits] max_trials
         ("num_workers", 9),  # more than [limits] max_workers
         ("experiment_name", "x\ny"),  # a control character in a free-text name
+        ("min_f1", float("nan")),  # NaN passes every bound unless refused as such (runners.FINITE)
+        ("max_regression", float("nan")),
+        ("min_f1", float("inf")),
     ],
 )
 def test_the_trigger_form_refuses_a_looser_gate_and_unbounded_runs(load_dag, param, value):
@@ -615,14 +519,6 @@ def test_kubernetes_pods_are_bounded_and_unprivileged(load_dag, render):
         assert base.resources.limits == {"memory": "4Gi"}
         assert base.security_context.allow_privilege_escalation is False
         assert base.security_context.capabilities.drop == ["ALL"]
-
-
-def test_the_celery_executor_and_worker_load_with_the_pinned_packages():
-    # The image's (and this venv's) celery must be one the provider imports: with celery 5.7 the
-    # executor failed to load and every worker crash-looped on a misleading "Airflow >= 2.8.0" error.
-    from airflow.providers.celery.executors.celery_executor import app  # what `airflow celery worker` loads
-
-    assert "execute_workload" in app.tasks
 
 
 # ---- change-driven: reuse and asset events --------------------------------------------------------
@@ -668,7 +564,8 @@ def test_the_champion_event_is_emitted_only_when_champion_moved(load_dag, regist
     from collections import defaultdict
 
     from airflow.sdk.exceptions import AirflowSkipException
-    from tagifai_assets import CHAMPION
+
+    from tagifai.orchestration.assets import CHAMPION
 
     task = load_dag().get_task("publish_champion")
     line = json.dumps({"run_id": "register-run", "model_name": "tagifai", **register})
@@ -687,57 +584,6 @@ def test_the_champion_event_is_emitted_only_when_champion_moved(load_dag, regist
     else:
         with pytest.raises(AirflowSkipException, match="champion did not move"):
             task.python_callable(line, **context)
-
-
-@pytest.mark.parametrize("runner", RUNNERS)
-def test_the_watcher_looks_at_each_source_on_the_configured_interval(parse_dags, render, runner, tmp_path):
-    override = tmp_path / "watch.toml"
-    override.write_text("[watch]\ninterval_seconds = 20\n")
-    bag = parse_dags(TAGIFAI_RUNNER=runner, TAGIFAI_CONFIG=str(override), TAGIFAI_PROJECTS_URL="/srv/data/projects.csv")
-    dag = bag.dags["tagifai_watch"]
-    assert dag.timetable.delta == timedelta(seconds=20)
-    assert sorted(dag.task_ids) == ["checksum_projects", "checksum_tags", "watch_projects", "watch_tags"]
-    # The source is read by the steps' runner, as elt reads it (its data folder mounted, for docker).
-    checksum = render(dag.get_task("checksum_projects"))
-    assert rendered_command(checksum, runner) == ["tagifai", "checksum", "/srv/data/projects.csv"]
-    assert checksum.execution_timeout == timedelta(minutes=5)
-    assert dag.get_task("watch_projects").upstream_task_ids == {"checksum_projects"}
-    [projects] = dag.get_task("watch_projects").outlets
-    assert (projects.name, projects.uri) == ("tagifai_projects", "file:///srv/data/projects.csv")
-    assert dag.catchup is False and dag.max_active_runs == 1
-
-
-# ---- batch scoring --------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("runner", RUNNERS)
-def test_batch_predictions_run_one_step_on_the_champion_event_and_daily(parse_dags, render, runner):
-    from airflow.sdk import AssetOrTimeSchedule
-
-    dag = parse_dags(TAGIFAI_RUNNER=runner, TAGIFAI_PROJECTS_URL="/srv/data/projects.csv").dags[
-        "tagifai_batch_predictions"
-    ]
-    assert isinstance(dag.timetable, AssetOrTimeSchedule)
-    assert dag.timetable.asset_condition.name == "tagifai_champion"
-    assert dag.task_ids == ["predict-batch"]
-    task = render(dag.get_task("predict-batch"))
-    assert rendered_command(task, runner) == ["tagifai", "predict-batch", "--source", "/srv/data/projects.csv"]
-    assert task.retries >= 2 and task.execution_timeout == timedelta(minutes=30)
-
-
-def test_batch_predictions_get_their_database_privately(parse_dags, render, monkeypatch):
-    from airflow.providers.docker.operators.docker import DockerOperator
-
-    seen = {}
-    monkeypatch.setattr(DockerOperator, "execute", lambda self, context: seen.setdefault("task", self))
-    monkeypatch.setenv("TAGIFAI_PREDICTIONS_DB", "postgresql+psycopg2://tagifai:s3cret@postgres/tagifai")
-    monkeypatch.setenv("TAGIFAI_DATA_DIRS", "/srv/data")
-    dag = parse_dags(TAGIFAI_PROJECTS_URL="/srv/data/projects.csv").dags["tagifai_batch_predictions"]
-    render(dag.get_task("predict-batch")).execute({})
-    task = seen["task"]
-    assert task._private_environment["TAGIFAI_PREDICTIONS_DB"].endswith("@postgres/tagifai")
-    assert "s3cret" not in json.dumps(task.environment)
-    assert task.mounts == [{"Target": "/srv/data", "Source": "/srv/data", "Type": "bind", "ReadOnly": True}]
 
 
 def test_a_retry_stops_the_container_its_dead_workers_try_left_running(load_dag, render, monkeypatch, docker_client):

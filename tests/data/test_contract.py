@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from tagifai import data, validate
-from tagifai.settings import load_settings
+from tagifai.contract.config import load_settings
+from tagifai.core import data, validate
 from tests.synthetic import REAL_DATA
 
 
@@ -87,13 +87,13 @@ def test_too_few_rows_and_classes(settings):
 def test_thin_class_fails_enough_classes(settings):
     df = labeled(per_tag=30)
     thin = pd.concat([df[df["tag"] != "mlops"], df[df["tag"] == "mlops"].head(6)])
-    settings["validate"]["min_rows_per_class"] = 10
+    settings.validation.min_rows_per_class = 10
     report = validate.validate(thin, settings)
     assert "need at least 10 rows in every class" in failed(report)["enough_classes"]
 
 
 def test_drift_in_labels_fails_with_bonferroni_threshold(settings):
-    reference = validate.profile(labeled(per_tag=60), settings["data"])
+    reference = validate.profile(labeled(per_tag=60), settings.data)
     df = labeled(per_tag=60)
     shifted = pd.concat([df[df["tag"] == "computer-vision"]] * 3 + [df.head(20)])
     shifted = shifted.assign(id=[str(i) for i in range(len(shifted))])
@@ -103,13 +103,13 @@ def test_drift_in_labels_fails_with_bonferroni_threshold(settings):
 
 
 def test_same_distribution_does_not_drift(settings):
-    reference = validate.profile(labeled(per_tag=30), settings["data"])
+    reference = validate.profile(labeled(per_tag=30), settings.data)
     report = validate.validate(labeled(per_tag=30), settings, reference)
     assert report["passed"] and {c["name"] for c in report["checks"]} >= {"label_drift", "text_length_drift"}
 
 
 def test_allowed_drift_is_a_warning(settings):
-    reference = validate.profile(labeled(per_tag=30), settings["data"])
+    reference = validate.profile(labeled(per_tag=30), settings.data)
     df = labeled(per_tag=30)
     df["description"] = df["description"] + " " + " ".join(["padding"] * 40)
     report = validate.validate(df, settings, reference, drift_blocks=False)

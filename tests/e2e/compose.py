@@ -228,18 +228,25 @@ def running_stack(root: Path) -> Iterator[Stack]:
         "MLFLOW_PORT": str(free_port()),
         "SERVE_PORT": str(free_port()),
         "TAGIFAI_DOCKER_NETWORK": PROJECT,
-        "TAGIFAI_PROJECTS_URL": str(projects),
-        "TAGIFAI_TAGS_URL": str(tags),
         "TAGIFAI_CONFIG": str(override),
         **{name: os.environ.get(name, "") for name in ("PYTHON_IMAGE", "POSTGRES_IMAGE", "REDIS_IMAGE")},
     }
     stack_script.write_env(REPO / ".env.example", env_file, overrides)
+    # The data is chosen as the README's Quickstart does: exported in the shell, over the generated
+    # .env's empty values. Every make and compose command of the session sees the export; a stack
+    # that ignored it would fetch the upstream data, which is not reachable here.
+    exported = {"TAGIFAI_PROJECTS_URL": str(projects), "TAGIFAI_TAGS_URL": str(tags)}
+    assert stack_script.read_env(env_file, {}).get("TAGIFAI_PROJECTS_URL") == ""
+    before = {name: os.environ.get(name) for name in exported}
+    os.environ.update(exported)
     started = time.time()
     try:
         make("up", env_file=env_file)
         yield Stack(env_file)
     finally:
         make("clean", env_file=env_file, timeout=600)
+        for name, value in before.items():
+            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
         shutil.rmtree(data, ignore_errors=True)
         print(f"stack lifetime {time.time() - started:.0f}s")
 

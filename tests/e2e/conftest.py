@@ -52,13 +52,29 @@ def first_run(stack):
          "--filter", "label=org.tagifai.step"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
+    events: list[dict] = []
+
+    def read() -> None:  # each start as it happens: its container's HostConfig, inspected while it runs
+        for line in watcher.stdout:
+            if line.strip():
+                event = json.loads(line)
+                inspected = subprocess.run(
+                    ["docker", "inspect", "--format", "{{json .HostConfig}}", event["id"]],
+                    capture_output=True,
+                    text=True,
+                )
+                event["HostConfig"] = json.loads(inspected.stdout) if inspected.returncode == 0 else None
+                events.append(event)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     start = time.monotonic()
     run_id = client.trigger({"num_trials": 3, "num_workers": 2})
     run = client.wait(run_id, timeout=1800)
     seconds = time.monotonic() - start
     watcher.terminate()
-    events = [json.loads(line) for line in watcher.communicate(timeout=30)[0].splitlines() if line.strip()]
-    # The tasks label their containers with the DAG run id (dags/tagifai_runners.py).
+    reader.join(timeout=60)
+    # The tasks label their containers with the DAG run id (tagifai/orchestration/runners.py).
     starts = [e for e in events if e["Actor"]["Attributes"].get("org.tagifai.pipeline-run-id") == run_id]
     return run_id, run, seconds, starts
 

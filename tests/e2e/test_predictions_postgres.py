@@ -1,4 +1,4 @@
-"""`tagifai.predictions.upsert` against a real PostgreSQL: idempotent, per version, all or nothing."""
+"""`tagifai.pipeline.predictions.upsert` against a real PostgreSQL: idempotent, per version, all or nothing."""
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -8,8 +8,8 @@ import pandas as pd
 import psycopg2
 import pytest
 
-from tagifai import predictions
-from tagifai.errors import TagifaiError
+from tagifai.contract.errors import TagifaiError
+from tagifai.pipeline import predictions
 from tests.harness import free_port, running_postgres
 
 pytestmark = [pytest.mark.e2e]

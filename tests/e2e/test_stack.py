@@ -32,6 +32,12 @@ def test_dag_run_succeeds_with_each_step_in_its_own_container(stack, first_run):
     # A container each; optimize in two.
     assert steps == sorted(["elt", "validate", "optimize", "optimize", "train", "evaluate", "register"])
     assert len({event["id"] for event in starts}) == 7
+    # The real containers, as Docker made them: no capabilities, no privilege escalation, the memory limit.
+    for event in starts:
+        host = event["HostConfig"]
+        assert host is not None, f"{event['id']} was gone before it could be inspected"
+        assert host["CapDrop"] == ["ALL"] and "no-new-privileges" in host["SecurityOpt"], host
+        assert host["Memory"] == 4 * 1024**3  # [limits] step_memory = "4g"
     print(f"DAG run {run_id}: {seconds:.0f}s")
 
 
@@ -47,7 +53,7 @@ def test_two_optimize_workers_ran_side_by_side_on_one_study(stack, first_run):
     metrics = [{m["key"]: m["value"] for m in w["data"]["metrics"]} for w in workers]
     assert sum(m["trials_run"] for m in metrics) == 3 and {m["trials"] for m in metrics} == {3}
     assert len({tag(w, "optuna_study") for w in workers}) == 1
-    assert tag(workers[0], "optuna_storage").startswith("postgresql+psycopg2://optuna:***@postgres")
+    assert tag(workers[0], "optuna_storage").startswith("postgresql+psycopg2://***@postgres")
     # The two tasks overlapped in time: the scheduler ran them in parallel.
     starts, ends = [int(w["info"]["start_time"]) for w in workers], [int(w["info"]["end_time"]) for w in workers]
     assert max(starts) < min(ends)

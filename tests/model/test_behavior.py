@@ -3,12 +3,12 @@
 import pandas as pd
 import pytest
 
-from tagifai import data, train
+from tagifai.core import data, train
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from tagifai.settings import load_settings
+    from tagifai.contract.config import load_settings
     from tests import synthetic
 
     config = synthetic.write_small_config(tmp_path_factory.mktemp("cfg") / "small.toml")
@@ -17,10 +17,10 @@ def model(tmp_path_factory):
         settings = load_settings()
     projects, tags = synthetic.make_projects(per_tag=60, seed=3)
     frame = pd.DataFrame(projects).astype({"id": str}).merge(pd.DataFrame(tags).astype({"id": str}), on="id")
-    prepared = data.prepare(frame, settings["data"])
-    params = {**settings["train"], "num_epochs": 20, "threshold_quantile": 0.0}
+    prepared = data.prepare(frame, settings.data)
+    params = {**settings.train.model_dump(), "num_epochs": 20, "threshold_quantile": 0.0}
     result = train.train(
-        params, prepared[prepared.split == "train"], prepared[prepared.split == "val"], settings["stopwords"]
+        params, prepared[prepared.split == "train"], prepared[prepared.split == "val"], settings.stopwords
     )
     return result["model"]
 

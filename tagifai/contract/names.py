@@ -1,0 +1,51 @@
+"""The names the `tagifai` commands and the DAGs agree on, spelled once.
+
+Environment variables a step reads or a runner hands over, the champion's alias and Asset, and where
+a step container writes its JSON line. The exit codes are `tagifai.contract.errors`'s. Standard
+library only: Airflow imports this without tagifai's dependencies.
+"""
+
+from __future__ import annotations
+
+# --- What a step reads from its environment (every runner hands these over) ---
+PIPELINE_RUN_ID_ENV = "TAGIFAI_PIPELINE_RUN_ID"
+# The image a step runs in, recorded on its runs.
+IMAGE_ENV = "TAGIFAI_IMAGE"
+# The Optuna RDB URL that the workers of one study share (it holds the database password).
+OPTUNA_STORAGE_ENV = "TAGIFAI_OPTUNA_STORAGE"
+# The PostgreSQL database of the `predictions` table (`tagifai predict-batch`).
+PREDICTIONS_DB_ENV = "TAGIFAI_PREDICTIONS_DB"
+# A file the step writes its last JSON line to as well (the docker runner reads it for XCom).
+OUTPUT_ENV = "TAGIFAI_OUTPUT"
+# Rerun a step even when a finished run has its key.
+FORCE_ENV = "TAGIFAI_FORCE"
+MODEL_NAME_ENV = "TAGIFAI_MODEL_NAME"
+PREDICT_SOURCE_ENV = "TAGIFAI_PREDICT_SOURCE"
+
+# --- The training data and where it may come from ---
+PROJECTS_URL_ENV = "TAGIFAI_PROJECTS_URL"
+TAGS_URL_ENV = "TAGIFAI_TAGS_URL"
+SOURCE_URL_ENVS = (PROJECTS_URL_ENV, TAGS_URL_ENV)
+# Folders a local source may be in (os.pathsep-separated) and the URL hosts a source may be on.
+DATA_DIRS_ENV = "TAGIFAI_DATA_DIRS"
+ALLOWED_HOSTS_ENV = "TAGIFAI_ALLOWED_URL_HOSTS"
+
+# --- Settings ---
+CONFIG_ENV = "TAGIFAI_CONFIG"
+# The override file's content itself: how a step container on any Docker host gets it.
+CONFIG_TOML_ENV = "TAGIFAI_CONFIG_TOML"
+CONFIG_DIR_ENV = "TAGIFAI_CONFIG_DIR"
+
+# --- The champion ---
+CHAMPION_ALIAS = "champion"
+# The Airflow Asset whose events say that `champion` moved (training, rollback).
+CHAMPION_ASSET = "tagifai_champion"
+CHAMPION_ASSET_URI = "x-tagifai://champion"
+
+# Where `tagifai rollback` tells Airflow that the champion moved, and its login.
+AIRFLOW_URL_ENV = "TAGIFAI_AIRFLOW_URL"
+AIRFLOW_USERNAME_ENV = "TAGIFAI_AIRFLOW_USERNAME"
+AIRFLOW_PASSWORD_ENV = "TAGIFAI_AIRFLOW_PASSWORD"
+
+# Where a step container's `tagifai` writes its JSON line (OUTPUT_ENV) for the docker runner.
+CONTAINER_OUTPUT_PATH = "/tmp/tagifai-output.json"

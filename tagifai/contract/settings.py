@@ -1,0 +1,179 @@
+"""The settings' schema: every section and key of `config/tagifai.toml`, typed and bounded.
+
+An unknown key (a typo), a value of the wrong type (`min_f1 = "0.9"`) or a number that is not finite
+(`min_f1 = nan`) is refused when the settings are read (`tagifai.contract.config`), before anything
+runs, with one line naming the key and the file. Nothing is coerced: TOML says what a value is.
+Pydantic only (Airflow itself requires it), so the DAGs validate the same way the commands do.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Fraction = Annotated[float, Field(ge=0, le=1)]
+OpenFraction = Annotated[float, Field(gt=0, lt=1)]
+Positive = Annotated[float, Field(gt=0)]
+Count = Annotated[int, Field(ge=1)]
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+Analyzer = Literal["char", "char_wb"]
+# The `[train]` params an `[optimize]` space may search.
+SEARCHABLE = (
+    "analyzer", "ngram_max_range", "sublinear_tf", "word_features", "stem", "alpha", "learning_rate", "num_epochs",
+    "threshold_quantile",
+)  # fmt: skip
+STEPS = ("elt", "validate", "optimize", "train", "evaluate", "register", "predict-batch", "checksum")
+
+
+class Section(BaseModel):
+    """A settings table: no key it does not know, no coercion, no NaN or infinity, read-only."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+
+class Data(Section):
+    """`[data]`: the pinned sources, fetch bounds, the labels and the split."""
+
+    projects_url: Name
+    tags_url: Name
+    max_bytes: Count
+    fetch_deadline_seconds: Positive
+    known_tags: Annotated[list[Name], Field(min_length=1)]
+    accepted_tags: Annotated[list[Name], Field(min_length=1)]
+    min_freq: Count
+    other_label: Name
+    val_size: OpenFraction
+    test_size: OpenFraction
+    seed: int
+
+
+class Validate(Section):
+    """`[validate]`: the data contract's sizes and the drift test's significance."""
+
+    min_rows: Count
+    min_rows_per_class: Count
+    min_classes: Annotated[int, Field(ge=2)]
+    drift_alpha: OpenFraction
+
+
+class Train(Section):
+    """`[train]`: the params used when no tuning is given."""
+
+    analyzer: Analyzer
+    ngram_max_range: Count
+    sublinear_tf: bool
+    word_features: bool
+    stem: bool
+    alpha: Positive
+    learning_rate: Positive
+    num_epochs: Count
+    threshold_quantile: Fraction
+    seed: int
+
+
+def _range(kind: type) -> object:
+    """A search range `[low, high]` of `kind`."""
+    return Annotated[list[kind], Field(min_length=2, max_length=2)]
+
+
+class Optimize(Section):
+    """`[optimize]`: the study (trials, workers, folds, pruning, heartbeats) and its search space."""
+
+    num_trials: Count
+    num_workers: Count
+    cv_folds: Annotated[int, Field(ge=2)]
+    # The search space: a range [low, high] or a list of choices per `[train]` param it searches.
+    analyzer: Annotated[list[Analyzer], Field(min_length=1)] | None = None
+    ngram_max_range: _range(Annotated[int, Field(ge=1)]) | None = None  # type: ignore[valid-type]
+    sublinear_tf: Annotated[list[bool], Field(min_length=1)] | None = None
+    word_features: Annotated[list[bool], Field(min_length=1)] | None = None
+    stem: Annotated[list[bool], Field(min_length=1)] | None = None
+    alpha: _range(Positive) | None = None  # type: ignore[valid-type]
+    learning_rate: _range(Positive) | None = None  # type: ignore[valid-type]
+    num_epochs: _range(Count) | None = None  # type: ignore[valid-type]
+    threshold_quantile: _range(Fraction) | None = None  # type: ignore[valid-type]
+    pruner_startup_trials: Annotated[int, Field(ge=0)]
+    pruner_warmup_folds: Annotated[int, Field(ge=0)]
+    heartbeat_seconds: Positive
+    grace_seconds: Positive
+    threads_per_trial: Count
+    seed: int
+
+    def search_space(self) -> dict[str, list]:
+        """The `[train]` params this space searches, each with its range or choices."""
+        return {name: getattr(self, name) for name in SEARCHABLE if getattr(self, name) is not None}
+
+
+class Register(Section):
+    """`[register]`: the registered model and the deployer's promotion gate."""
+
+    model_name: Annotated[str, Field(pattern=r"^[\w.-]{1,100}$")]
+    min_f1: Fraction
+    max_regression: Fraction
+    history_experiment: Name
+    history_window: Count
+
+
+class Limits(Section):
+    """`[limits]`: what no run may exceed, whatever its params say."""
+
+    max_trials: Count
+    max_workers: Count
+    step_minutes: dict[Literal[STEPS], Positive]  # type: ignore[valid-type]
+    run_minutes: Positive
+    step_memory: Annotated[str, Field(pattern=r"^[1-9][0-9]*[kmg]?$")]
+
+
+class Serve(Section):
+    """`[serve]`: the alias `tagifai serve` follows, how often it looks, its port."""
+
+    alias: Annotated[str, Field(pattern=r"^[\w-]{1,100}$")]
+    poll_seconds: Positive
+    port: Annotated[int, Field(ge=1, le=65535)]
+
+
+class Predict(Section):
+    """`[predict]`: batch scoring's source and experiment."""
+
+    source: str
+    experiment_name: Name
+
+
+class Watch(Section):
+    """`[watch]`: how often the watcher reads the training data."""
+
+    interval_seconds: Positive
+
+
+class Mlflow(Section):
+    """`[mlflow]`: the experiment, and the embedded store when no tracking URI is set."""
+
+    experiment_name: Name
+    local_store: Name
+
+
+# `register` is also ABCMeta's classmethod (pydantic warns of the shadow); on a settings object it is the field.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "register"', category=UserWarning)
+
+    class Settings(Section):
+        """All settings. `stopwords` comes from `config/stopwords.txt`, not from the TOML."""
+
+        data: Data
+        # `[validate]` (a BaseModel method is named `validate`).
+        validation: Validate = Field(alias="validate")
+        train: Train
+        optimize: Optimize
+        register: Register
+        limits: Limits
+        serve: Serve
+        predict: Predict
+        watch: Watch
+        mlflow: Mlflow
+        stopwords: tuple[str, ...] = ()
+
+        def as_dict(self) -> dict:
+            """The settings as the TOML names them (sections of plain values): what reuse keys hash."""
+            return self.model_dump(by_alias=True)

@@ -1,0 +1,178 @@
+"""Extract, transform, clean and split the projects data. Pure functions: no files, no MLflow."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from tagifai.contract.errors import BadInputError
+
+if TYPE_CHECKING:  # the model imports this module: it logs no more code than it runs (tagifai.model.CODE)
+    from tagifai.contract.settings import Data
+
+PROJECT_COLUMNS = ("id", "title", "description")
+TAG_COLUMNS = ("id", "tag")
+SPLITS = ("train", "val", "test")
+
+
+def sha256(content: bytes) -> str:
+    """Return the hex sha256 digest of `content`."""
+    return hashlib.sha256(content).hexdigest()
+
+
+def parse_csv(content: bytes, name: str, required: Iterable[str]) -> pd.DataFrame:
+    """Parse CSV bytes into a DataFrame that has the `required` columns.
+
+    Args:
+        content: raw file content, UTF-8.
+        name: what to call the file in error messages.
+        required: columns that must be present.
+
+    Returns:
+        The parsed frame, every column but `id` read as text.
+
+    Raises:
+        BadInputError: the content is empty, not UTF-8, not CSV, or lacks a required column.
+    """
+    if not content.strip():
+        raise BadInputError(f"{name} is empty")
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise BadInputError(
+            f"{name} is not valid UTF-8 (byte {exc.start}: {content[exc.start : exc.start + 1]!r})"
+        ) from exc
+    try:
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise BadInputError(f"{name} is not a readable CSV file: {exc}".splitlines()[0]) from exc
+    missing = [column for column in required if column not in df.columns]
+    if missing:
+        raise BadInputError(f"{name} is missing column(s) {', '.join(missing)} (has: {preview_columns(df.columns)})")
+    if df.empty:
+        raise BadInputError(f"{name} has a header but no rows")
+    return df
+
+
+def preview_columns(columns: Iterable[str], limit: int = 8, width: int = 24) -> str:
+    """Column names for an error message: a few, each cut short (a wrong file's header is its first line)."""
+    names = [str(c) if len(str(c)) <= width else str(c)[: width - 1] + "…" for c in columns]
+    return ", ".join(names[:limit]) + (", …" if len(names) > limit else "")
+
+
+def transform(projects: pd.DataFrame, tags: pd.DataFrame) -> pd.DataFrame:
+    """Join projects with their tags on `id`; projects without a tag are dropped.
+
+    Raises:
+        BadInputError: a tag names a project id that does not exist.
+    """
+    orphans = sorted(set(tags["id"]) - set(projects["id"]))
+    if orphans:
+        shown = ", ".join(map(str, orphans[:5])) + (" …" if len(orphans) > 5 else "")
+        raise BadInputError(f"{len(orphans)} tag(s) match no project id: {shown}")
+    return projects.merge(tags[list(TAG_COLUMNS)], on="id", how="inner")
+
+
+def to_csv_bytes(df: pd.DataFrame) -> bytes:
+    """Serialise a frame the same way every time, so its digest identifies its content."""
+    return df.to_csv(index=False, lineterminator="\n").encode("utf-8")
+
+
+def read_frame(content: bytes) -> pd.DataFrame:
+    """Read a frame written by `to_csv_bytes`, keeping text as text and `id` as a string."""
+    return pd.read_csv(io.BytesIO(content), dtype=str, keep_default_na=False)
+
+
+def compose_text(df: pd.DataFrame) -> pd.Series:
+    """Return `title + " " + description` per row (missing parts count as empty)."""
+    title = df["title"].fillna("").astype(str)
+    description = df["description"].fillna("").astype(str) if "description" in df else ""
+    return (title + " " + description).str.strip()
+
+
+def clean_text(text: str, stopwords: Iterable[str], stem: bool = False) -> str:
+    """Lowercase, drop stopwords, links and punctuation, collapse whitespace (optionally stem).
+
+    Args:
+        text: raw text.
+        stopwords: words to drop (whole words, case-insensitive).
+        stem: apply the Porter stemmer to each word.
+
+    Returns:
+        The cleaned text.
+    """
+    text = text.lower()
+    text = re.sub(r"http\S+", " ", text)
+    words = re.sub(r"[^a-z0-9]+", " ", text).split()
+    stop = stopwords if isinstance(stopwords, (set, frozenset)) else set(stopwords)
+    words = [word for word in words if word not in stop]
+    if stem:
+        from nltk.stem import PorterStemmer
+
+        stemmer = PorterStemmer()
+        words = [stemmer.stem(word) for word in words]
+    return " ".join(words)
+
+
+def map_labels(tags: pd.Series, accepted: Iterable[str], min_freq: int, other: str = "other") -> pd.Series:
+    """Replace tags outside `accepted`, and accepted tags seen fewer than `min_freq` times, by `other`."""
+    accepted = set(accepted)
+    mapped = tags.where(tags.isin(accepted), other)
+    counts = mapped.value_counts()
+    rare = [tag for tag, count in counts.items() if count < min_freq and tag != other]
+    return mapped.where(~mapped.isin(rare), other)
+
+
+def model_labels(tags: pd.Series, data_settings: Data) -> pd.Series:
+    """The labels the model learns: `map_labels` with the `[data]` settings."""
+    return map_labels(
+        tags.fillna("").astype(str),
+        data_settings.accepted_tags,
+        data_settings.min_freq,
+        data_settings.other_label,
+    )
+
+
+def assign_splits(labels: pd.Series, val_size: float, test_size: float, seed: int) -> pd.Series:
+    """Return "train"/"val"/"test" per row: a stratified split with the given fractions.
+
+    Raises:
+        BadInputError: a class has too few rows to appear in every split.
+    """
+    index = labels.index.to_numpy()
+    holdout = val_size + test_size
+    try:
+        train_idx, rest_idx = train_test_split(index, test_size=holdout, stratify=labels, random_state=seed)
+        val_idx, test_idx = train_test_split(
+            rest_idx, test_size=test_size / holdout, stratify=labels.loc[rest_idx], random_state=seed
+        )
+    except ValueError as exc:
+        raise BadInputError(f"cannot make a stratified split: {exc}") from exc
+    split = pd.Series("train", index=labels.index, name="split")
+    split.loc[val_idx] = "val"
+    split.loc[test_idx] = "test"
+    return split
+
+
+def prepare(df: pd.DataFrame, data_settings: Data) -> pd.DataFrame:
+    """Map tags to the model's labels and assign each row a split.
+
+    Args:
+        df: labeled projects (`id`, `title`, `description`, `tag`).
+        data_settings: the `[data]` settings.
+
+    Returns:
+        `df` with `tag` mapped and a `split` column.
+    """
+    prepared = df.reset_index(drop=True).copy()
+    prepared["tag"] = model_labels(prepared["tag"], data_settings)
+    prepared["split"] = assign_splits(
+        prepared["tag"], data_settings.val_size, data_settings.test_size, data_settings.seed
+    )
+    return prepared

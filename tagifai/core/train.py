@@ -1,0 +1,189 @@
+"""Train the TF-IDF + SGD model epoch by epoch, and score params by cross-validation.
+
+Pure: frames and params in, fitted model and history out. `tagifai.pipeline.steps` does the logging.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from imblearn.over_sampling import RandomOverSampler
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import SGDClassifier
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import FeatureUnion
+
+from tagifai.core.evaluate import weighted_scores
+from tagifai.model import TagifaiModel
+
+# Called after every cross-validation fold with (fold, mean f1 of the folds so far); may raise to stop.
+FoldCallback = Callable[[int, float], None]
+
+PARAM_TYPES = {
+    "analyzer": str,
+    "ngram_max_range": int,
+    "sublinear_tf": bool,
+    "word_features": bool,
+    "stem": bool,
+    "alpha": float,
+    "learning_rate": float,
+    "num_epochs": int,
+    "threshold_quantile": float,
+    "seed": int,
+}
+
+
+def coerce_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Cast known params to their types (MLflow hands params back as strings)."""
+    coerced = dict(params)
+    for name, kind in PARAM_TYPES.items():
+        if name in coerced and isinstance(coerced[name], str):
+            value = coerced[name]
+            coerced[name] = value.lower() == "true" if kind is bool else kind(float(value) if kind is int else value)
+    return coerced
+
+
+def build_vectorizer(params: dict[str, Any]) -> FeatureUnion:
+    """Character n-gram TF-IDF, plus word uni/bi-grams when `word_features` is on."""
+    parts = [
+        (
+            "char",
+            TfidfVectorizer(
+                analyzer=params["analyzer"],
+                ngram_range=(2, params["ngram_max_range"]),
+                sublinear_tf=params["sublinear_tf"],
+            ),
+        ),
+    ]
+    if params.get("word_features"):
+        parts.append(
+            ("word", TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=params["sublinear_tf"]))
+        )
+    return FeatureUnion(parts)
+
+
+def find_threshold(y_prob: np.ndarray, quantile: float) -> float:
+    """The `quantile` of the top-class probabilities: below it a prediction becomes `other`."""
+    return float(np.quantile(y_prob.max(axis=1), q=quantile))
+
+
+def cross_entropy(y_true: np.ndarray, y_prob: np.ndarray, classes: np.ndarray) -> float:
+    """Mean log loss of `y_prob` (columns in `classes` order) against the labels `y_true`.
+
+    Raises:
+        ValueError: a label is not one of `classes`.
+    """
+    columns = pd.Index(classes).get_indexer(y_true)
+    if (columns < 0).any():
+        raise ValueError(f"labels not seen in training: {sorted(set(y_true) - set(classes))}")
+    probabilities = y_prob[np.arange(len(columns)), columns]
+    return float(-np.log(np.clip(probabilities, 1e-15, 1.0)).mean())
+
+
+def train(
+    params: dict[str, Any],
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    stopwords: list[str],
+    other_label: str = "other",
+) -> dict[str, Any]:
+    """Fit vectorizer and classifier on `train_df`; pick the threshold on `val_df`.
+
+    Args:
+        params: hyperparameters (see `config/tagifai.toml` `[train]`).
+        train_df: rows with `title`, `description`, `tag`.
+        val_df: same columns; used for per-epoch loss and the threshold.
+        stopwords: words removed during cleaning.
+        other_label: the label predicted below the threshold.
+
+    Returns:
+        `model` (a `TagifaiModel`), `history` (per-epoch losses), `threshold`, `val` scores.
+    """
+    params = coerce_params(params)
+    model = TagifaiModel(build_vectorizer(params), None, [], 0.0, other_label, stopwords, params.get("stem", False))
+    x_train = model.vectorizer.fit_transform(model.clean(train_df))
+    x_val = model.features(val_df)
+    y_train, y_val = train_df["tag"].to_numpy(), val_df["tag"].to_numpy()
+
+    # Oversample minority classes
+    x_over, y_over = RandomOverSampler(sampling_strategy="all", random_state=params["seed"]).fit_resample(
+        x_train, y_train
+    )
+
+    classifier = SGDClassifier(
+        loss="log_loss",
+        penalty="l2",
+        alpha=params["alpha"],
+        learning_rate="constant",
+        eta0=params["learning_rate"],
+        max_iter=1,
+        warm_start=True,
+        random_state=params["seed"],
+    )
+    history = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # one pass per fit is the point
+        for epoch in range(params["num_epochs"]):
+            classifier.fit(x_over, y_over)
+            train_loss = cross_entropy(y_train, classifier.predict_proba(x_train), classifier.classes_)
+            val_loss = cross_entropy(y_val, classifier.predict_proba(x_val), classifier.classes_)
+            history.append({"epoch": epoch, "train_loss": float(train_loss), "val_loss": float(val_loss)})
+
+    model.classifier = classifier
+    model.classes = [str(c) for c in classifier.classes_]
+    y_prob = classifier.predict_proba(x_val)
+    model.threshold = find_threshold(y_prob, params["threshold_quantile"])
+    return {
+        "model": model,
+        "history": history,
+        "threshold": model.threshold,
+        "val": weighted_scores(y_val, model.labels(y_prob)),
+        "params": params,
+    }
+
+
+def cross_validate(
+    params: dict[str, Any],
+    df: pd.DataFrame,
+    stopwords: list[str],
+    other_label: str = "other",
+    num_folds: int = 5,
+    on_fold: FoldCallback | None = None,
+) -> dict[str, Any]:
+    """Score `params` by stratified k-fold cross-validation of `train` over `df`.
+
+    Each fold trains on the other folds; its threshold comes from, and it is scored on, its held-out rows,
+    as `train` does with the val split. A steadier objective than one small val split.
+
+    Args:
+        params: hyperparameters (see `config/tagifai.toml` `[train]`); `seed` also shuffles the folds.
+        df: rows with `title`, `description`, `tag` (the train split).
+        stopwords: words removed during cleaning.
+        other_label: the label predicted below the threshold.
+        num_folds: number of folds.
+        on_fold: called after each fold (e.g. to report to Optuna and prune).
+
+    Returns:
+        Mean held-out `precision`, `recall`, `f1`, the standard deviation `f1_std`, `folds` (scores per fold)
+        and `history` (per-epoch train/val loss, averaged over the folds).
+    """
+    params = coerce_params(params)
+    splitter = StratifiedKFold(n_splits=num_folds, shuffle=True, random_state=params["seed"])
+    folds, histories = [], []
+    for fold, (train_index, val_index) in enumerate(splitter.split(df, df["tag"])):
+        result = train(params, df.iloc[train_index], df.iloc[val_index], stopwords, other_label)
+        folds.append(result["val"])
+        histories.append(result["history"])
+        if on_fold is not None:
+            on_fold(fold, float(np.mean([scores["f1"] for scores in folds])))
+    means = {name: float(np.mean([scores[name] for scores in folds])) for name in ("precision", "recall", "f1")}
+    history = [
+        {"epoch": epoch, **{k: float(np.mean([h[epoch][k] for h in histories])) for k in ("train_loss", "val_loss")}}
+        for epoch in range(len(histories[0]))
+    ]
+    return {**means, "f1_std": float(np.std([scores["f1"] for scores in folds])), "folds": folds, "history": history}

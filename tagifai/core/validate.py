@@ -1,0 +1,186 @@
+"""The data contract and drift checks on labeled projects. Pure: frames in, a report dict out."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pandas as pd
+from scipy import stats
+
+from tagifai.contract.settings import Data, Settings, Validate
+from tagifai.core.data import compose_text, model_labels
+
+REQUIRED_COLUMNS = ("id", "title", "description", "tag")
+INTEGER = re.compile(r"^\s*-?\d+\s*$")
+
+
+def check(name: str, passed: bool, detail: str) -> dict[str, Any]:
+    """Return one check's result."""
+    return {"name": name, "passed": bool(passed), "detail": detail}
+
+
+def preview(values: list[Any], limit: int = 5) -> str:
+    """Show up to `limit` values, with an ellipsis when there are more."""
+    shown = ", ".join(repr(v) if isinstance(v, str) else str(v) for v in values[:limit])
+    return shown + (", …" if len(values) > limit else "")
+
+
+def check_columns(df: pd.DataFrame) -> dict[str, Any]:
+    """Every required column is present."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    return check("required_columns", not missing, f"missing: {', '.join(missing)}" if missing else "all present")
+
+
+def check_dtypes(df: pd.DataFrame) -> dict[str, Any]:
+    """`id` holds integers; text columns hold strings."""
+    ids = df["id"].astype(str)
+    bad_ids = ids[~ids.str.match(INTEGER) & (ids.str.strip() != "")].tolist()
+    non_text = [
+        c for c in ("title", "description", "tag") if not df[c].map(lambda v: isinstance(v, str) or pd.isna(v)).all()
+    ]
+    problems = []
+    if bad_ids:
+        problems.append(f"{len(bad_ids)} non-integer id(s): {preview(bad_ids)}")
+    if non_text:
+        problems.append(f"non-text values in {', '.join(non_text)}")
+    return check("dtypes", not problems, "; ".join(problems) or "id integer, text columns strings")
+
+
+def check_ids(df: pd.DataFrame) -> dict[str, Any]:
+    """Ids are present and unique."""
+    ids = df["id"].astype(str).str.strip()
+    blank = int((ids == "").sum() + df["id"].isna().sum())
+    duplicated = sorted(ids[ids.duplicated() & (ids != "")].unique().tolist())
+    problems = []
+    if blank:
+        problems.append(f"{blank} missing id(s)")
+    if duplicated:
+        problems.append(f"{len(duplicated)} duplicated id(s): {preview(duplicated)}")
+    return check("unique_ids", not problems, "; ".join(problems) or f"{len(ids)} unique ids")
+
+
+def check_text(df: pd.DataFrame) -> dict[str, Any]:
+    """Every project has a non-blank title + description."""
+    blank = df.loc[compose_text(df) == "", "id"].tolist()
+    return check(
+        "non_blank_text",
+        not blank,
+        f"{len(blank)} project(s) with blank text, ids: {preview(blank)}" if blank else "no blank text",
+    )
+
+
+def check_tags(df: pd.DataFrame, known_tags: list[str]) -> dict[str, Any]:
+    """Every tag is one the contract knows."""
+    unknown = sorted(set(df["tag"].fillna("").astype(str)) - set(known_tags))
+    return check("known_tags", not unknown, f"unknown tag(s): {preview(unknown)}" if unknown else "all tags known")
+
+
+def check_size(df: pd.DataFrame, data_settings: Data, validate_settings: Validate) -> list[dict[str, Any]]:
+    """Enough rows overall, and enough classes with enough rows each, for a stratified split."""
+    rows = len(df)
+    min_rows = validate_settings.min_rows
+    labels = model_labels(df["tag"], data_settings)
+    counts = labels.value_counts()
+    min_per_class = validate_settings.min_rows_per_class
+    thin = {tag: int(n) for tag, n in counts.items() if n < min_per_class}
+    min_classes = validate_settings.min_classes
+    class_detail = f"{len(counts)} class(es): " + ", ".join(f"{tag}={n}" for tag, n in counts.items())
+    if len(counts) < min_classes:
+        class_detail = f"only {class_detail}; need at least {min_classes}"
+    elif thin:
+        class_detail = f"{class_detail}; need at least {min_per_class} rows in every class"
+    return [
+        check("enough_rows", rows >= min_rows, f"{rows} rows (minimum {min_rows})"),
+        check("enough_classes", len(counts) >= min_classes and not thin, class_detail),
+    ]
+
+
+def profile(df: pd.DataFrame, data_settings: Data) -> dict[str, Any]:
+    """Summarise the data for drift checks: label counts and text lengths (words)."""
+    labels = model_labels(df["tag"], data_settings)
+    return {
+        "rows": len(df),
+        "label_counts": {str(k): int(v) for k, v in labels.value_counts().sort_index().items()},
+        "text_lengths": compose_text(df).str.split().str.len().astype(int).tolist(),
+    }
+
+
+def drift_checks(current: dict[str, Any], reference: dict[str, Any], alpha: float) -> list[dict[str, Any]]:
+    """Compare two profiles: chi-square on the label distribution, KS on text length.
+
+    Both p-values are held to `alpha / 2` (Bonferroni correction for the two tests).
+    """
+    threshold = alpha / 2
+    labels = sorted(set(current["label_counts"]) | set(reference["label_counts"]))
+    table = [[current["label_counts"].get(t, 0) for t in labels], [reference["label_counts"].get(t, 0) for t in labels]]
+    label_p = float(stats.chi2_contingency(table).pvalue) if len(labels) > 1 else 1.0
+    length_p = float(stats.ks_2samp(current["text_lengths"], reference["text_lengths"]).pvalue)
+    return [
+        check(
+            "label_drift",
+            label_p >= threshold,
+            f"chi-square p={label_p:.4g} (Bonferroni threshold {threshold:.4g}); "
+            + ", ".join(f"{t}: {a}→{b}" for t, a, b in zip(labels, table[1], table[0], strict=True)),
+        ),
+        check(
+            "text_length_drift",
+            length_p >= threshold,
+            f"KS p={length_p:.4g} (Bonferroni threshold {threshold:.4g}); median words "
+            f"{pd.Series(reference['text_lengths']).median():g}→{pd.Series(current['text_lengths']).median():g}",
+        ),
+    ]
+
+
+def validate(
+    df: pd.DataFrame, settings: Settings, reference: dict[str, Any] | None = None, drift_blocks: bool = True
+) -> dict[str, Any]:
+    """Run the data contract (and drift checks when a reference profile is given).
+
+    Args:
+        df: labeled projects as produced by `elt`.
+        settings: all settings (`data` and `validate` sections are used).
+        reference: the profile of the last validated data, if any.
+        drift_blocks: whether drift fails validation (otherwise it is reported as a warning).
+
+    Returns:
+        A report: `passed`, the list of `checks`, the data `profile`.
+    """
+    columns = check_columns(df)
+    if not columns["passed"]:
+        return {"passed": False, "checks": [columns], "profile": None}
+    checks = [
+        columns,
+        check_dtypes(df),
+        check_ids(df),
+        check_text(df),
+        check_tags(df, settings.data.known_tags),
+        *check_size(df, settings.data, settings.validation),
+    ]
+    current = profile(df, settings.data)
+    if reference is not None:
+        drift = drift_checks(current, reference, settings.validation.drift_alpha)
+        checks += [{**c, "blocking": drift_blocks} for c in drift]
+    passed = all(c["passed"] or not c.get("blocking", True) for c in checks)
+    return {"passed": passed, "checks": checks, "profile": current}
+
+
+def failed_checks(report: dict[str, Any]) -> list[str]:
+    """Return "name: detail" for each failed check."""
+    return [f"{c['name']}: {c['detail']}" for c in report["checks"] if not c["passed"] and c.get("blocking", True)]
+
+
+def render_markdown(report: dict[str, Any], title: str = "Data validation report") -> str:
+    """Render a report as a markdown page for people."""
+    verdict = "PASSED" if report["passed"] else "FAILED"
+    lines = [f"# {title}", "", f"**{verdict}**", "", "| check | result | detail |", "| --- | --- | --- |"]
+    for c in report["checks"]:
+        detail = c["detail"].replace("|", "\\|")
+        result = "pass" if c["passed"] else ("**FAIL**" if c.get("blocking", True) else "warn (allowed)")
+        lines.append(f"| {c['name']} | {result} | {detail} |")
+    if report.get("profile"):
+        lines += ["", f"Rows: {report['profile']['rows']}", "", "| label | rows |", "| --- | --- |"]
+        lines += [f"| {tag} | {n} |" for tag, n in report["profile"]["label_counts"].items()]
+    if report.get("reference_run_id"):
+        lines += ["", f"Drift reference: run `{report['reference_run_id']}`"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,92 @@
+"""tagifai's Airflow Assets, the tasks that emit their events, and the daily time schedule.
+
+- One Asset per training data source (`tagifai_projects`, `tagifai_tags`): `tagifai_watch` emits an
+  event when the source changed, and `tagifai_training` runs on either (or daily).
+- `tagifai_champion`: `tagifai_training` emits an event only when `champion` moved (its `extra`:
+  version, test f1, pipeline run), for whichever DAG follows the champion.
+
+Standard library and Airflow only.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import Asset, CronTriggerTimetable, Variable, task
+from airflow.sdk.exceptions import AirflowSkipException
+
+from tagifai.contract import names
+from tagifai.contract.settings import Settings
+from tagifai.orchestration.runners import data_url, fromjson
+
+CHAMPION = Asset(name=names.CHAMPION_ASSET, uri=names.CHAMPION_ASSET_URI)
+# Midnight UTC. A DAG without a start date that is unpaused first runs at the next midnight:
+# `run_immediately=False` would still run the past midnight's when it is under 2.4 hours old (Airflow
+# 3.3 treats False like None, "10% of the interval"); a zero timedelta never does.
+DAILY = CronTriggerTimetable("@daily", timezone="UTC", run_immediately=timedelta(0))
+
+
+def sources(config: Settings, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The configured training data: `TAGIFAI_PROJECTS_URL`/`TAGIFAI_TAGS_URL`, else `[data]`'s URLs."""
+    env = os.environ if environ is None else environ
+    data = config.data
+    return {
+        "projects": data_url(env.get(names.PROJECTS_URL_ENV), data.projects_url),
+        "tags": data_url(env.get(names.TAGS_URL_ENV), data.tags_url),
+    }
+
+
+def source_asset(name: str, source: str) -> Asset:
+    """The Asset of one data source, named for it; its URI is the source (a path as a file:// URI)."""
+    uri = source if urllib.parse.urlparse(source).scheme else f"file://{source}"
+    return Asset(name=f"tagifai_{name}", uri=uri)
+
+
+@task
+def watch(checksum_line: Any, source: str, asset: Asset, **context: Any) -> dict[str, str]:
+    """Emit an event on `asset` when `source` changed since the last look; else skip (no event).
+
+    `checksum_line` is the output of `tagifai checksum <source>`, run by the steps' runner (so the
+    source is read where and as `elt` reads it). The last sha256 seen is an Airflow Variable per
+    asset. The first look records it and emits nothing.
+
+    Raises:
+        AirflowSkipException: the source is unchanged, or seen for the first time.
+    """
+    sha = fromjson(checksum_line)["sha256"]
+    seen_key = f"{asset.name}_sha256"
+    previous = Variable.get(seen_key, default=None)
+    if sha == previous:
+        raise AirflowSkipException(f"{source} unchanged (sha256 {sha[:12]})")
+    Variable.set(seen_key, sha, description=f"sha256 of {source} when tagifai_watch last looked")
+    if previous is None:
+        raise AirflowSkipException(f"{source} first seen (sha256 {sha[:12]}): watching it from now on")
+    extra = {"source": source, "sha256": sha, "previous_sha256": previous}
+    context["outlet_events"][asset].extra = extra
+    return extra
+
+
+@task(outlets=[CHAMPION])
+def publish_champion(register_line: Any, **context: Any) -> dict[str, Any]:
+    """Emit an event on the champion Asset when `register` moved `champion`; else skip (no event).
+
+    Raises:
+        AirflowSkipException: the run did not move the champion (not promoted, or a reused register).
+    """
+    out = fromjson(register_line)
+    if not out.get("promoted") or out.get("reused"):
+        why = "made already" if out.get("reused") else out.get("reason", "not promoted")
+        raise AirflowSkipException(f"champion did not move: {why}")
+    extra = {
+        "model_name": out["model_name"],
+        "version": out["version"],
+        "test_f1": out.get("test_f1"),
+        "pipeline_run_id": context["run_id"],
+        "register_run_id": out["run_id"],
+    }
+    context["outlet_events"][CHAMPION].extra = extra
+    return extra

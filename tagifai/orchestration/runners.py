@@ -1,0 +1,578 @@
+"""Run one `tagifai` step as a Docker container, a local subprocess or a Kubernetes pod.
+
+`dags/tagifai_training.py` says *what* runs (six steps and their arguments); this module says
+*where*, chosen by the environment variable `TAGIFAI_RUNNER`:
+
+- `docker` (default): `DockerOperator` starts the image `TAGIFAI_IMAGE` (default `tagifai:latest`)
+  on `DOCKER_HOST` in the network `TAGIFAI_DOCKER_NETWORK` (default `tagifai`, the compose
+  network), talking to MLflow at `TAGIFAI_MLFLOW_TRACKING_URI` (default `http://mlflow:5000`).
+- `local`: the same command as a subprocess of the worker: `TAGIFAI_BIN` (default `tagifai` on
+  PATH), in a temporary folder, with the worker's environment (so MLFLOW_TRACKING_URI should be
+  absolute: `sqlite:////abs/path/mlflow.db` or a server).
+- `kubernetes`: `KubernetesPodOperator` runs the same image and command in a pod
+  (`TAGIFAI_K8S_NAMESPACE`, `TAGIFAI_K8S_IN_CLUSTER`, secrets from the Secret `TAGIFAI_K8S_SECRET`).
+
+`TAGIFAI_TASK_RETRIES` (default 2) exists for tests: `airflow dags test` waits out retry delays.
+
+Every step prints a one-line JSON object as its last stdout line; the operator pushes it to XCom
+(the local runner the line, the docker and kubernetes runners the object, read from a file the step
+wrote) and the next step reads it with the `fromjson` template filter.
+
+`optimize` fans out: `tagifai_workers` renders its command once per worker (the task
+`optimize_workers`, a few milliseconds on the Airflow worker) and maps one task instance over each
+copy. The workers share one Optuna study through `TAGIFAI_OPTUNA_STORAGE`, which every runner
+hands to the steps like a secret.
+
+Only the standard library, Airflow and `tagifai.contract` are imported here: the DAGs never import
+pandas, mlflow or the rest of tagifai. Settings are read when the DAG file calls
+`RunnerSettings.from_env()`, never at import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from airflow.providers.docker.operators.docker import DockerOperator
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.sdk import task
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from tagifai.contract import names
+from tagifai.contract.errors import EXIT_BAD_INPUT
+from tagifai.contract.settings import Settings
+from tagifai.contract.sources import SourcePolicy, SourceRefused
+
+RUNNERS = ("docker", "local", "kubernetes")
+
+# Secrets a step may need (the shared study, the predictions table, MLflow auth, an S3/MinIO artifact
+# store). Forwarded when set in the worker's environment, and to containers only through
+# `private_environment` (never rendered, never stored with the DAG).
+SECRET_ENV = (
+    names.OPTUNA_STORAGE_ENV,
+    names.PREDICTIONS_DB_ENV,
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+)
+# Plain settings forwarded to containers when set on the worker: the steps obey the same source
+# policy as the DAG's pre-flight (TAGIFAI_DATA_DIRS, TAGIFAI_ALLOWED_URL_HOSTS).
+FORWARDED_ENV = ("MLFLOW_S3_ENDPOINT_URL", names.DATA_DIRS_ENV, names.ALLOWED_HOSTS_ENV, *names.SOURCE_URL_ENVS)
+# The exit codes of `tagifai` that no retry can fix: bad input or settings, and, for the local
+# runner, a missing executable (127). The task fails at once instead of being retried.
+FINAL_EXIT_CODES = {"docker": (EXIT_BAD_INPUT,), "kubernetes": (EXIT_BAD_INPUT,), "local": (EXIT_BAD_INPUT, 126, 127)}
+# Every step container: no privilege escalation, no Linux capabilities (the steps need none).
+HARDENING = {"security_opt": ["no-new-privileges"], "cap_drop": ["ALL"]}
+
+_WHOLE_TEMPLATE = re.compile(r"^\{\{(?P<expr>.*)\}\}$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    """Where and how the steps run; every field has a default fit for the compose stack."""
+
+    runner: str = "docker"
+    image: str = "tagifai:latest"
+    docker_url: str = "unix:///var/run/docker.sock"
+    docker_network: str = "tagifai"
+    # None: the local runner inherits the worker's MLFLOW_TRACKING_URI.
+    mlflow_tracking_uri: str | None = "http://mlflow:5000"
+    tagifai_bin: str = "tagifai"
+    k8s_namespace: str = "default"
+    k8s_in_cluster: bool = True
+    k8s_secret: str | None = None
+    retries: int = 2
+    # From the settings (`config/`): the pinned upstream URLs (allowed hosts by default), and `[limits]`.
+    default_urls: tuple[str, ...] = ()
+    step_minutes: Mapping[str, float] = field(default_factory=dict)
+    step_memory: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, config: Settings | None = None) -> RunnerSettings:
+        """Build the settings from environment variables and the tagifai settings.
+
+        Args:
+            environ: the environment to read; `os.environ` when None.
+            config: the settings (`tagifai.contract.config.load`): data sources and `[limits]`; none when None.
+
+        Returns:
+            The settings.
+
+        Raises:
+            ValueError: `TAGIFAI_RUNNER` names no known runner.
+        """
+        env = dict(os.environ if environ is None else environ)
+        runner = env.get("TAGIFAI_RUNNER", "docker").strip().lower() or "docker"
+        if runner not in RUNNERS:
+            raise ValueError(f"TAGIFAI_RUNNER={runner!r}: expected one of {', '.join(RUNNERS)}")
+        default_uri = None if runner == "local" else "http://mlflow:5000"
+        return cls(
+            runner=runner,
+            image=env.get(names.IMAGE_ENV) or "tagifai:latest",
+            docker_url=env.get("DOCKER_HOST") or "unix:///var/run/docker.sock",
+            docker_network=env.get("TAGIFAI_DOCKER_NETWORK") or "tagifai",
+            mlflow_tracking_uri=env.get("TAGIFAI_MLFLOW_TRACKING_URI") or default_uri,
+            tagifai_bin=env.get("TAGIFAI_BIN") or "tagifai",
+            k8s_namespace=env.get("TAGIFAI_K8S_NAMESPACE") or "default",
+            k8s_in_cluster=env.get("TAGIFAI_K8S_IN_CLUSTER", "true").lower() in ("1", "true", "yes"),
+            k8s_secret=env.get("TAGIFAI_K8S_SECRET") or None,
+            # Lowered only by tests: `airflow dags test` really waits out retry delays.
+            retries=int(env.get("TAGIFAI_TASK_RETRIES", "2")),
+            default_urls=(config.data.projects_url, config.data.tags_url) if config else (),
+            step_minutes=dict(config.limits.step_minutes) if config else {},
+            step_memory=config.limits.step_memory if config else None,
+        )
+
+    def default_args(self) -> dict[str, Any]:
+        """Every step task's defaults: retried (with exponential backoff) for errors that may pass."""
+        return {
+            "owner": "tagifai",
+            "retries": self.retries,
+            "retry_delay": timedelta(minutes=1),
+            "retry_exponential_backoff": 2.0,
+            "max_retry_delay": timedelta(minutes=30),
+        }
+
+    def timeout(self, step: str) -> timedelta | None:
+        """How long `step` may run before Airflow stops it (`[limits] step_minutes`)."""
+        minutes = self.step_minutes.get(step)
+        return timedelta(minutes=minutes) if minutes else None
+
+    def source_policy(self) -> SourcePolicy:
+        """The deployment's data-source policy, always enforced here: trigger params are untrusted input."""
+        return SourcePolicy.from_environ(os.environ, self.default_urls, enforce=True)
+
+
+def fromjson(value: Any) -> dict[str, Any]:
+    """Template filter: the JSON object a step printed as its last stdout line.
+
+    Args:
+        value: the XCom value: the line as a string (local) or the object already parsed from
+            the file the step wrote (docker: `TAGIFAI_OUTPUT`; kubernetes: the pod's `return.json`).
+
+    Returns:
+        The parsed object.
+
+    Raises:
+        ValueError: the value is not a JSON object (the step broke its output contract).
+    """
+    if isinstance(value, dict):
+        return value
+    try:
+        parsed = json.loads(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"expected the step's last stdout line to be a JSON object, got {value!r}") from exc
+    if not isinstance(parsed, dict):
+        raise ValueError(f"expected the step's last stdout line to be a JSON object, got {value!r}")
+    return parsed
+
+
+def run_id_from(task_id: str, map_index: int | None = None) -> str:
+    """Return the template that reads `run_id` from the JSON line another task printed.
+
+    Args:
+        task_id: the upstream task.
+        map_index: which instance of a mapped upstream task (e.g. 0: the first `optimize` worker).
+    """
+    index = "" if map_index is None else f", map_indexes={map_index}"
+    return f"{{{{ (ti.xcom_pull(task_ids='{task_id}'{index}) | fromjson)['run_id'] }}}}"
+
+
+def shquote(value: Any) -> str:
+    """Template filter: quote a rendered value for bash."""
+    return shlex.quote(str(value))
+
+
+USER_DEFINED_FILTERS = {"fromjson": fromjson, "shquote": shquote}
+# For a number param (`Param(..., **FINITE)`): JSON Schema has no "finite", and NaN passes every bound
+# (each comparison with it is false). Only NaN is both not below 0 (`minimum`) and not at or above 0
+# (`exclusiveMaximum`), so this refuses NaN; the param's own `minimum`/`maximum` refuse infinities.
+FINITE = {"not": {"allOf": [{"minimum": 0}, {"exclusiveMaximum": 0}]}}
+
+
+def data_url(value: str | None, fallback: str) -> str:
+    """Return the data URL a param defaults to: `value` (a relative path made absolute), else `fallback`.
+
+    Steps run in other folders (a temporary one, a container), so a relative path would not resolve.
+    """
+    if not value:
+        return fallback
+    if urllib.parse.urlparse(value).scheme == "" and not value.startswith("/"):
+        return os.path.abspath(value)
+    return value
+
+
+def checked_sources(policy: SourcePolicy, sources: Sequence[str]) -> None:
+    """The pre-flight of a step that reads data: every source obeys the policy, before anything starts.
+
+    Raises:
+        AirflowFailException: a source is refused; its one-line rule is the message (no retry: the same
+            params would be refused again).
+    """
+    for source in sources:
+        try:
+            policy.check(source)
+        except SourceRefused as exc:
+            raise AirflowFailException(f"refused data source: {exc}") from None
+
+
+def read_only_mounts(folders: Sequence[str | None]) -> list[dict[str, Any]]:
+    """Bind mounts that show each host folder to the container read-only, at the same path.
+
+    Args:
+        folders: host folders (None entries are skipped).
+
+    Returns:
+        Docker mount specs (`docker.types.Mount` fields), one per distinct folder.
+    """
+    return [{"Target": f, "Source": f, "Type": "bind", "ReadOnly": True} for f in sorted({f for f in folders if f})]
+
+
+def step_environment(settings: RunnerSettings, *, experiment_name: str) -> dict[str, str]:
+    """Return the non-secret environment every step gets (values may be templates)."""
+    env = {
+        "MLFLOW_EXPERIMENT_NAME": experiment_name,
+        names.PIPELINE_RUN_ID_ENV: "{{ run_id }}",
+        # The trigger's `force`: run every step, even one whose run is made already.
+        names.FORCE_ENV: "{{ params.force | default(false) }}",
+    }
+    # Recorded on the model version; a local subprocess keeps whatever the worker says.
+    if settings.runner != "local":
+        env[names.IMAGE_ENV] = settings.image
+    if settings.mlflow_tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
+    return env
+
+
+def _bash_arg(arg: str) -> str:
+    """Quote one argument for bash, quoting a `{{ ... }}` template when it renders."""
+    if match := _WHOLE_TEMPLATE.match(arg):
+        return f"{{{{ ({match['expr'].strip()}) | shquote }}}}"
+    if "{{" in arg:
+        raise ValueError(f"an argument is either a whole template or a literal: {arg!r}")
+    return shlex.quote(arg)
+
+
+def bash_command(tagifai_bin: str, command: Sequence[str]) -> str:
+    """Return the bash script that runs one step and prints its JSON line last.
+
+    Airflow merges stdout and stderr, so stdout is captured and printed after the step ends:
+    the task's last output line is then the step's last stdout line, whatever it logged.
+    """
+    args = " ".join(_bash_arg(arg) for arg in [tagifai_bin, *command])
+    return f"set -euo pipefail\nout=$({args})\nprintf '%s\\n' \"$out\"\n"
+
+
+# `sh` in the pod: keep the step's stdout, and copy its last line where the xcom sidecar reads it.
+K8S_WRAPPER = (
+    'set -e; out=$(tagifai "$@"); printf "%s\\n" "$out"; printf "%s\\n" "$out" | tail -n 1 > /airflow/xcom/return.json'
+)
+
+
+def tagifai_step(
+    task_id: str,
+    command: Sequence[str],
+    settings: RunnerSettings,
+    *,
+    experiment_name: str,
+    data_sources: Sequence[str] = (),
+) -> Any:
+    """Return the operator that runs `tagifai <command>` with the chosen runner.
+
+    Args:
+        task_id: the task id, the same as the step's name.
+        command: the step and its arguments (`["train", "--data-run", ...]`); may hold templates.
+        settings: the runner settings.
+        experiment_name: template or value for MLFLOW_EXPERIMENT_NAME.
+        data_sources: templates of data URLs the step reads; local ones are mounted (docker).
+
+    Returns:
+        A `DockerOperator`, `BashOperator` or `KubernetesPodOperator`.
+    """
+    operator, kwargs, _ = _operator(task_id, command, settings, experiment_name, data_sources)
+    return operator(**kwargs)
+
+
+def tagifai_workers(
+    task_id: str, command: Sequence[str], settings: RunnerSettings, *, experiment_name: str, num_workers: str
+) -> tuple[Any, Any]:
+    """Return the tasks that run `tagifai <command>` in `num_workers` parallel workers.
+
+    Args:
+        task_id: the task id of the workers, the same as the step's name.
+        command: the step and its arguments; may hold templates.
+        settings: the runner settings.
+        experiment_name: template or value for MLFLOW_EXPERIMENT_NAME.
+        num_workers: template or value: how many workers.
+
+    Returns:
+        `(<task_id>_workers, <task_id>)`: the task that renders the command once per worker, and
+        the task mapped over those copies.
+    """
+    operator, kwargs, mapped = _operator(task_id, command, settings, experiment_name, ())
+    copies = workers.override(task_id=f"{task_id}_workers")(kwargs.pop(mapped), num_workers, settings.runner)
+    return copies, operator.partial(**kwargs).expand(**{mapped: copies})
+
+
+@task
+def workers(rendered: Any, num_workers: int | str, runner: str) -> list[Any]:
+    """One copy of a step's rendered command per worker: the list the mapped task expands over.
+
+    Raises:
+        AirflowFailException: several workers but no storage to share their study (not retried).
+    """
+    count = int(num_workers)
+    # Kubernetes pods get their secrets from TAGIFAI_K8S_SECRET, which this worker cannot see.
+    if count > 1 and runner != "kubernetes" and not os.environ.get(names.OPTUNA_STORAGE_ENV):
+        raise AirflowFailException(
+            f"num_workers={count} needs one Optuna study for all workers: set {names.OPTUNA_STORAGE_ENV} on the "
+            "Airflow workers (e.g. postgresql+psycopg2://user:password@host/optuna), or run with num_workers=1"
+        )
+    return [rendered] * count
+
+
+def _operator(
+    task_id: str,
+    command: Sequence[str],
+    settings: RunnerSettings,
+    experiment_name: str,
+    data_sources: Sequence[str],
+) -> tuple[type, dict[str, Any], str]:
+    """The operator class for the runner, its arguments, and the name of the one that holds the command."""
+    common = {
+        "task_id": task_id,
+        # The step's data sources pass the policy before anything starts (`StepMixin`).
+        "data_sources": list(data_sources),
+        "default_urls": settings.default_urls,
+        "execution_timeout": settings.timeout(task_id),
+    }
+    env = step_environment(settings, experiment_name=experiment_name)
+    if settings.runner == "local":
+        kwargs = {
+            **common,
+            "bash_command": bash_command(settings.tagifai_bin, command),
+            "env": env,
+            "append_env": True,
+            "skip_on_exit_code": FINAL_EXIT_CODES["local"],
+        }
+        return TagifaiBashOperator, kwargs, "bash_command"
+    if settings.runner == "kubernetes":
+        return _kubernetes_operator(common, command, settings, env)
+    kwargs = {
+        **common,
+        "image": settings.image,
+        "command": list(command),
+        "docker_url": settings.docker_url,
+        "network_mode": settings.docker_network,
+        "environment": {**env, names.OUTPUT_ENV: names.CONTAINER_OUTPUT_PATH},
+        # Which pipeline run, step and worker copy a container belongs to: `docker ps --filter label=...`.
+        "labels": {
+            "org.tagifai.step": task_id,
+            "org.tagifai.pipeline-run-id": "{{ run_id }}",
+            "org.tagifai.map-index": "{{ ti.map_index }}",
+        },
+        "auto_remove": "success",
+        "mount_tmp_dir": False,
+        # Pull only what is not on the host: local builds (`make image`) are never pulled.
+        "force_pull": False,
+        "mem_limit": settings.step_memory,
+        "skip_on_exit_code": FINAL_EXIT_CODES["docker"],
+        # The step's JSON line, read from a file in the finished container: in its log, stdout and
+        # stderr interleave, so the last log line need not be the last stdout line.
+        "retrieve_output": True,
+        "retrieve_output_path": names.CONTAINER_OUTPUT_PATH,
+    }
+    return TagifaiDockerOperator, kwargs, "command"
+
+
+def _kubernetes_operator(
+    common: dict[str, Any], command: Sequence[str], settings: RunnerSettings, env: dict[str, str]
+) -> tuple[type, dict[str, Any], str]:
+    try:
+        from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    except ImportError as exc:  # pragma: no cover — depends on the installed providers
+        raise ImportError(
+            "TAGIFAI_RUNNER=kubernetes needs apache-airflow-providers-cncf-kubernetes (images/airflow/requirements.txt)"
+        ) from exc
+    from kubernetes.client import models as k8s
+
+    class TagifaiPodOperator(StepMixin, KubernetesPodOperator):
+        """`KubernetesPodOperator` whose data sources pass the policy before the pod starts."""
+
+        template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, "data_sources")
+
+        def __init__(
+            self, *, data_sources: Sequence[str] = (), default_urls: Sequence[str] = (), **kwargs: Any
+        ) -> None:
+            """Create the operator (`StepMixin`)."""
+            super().__init__(**kwargs)
+            self.data_sources, self.default_urls = list(data_sources), tuple(default_urls)
+
+    env_from = (
+        [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.k8s_secret))]
+        if settings.k8s_secret
+        else None
+    )
+    memory = {"memory": k8s_quantity(settings.step_memory)} if settings.step_memory else None
+    kwargs = {
+        **common,
+        "name": f"tagifai-{common['task_id']}",
+        "namespace": settings.k8s_namespace,
+        "in_cluster": settings.k8s_in_cluster,
+        "image": settings.image,
+        "cmds": ["/bin/sh", "-c", K8S_WRAPPER, "tagifai"],
+        "arguments": list(command),
+        "env_vars": env,
+        # Secrets come from a Kubernetes Secret (TAGIFAI_K8S_SECRET), never from the DAG.
+        "env_from": env_from,
+        "container_resources": k8s.V1ResourceRequirements(requests=memory, limits=memory) if memory else None,
+        "container_security_context": k8s.V1SecurityContext(
+            allow_privilege_escalation=False, capabilities=k8s.V1Capabilities(drop=["ALL"]), run_as_non_root=True
+        ),
+        "do_xcom_push": True,
+        "get_logs": True,
+        "skip_on_exit_code": FINAL_EXIT_CODES["kubernetes"],
+        "on_finish_action": "delete_succeeded_pod",
+    }
+    return TagifaiPodOperator, kwargs, "arguments"
+
+
+def k8s_quantity(memory: str) -> str:
+    """A Docker-style memory size (`4g`, `512m`) as a Kubernetes quantity (`4Gi`, `512Mi`)."""
+    units = {"k": "Ki", "m": "Mi", "g": "Gi"}
+    value = memory.strip().lower().removesuffix("b")
+    return value[:-1] + units[value[-1]] if value and value[-1] in units else value
+
+
+class StepMixin:
+    """What every step's operator does around the runner's own `execute`.
+
+    Before anything starts, each data source must pass the deployment's source policy (a refused one
+    fails the task at once, naming the rule). After, the exit codes that mean bad input or setup
+    (the operator's `skip_on_exit_code`) fail the task without a retry, instead of skipping it.
+    """
+
+    data_sources: list[str]
+    default_urls: tuple[str, ...]
+
+    def execute(self, context: Any) -> Any:
+        """Hand on a run `elt` found made already; else check the sources, prepare, run.
+
+        A final exit code becomes a failure without retry.
+        """
+        if (made := made_already(context, self.task_id)) is not None:
+            self.log.info(
+                "%s: reusing run %s, made already (same data, code, settings and arguments: elt's plan); "
+                "nothing started",
+                self.task_id,
+                made["run_id"],
+            )
+            return json.dumps(made)
+        policy = SourcePolicy.from_environ(os.environ, self.default_urls, enforce=True)
+        checked_sources(policy, self.data_sources)
+        self.prepare(policy)
+        try:
+            return super().execute(context)
+        except AirflowSkipException as exc:
+            raise AirflowFailException(
+                f"the step cannot run with this input or setup ({exc}); its `error:` line above says what to fix"
+            ) from None
+
+    def prepare(self, policy: SourcePolicy) -> None:
+        """Set up what the runner needs once the params are rendered (nothing by default)."""
+
+
+def made_already(context: Any, step: str) -> dict[str, Any] | None:
+    """The output of the run `elt`'s plan says `step` can reuse (`tagifai elt --plan`), if any."""
+    ti = context.get("ti")
+    if step == "elt" or ti is None:
+        return None
+    line = ti.xcom_pull(task_ids="elt")
+    return fromjson(line).get("plan", {}).get(step) if line else None
+
+
+class TagifaiBashOperator(StepMixin, BashOperator):
+    """`BashOperator` running one step as a local subprocess (the local runner)."""
+
+    template_fields: Sequence[str] = (*BashOperator.template_fields, "data_sources")
+
+    def __init__(self, *, data_sources: Sequence[str] = (), default_urls: Sequence[str] = (), **kwargs: Any) -> None:
+        """Create the operator; `data_sources` are templates of the URLs the step reads (`StepMixin`)."""
+        super().__init__(**kwargs)
+        self.data_sources, self.default_urls = list(data_sources), tuple(default_urls)
+
+
+class TagifaiDockerOperator(StepMixin, DockerOperator):
+    """`DockerOperator` that shows the step its data read-only, hardens its container and keeps secrets private.
+
+    Mount sources are paths on the Docker host: the named data folder (`TAGIFAI_DATA_DIRS`) that holds
+    each local data source is bind-mounted read-only at the same path. Which folders those are is
+    known only once the params render, hence the work happens in `prepare`. The deployer's settings
+    override (`TAGIFAI_CONFIG`, a file on the worker) travels as its content, so the container needs
+    no path of the worker's.
+    """
+
+    template_fields: Sequence[str] = (*DockerOperator.template_fields, "labels", "data_sources")
+    # How `retrieve_output` reads the output file: the step's JSON line.
+    pickling_library = json
+
+    def __init__(self, *, data_sources: Sequence[str] = (), default_urls: Sequence[str] = (), **kwargs: Any) -> None:
+        """Create the operator; `data_sources` are templates of the URLs the step reads (`StepMixin`)."""
+        super().__init__(**kwargs)
+        self.data_sources, self.default_urls = list(data_sources), tuple(default_urls)
+
+    def prepare(self, policy: SourcePolicy) -> None:
+        """Add the mounts and the forwarded environment (secrets only privately)."""
+        environ = os.environ
+        if config := environ.get(names.CONFIG_ENV):
+            with open(config, encoding="utf-8") as override:
+                self.environment[names.CONFIG_TOML_ENV] = override.read()
+        for name in FORWARDED_ENV:
+            if name in environ and name not in self.environment:
+                self.environment[name] = environ[name]
+        folders = list(map(policy.data_dir_of, self.data_sources))
+        mounted = {mount["Target"] for mount in self.mounts if isinstance(mount, Mapping) and "Target" in mount}
+        self.mounts = [*self.mounts, *(m for m in read_only_mounts(folders) if m["Target"] not in mounted)]
+        self._private_environment = {
+            **{name: environ[name] for name in SECRET_ENV if name in environ},
+            **self._private_environment,
+        }
+        self.stop_orphans()
+
+    def stop_orphans(self) -> None:
+        """Stop this task's containers still running from an earlier try (its worker died): never two at once."""
+        labels = [f"{key}={value}" for key, value in self.labels.items()]
+        for orphan in self.cli.containers(filters={"label": labels, "status": "running"}):
+            self.log.warning("stopping %s, left running by an earlier try of this task", orphan["Id"][:12])
+            self.cli.stop(orphan["Id"], timeout=10)
+
+    @property
+    def cli(self) -> Any:
+        """The Docker API client, creating every container with `HARDENING`."""
+        return HardenedClient(self.hook.api_client)
+
+
+class HardenedClient:
+    """A Docker `APIClient` whose host configs add `HARDENING` (DockerOperator has no such options)."""
+
+    def __init__(self, client: Any) -> None:
+        """Wrap `client`."""
+        self._client = client
+
+    def create_host_config(self, **kwargs: Any) -> Any:
+        """The host config the operator asks for, hardened."""
+        return self._client.create_host_config(**kwargs, **HARDENING)
+
+    def __getattr__(self, name: str) -> Any:
+        """Everything else is the client's."""
+        return getattr(self._client, name)

@@ -1,0 +1,104 @@
+"""A registered version's model card: gathered from its runs in MLflow, rendered by `tagifai.core.card`."""
+
+from __future__ import annotations
+
+import ast
+import time
+from typing import Any
+
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.tracking import MlflowClient
+
+from tagifai.contract.errors import BadInputError
+from tagifai.contract.settings import Settings
+from tagifai.core import card as cards
+from tagifai.pipeline import registry, tracking
+
+
+def card_of(settings: Settings, name: str, version: ModelVersion) -> cards.Card:
+    """The model card of a registered version, gathered from its runs in MLflow."""
+    client = MlflowClient()
+    tags = version.tags
+    model = {
+        "name": name,
+        "version": str(version.version),
+        "pipeline_run_id": tags.get("pipeline_run_id", ""),
+        "code_version": tags.get("code_version", ""),
+        "image": tags.get("image", ""),
+        "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(int(version.creation_timestamp) / 1000)),
+    }
+    card: cards.Card = {"model": model, "other_label": settings.data.other_label}
+    if "promotion" in tags:  # what the gate decided when the version was registered
+        card["promotion"] = tags["promotion"]
+        card["promoted"] = tags.get("promoted") == "true"
+    trained = client.get_run(version.run_id)
+    card["params"] = dict(trained.data.params)
+    if "threshold" in trained.data.metrics:
+        card["threshold"] = trained.data.metrics["threshold"]
+    runs = {
+        "train": trained.info.run_id,
+        **{k.removesuffix("_run_id"): tags[k] for k in ("evaluate_run_id", "data_run_id") if tags.get(k)},
+    }
+    if evaluate := runs.get("evaluate"):
+        card["metrics"] = tracking.read_json_artifact(evaluate, "evaluation/report.json")
+        card["behavioral"] = tracking.read_json_artifact(evaluate, "evaluation/behavioral.json")
+    if data_run := runs.get("data"):
+        card["data"] = data_of(client, data_run)
+    card["links"] = {role: run_link(client, run_id) for role, run_id in runs.items()}
+    return card
+
+
+def data_of(client: MlflowClient, data_run_id: str) -> dict[str, Any]:
+    """What the card says of the data: sources, sha256, rows per split, labels, the label settings."""
+    validated = client.get_run(data_run_id)
+    extracted = client.get_run(validated.data.tags["elt_run_id"])
+    profile = tracking.read_json_artifact(data_run_id, "validation/profile.json")
+    splits = {
+        s: int(validated.data.metrics[f"{s}_rows"])
+        for s in ("train", "val", "test")
+        if f"{s}_rows" in validated.data.metrics
+    }
+    params = validated.data.params
+    return {
+        "projects_url": extracted.data.params.get("projects_url", ""),
+        "tags_url": extracted.data.params.get("tags_url", ""),
+        "sha256": validated.data.tags.get("data_sha256", ""),
+        "rows": profile["rows"],
+        "splits": splits,
+        "label_counts": profile["label_counts"],
+        "min_freq": int(params.get("min_freq", 0)),
+        "accepted_tags": ast.literal_eval(params["accepted_tags"]) if "accepted_tags" in params else [],
+    }
+
+
+def run_link(client: MlflowClient, run_id: str) -> str:
+    """A run's page in the MLflow UI, relative to the UI (the card is shown there), else its id."""
+    experiment = client.get_run(run_id).info.experiment_id
+    return f"#/experiments/{experiment}/runs/{run_id}"
+
+
+def write_card(settings: Settings, name: str, version: str) -> str:
+    """Make the version's description its model card; return the card."""
+    client = MlflowClient()
+    text = cards.render(card_of(settings, name, client.get_model_version(name, version)))
+    client.update_model_version(name, version, description=text)
+    return text
+
+
+def resolve(model_uri: str) -> tuple[str, ModelVersion]:
+    """The registered model and version a `models:/<name>/<version>` or `models:/<name>@<alias>` URI names.
+
+    Raises:
+        BadInputError: not such a URI, or no such version.
+    """
+    path = model_uri.removeprefix("models:/")
+    name, sep, rest = path.partition("@") if "@" in path else path.partition("/")
+    if not model_uri.startswith("models:/") or not sep or not rest:
+        raise BadInputError(f"{model_uri} is not models:/<name>/<version> or models:/<name>@<alias>")
+    client = MlflowClient()
+    version = registry.version_by_alias(client, name, rest) if "@" in path else None
+    if "@" not in path and registry.version_exists(client, name, rest):
+        version = client.get_model_version(name, rest)
+    if version is None:
+        raise BadInputError(f"no registered model version {model_uri}")
+    return name, version

@@ -1,0 +1,450 @@
+"""One function per pipeline step: read upstream runs, call the pure core, log to MLflow.
+
+Each returns the small dict its CLI command prints as the last stdout line. A step whose key
+(`tagifai.core.reuse`: its upstream, the code, the settings it reads, its arguments) matches a finished
+run with its artifacts still there does no work: it hands on that run's output, `reused: true`.
+`force` runs it anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from tagifai import model as models
+from tagifai.contract import names
+from tagifai.contract.errors import DataValidationError, TagifaiError
+from tagifai.contract.settings import Settings
+from tagifai.contract.sources import redact
+from tagifai.core import data, reuse
+from tagifai.core import evaluate as evaluation
+from tagifai.core import train as training
+from tagifai.core import validate as validation
+from tagifai.pipeline import cards as model_cards
+from tagifai.pipeline import predictions, registry, sources, tracking, tuning
+
+log = logging.getLogger("tagifai")
+
+NAMES = ("elt", "validate", "optimize", "train", "evaluate", "register")
+LABELED = "data/labeled.csv"
+PROFILE = "validation/profile.json"
+BEST_PARAMS = "best_params.json"
+REPORT = "evaluation/report.json"
+REFERENCE_TAG = "tagifai.drift_reference"  # on validate runs: the drift reference their key holds
+# What a run must still have to be reused.
+REQUIRED = {
+    "elt": (LABELED,),
+    "validate": (PROFILE, *map(tracking.split_path, data.SPLITS)),
+    "optimize": (BEST_PARAMS,),
+    "evaluate": (REPORT,),
+}
+
+
+def earlier(experiment: str, step: str, key: str, force: bool, **check: Any) -> dict[str, Any] | None:
+    """The output of a finished run of `step` with `key` to reuse (None when forced or there is none); say so."""
+    if force:
+        return None
+    found = tracking.reusable(experiment, step, key, REQUIRED.get(step, ()), **check)
+    if found:
+        log.info(
+            "%s: reusing run %s (key %s…): same upstream, code, settings and arguments; nothing to do",
+            step,
+            found["run_id"],
+            key[:12],
+        )
+    return found
+
+
+def elt(
+    settings: Settings,
+    projects_url: str,
+    tags_url: str,
+    experiment_name: str,
+    force: bool = False,
+    plan_params: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Extract projects and tags, keep the raw copies, join them, log the labeled data.
+
+    With `plan_params` (a pipeline's `num_trials`, `min_f1`, `max_regression`, `model_name`), also say
+    which later steps of that pipeline will find their run made already (`plan`: step -> its output),
+    so that an orchestrator need not start them.
+    """
+    shown = {"projects_url": redact(projects_url), "tags_url": redact(tags_url)}
+    experiment = tracking.experiment_id(experiment_name)
+    raw = {"projects.csv": sources.fetch(projects_url, settings), "tags.csv": sources.fetch(tags_url, settings)}
+    projects = data.parse_csv(raw["projects.csv"], f"projects.csv ({shown['projects_url']})", data.PROJECT_COLUMNS)
+    tags = data.parse_csv(raw["tags.csv"], f"tags.csv ({shown['tags_url']})", data.TAG_COLUMNS)
+    labeled = data.transform(projects, tags)
+    key = reuse.elt_key(reuse.data_sha(raw["projects.csv"], raw["tags.csv"]), settings)
+    result = earlier(experiment, "elt", key, force)
+    if result is None:
+        with tracking.step_run("elt", experiment, key=key):
+            mlflow.log_params(shown)
+            # Raw copies only of what parsed as the data: nothing else a source returned is kept.
+            for name, content in raw.items():
+                tracking.log_bytes(content, f"raw/{name}")
+            digest = tracking.log_frame(labeled, LABELED, "tagifai-labeled", "extracted", source=shown["projects_url"])
+            mlflow.set_tag("data_sha256", digest)
+            counts = {"projects": len(projects), "tags": len(tags), "labeled": len(labeled)}
+            mlflow.log_metrics({**counts, "untagged_projects": len(projects) - len(labeled)})
+            log.info("elt: %(projects)d projects, %(tags)d tags -> %(labeled)d labeled rows", counts)
+            result = tracking.record_output({"run_id": mlflow.active_run().info.run_id, "data_sha256": digest})
+    if plan_params is not None and not force:
+        result["plan"] = plan(settings, experiment, result["run_id"], result["data_sha256"], plan_params)
+    return result
+
+
+def plan(
+    settings: Settings, experiment: str, elt_run_id: str, data_sha256: str, params: dict[str, Any]
+) -> dict[str, Any]:
+    """The later steps of a pipeline with `params` whose runs are made already: step -> that run's output.
+
+    It walks the steps as the pipeline will, each key from the run the step before hands on, and stops
+    at the first step that must run: what follows it cannot be the same.
+    """
+    found: dict[str, Any] = {}
+    keys: dict[str, str] = {}
+    gate = (params["min_f1"], params["max_regression"], params["model_name"])
+    reference = reference_key(drift_reference_run(settings), data_sha256)
+    key_of = {
+        "validate": lambda: reuse.validate_key(elt_run_id, reference, False, settings),
+        "optimize": lambda: reuse.optimize_key(found["validate"]["run_id"], params["num_trials"], settings),
+        "train": lambda: reuse.train_key(found["validate"]["run_id"], keys["optimize"], settings),
+        "evaluate": lambda: reuse.evaluate_key(found["train"]["run_id"], settings),
+        "register": lambda: reuse.register_key(found["evaluate"]["run_id"], gate, settings),
+    }
+    for step, key in key_of.items():
+        keys[step] = key()
+        if step == "register":
+            output = reusable_register(experiment, keys[step], gate[2])
+        else:
+            output = tracking.reusable(experiment, step, keys[step], REQUIRED.get(step, ()), model=step == "train")
+        if output is None:
+            break
+        found[step] = output
+    log.info("elt: %d later step(s) of this pipeline are made already: %s", len(found), ", ".join(found) or "none")
+    return found
+
+
+def drift_reference_run(settings: Settings) -> str | None:
+    """The validate run whose data new data is checked for drift: the champion's, else the last that passed."""
+    return registry.champion_data_run(registry.model_name(settings)) or tracking.latest_run(
+        "validate", "tags.validation = 'passed'"
+    )
+
+
+def reference_key(reference_run_id: str | None, data_sha256: str) -> str | None:
+    """What of a drift reference decides validation (`reuse.drift_reference`)."""
+    tags = MlflowClient().get_run(reference_run_id).data.tags if reference_run_id else {}
+    return reuse.drift_reference(tags.get("data_sha256"), data_sha256, tags.get(REFERENCE_TAG))
+
+
+def validate(
+    settings: Settings,
+    elt_run_id: str,
+    allow_drift: bool = False,
+    reference_run_id: str | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Check the data contract, and drift against the data the champion learned from; on success, split it.
+
+    The drift reference is the champion's data (its `data_run_id`), else the last data that passed
+    validation anywhere: never something a run's own params choose.
+
+    Raises:
+        DataValidationError: a check failed; its report is logged before raising.
+    """
+    upstream = tracking.get_run(elt_run_id, "elt")
+    experiment = upstream.info.experiment_id
+    reference_run_id = reference_run_id or drift_reference_run(settings)
+    reference = reference_key(reference_run_id, upstream.data.tags["data_sha256"])
+    key = reuse.validate_key(elt_run_id, reference, allow_drift, settings)
+    if found := earlier(experiment, "validate", key, force):
+        return found
+    df = data.read_frame(tracking.read_artifact(elt_run_id, LABELED))
+    profile = tracking.read_json_artifact(reference_run_id, PROFILE) if reference_run_id else None
+    with tracking.step_run("validate", experiment, upstream, key=key) as run:
+        mlflow.set_tag(REFERENCE_TAG, reference or "")
+        report = {**validation.validate(df, settings, profile, not allow_drift), "reference_run_id": reference_run_id}
+        tracking.log_json(report, "validation/report.json")
+        mlflow.log_text(validation.render_markdown(report), "validation/report.md")
+        failed = validation.failed_checks(report)
+        mlflow.log_metrics({"checks_failed": len(failed), "checks": len(report["checks"])})
+        mlflow.set_tag("validation", "passed" if report["passed"] else "failed")
+        if not report["passed"]:
+            raise DataValidationError(failed)
+        tracking.log_json(report["profile"], PROFILE)
+        prepared = data.prepare(df, settings.data)
+        for split in data.SPLITS:
+            part = prepared[prepared["split"] == split].drop(columns="split")
+            tracking.log_frame(part, tracking.split_path(split), f"tagifai-{split}", split, targets="tag")
+            mlflow.log_metric(f"{split}_rows", len(part))
+        mlflow.log_params({k: settings.data[k] for k in ("accepted_tags", "min_freq", "val_size", "test_size", "seed")})
+        log.info(
+            "validate: %d checks passed; splits %s", len(report["checks"]), prepared["split"].value_counts().to_dict()
+        )
+        return tracking.record_output({"run_id": run.info.run_id})
+
+
+def optimize(
+    settings: Settings,
+    data_run_id: str,
+    num_trials: int,
+    storage: str | None = None,
+    study_name: str | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Tune hyperparameters with Optuna by k-fold cross-validation of the train split; each trial is a child run.
+
+    Any number of processes may share one study through `storage` (an Optuna RDB URL): together they
+    finish `num_trials` trials, and a retried process runs only the trials still missing
+    (`tagifai.pipeline.tuning`). Each process is one `optimize` run; the trials it ran are its child runs. Every
+    process ends with the best trial of the whole study, which `train` reads from any of their runs.
+    Workers of one pipeline run never reuse each other's runs: they share the study instead.
+    """
+    from threadpoolctl import threadpool_limits
+
+    upstream = tracking.get_run(data_run_id, "validate")
+    space, experiment = settings.optimize, upstream.info.experiment_id
+    key = reuse.optimize_key(data_run_id, num_trials, settings)
+    if found := earlier(experiment, "optimize", key, force, other_pipeline_than=tracking.pipeline_run_id(upstream)):
+        return found
+    with tracking.step_run("optimize", experiment, upstream, key=key) as run:
+        pipeline, worker = run.data.tags[tracking.PIPELINE_TAG], tuning.worker_id()
+        study_name = study_name or tuning.default_study_name(pipeline, data_run_id)
+        rdb = tuning.open_storage(storage, space.heartbeat_seconds, space.grace_seconds)
+        study = tuning.open_study(study_name, rdb, data_run_id=data_run_id, **tuning.study_options(settings))
+        storage_tag = redact(storage) if storage else "in-memory"
+        mlflow.set_tags({"optuna_study": study_name, "optuna_storage": storage_tag, "optuna_worker": worker})
+        mlflow.log_param("num_trials", num_trials)
+        callback = tracking.trial_runs(pipeline, data_run_id)
+        score = tuning.objective(tracking.load_split(data_run_id, "train"), settings, tracking.log_trial)
+        # Each trial records which worker and MLflow runs hold it: `train` names them for the best one.
+        traced = tuning.traced(
+            score, worker=worker, optimize_run_id=run.info.run_id, mlflow_run_id=tracking.active_run_id
+        )
+        objective = callback.track_in_mlflow()(traced)
+        with threadpool_limits(limits=space.threads_per_trial):
+            trials_run = tuning.work(study, objective, num_trials, callbacks=[callback])
+        best = tuning.best_trial(study)
+        finished = tuning.count(study.get_trials(deepcopy=False), tuning.FINISHED)
+        tracking.log_json({**settings.train.model_dump(), **best.params}, BEST_PARAMS)
+        mlflow.log_params({f"best_{k}": v for k, v in best.params.items()})
+        mlflow.log_metrics({"best_val_f1": best.value, "trials": finished, "trials_run": trials_run})
+        mlflow.set_tags(tuning.best_trial_lineage(best, run.info.run_id))
+        log.info(
+            "optimize: %d of %d trials ran here; best trial %d val_f1 %.4f",
+            trials_run,
+            finished,
+            best.number,
+            best.value,
+        )
+        return tracking.record_output(
+            {
+                "run_id": run.info.run_id,
+                "study_name": study_name,
+                "best_params": best.params,
+                "best_value": best.value,
+                "trials": finished,
+                "trials_run": trials_run,
+            }
+        )
+
+
+def train(
+    settings: Settings, data_run_id: str, optimize_run_id: str | None = None, force: bool = False
+) -> dict[str, Any]:
+    """Train with the best params of an optimize run (or the `[train]` defaults); log a pyfunc model."""
+    upstream = tracking.get_run(data_run_id, "validate")
+    params, lineage, tuning_key = settings.train.model_dump(), {}, None
+    if optimize_run_id:
+        params, lineage, tuning_key = tuned(optimize_run_id, data_run_id)
+    key = reuse.train_key(data_run_id, tuning_key, settings)
+    if found := earlier(upstream.info.experiment_id, "train", key, force, model=True):
+        return found
+    train_df, val_df = tracking.load_split(data_run_id, "train"), tracking.load_split(data_run_id, "val")
+    with tracking.step_run("train", upstream.info.experiment_id, upstream, key=key, **lineage) as run:
+        mlflow.log_params(params)
+        result = training.train(params, train_df, val_df, settings.stopwords, settings.data.other_label)
+        tracking.log_history(result["history"])
+        mlflow.log_metrics({**{f"val_{k}": v for k, v in result["val"].items()}, "threshold": result["threshold"]})
+        example = val_df[list(models.INPUT_COLUMNS)].head(3).reset_index(drop=True)
+        with tempfile.TemporaryDirectory() as folder:
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=result["model"],
+                signature=mlflow.models.infer_signature(example, result["model"].predict(None, example)),
+                input_example=example,
+                code_paths=[str(models.copy_code(Path(folder)))],
+                pip_requirements=models.pinned_requirements(),
+            )
+        mlflow.set_tag("model_uri", info.model_uri)
+        log.info("train: val_f1 %.4f threshold %.3f -> %s", result["val"]["f1"], result["threshold"], info.model_uri)
+        return tracking.record_output({"run_id": run.info.run_id, "model_uri": info.model_uri})
+
+
+def tuned(optimize_run_id: str, data_run_id: str) -> tuple[dict[str, Any], dict[str, str], str]:
+    """The best params an optimize run reported (its study's best, whichever worker ran it), their lineage, its key.
+
+    Raises:
+        TagifaiError: the run tuned other data.
+    """
+    run = tracking.get_run(optimize_run_id, "optimize")
+    tags = run.data.tags
+    if tags.get("data_run_id") != data_run_id:
+        raise TagifaiError(
+            f"optimize run {optimize_run_id} tuned data run {tags.get('data_run_id')}, not {data_run_id}"
+        )
+    lineage = {k: tags[k] for k in tuning.LINEAGE_TAGS if k in tags}
+    # The worker that ran the best trial, which need not be the run given here.
+    lineage["optimize_run_id"] = lineage.pop("best_trial_optimize_run_id", optimize_run_id)
+    # Its key, not its id: the workers of one study are several runs with one result.
+    return (
+        tracking.read_json_artifact(optimize_run_id, BEST_PARAMS),
+        lineage,
+        run.data.tags.get(tracking.KEY_TAG, run.info.run_id),
+    )
+
+
+def evaluate(settings: Settings, train_run_id: str, force: bool = False) -> dict[str, Any]:
+    """Score the trained model on the held-out test split: overall, per class, slices, behavior."""
+    upstream = tracking.get_run(train_run_id, "train")
+    key = reuse.evaluate_key(train_run_id, settings)
+    if found := earlier(upstream.info.experiment_id, "evaluate", key, force):
+        return found
+    test_df = tracking.load_split(upstream.data.tags["data_run_id"], "test")
+    model = mlflow.pyfunc.load_model(upstream.data.tags["model_uri"])
+    report = evaluation.evaluate(test_df, models.predict_tags(model, test_df), model.unwrap_python_model().classes)
+    behavioral = evaluation.behavioral_tests(lambda texts: models.predict_tags(model, models.texts_frame(texts)))
+    overall = report["overall"]
+    with tracking.step_run("evaluate", upstream.info.experiment_id, upstream, key=key) as run:
+        mlflow.log_metrics({**evaluation.flat_metrics(report), "behavioral_pass_rate": behavioral["pass_rate"]})
+        if model_id := model.metadata.model_id:  # also on the logged model, so the Models page shows test scores
+            mlflow.log_metrics({f"test_{k}": v for k, v in overall.items()}, model_id=model_id)
+        tracking.log_json(report, REPORT)
+        tracking.log_json(behavioral, "evaluation/behavioral.json")
+        mlflow.log_figure(evaluation.plot_confusion_matrix(report), "evaluation/confusion_matrix.png")
+        mlflow.log_figure(evaluation.plot_per_class_f1(report), "evaluation/per_class_f1.png")
+        log.info(
+            "evaluate: test precision %(precision).4f recall %(recall).4f f1 %(f1).4f; behavioral %(rate).0f%%",
+            {**overall, "rate": 100 * behavioral["pass_rate"]},
+        )
+        scores = {f"test_{k}": overall[k] for k in ("f1", "precision", "recall")}
+        return tracking.record_output({"run_id": run.info.run_id, **scores})
+
+
+def register(
+    settings: Settings,
+    evaluate_run_id: str,
+    min_f1: float,
+    max_regression: float,
+    model_name: str,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Register the evaluated model as `challenger`; promote it to `champion` through the gate, and record the move.
+
+    A model is never registered twice: its version is reused, and a version not newer than the
+    champion moves no alias.
+    """
+    evaluated = tracking.get_run(evaluate_run_id, "evaluate")
+    experiment = evaluated.info.experiment_id
+    key = reuse.register_key(evaluate_run_id, (min_f1, max_regression, model_name), settings)
+    if not force and (found := reusable_register(experiment, key, model_name)):
+        log.info(
+            "register: reusing run %s (key %s…): %s v%s is registered already",
+            found["run_id"],
+            key[:12],
+            model_name,
+            found["version"],
+        )
+        return found
+    trained = tracking.get_run(evaluated.data.tags["train_run_id"], "train")
+    client = MlflowClient()
+    moves = registry.sync_history(settings, model_name)
+    champion = registry.version_by_alias(client, model_name, names.CHAMPION_ALIAS)
+    with tracking.step_run("register", experiment, evaluated, key=key) as run:
+        tags = registry.version_tags(evaluated.data.metrics, trained, run, evaluate_run_id)
+        version = registry.register(client, model_name, trained.data.tags["model_uri"], trained.info.run_id, tags)
+        gate, data_run_id = (min_f1, max_regression), trained.data.tags["data_run_id"]
+        test_f1 = evaluated.data.metrics["test_f1"]
+        judged = registry.judge(settings, model_name, version.version, champion, moves, data_run_id, test_f1, gate)
+        registry.apply(client, model_name, version.version, judged)
+        previous = str(champion.version) if champion else None
+        if judged["promote"]:
+            by = run.data.tags[tracking.PIPELINE_TAG]
+            registry.record_move(settings, model_name, previous, version.version, "promote", by, judged["reason"])
+        mlflow.log_param("model_name", model_name)
+        registry.log_decision(judged, version.version, previous, gate)
+        if not judged["stale"]:  # the version's description: its model card, with the gate's decision
+            model_cards.write_card(settings, model_name, str(version.version))
+        outcome = "champion" if judged["promote"] else "not promoted"
+        log.info("register: %s v%s: %s -> %s", model_name, version.version, judged["reason"], outcome)
+        return tracking.record_output(
+            {
+                "run_id": run.info.run_id,
+                "model_name": model_name,
+                "version": str(version.version),
+                "promoted": judged["promote"],
+                "reason": judged["reason"],
+                "test_f1": test_f1,
+            }
+        )
+
+
+def reusable_register(experiment: str, key: str, model_name: str) -> dict[str, Any] | None:
+    """A finished register run with `key` whose version still exists and is not older than the champion."""
+    found = tracking.reusable(experiment, "register", key)
+    if found is None:
+        return None
+    client = MlflowClient()
+    champion = registry.version_by_alias(client, model_name, names.CHAMPION_ALIAS)
+    if not registry.version_exists(client, model_name, found["version"]):
+        return None
+    if champion is not None and int(found["version"]) < int(champion.version):
+        return None  # the champion moved on since: judge this old version again (it will not move back)
+    return found
+
+
+def predict_batch(
+    settings: Settings, source: str, model_name: str, alias: str, experiment_name: str, database_url: str
+) -> dict[str, Any]:
+    """Score a CSV of projects with the version holding `alias`; upsert them into PostgreSQL's `predictions`.
+
+    Idempotent per (project id, model version): scoring the same projects with the same version again
+    adds no row. Also logs the predictions file and the count of each tag to MLflow.
+    """
+    client = MlflowClient()
+    version = registry.version_by_alias(client, model_name, alias)
+    if version is None:
+        raise TagifaiError(f"{model_name} has no @{alias} to score with yet")
+    projects = data.parse_csv(sources.fetch(source, settings), f"projects ({redact(source)})", ("id", "title"))
+    model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version.version}")
+    scored = predictions.score(model, projects)
+    with tracking.step_run("predict-batch", tracking.experiment_id(experiment_name)) as run:
+        written = predictions.upsert(
+            database_url, scored, int(version.version), run.data.tags[tracking.PIPELINE_TAG], now_utc()
+        )
+        counts = predictions.counts(scored)
+        mlflow.log_params({"source": redact(source), "model_name": model_name, "model_version": version.version})
+        mlflow.log_metrics({"rows": len(scored), **written, **{f"tag_{tag}": n for tag, n in counts.items()}})
+        tracking.log_bytes(data.to_csv_bytes(scored), "predictions/predictions.csv")
+        log.info("predict-batch: %d projects scored by %s v%s: %s", len(scored), model_name, version.version, counts)
+        return {
+            "run_id": run.info.run_id,
+            "model_version": str(version.version),
+            "rows": len(scored),
+            **written,
+            "counts": counts,
+        }
+
+
+def now_utc() -> Any:
+    """The time now, in UTC."""
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)

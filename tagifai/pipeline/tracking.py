@@ -1,0 +1,327 @@
+"""The small MLflow shell every step uses: where to log, step runs and their lineage, artifacts, metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.entities import Metric, Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+import tagifai
+from tagifai.contract import names
+from tagifai.contract.errors import TagifaiError
+from tagifai.contract.settings import Settings
+from tagifai.core import data
+
+# Run tags that tie the steps of one pipeline together; each step carries its upstream's forward.
+STEP_TAG = "tagifai.step"
+# A step run's reuse key (`tagifai.core.reuse`), and what it printed: handed on again when it is reused.
+KEY_TAG = "tagifai.key"
+OUTPUT_TAG = "tagifai.output"
+PIPELINE_TAG = "pipeline_run_id"
+UPSTREAM_TAGS = {
+    "elt": "elt_run_id",
+    "validate": "data_run_id",
+    "optimize": "optimize_run_id",
+    "train": "train_run_id",
+    "evaluate": "evaluate_run_id",
+}
+
+
+def tracking_uri(settings: Settings) -> str:
+    """`MLFLOW_TRACKING_URI`, else SQLite under the embedded local store."""
+    if uri := os.environ.get("MLFLOW_TRACKING_URI"):
+        return uri
+    store = Path(settings.mlflow.local_store).resolve()
+    store.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{store / 'mlflow.db'}"
+
+
+def local_artifact_root(uri: str) -> str | None:
+    """Where a new experiment keeps artifacts: beside a SQLite store; a server decides otherwise."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "artifacts").as_uri()
+
+
+def connect(settings: Settings) -> None:
+    """Point MLflow (tracking and registry) at the configured store."""
+    mlflow.set_tracking_uri(tracking_uri(settings))
+
+
+def experiment_id(name: str) -> str:
+    """Return the id of experiment `name`, creating it if needed."""
+    client = MlflowClient()
+    try:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            return client.create_experiment(name, artifact_location=local_artifact_root(mlflow.get_tracking_uri()))
+    except MlflowException as exc:
+        if "already exists" in str(exc):  # created concurrently by another step
+            return client.get_experiment_by_name(name).experiment_id
+        raise TagifaiError(f"MLflow at {mlflow.get_tracking_uri()} refused experiment {name!r}: {exc.message}") from exc
+    if experiment.lifecycle_stage == "deleted":
+        raise TagifaiError(f"experiment {name!r} is deleted; restore it or choose another --experiment-name")
+    return experiment.experiment_id
+
+
+def code_version() -> str:
+    """`TAGIFAI_CODE_VERSION`, else the git commit of the checkout, else the package version."""
+    if version := os.environ.get("TAGIFAI_CODE_VERSION"):
+        return version
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(tagifai.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if sha.returncode == 0 and sha.stdout.strip():
+            return sha.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tagifai.__version__
+
+
+def fresh_pipeline_run_id() -> str:
+    """A new pipeline run id, for runs that Airflow (`TAGIFAI_PIPELINE_RUN_ID`) did not name."""
+    return f"manual__{uuid.uuid4().hex[:12]}"
+
+
+def get_run(run_id: str, step: str) -> Run:
+    """Fetch an upstream run and check it is a finished run of `step`.
+
+    Raises:
+        TagifaiError: the run is missing, of another step, or did not finish.
+    """
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException as exc:
+        raise TagifaiError(f"no MLflow run {run_id!r} at {mlflow.get_tracking_uri()} (expected a {step} run)") from exc
+    actual = run.data.tags.get(STEP_TAG)
+    if actual != step:
+        raise TagifaiError(f"run {run_id} is a {actual or 'non-tagifai'} run, not a {step} run")
+    if run.info.status != "FINISHED":
+        raise TagifaiError(f"{step} run {run_id} did not finish successfully (status {run.info.status})")
+    return run
+
+
+@contextmanager
+def step_run(
+    step: str, experiment: str, upstream: Run | None = None, key: str | None = None, **tags: str
+) -> Iterator[Run]:
+    """Start the MLflow run of one step, tagged with its lineage and its reuse `key`.
+
+    The pipeline id comes from `TAGIFAI_PIPELINE_RUN_ID`, else from the upstream run, else is new.
+    Lineage tags of the upstream run are carried over, and the upstream run itself is recorded.
+    A step that raises ends its run FAILED with the error as a tag.
+    """
+    carried = {*UPSTREAM_TAGS.values(), "data_sha256"}
+    lineage = {k: v for k, v in (upstream.data.tags.items() if upstream else []) if k in carried}
+    if upstream is not None:
+        lineage[UPSTREAM_TAGS[upstream.data.tags[STEP_TAG]]] = upstream.info.run_id
+    pipeline = pipeline_run_id(upstream) if upstream else os.environ.get(names.PIPELINE_RUN_ID_ENV)
+    all_tags = {
+        STEP_TAG: step,
+        PIPELINE_TAG: pipeline or fresh_pipeline_run_id(),
+        "code_version": code_version(),
+        "image": os.environ.get(names.IMAGE_ENV, ""),
+        **({KEY_TAG: key} if key else {}),
+        **lineage,
+        **tags,
+    }
+    mlflow.set_experiment(experiment_id=experiment)  # nested runs (Optuna trials) land beside their parent
+    with mlflow.start_run(
+        experiment_id=experiment, run_name=f"{step}-{all_tags[PIPELINE_TAG]}"[:250], tags=all_tags
+    ) as run:
+        try:
+            yield run
+        except Exception as exc:
+            mlflow.set_tag("error", str(exc)[:5000] or type(exc).__name__)
+            raise  # start_run's context then ends the run FAILED
+
+
+def record_output(result: dict[str, Any]) -> dict[str, Any]:
+    """Keep what the active step run prints, for a later run that reuses it; return it."""
+    mlflow.set_tag(OUTPUT_TAG, json.dumps(result, default=str))
+    return result
+
+
+def pipeline_run_id(upstream: Run) -> str | None:
+    """The pipeline run a step belongs to: `TAGIFAI_PIPELINE_RUN_ID`, else its upstream run's."""
+    return os.environ.get(names.PIPELINE_RUN_ID_ENV) or upstream.data.tags.get(PIPELINE_TAG)
+
+
+def reusable(
+    experiment: str,
+    step: str,
+    key: str,
+    artifacts: tuple[str, ...] = (),
+    model: bool = False,
+    other_pipeline_than: str | None = None,
+) -> dict[str, Any] | None:
+    """The output of the newest finished `step` run with `key` whose artifacts are all still there, else None.
+
+    A run whose artifacts are gone is a miss, not an error: the step runs again. With `model`, the
+    run's logged model must still have its files; with `other_pipeline_than`, runs of that pipeline
+    run do not count.
+    """
+    runs = MlflowClient().search_runs(
+        [experiment],
+        filter_string=f"tags.`{STEP_TAG}` = '{step}' and tags.`{KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=5,
+    )
+    for run in runs:
+        output = run.data.tags.get(OUTPUT_TAG)
+        if other_pipeline_than and run.data.tags.get(PIPELINE_TAG) == other_pipeline_than:
+            continue
+        if output and all(has_artifact(run.info.run_id, path) for path in artifacts):
+            if model and not model_files_exist(run.data.tags.get("model_uri", "")):
+                continue
+            return {**json.loads(output), "reused": True}
+    return None
+
+
+def has_artifact(run_id: str, path: str) -> bool:
+    """Whether the run still has the artifact file `path`."""
+    folder = str(Path(path).parent) if str(Path(path).parent) != "." else None
+    try:
+        return any(info.path == path for info in MlflowClient().list_artifacts(run_id, folder))
+    except (MlflowException, OSError):
+        return False
+
+
+def model_files_exist(model_uri: str) -> bool:
+    """Whether a logged model (`models:/m-…`) still has its files."""
+    try:
+        location = MlflowClient().get_logged_model(model_uri.removeprefix("models:/")).artifact_location
+        return any(Path(info.path).name == "MLmodel" for info in mlflow.artifacts.list_artifacts(artifact_uri=location))
+    except (MlflowException, OSError):
+        return False
+
+
+def latest_run(step: str, condition: str = "", experiments: list[str] | None = None) -> str | None:
+    """The id of the most recent finished run of `step` (that meets `condition`) in `experiments` (all: None)."""
+    client = MlflowClient()
+    experiments = experiments or [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        experiments,
+        filter_string=f"tags.`{STEP_TAG}` = '{step}' and attributes.status = 'FINISHED'"
+        + (f" and {condition}" if condition else ""),
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def active_run_id() -> str:
+    """The id of the active MLflow run."""
+    return mlflow.active_run().info.run_id
+
+
+def log_bytes(content: bytes, artifact_file: str) -> None:
+    """Log `content` as the artifact `artifact_file` (e.g. "data/labeled.csv") of the active run."""
+    path = Path(artifact_file)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / path.name
+        local.write_bytes(content)
+        mlflow.log_artifact(str(local), artifact_path=str(path.parent) if str(path.parent) != "." else None)
+
+
+def log_json(obj: Any, artifact_file: str) -> None:
+    """Log `obj` as a JSON artifact."""
+    log_bytes(json.dumps(obj, indent=2, sort_keys=True, default=str).encode(), artifact_file)
+
+
+def read_artifact(run_id: str, artifact_file: str) -> bytes:
+    """Download one artifact of a run and return its bytes.
+
+    Raises:
+        TagifaiError: the run has no such artifact.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_file, dst_path=tmp)
+        except (MlflowException, OSError) as exc:
+            raise TagifaiError(f"run {run_id} has no artifact {artifact_file!r}: {exc}".splitlines()[0]) from exc
+        return Path(local).read_bytes()
+
+
+def read_json_artifact(run_id: str, artifact_file: str) -> Any:
+    """Download and parse a JSON artifact."""
+    return json.loads(read_artifact(run_id, artifact_file))
+
+
+def log_frame(df: pd.DataFrame, artifact_file: str, dataset: str, context: str, **dataset_kwargs: Any) -> str:
+    """Log a frame as a CSV artifact and as an MLflow dataset input of the active run; return its sha256."""
+    content = data.to_csv_bytes(df)
+    digest = data.sha256(content)
+    log_bytes(content, artifact_file)
+    mlflow.log_input(
+        mlflow.data.from_pandas(df, name=dataset, digest=digest[:32], **dataset_kwargs),
+        context=context,
+        tags={"sha256": digest},
+    )
+    return digest
+
+
+def split_path(split: str) -> str:
+    """Artifact path of one prepared split of a validate run."""
+    return f"data/{split}.csv"
+
+
+def load_split(data_run_id: str, split: str) -> pd.DataFrame:
+    """Read one prepared split (train, val, test) from a validate run."""
+    return data.read_frame(read_artifact(data_run_id, split_path(split)))
+
+
+def log_history(history: list[dict[str, float]]) -> None:
+    """Log per-epoch train/val losses of the active run in one request."""
+    if not history:
+        return
+    timestamp = int(time.time() * 1000)
+    metrics = [
+        Metric(name, h[name], timestamp, int(h["epoch"])) for h in history for name in ("train_loss", "val_loss")
+    ]
+    MlflowClient().log_batch(active_run_id(), metrics=metrics)
+
+
+def trial_runs(pipeline_run_id: str, data_run_id: str) -> Any:
+    """Optuna's MLflow callback: each trial a child run of the active run, tagged as a `trial` of the pipeline."""
+    from optuna_integration.mlflow import MLflowCallback
+
+    return MLflowCallback(
+        tracking_uri=mlflow.get_tracking_uri(),
+        metric_name="val_f1",
+        create_experiment=False,
+        mlflow_kwargs={
+            "nested": True,
+            "tags": {STEP_TAG: "trial", PIPELINE_TAG: pipeline_run_id, "data_run_id": data_run_id},
+        },
+    )
+
+
+def log_trial(running_f1: list[float], result: dict[str, Any] | None) -> None:
+    """What one cross-validated trial measured, on its (active) child run.
+
+    `val_*` here: the mean over held-out folds of the train split (the val split stays for `train`).
+    """
+    for fold, mean_f1 in enumerate(running_f1):
+        mlflow.log_metric("cv_running_f1", mean_f1, step=fold)
+    if result is not None:
+        mlflow.log_metrics({f"val_{k}": result[k] for k in ("precision", "recall", "f1", "f1_std")})
+        log_history(result["history"])  # per-epoch loss, averaged over the folds

@@ -1,0 +1,1 @@
+"""`tagifai serve`: the HTTP scoring server that follows the champion alias."""

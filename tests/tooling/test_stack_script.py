@@ -1,0 +1,118 @@
+"""scripts/stack.py: the .env it writes, and the checks `make up` runs before anything starts."""
+
+import hashlib
+
+import pytest
+
+from scripts import stack
+from tests.harness import REPO
+
+
+def test_write_env_fills_every_secret_and_no_placeholder_is_left(tmp_path):
+    target = tmp_path / ".env"
+    stack.write_env(REPO / ".env.example", target, {})
+    env = stack.read_env(target)
+    assert stack.placeholders(env) == []
+    assert all(len(env[key]) >= 24 for key in stack.SECRETS)
+    assert oct(target.stat().st_mode & 0o777) == "0o600"
+
+
+def test_the_example_file_is_refused_naming_its_placeholders(tmp_path, capsys):
+    assert stack.preflight(REPO / ".env.example") == 1
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line and "MLFLOW_ADMIN_PASSWORD" in line and "still empty or 'change-me'" in line
+
+
+@pytest.mark.parametrize(
+    ("env", "wrong"),
+    [
+        ({"AIRFLOW_DB_PASSWORD": "a", "MLFLOW_DB_PASSWORD": "b"}, []),  # the .env the volume was made with
+        ({"AIRFLOW_DB_PASSWORD": "x", "MLFLOW_DB_PASSWORD": "b"}, ["AIRFLOW_DB_PASSWORD"]),  # one secret changed
+        ({}, ["AIRFLOW_DB_PASSWORD", "MLFLOW_DB_PASSWORD"]),  # a .env without them
+    ],
+)
+def test_fingerprint_mismatch_names_the_secrets_that_differ(env, wrong):
+    recorded = "".join(
+        f"{name} {hashlib.sha256(value.encode()).hexdigest()}\n"
+        for name, value in {"AIRFLOW_DB_PASSWORD": "a", "MLFLOW_DB_PASSWORD": "b"}.items()
+    )
+    assert stack.fingerprint_mismatch(recorded, env) == wrong
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"AIRFLOW_EXECUTOR": "LocalExecutor", "COMPOSE_PROFILES": "local"}, None),
+        ({"AIRFLOW_EXECUTOR": "CeleryExecutor", "COMPOSE_PROFILES": "celery"}, None),
+        ({"AIRFLOW_EXECUTOR": "CeleryExecutor", "COMPOSE_PROFILES": "celery,tools"}, None),  # other profiles too
+        ({"AIRFLOW_EXECUTOR": "CeleryExecutor", "COMPOSE_PROFILES": "local"}, "runs with COMPOSE_PROFILES=celery"),
+        ({"AIRFLOW_EXECUTOR": "LocalExecutor"}, "runs with COMPOSE_PROFILES=local"),  # an old .env: no scheduler
+        ({"AIRFLOW_EXECUTOR": "LocalExecutor", "COMPOSE_PROFILES": "local,celery"}, "runs with"),  # two schedulers
+        ({"AIRFLOW_EXECUTOR": "KubernetesExecutor", "COMPOSE_PROFILES": "local"}, "use LocalExecutor or Celery"),
+    ],
+)
+def test_the_executor_and_the_compose_profile_must_agree(env, problem):
+    found = stack.executor_mismatch(env)
+    assert (found is None) if problem is None else (problem in found)
+
+
+@pytest.mark.parametrize(
+    ("bind", "url"),
+    [
+        ("", "http://127.0.0.1:8080"),
+        ("0.0.0.0", "http://127.0.0.1:8080"),  # every address: this machine's loopback is one
+        ("172.17.0.1", "http://172.17.0.1:8080"),  # only there: 127.0.0.1 would find nothing
+    ],
+)
+def test_make_train_and_unpause_reach_airflow_where_the_stack_publishes_it(bind, url):
+    assert stack.published({"BIND_ADDRESS": bind, "AIRFLOW_PORT": "8080"}, "AIRFLOW_PORT", "5000") == url
+
+
+def test_the_settings_file_is_read_as_compose_reads_it_the_shell_winning(tmp_path):
+    path = tmp_path / ".env"
+    path.write_text("# a comment\nTAGIFAI_PROJECTS_URL=\nAIRFLOW_PORT=8080\n")
+    shell = {"TAGIFAI_PROJECTS_URL": "/srv/data/projects.csv", "CELERY_WORKERS": "3"}
+    env = stack.read_env(path, shell)
+    assert env["TAGIFAI_PROJECTS_URL"] == "/srv/data/projects.csv"  # exported: it wins over the empty value
+    assert env["AIRFLOW_PORT"] == "8080" and env["CELERY_WORKERS"] == "3"
+    assert stack.read_env(path, {})["TAGIFAI_PROJECTS_URL"] == ""
+
+
+def test_make_reads_the_settings_file_only_through_that_reader():
+    # Sourcing .env in a recipe (`. .env`) let its empty values override what the person exported.
+    recipes = "".join(path.read_text() for path in [REPO / "Makefile", *(REPO / "mk").glob("*.mk")])
+    assert ". $(abspath $(STACK_ENV))" not in recipes and "s/^OPTUNA" not in recipes and "s/^MLFLOW" not in recipes
+
+
+@pytest.mark.parametrize(
+    ("profiles", "workers", "expected"),
+    [
+        ("local", "", []),
+        ("celery", "", ["--scale", "airflow-worker=2"]),
+        ("x,celery", "4", ["--scale", "airflow-worker=4"]),
+    ],
+)
+def test_scale_starts_the_celery_workers_only_with_their_profile(profiles, workers, expected):
+    assert stack.scale({"COMPOSE_PROFILES": profiles, "CELERY_WORKERS": workers}) == expected
+
+
+def test_the_summary_says_which_data_the_stack_trains_on():
+    lines = stack.summary({"AIRFLOW_PORT": "18080", "TAGIFAI_PROJECTS_URL": "/srv/data/projects.csv"})
+    assert "  Data     TAGIFAI_PROJECTS_URL=/srv/data/projects.csv" in lines
+    assert any(line.startswith("  Data     TAGIFAI_TAGS_URL=(the pinned upstream") for line in lines)
+    assert lines[0].startswith("  Airflow  http://127.0.0.1:18080")
+
+
+@pytest.mark.parametrize(
+    ("body", "shown"),
+    [
+        ('{"detail": "Invalid input for param min_f1: 0 is less than the minimum of 0.6\\n\\nFailed validating"}',
+         "HTTP 400: Invalid input for param min_f1: 0 is less than the minimum of 0.6"),
+        ('{"detail": [{"loc": ["body", "conf"], "msg": "Input should be a valid dictionary"}]}',
+         "HTTP 400: Input should be a valid dictionary"),
+        ("<html>\n<h1>Bad Gateway</h1>", "HTTP 400: <html>"),
+    ],
+)  # fmt: skip
+def test_an_airflow_refusal_is_one_line(body, shown):
+    error = stack.AirflowError("POST", "/api/v2/dags/tagifai_training/dagRuns", 400, body)
+    assert str(error) == f"POST /api/v2/dags/tagifai_training/dagRuns: {shown}" and error.status == 400
