@@ -184,7 +184,9 @@ def validate(
             part = prepared[prepared["split"] == split].drop(columns="split")
             tracking.log_frame(part, tracking.split_path(split), f"tagifai-{split}", split, targets="tag")
             mlflow.log_metric(f"{split}_rows", len(part))
-        mlflow.log_params({k: settings.data[k] for k in ("accepted_tags", "min_freq", "val_size", "test_size", "seed")})
+        mlflow.log_params(
+            settings.data.model_dump(include={"accepted_tags", "min_freq", "val_size", "test_size", "seed"})
+        )
         log.info(
             "validate: %d checks passed; splits %s", len(report["checks"]), prepared["split"].value_counts().to_dict()
         )

@@ -5,6 +5,7 @@ import pytest
 
 from tagifai.contract.config import load_settings
 from tagifai.core import data, validate
+from tests import synthetic
 from tests.synthetic import REAL_DATA
 
 
@@ -87,8 +88,7 @@ def test_too_few_rows_and_classes(settings):
 def test_thin_class_fails_enough_classes(settings):
     df = labeled(per_tag=30)
     thin = pd.concat([df[df["tag"] != "mlops"], df[df["tag"] == "mlops"].head(6)])
-    settings.validation.min_rows_per_class = 10
-    report = validate.validate(thin, settings)
+    report = validate.validate(thin, synthetic.with_setting(settings, "validate", min_rows_per_class=10))
     assert "need at least 10 rows in every class" in failed(report)["enough_classes"]
 
 

@@ -75,7 +75,7 @@ def test_open_study_refuses_a_study_of_other_data(sqlite_url):
 
 def test_open_storage_names_an_unreachable_database_without_its_password():
     with pytest.raises(
-        TagifaiError, match=r"cannot open the Optuna storage postgresql\+psycopg2://u:\*\*\*@127.0.0.1:1/"
+        TagifaiError, match=r"cannot open the Optuna storage postgresql\+psycopg2://\*\*\*@127.0.0.1:1/"
     ):
         tuning.open_storage("postgresql+psycopg2://u:s3cret@127.0.0.1:1/optuna")
 
