@@ -126,6 +126,14 @@ class Limits(Section):
     step_memory: Annotated[str, Field(pattern=r"^[1-9][0-9]*[kmg]?$")]
 
 
+class Retry(Section):
+    """`[retry]`: how a step that failed with an error that may pass is tried again."""
+
+    retries: Annotated[int, Field(ge=0, le=10)]
+    delay_seconds: Positive
+    max_delay_minutes: Positive
+
+
 class Serve(Section):
     """`[serve]`: the alias `tagifai serve` follows, how often it looks, its port."""
 
@@ -168,6 +176,7 @@ with warnings.catch_warnings():
         optimize: Optimize
         register: Register
         limits: Limits
+        retry: Retry
         serve: Serve
         predict: Predict
         watch: Watch

@@ -12,7 +12,7 @@
 - `kubernetes`: `KubernetesPodOperator` runs the same image and command in a pod
   (`TAGIFAI_K8S_NAMESPACE`, `TAGIFAI_K8S_IN_CLUSTER`, secrets from the Secret `TAGIFAI_K8S_SECRET`).
 
-`TAGIFAI_TASK_RETRIES` (default 2) exists for tests: `airflow dags test` waits out retry delays.
+Retries, their delay and backoff come from the settings' `[retry]`.
 
 Every step prints a one-line JSON object as its last stdout line; the operator pushes it to XCom
 (the local runner the line, the docker and kubernetes runners the object, read from a file the step
@@ -92,6 +92,8 @@ class RunnerSettings:
     k8s_in_cluster: bool = True
     k8s_secret: str | None = None
     retries: int = 2
+    retry_delay: timedelta = timedelta(minutes=1)
+    max_retry_delay: timedelta = timedelta(minutes=30)
     # From the settings (`config/`): the pinned upstream URLs (allowed hosts by default), and `[limits]`.
     default_urls: tuple[str, ...] = ()
     step_minutes: Mapping[str, float] = field(default_factory=dict)
@@ -126,8 +128,9 @@ class RunnerSettings:
             k8s_namespace=env.get("TAGIFAI_K8S_NAMESPACE") or "default",
             k8s_in_cluster=env.get("TAGIFAI_K8S_IN_CLUSTER", "true").lower() in ("1", "true", "yes"),
             k8s_secret=env.get("TAGIFAI_K8S_SECRET") or None,
-            # Lowered only by tests: `airflow dags test` really waits out retry delays.
-            retries=int(env.get("TAGIFAI_TASK_RETRIES", "2")),
+            retries=config.retry.retries if config else cls.retries,
+            retry_delay=timedelta(seconds=config.retry.delay_seconds) if config else cls.retry_delay,
+            max_retry_delay=timedelta(minutes=config.retry.max_delay_minutes) if config else cls.max_retry_delay,
             default_urls=(config.data.projects_url, config.data.tags_url) if config else (),
             step_minutes=dict(config.limits.step_minutes) if config else {},
             step_memory=config.limits.step_memory if config else None,
@@ -138,9 +141,9 @@ class RunnerSettings:
         return {
             "owner": "tagifai",
             "retries": self.retries,
-            "retry_delay": timedelta(minutes=1),
+            "retry_delay": self.retry_delay,
             "retry_exponential_backoff": 2.0,
-            "max_retry_delay": timedelta(minutes=30),
+            "max_retry_delay": self.max_retry_delay,
         }
 
     def timeout(self, step: str) -> timedelta | None:

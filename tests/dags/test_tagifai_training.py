@@ -99,6 +99,15 @@ def test_every_task_retries_at_least_twice_with_exponential_backoff(load_dag):
         assert task.max_retry_delay is not None
 
 
+def test_the_deployers_retry_settings_reach_every_task(load_dag, tmp_path):
+    config = tmp_path / "retry.toml"
+    config.write_text("[retry]\nretries = 1\ndelay_seconds = 5\nmax_delay_minutes = 2\n", encoding="utf-8")
+    for task in load_dag(TAGIFAI_CONFIG=str(config)).tasks:
+        assert (task.retries, task.retry_delay, task.max_retry_delay) == (
+            1, timedelta(seconds=5), timedelta(minutes=2)
+        )  # fmt: skip
+
+
 def test_params_shown_in_the_trigger_form_have_defaults_and_descriptions(load_dag):
     params = load_dag().params
     assert {name: params[name] for name in params} == {

@@ -17,7 +17,15 @@ from pathlib import Path
 import pytest
 
 from tests import synthetic
-from tests.e2e.dag_helpers import STEPS, TASKS_WITH_TWO_WORKERS, champion, dags_test, pipeline_runs, study_states
+from tests.e2e.dag_helpers import (
+    STEPS,
+    TASKS_WITH_TWO_WORKERS,
+    champion,
+    dags_test,
+    pipeline_runs,
+    study_states,
+    write_config,
+)
 from tests.harness import docker_ok, require, running_mlflow_server, running_postgres, world_readable
 
 pytestmark = [pytest.mark.e2e, pytest.mark.airflow, pytest.mark.docker, pytest.mark.slow]
@@ -51,7 +59,7 @@ def test_docker_dag_run_trains_and_promotes_a_champion(tmp_path, host_folder):
     require(docker_ok("info"), "Docker engine unavailable (bash ../shared/ci/docker-sandbox.sh starts one)")
     require(docker_ok("image", "inspect", IMAGE), f"image {IMAGE} not built (make image)")
     projects, tags = synthetic.write_dataset(host_folder / "data")
-    config = synthetic.write_small_config(host_folder / "small.toml")
+    config = write_config(host_folder / "small.toml")
     world_readable(host_folder)
 
     with (

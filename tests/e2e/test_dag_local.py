@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 from tests import synthetic
-from tests.e2e.dag_helpers import TASKS_WITH_TWO_WORKERS, champion, dags_test, pipeline_runs, rerun_task, study_states
+from tests.e2e.dag_helpers import (
+    TASKS_WITH_TWO_WORKERS,
+    champion,
+    dags_test,
+    pipeline_runs,
+    rerun_task,
+    study_states,
+    write_config,
+)
 from tests.harness import TAGIFAI, require
 
 pytestmark = [pytest.mark.e2e, pytest.mark.airflow, pytest.mark.slow]
@@ -28,7 +36,7 @@ def local_env(tmp_path: Path) -> dict[str, str]:
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}",
         # The two optimize workers share their study in SQLite.
         "TAGIFAI_OPTUNA_STORAGE": f"sqlite:///{tmp_path / 'optuna.db'}",
-        "TAGIFAI_CONFIG": str(synthetic.write_small_config(tmp_path / "small.toml")),
+        "TAGIFAI_CONFIG": str(write_config(tmp_path / "small.toml")),
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         # The deployment's data folder: the DAG refuses local data anywhere else.
         "TAGIFAI_DATA_DIRS": str(tmp_path / "data"),
@@ -107,7 +115,7 @@ def test_a_run_without_params_follows_the_deployers_config(tmp_path):
     projects, tags = synthetic.write_dataset(tmp_path / "data")
     env = local_env(tmp_path)
     override = synthetic.SMALL_CONFIG.replace("[optimize]\n", "[optimize]\nnum_trials = 2\nnum_workers = 1\n")
-    Path(env["TAGIFAI_CONFIG"]).write_text(override + "\n[register]\nmin_f1 = 0.99\n", encoding="utf-8")
+    write_config(Path(env["TAGIFAI_CONFIG"]), "[register]\nmin_f1 = 0.99\n", base=override)
     env |= {"TAGIFAI_PROJECTS_URL": str(projects), "TAGIFAI_TAGS_URL": str(tags)}
     run = dags_test(tmp_path / "airflow", conf={}, extra_env=env)
     assert run.returncode == 0, run.output[-5000:]
