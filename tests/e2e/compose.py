@@ -59,6 +59,15 @@ def task_containers(**labels: str) -> list[str]:
     return running_containers(**{"org.tagifai.step": "", **labels})
 
 
+def step_outputs(client: stack_script.Airflow, run_id: str) -> dict[str, dict]:
+    """Each step's JSON line (optimize: worker 0's), from XCom: parsed (docker runner) or a string."""
+    out = {}
+    for task in ["elt", "validate", "optimize", "train", "evaluate", "register"]:
+        value = client.xcom(run_id, task, map_index=0 if task == "optimize" else -1)
+        out[task] = value if isinstance(value, dict) else json.loads(value)
+    return out
+
+
 def interface_address(name: str) -> str | None:
     """The IPv4 address of this host's network interface `name`, or None (no such interface, no IPv4)."""
     siocgifaddr = 0x8915  # <linux/sockios.h>
@@ -212,12 +221,14 @@ def running_stack(root: Path) -> Iterator[Stack]:
         projects, tags = (Path(shutil.copy(real / name, data / name)) for name in ("projects.csv", "tags.csv"))
     else:  # enough rows per tag for the default min_freq of 75
         projects, tags = synthetic.write_dataset(data, per_tag=90)
-    # The deployer's settings over the defaults: the watcher looks every minute, not every 15, and a run
-    # that no trigger sized (the watcher's, the daily one) tunes STACK_TRIALS trials, not 20.
+    # The deployer's settings over the defaults: the watcher looks every minute, not every 15, a run that
+    # no trigger sized (the watcher's, the daily one) tunes STACK_TRIALS trials, not 20, and retries come sooner.
     override = data / "stack.toml"
     override.write_text(
         f"[watch]\ninterval_seconds = {WATCH_SECONDS}\n[serve]\npoll_seconds = {SERVE_POLL_SECONDS}\n"
-        f"[optimize]\nnum_trials = {STACK_TRIALS}\n",
+        f"[optimize]\nnum_trials = {STACK_TRIALS}\n"
+        # A task retried after 10-20 s, not 60-120: the fault tests wait out each retry.
+        "[retry]\ndelay_seconds = 10\n",
         encoding="utf-8",
     )
     world_readable(data)

@@ -6,17 +6,19 @@ they fail: CI must never pass by skipping the real thing.
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import subprocess
 import threading
 import time
-import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests import harness
+from tests import harness, synthetic
 from tests.e2e import compose
 
 
@@ -98,16 +100,82 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def faulted_run(stack, first_run) -> dict[str, Any]:
-    """A forced run (every step runs again) during which MLflow restarts (in `optimize`) and the `train`
-    container is killed. Its run, the faults injected, the task states and train's try number."""
+def changed_data_run(stack, first_run) -> dict[str, Any]:
+    """Rows appended to the stack's data, and the run the watcher's asset event started. While that run
+    goes, the champion's model files are gone (put back after it), MLflow restarts (in `optimize`) and
+    the `train` container is killed. The run once it ended, how long it took to start after the change,
+    the faults injected, train's try number and the champion that could not be loaded."""
     client = stack.airflow()
-    run_id = client.trigger({"num_trials": 5, "force": True})
-    faults: dict[str, str] = {}
+    # The watcher has looked at least once (its first look records the data, and emits nothing).
+    deadline = time.monotonic() + 4 * compose.WATCH_SECONDS
+    while not any(r["state"] == "success" for r in client.runs("tagifai_watch")):
+        assert time.monotonic() < deadline, "tagifai_watch has not run"
+        time.sleep(5)
+    with champion_files_moved_aside(stack) as unloadable:
+        return {**run_on_new_data(stack, client), "unloadable_champion": unloadable}
 
-    def inject_both() -> None:
-        deadline = time.monotonic() + 1200
-        while time.monotonic() < deadline and len(faults) < 2:
+
+def run_on_new_data(stack, client) -> dict[str, Any]:
+    """Append rows to the data; once the asset event started a run, inject faults until it ends."""
+    before = {r["dag_run_id"] for r in client.runs()}
+    append_projects(Path(stack.env["TAGIFAI_PROJECTS_URL"]), Path(stack.env["TAGIFAI_TAGS_URL"]), count=12)
+    changed = time.monotonic()
+    deadline = changed + 2 * compose.WATCH_SECONDS + 120
+    while True:
+        started = [r for r in client.runs() if r["dag_run_id"] not in before and r["run_type"] == "asset_triggered"]
+        if started:
+            break
+        assert time.monotonic() < deadline, "no run started by an asset event within two watch intervals"
+        time.sleep(5)
+    waited = time.monotonic() - changed  # from the change to the run's start
+    run_id = started[0]["dag_run_id"]
+    with injecting_faults(stack, client, run_id) as faults:
+        run = client.wait(run_id, timeout=2400)
+    train = client.task_instance(run_id, "train")
+    return {"run": run, "waited": waited, "faults": faults, "states": client.task_states(run_id),
+            "train_tries": train["try_number"]}  # fmt: skip
+
+
+def append_projects(projects: Path, tags: Path, count: int) -> None:
+    """Append `count` copies of labelled projects, under new ids, to the data files (and their tags)."""
+    with projects.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    with tags.open(newline="", encoding="utf-8") as f:
+        tag_of = {row["id"]: row["tag"] for row in csv.DictReader(f)}
+    top = max(int(row["id"]) for row in rows)
+    originals = [row for row in rows if row["id"] in tag_of][:count]
+    new = [{**row, "id": str(top + i + 1)} for i, row in enumerate(originals)]
+    synthetic.write_csv(projects, rows + new, columns=list(rows[0]))
+    with tags.open("a", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([[n["id"], tag_of[o["id"]]] for n, o in zip(new, originals, strict=True)])
+
+
+@contextlib.contextmanager
+def champion_files_moved_aside(stack) -> Iterator[str]:
+    """The champion's model files moved aside in MLflow's artifact store while the block runs; yields its version."""
+    champion = stack.mlflow("registered-models/alias", name="tagifai", alias="champion")["model_version"]
+    model_id = champion["source"].removeprefix("models:/")
+    logged = stack.mlflow(f"logged-models/{model_id}")["model"]["info"]
+    # mlflow-artifacts:/<experiment>/models/<id>/artifacts, in the server's volume at /mlartifacts.
+    folder = "/mlartifacts/" + logged["artifact_uri"].removeprefix("mlflow-artifacts:/").removesuffix("/artifacts")
+    moved = stack.compose("exec", "-T", "mlflow", "mv", folder, f"{folder}.aside")
+    assert moved.returncode == 0, moved.stderr
+    try:
+        yield champion["version"]
+    finally:
+        back = stack.compose("exec", "-T", "mlflow", "mv", f"{folder}.aside", folder)
+        assert back.returncode == 0, back.stderr
+
+
+@contextlib.contextmanager
+def injecting_faults(stack, client, run_id: str) -> Iterator[dict[str, str]]:
+    """While the block runs: restart MLflow once an `optimize` task of `run_id` runs, kill its `train`
+    container once there is one. Yields the faults injected (name -> what), filled as they happen."""
+    faults: dict[str, str] = {}
+    stop = threading.Event()
+
+    def inject() -> None:
+        while not stop.is_set() and len(faults) < 2:
             states = client.task_states(run_id)
             if "mlflow" not in faults and "running" in (states.get("optimize[0]"), states.get("optimize[1]")):
                 faults["mlflow"] = stack.compose("restart", "mlflow").stderr
@@ -116,20 +184,18 @@ def faulted_run(stack, first_run) -> dict[str, Any]:
                 for container in compose.task_containers(**labels):
                     subprocess.run(["docker", "kill", container], capture_output=True)
                     faults["train"] = container
-            time.sleep(1)
+            stop.wait(1)
 
-    def inject() -> None:
+    def guarded() -> None:
         try:
-            inject_both()
+            inject()
         except Exception as exc:  # noqa: BLE001 — shown by the test's assertion, not lost with the thread
             faults["error"] = repr(exc)
 
-    injector = threading.Thread(target=inject, daemon=True)
+    injector = threading.Thread(target=guarded, daemon=True)
     injector.start()
-    run = client.wait(run_id, timeout=2400)
-    injector.join(timeout=5)
-    train = client.request(
-        "GET", f"/api/v2/dags/tagifai_training/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances/train"
-    )
-    return {"run_id": run_id, "run": run, "faults": faults, "states": client.task_states(run_id),
-            "train_tries": train["try_number"]}  # fmt: skip
+    try:
+        yield faults
+    finally:
+        stop.set()
+        injector.join(timeout=30)

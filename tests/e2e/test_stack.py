@@ -1,5 +1,5 @@
 """The compose stack as a user runs it: a DAG run through the REST API, both UIs in a real browser,
-and a fault during a run. `test_stack_lifecycle.py` then takes it down and up.
+and faults during a run. `test_stack_lifecycle.py` then takes it down and up.
 
 Needs Docker (CI: ../shared/ci/docker-sandbox.sh) and, for the browser part, Debian's chromium +
 chromium-driver.
@@ -123,8 +123,10 @@ def test_mlflow_ui_shows_the_model_card_on_the_version_page(stack, first_run, br
     browser.save_screenshot(str(SCREENSHOTS / "mlflow-model-card.png"))
 
 
-def test_run_survives_an_mlflow_restart_and_a_killed_task(faulted_run):
-    """Restart MLflow during `optimize`, kill the `train` container: retries carry the run to success."""
-    assert set(faulted_run["faults"]) == {"mlflow", "train"}, f"faults injected: {faulted_run['faults']}"
-    assert faulted_run["run"]["state"] == "success", faulted_run["states"]
-    assert faulted_run["train_tries"] >= 2  # the killed attempt failed, the retry succeeded
+def test_run_survives_an_mlflow_restart_and_a_killed_task(changed_data_run):
+    """MLflow restarted during `optimize`, the `train` container killed (in the run new data started):
+    retries carry the run to success."""
+    faults = changed_data_run["faults"]
+    assert set(faults) == {"mlflow", "train"}, f"faults injected: {faults}"
+    assert changed_data_run["run"]["state"] == "success", changed_data_run["states"]
+    assert changed_data_run["train_tries"] >= 2  # the killed attempt failed, the retry succeeded

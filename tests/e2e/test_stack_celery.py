@@ -1,27 +1,41 @@
 """The stack on Celery, as a user switches to it: `AIRFLOW_EXECUTOR=CeleryExecutor` and
 `COMPOSE_PROFILES=celery` in `.env`, then `make up`; runs, models and Airflow history survive the
-`make down` before it. Two workers share a run and, when one is killed, its tasks are retried on
-the other and its orphaned step containers stopped (one run proves both); a worker started from
-docker-compose.worker.yml, as on another machine, takes tasks; Flower needs a login. Then `make down`
-leaves nothing running. Runs last: it changes the session's stack (tests/e2e/conftest.py).
+`make down` before it. One forced run proves the rest: its tasks go to the stack's worker and to a
+worker started from docker-compose.worker.yml as on another machine (whose steps log to MLflow);
+when the stack's worker is killed mid-task, its task is retried on the other, which finishes the
+run, and no step container of it is left running; every step ran again (`force`). Flower needs a
+login. Then `make down` leaves nothing running. Runs last: it changes the session's stack
+(tests/e2e/conftest.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from scripts import stack as stack_script
-from tests.e2e.compose import PROJECT, command_lines, host_address, make, running_containers, task_containers
+from tests.e2e.compose import (
+    PROJECT,
+    command_lines,
+    host_address,
+    make,
+    running_containers,
+    step_outputs,
+    task_containers,
+)
 from tests.harness import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.stack, pytest.mark.slow]
 
 REMOTE = "tagifai-e2e-remote"
+REMOTE_HOSTNAME = f"{REMOTE}-worker"
 
 
 def worker_containers() -> dict[str, str]:
@@ -40,7 +54,7 @@ def instances(client, run_id: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def celery(stack):
-    """The session's stack switched to Celery with two workers, on the Docker bridge's address."""
+    """The session's stack switched to Celery with a worker, on the Docker bridge's address."""
     make("down", env_file=stack.env_file, timeout=600)
     gateway = host_address("bridge")
     stack_script.update_env(
@@ -48,7 +62,7 @@ def celery(stack):
         {
             "AIRFLOW_EXECUTOR": "CeleryExecutor",
             "COMPOSE_PROFILES": "celery",
-            "CELERY_WORKERS": "2",
+            "CELERY_WORKERS": "1",
             # Published where a worker "on another machine" (another compose project) can reach them.
             "BIND_ADDRESS": gateway,
             "REDIS_PORT": str(free_port()),
@@ -82,65 +96,77 @@ def tried_hosts(client, run_id: str) -> dict[str, set[str]]:
     return hosts
 
 
-def test_a_run_spreads_over_two_workers_and_survives_one_killed_mid_task(stack, celery):
-    # One run proves both: its tasks go to both workers, and when the worker running an optimize
-    # task is killed, that task is retried on the other, which finishes the run and stops no
-    # container of it left behind. Neither the broker's password nor Flower's is on a command line.
-    workers = worker_containers()
-    assert len(workers) == 2
-    client = stack.airflow()
-    with command_lines(interval=1) as seen:
-        run_id = client.trigger({"num_trials": 4, "num_workers": 4, "force": True})
-        deadline = time.monotonic() + 900
-        killed = None
-        while killed is None:
-            assert time.monotonic() < deadline, "no optimize task ran"
-            running = [
-                ti for ti in instances(client, run_id) if ti["task_id"] == "optimize" and ti["state"] == "running"
-            ]
-            if running and running[0]["hostname"] in workers:
-                killed = running[0]["hostname"]
-                subprocess.run(["docker", "kill", workers[killed]], check=True, capture_output=True)
-            time.sleep(2)
-        run = client.wait(run_id, timeout=2400)
-    assert run["state"] == "success", client.task_states(run_id)
-    retried = [ti for ti in instances(client, run_id) if ti["task_id"] == "optimize" and ti["try_number"] > 1]
-    assert retried, "the killed worker's optimize task was not retried"
-    hosts = tried_hosts(client, run_id)
-    ran = set().union(*hosts.values())
-    assert ran == set(workers), hosts  # both workers ran tasks of this one run, no other host did
-    assert killed in hosts["optimize"] and any(ti["hostname"] != killed for ti in retried), hosts
-    assert task_containers(**{"org.tagifai.pipeline-run-id": run_id}) == []  # none left running
-    assert stack.leaked(seen) == set()
-
-
-def test_a_worker_on_another_machine_takes_tasks_and_its_steps_log_to_mlflow(stack, celery, tmp_path):
-    env = tmp_path / "worker.env"
+@contextlib.contextmanager
+def remote_worker(stack, gateway: str, folder: Path) -> Iterator[str]:
+    """A worker started from docker-compose.worker.yml with its own settings file, as on another machine,
+    while the block runs; yields its hostname."""
+    env = folder / "worker.env"
     env.write_text(stack.env_file.read_text())
     stack_script.update_env(
-        env, {"COMPOSE_PROJECT_NAME": REMOTE, "STACK_HOST": celery["gateway"], "WORKER_HOSTNAME": f"{REMOTE}-worker"}
+        env, {"COMPOSE_PROJECT_NAME": REMOTE, "STACK_HOST": gateway, "WORKER_HOSTNAME": REMOTE_HOSTNAME}
     )
     make("worker", f"WORKER_ENV={env}", env_file=stack.env_file, timeout=1200)
     try:
-        # Only the remote worker is left to take tasks.
-        assert stack.compose("stop", "airflow-worker").returncode == 0
-        client = stack.airflow()
-        run_id = client.trigger({"num_trials": 2, "num_workers": 1, "force": True})
-        run = client.wait(run_id, timeout=1800)
-        assert run["state"] == "success", client.task_states(run_id)
-        assert {ti["hostname"] for ti in instances(client, run_id) if ti["state"] == "success"} == {f"{REMOTE}-worker"}
-        experiment = stack.mlflow("experiments/get-by-name", experiment_name="tagifai")["experiment"]["experiment_id"]
-        body = {"experiment_ids": [experiment], "filter": f"tags.pipeline_run_id = '{run_id}'", "max_results": 100}
-        steps = {
-            t["value"]
-            for r in stack.mlflow_post("runs/search", body)["runs"]
-            for t in r["data"]["tags"]
-            if t["key"] == "tagifai.step"
-        }
-        assert {"elt", "validate", "optimize", "train", "evaluate", "register"} <= steps
+        yield REMOTE_HOSTNAME
     finally:
         make("worker-down", f"WORKER_ENV={env}", env_file=stack.env_file, timeout=600)
-        stack.compose("start", "airflow-worker")
+
+
+@pytest.fixture(scope="module")
+def celery_run(stack, celery, tmp_path_factory):
+    """A forced run over the stack's worker and a remote one; the stack's worker is killed while it runs
+    an optimize task. The run, the killed worker's hostname, and the command lines seen meanwhile."""
+    [(here, container)] = worker_containers().items()
+    client = stack.airflow()
+    with remote_worker(stack, celery["gateway"], tmp_path_factory.mktemp("remote")), command_lines(interval=1) as seen:
+        run_id = client.trigger({"num_trials": 4, "num_workers": 4, "force": True})
+        deadline = time.monotonic() + 900
+        while True:
+            assert time.monotonic() < deadline, f"no optimize task ran on the stack's worker {here}"
+            if any(
+                ti["task_id"] == "optimize" and ti["state"] == "running" and ti["hostname"] == here
+                for ti in instances(client, run_id)
+            ):
+                subprocess.run(["docker", "kill", container], check=True, capture_output=True)
+                break
+            time.sleep(2)
+        run = client.wait(run_id, timeout=2400)
+    return {"run_id": run_id, "run": run, "killed": here, "seen": seen}
+
+
+def test_a_run_spreads_over_two_machines_workers_and_survives_losing_one(stack, celery_run):
+    # Neither the broker's password nor Flower's is on a command line.
+    client, run_id, killed = stack.airflow(), celery_run["run_id"], celery_run["killed"]
+    assert celery_run["run"]["state"] == "success", client.task_states(run_id)
+    retried = [ti for ti in instances(client, run_id) if ti["task_id"] == "optimize" and ti["try_number"] > 1]
+    assert retried, "the killed worker's optimize task was not retried"
+    hosts = tried_hosts(client, run_id)
+    assert set().union(*hosts.values()) == {killed, REMOTE_HOSTNAME}, hosts  # both ran tasks, no other host did
+    assert killed in hosts["optimize"] and all(ti["hostname"] == REMOTE_HOSTNAME for ti in retried), hosts
+    # After the kill, only the remote worker was left: it ran the last steps, which logged to MLflow.
+    assert {task: hosts[task] for task in ("train", "evaluate", "register")} == dict.fromkeys(
+        ("train", "evaluate", "register"), {REMOTE_HOSTNAME}
+    )
+    experiment = stack.mlflow("experiments/get-by-name", experiment_name="tagifai")["experiment"]["experiment_id"]
+    body = {"experiment_ids": [experiment], "filter": f"tags.pipeline_run_id = '{run_id}'", "max_results": 100}
+    steps = {
+        t["value"] for r in stack.mlflow_post("runs/search", body)["runs"] for t in r["data"]["tags"]
+        if t["key"] == "tagifai.step"
+    }  # fmt: skip
+    assert {"elt", "validate", "optimize", "train", "evaluate", "register"} <= steps
+    assert task_containers(**{"org.tagifai.pipeline-run-id": run_id}) == []  # none left running
+    assert stack.leaked(celery_run["seen"]) == set()
+
+
+def test_force_runs_every_step_again(stack, first_run, celery_run):
+    # The Celery run is forced: on data every step of which has run before, where each would be reused.
+    client = stack.airflow()
+    forced = step_outputs(client, celery_run["run_id"])
+    assert not any(out.get("reused") for out in forced.values())
+    assert "plan" not in forced["elt"]
+    first = step_outputs(client, first_run[0])
+    assert forced["elt"]["run_id"] != first["elt"]["run_id"]
+    assert forced["train"]["run_id"] != first["train"]["run_id"]
 
 
 def test_flower_needs_its_login(stack, celery):

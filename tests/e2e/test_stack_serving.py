@@ -49,8 +49,7 @@ def test_the_served_champion_tags_real_projects(stack, first_run):
 @pytest.fixture(scope="module")
 def rollback(stack, first_run):
     """`make rollback TO=<the first run's version>` while a client sends requests; what the client and
-    /version saw. (The champion before the current one may be the version whose artifacts the
-    security tests removed: a rollback to it is refused, so the target is named.)"""
+    /version saw. (New data's run promoted the current champion: tests/e2e/conftest.py.)"""
     before = champion_version(stack)
     registered = stack.airflow().xcom(first_run[0], "register")
     target = str((registered if isinstance(registered, dict) else json.loads(registered))["version"])
