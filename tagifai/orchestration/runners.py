@@ -550,14 +550,20 @@ class TagifaiDockerOperator(StepMixin, DockerOperator):
             **{name: environ[name] for name in SECRET_ENV if name in environ},
             **self._private_environment,
         }
-        self.stop_orphans()
+        self.remove_earlier_tries()
 
-    def stop_orphans(self) -> None:
-        """Stop this task's containers still running from an earlier try (its worker died): never two at once."""
+    def remove_earlier_tries(self) -> None:
+        """Remove this task's containers from earlier tries; stop first one still running (its worker died).
+
+        Never two at once, and nothing left behind by a dead worker or a failed try (their logs are in those
+        tries' task logs): only the last try's container is kept, when it fails.
+        """
         labels = [f"{key}={value}" for key, value in self.labels.items()]
-        for orphan in self.cli.containers(filters={"label": labels, "status": "running"}):
-            self.log.warning("stopping %s, left running by an earlier try of this task", orphan["Id"][:12])
-            self.cli.stop(orphan["Id"], timeout=10)
+        for earlier in self.cli.containers(all=True, filters={"label": labels}):
+            if earlier.get("State") == "running":
+                self.log.warning("stopping %s, left running by an earlier try of this task", earlier["Id"][:12])
+                self.cli.stop(earlier["Id"], timeout=10)
+            self.cli.remove_container(earlier["Id"])
 
     @property
     def cli(self) -> Any:

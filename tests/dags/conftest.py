@@ -81,19 +81,24 @@ def render() -> Callable[..., Any]:
 
 
 class FakeDocker:
-    """Stands in for the Docker API client of the docker runner: running containers, and what was stopped."""
+    """Stands in for the Docker API client of the docker runner: its containers, what was stopped and removed."""
 
     def __init__(self) -> None:
-        self.running: list[dict] = []
+        self.existing: list[dict] = []
         self.stopped: list[str] = []
+        self.removed: list[str] = []
         self.filters: list[dict] = []
 
-    def containers(self, filters: dict) -> list[dict]:
+    def containers(self, all: bool, filters: dict) -> list[dict]:  # noqa: A002 — docker's name
+        assert all, "containers of earlier tries that stopped are wanted too"
         self.filters.append(filters)
-        return self.running
+        return self.existing
 
     def stop(self, container: str, timeout: int) -> None:
         self.stopped.append(container)
+
+    def remove_container(self, container: str) -> None:
+        self.removed.append(container)
 
 
 @pytest.fixture(autouse=True)

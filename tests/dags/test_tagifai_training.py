@@ -595,21 +595,24 @@ def test_the_champion_event_is_emitted_only_when_champion_moved(load_dag, regist
             task.python_callable(line, **context)
 
 
-def test_a_retry_stops_the_container_its_dead_workers_try_left_running(load_dag, render, monkeypatch, docker_client):
+def test_a_retry_stops_then_removes_the_containers_its_earlier_tries_left(load_dag, render, monkeypatch, docker_client):
     from airflow.providers.docker.operators.docker import DockerOperator
 
     monkeypatch.setattr(DockerOperator, "execute", lambda self, context: "ran")
-    docker_client.running = [{"Id": "0123456789abcdef"}]  # the earlier try's container, still running
+    docker_client.existing = [
+        {"Id": "0123456789abcdef", "State": "running"},  # its worker died while it ran
+        {"Id": "fedcba9876543210", "State": "exited"},  # a failed try's, or a dead worker's that finished
+    ]
     assert render(load_dag().get_task("train")).execute({}) == "ran"
     assert docker_client.stopped == ["0123456789abcdef"]
+    assert docker_client.removed == ["0123456789abcdef", "fedcba9876543210"]
     assert docker_client.filters == [
         {
             "label": [
                 "org.tagifai.step=train",
                 "org.tagifai.pipeline-run-id=manual__2026-01-01T00:00:00+00:00",
                 "org.tagifai.map-index=-1",
-            ],
-            "status": "running",
+            ]
         }
     ]
 
