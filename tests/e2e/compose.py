@@ -26,6 +26,7 @@ from typing import Any
 
 from scripts import stack as stack_script
 from tests import synthetic
+from tests.e2e.dag_helpers import STEPS
 from tests.harness import REPO, docker_ok, free_port, require, world_readable
 
 PROJECT = "tagifai-e2e"
@@ -47,10 +48,11 @@ def make(*targets: str, env_file: Path, timeout: float = 1800) -> subprocess.Com
     return proc
 
 
-def running_containers(**labels: str) -> list[str]:
-    """Ids of running containers with these labels (an empty value matches any value)."""
+def running_containers(*, stopped_too: bool = False, **labels: str) -> list[str]:
+    """Ids of running containers (and stopped ones too, if asked) with these labels (an empty value matches any)."""
     filters = [arg for k, v in labels.items() for arg in ("--filter", f"label={k}={v}" if v else f"label={k}")]
-    out = subprocess.run(["docker", "ps", "-q", *filters], capture_output=True, text=True, check=True)
+    every = ["--all"] if stopped_too else []
+    out = subprocess.run(["docker", "ps", "-q", *every, *filters], capture_output=True, text=True, check=True)
     return out.stdout.split()
 
 
@@ -62,7 +64,7 @@ def task_containers(**labels: str) -> list[str]:
 def step_outputs(client: stack_script.Airflow, run_id: str) -> dict[str, dict]:
     """Each step's JSON line (optimize: worker 0's), from XCom: parsed (docker runner) or a string."""
     out = {}
-    for task in ["elt", "validate", "optimize", "train", "evaluate", "register"]:
+    for task in STEPS:
         value = client.xcom(run_id, task, map_index=0 if task == "optimize" else -1)
         out[task] = value if isinstance(value, dict) else json.loads(value)
     return out

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests import synthetic
+from tests.e2e.compose import running_containers
 from tests.e2e.dag_helpers import (
     STEPS,
     TASKS_WITH_TWO_WORKERS,
@@ -31,17 +31,6 @@ from tests.harness import docker_ok, require, running_mlflow_server, running_pos
 pytestmark = [pytest.mark.e2e, pytest.mark.airflow, pytest.mark.docker, pytest.mark.slow]
 
 IMAGE = os.environ.get("TAGIFAI_IMAGE") or "tagifai:latest"
-
-
-def containers_of(pipeline_run_id: str) -> list[str]:
-    """Ids of the containers, running or not, that the DAG run started and left behind."""
-    out = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=org.tagifai.pipeline-run-id={pipeline_run_id}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return out.split()
 
 
 @pytest.fixture
@@ -102,4 +91,4 @@ def test_docker_dag_run_trains_and_promotes_a_champion(tmp_path, host_folder):
     assert train["tags"]["optimize_run_id"] in {w["run_id"] for w in workers}
     # Each step ran in its own container (optimize in two), and auto_remove="success" cleaned them up.
     assert run.output.count("Starting docker container from image") == len(STEPS) + 1
-    assert containers_of(run.run_id) == []
+    assert running_containers(stopped_too=True, **{"org.tagifai.pipeline-run-id": run.run_id}) == []

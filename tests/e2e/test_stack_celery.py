@@ -155,11 +155,7 @@ def test_a_run_spreads_over_two_machines_workers_and_survives_losing_one(stack, 
     }  # fmt: skip
     assert {"elt", "validate", "optimize", "train", "evaluate", "register"} <= steps
     # None left, running or stopped: the retries removed the dead worker's (the rest removed themselves).
-    left = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"label=org.tagifai.pipeline-run-id={run_id}"],
-        capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
-    assert left == []
+    assert running_containers(stopped_too=True, **{"org.tagifai.pipeline-run-id": run_id}) == []
     assert stack.leaked(celery_run["seen"]) == set()
 
 
