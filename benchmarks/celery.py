@@ -23,9 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from harness import REPO, free_port, world_readable
 from scripts import stack as stack_script
 from tests.e2e.compose import Stack, make, task_containers
-from tests.harness import REPO, free_port, world_readable
 
 PROJECT = "tagifai-bench"
 OPTIMIZE_WORKERS = 4

@@ -18,7 +18,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from tests import harness
+import harness
 from tests.e2e import dag_helpers
 
 RUNS = ("inprocess", "local", "docker")

@@ -23,9 +23,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import harness
 from benchmarks import quality
 from benchmarks import serving as serving_section
-from tests import harness
 
 RESULTS = Path(__file__).with_name("results.json")
 # Trials of each run through the stack (the Celery section): two for each of the 4 optimize tasks.

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import harness
+from harness import answers, stop, wait_for
 from tagifai.serving.server import VERSION_HEADER
-from tests import harness
-from tests.harness import answers, stop, wait_for
 
 CONNECTIONS = 10
 THREADS = 2

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from harness import Cli
 from tests import synthetic
-from tests.harness import Cli
 
 
 def make_cli(root: Path) -> Cli:

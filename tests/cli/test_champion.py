@@ -3,7 +3,7 @@
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.harness import Cli, free_port
+from harness import Cli, free_port
 
 
 @pytest.fixture(scope="module")

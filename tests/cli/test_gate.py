@@ -9,7 +9,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.harness import Cli
+from harness import Cli
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from harness import Cli
 from tagifai.pipeline.steps import NAMES
 from tests import synthetic
-from tests.harness import Cli
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from harness import Cli
 from tagifai.pipeline import tuning
 from tests import synthetic
-from tests.harness import Cli
 
 NUM_TRIALS = 8
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests import harness, synthetic
+import harness
+from tests import synthetic
 from tests.e2e import compose
 
 

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from tests import harness, synthetic
-from tests.harness import AIRFLOW, require, tagifai_python
+import harness
+from harness import AIRFLOW, require, tagifai_python
+from tests import synthetic
 
 DAG_ID = "tagifai_training"
 STEPS = ["elt", "validate", "optimize", "train", "evaluate", "register"]

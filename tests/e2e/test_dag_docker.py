@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import docker_ok, require, running_mlflow_server, running_postgres, world_readable
 from tests import synthetic
 from tests.e2e.compose import running_containers
 from tests.e2e.dag_helpers import (
@@ -26,7 +27,6 @@ from tests.e2e.dag_helpers import (
     study_states,
     write_config,
 )
-from tests.harness import docker_ok, require, running_mlflow_server, running_postgres, world_readable
 
 pytestmark = [pytest.mark.e2e, pytest.mark.airflow, pytest.mark.docker, pytest.mark.slow]
 

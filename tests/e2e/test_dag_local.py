@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import TAGIFAI, require
 from tests import synthetic
 from tests.e2e.dag_helpers import (
     TASKS_WITH_TWO_WORKERS,
@@ -21,7 +22,6 @@ from tests.e2e.dag_helpers import (
     study_states,
     write_config,
 )
-from tests.harness import TAGIFAI, require
 
 pytestmark = [pytest.mark.e2e, pytest.mark.airflow, pytest.mark.slow]
 

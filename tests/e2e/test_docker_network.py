@@ -12,8 +12,8 @@ import uuid
 
 import pytest
 
+from harness import docker_ok, require
 from tests.e2e.compose import host_address
-from tests.harness import docker_ok, require
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 

@@ -10,8 +10,8 @@ import urllib.request
 
 import pytest
 
+from harness import MLFLOW, Cli, answers, free_port, stop, wait_for
 from tests import synthetic
-from tests.harness import MLFLOW, Cli, answers, free_port, stop, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -8,9 +8,9 @@ import pandas as pd
 import psycopg2
 import pytest
 
+from harness import free_port, running_postgres
 from tagifai.contract.errors import TagifaiError
 from tagifai.pipeline import predictions
-from tests.harness import free_port, running_postgres
 
 pytestmark = [pytest.mark.e2e]
 

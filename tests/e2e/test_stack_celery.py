@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import free_port
 from scripts import stack as stack_script
 from tests.e2e.compose import (
     PROJECT,
@@ -30,7 +31,6 @@ from tests.e2e.compose import (
     step_outputs,
     task_containers,
 )
-from tests.harness import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.stack, pytest.mark.slow]
 

@@ -10,9 +10,9 @@ import subprocess
 
 import pytest
 
+from harness import REPO
 from scripts import stack as stack_script
 from tests.e2e.compose import PROJECT, make, running_containers
-from tests.harness import REPO
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.stack, pytest.mark.slow]
 

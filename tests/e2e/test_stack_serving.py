@@ -17,9 +17,9 @@ from urllib.request import Request, urlopen
 
 import pytest
 
+from harness import last_json, wait_for
 from tagifai.serving.server import VERSION_HEADER
 from tests.e2e.compose import SERVE_POLL_SECONDS, make
-from tests.harness import last_json, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.stack, pytest.mark.slow]
 

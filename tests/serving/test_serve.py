@@ -31,8 +31,8 @@ from mlflow.pyfunc import scoring_server
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service import utils as tracking_utils
 
+from harness import free_port
 from tagifai.serving import server as serve
-from tests.harness import free_port
 
 POLL = 0.2
 ROWS = [

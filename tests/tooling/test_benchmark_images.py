@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from benchmarks import images
-from tests.harness import REPO
+from harness import REPO
 
 
 def test_the_rebuild_context_holds_every_file_the_tagifai_dockerfile_copies():

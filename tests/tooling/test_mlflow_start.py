@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from tests.harness import REPO
+from harness import REPO
 
 
 def start_script():

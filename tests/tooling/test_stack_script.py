@@ -4,8 +4,8 @@ import hashlib
 
 import pytest
 
+from harness import REPO
 from scripts import stack
-from tests.harness import REPO
 
 
 def test_write_env_fills_every_secret_and_no_placeholder_is_left(tmp_path):

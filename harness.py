@@ -1,8 +1,7 @@
 """The services tests and benchmarks run against, and the `tagifai` CLI as a user runs it.
 
-Standard library only: the Airflow venv (no mlflow, no pandas) imports this too. Tests import it as
-`from tests import harness`; `make benchmark` runs `python -m benchmarks.run` from the repo, which
-imports it the same way.
+Standard library only: the Airflow venv (no mlflow, no pandas) imports this too. It sits outside
+`tests/` because both tests and `make benchmark` (`python -m benchmarks.run`, from the repo) use it.
 
 - `require`: skip when a service is missing, or fail under TAGIFAI_REQUIRE_SERVICES=1 (CI).
 - `running_postgres`: a throwaway PostgreSQL (whatever version Debian installed) on 127.0.0.1.
@@ -35,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parent
 TAGIFAI_VENV = Path(os.environ.get("TAGIFAI_VENV", REPO / ".venv"))
 AIRFLOW_VENV = Path(os.environ.get("AIRFLOW_VENV", REPO / ".venv-airflow"))
 TAGIFAI = TAGIFAI_VENV / "bin" / "tagifai"
