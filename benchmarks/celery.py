@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from harness import REPO, free_port, world_readable
+from harness.stack import Stack, make, task_containers
 from scripts import stack as stack_script
-from tests.e2e.compose import Stack, make, task_containers
 
 PROJECT = "tagifai-bench"
 OPTIMIZE_WORKERS = 4

@@ -3,7 +3,7 @@
 Every variant gets the same services: a throwaway PostgreSQL (MLflow's metadata, Optuna's studies)
 and an `mlflow server` on 127.0.0.1, a fresh database for each run, so no run finds another's
 champion to re-score. The services are the tests' (tests/harness.py), and so is `airflow dags test`
-(tests/e2e/dag_helpers.py).
+(harness/dags.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from statistics import mean
 from typing import Any
 
 import harness
-from tests.e2e import dag_helpers
+from harness import dags as dag_helpers
 
 RUNS = ("inprocess", "local", "docker")
 # Tuning throughput: every trial runs all its folds, so 1 and 2 workers do comparable work.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import synthetic
+from harness import synthetic
 
 if importlib.util.find_spec("airflow") is None:
     collect_ignore = ["dags"]

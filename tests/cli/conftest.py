@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Cli
-from tests import synthetic
+from harness import Cli, synthetic
 
 
 def make_cli(root: Path) -> Cli:

@@ -8,8 +8,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
+from harness import synthetic
 from tagifai.cli import app
-from tests import synthetic
 
 
 def write(folder, projects=None, tags=None, projects_bytes=None, tags_bytes=None):

@@ -6,9 +6,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness import Cli
+from harness import Cli, synthetic
 from tagifai.pipeline.steps import NAMES
-from tests import synthetic
 
 
 @pytest.fixture(scope="module")

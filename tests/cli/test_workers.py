@@ -13,9 +13,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from harness import Cli
+from harness import Cli, synthetic
 from tagifai.pipeline import tuning
-from tests import synthetic
 
 NUM_TRIALS = 8
 

@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
+from harness import synthetic
 from tagifai.core import reuse
-from tests import synthetic
 
 
 @pytest.fixture

@@ -3,14 +3,14 @@
 import pandas as pd
 import pytest
 
+from harness import synthetic
+from harness.synthetic import REAL_DATA
 from tagifai.contract.config import load_settings
 from tagifai.core import data, validate
-from tests import synthetic
-from tests.synthetic import REAL_DATA
 
 
 def labeled(per_tag: int = 30) -> pd.DataFrame:
-    from tests import synthetic
+    from harness import synthetic
 
     projects, tags = synthetic.make_projects(per_tag)
     frame = pd.DataFrame(projects).astype({"id": str}).merge(pd.DataFrame(tags).astype({"id": str}), on="id")

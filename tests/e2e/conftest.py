@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 import harness
-from tests import synthetic
-from tests.e2e import compose
+from harness import stack as compose
+from harness import synthetic
 
 
 @pytest.fixture(scope="session")

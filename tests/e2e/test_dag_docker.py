@@ -15,10 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import docker_ok, require, running_mlflow_server, running_postgres, world_readable
-from tests import synthetic
-from tests.e2e.compose import running_containers
-from tests.e2e.dag_helpers import (
+from harness import docker_ok, require, running_mlflow_server, running_postgres, synthetic, world_readable
+from harness.dags import (
     STEPS,
     TASKS_WITH_TWO_WORKERS,
     champion,
@@ -27,6 +25,7 @@ from tests.e2e.dag_helpers import (
     study_states,
     write_config,
 )
+from harness.stack import running_containers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.airflow, pytest.mark.docker, pytest.mark.slow]
 

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import TAGIFAI, require
-from tests import synthetic
-from tests.e2e.dag_helpers import (
+from harness import TAGIFAI, require, synthetic
+from harness.dags import (
     TASKS_WITH_TWO_WORKERS,
     champion,
     dags_test,

@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from harness import docker_ok, require
-from tests.e2e.compose import host_address
+from harness.stack import host_address
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
 

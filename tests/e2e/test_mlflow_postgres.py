@@ -10,8 +10,7 @@ import urllib.request
 
 import pytest
 
-from harness import MLFLOW, Cli, answers, free_port, stop, wait_for
-from tests import synthetic
+from harness import MLFLOW, Cli, answers, free_port, stop, synthetic, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from tests.e2e.compose import SCREENSHOTS, wait_for_text
+from harness.stack import SCREENSHOTS, wait_for_text
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.stack, pytest.mark.slow]
 

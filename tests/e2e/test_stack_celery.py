@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 
 from harness import free_port
-from scripts import stack as stack_script
-from tests.e2e.compose import (
+from harness.stack import (
     PROJECT,
     command_lines,
     host_address,
@@ -31,6 +30,7 @@ from tests.e2e.compose import (
     step_outputs,
     task_containers,
 )
+from scripts import stack as stack_script
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.stack, pytest.mark.slow]
 

@@ -11,8 +11,8 @@ import subprocess
 import pytest
 
 from harness import REPO
+from harness.stack import PROJECT, make, running_containers
 from scripts import stack as stack_script
-from tests.e2e.compose import PROJECT, make, running_containers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.stack, pytest.mark.slow]
 

@@ -10,7 +10,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.e2e.compose import WATCH_SECONDS, step_outputs
+from harness.stack import WATCH_SECONDS, step_outputs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.stack, pytest.mark.slow]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests import synthetic
-from tests.e2e.compose import command_lines
+from harness import synthetic
+from harness.stack import command_lines
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.stack, pytest.mark.slow]
 

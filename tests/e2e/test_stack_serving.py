@@ -18,8 +18,8 @@ from urllib.request import Request, urlopen
 import pytest
 
 from harness import last_json, wait_for
+from harness.stack import SERVE_POLL_SECONDS, make
 from tagifai.serving.server import VERSION_HEADER
-from tests.e2e.compose import SERVE_POLL_SECONDS, make
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.stack, pytest.mark.slow]
 

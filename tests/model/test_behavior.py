@@ -8,8 +8,8 @@ from tagifai.core import data, train
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
+    from harness import synthetic
     from tagifai.contract.config import load_settings
-    from tests import synthetic
 
     config = synthetic.write_small_config(tmp_path_factory.mktemp("cfg") / "small.toml")
     with pytest.MonkeyPatch.context() as mp:

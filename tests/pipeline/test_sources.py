@@ -3,10 +3,10 @@ import threading
 
 import pytest
 
+from harness import synthetic
 from tagifai.contract.errors import EXIT_BAD_INPUT, EXIT_ERROR, TagifaiError
 from tagifai.contract.sources import redact
 from tagifai.pipeline import sources
-from tests import synthetic
 
 
 @pytest.fixture(autouse=True)

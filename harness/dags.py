@@ -23,8 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 import harness
-from harness import AIRFLOW, require, tagifai_python
-from tests import synthetic
+from harness import AIRFLOW, require, synthetic, tagifai_python
 
 DAG_ID = "tagifai_training"
 STEPS = ["elt", "validate", "optimize", "train", "evaluate", "register"]
@@ -82,7 +81,8 @@ print(json.dumps(collections.Counter(t.state.name for t in study.trials)))
 
 def write_config(path: Path, extra: str = "", base: str = synthetic.SMALL_CONFIG) -> Path:
     """The TAGIFAI_CONFIG of a DAG test: `base` (small synthetic data), no retries (`airflow dags test`
-    waits out retry delays for real; a bad-data failure is final), then `extra`."""
+    waits out retry delays for real; a bad-data failure is final), then `extra`.
+    """
     path.write_text(f"{base}\n[retry]\nretries = 0\n{extra}", encoding="utf-8")
     return path
 
@@ -174,7 +174,8 @@ def durations(rows: list[dict]) -> dict[str, float]:
 def task_instances(env: Mapping[str, str], dag_id: str = DAG_ID) -> tuple[str | None, list[dict]]:
     """Return the id of the DAG's latest run and its task instances (task_id, map_index, state, start and
     end dates), read from the test's own SQLite metadata DB: what `airflow tasks states-for-dag-run` shows,
-    without two Airflow CLIs' 12 s of imports."""
+    without two Airflow CLIs' 12 s of imports.
+    """
     with contextlib.closing(sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db")) as db:
         db.row_factory = sqlite3.Row
         latest = db.execute(

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[1]
 TAGIFAI_VENV = Path(os.environ.get("TAGIFAI_VENV", REPO / ".venv"))
 AIRFLOW_VENV = Path(os.environ.get("AIRFLOW_VENV", REPO / ".venv-airflow"))
 TAGIFAI = TAGIFAI_VENV / "bin" / "tagifai"

@@ -24,10 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from harness import REPO, docker_ok, free_port, require, world_readable
+from harness import REPO, docker_ok, free_port, require, synthetic, world_readable
+from harness.dags import STEPS
 from scripts import stack as stack_script
-from tests import synthetic
-from tests.e2e.dag_helpers import STEPS
 
 PROJECT = "tagifai-e2e"
 # How often the test stack's tagifai_watch looks at the data, and its server at the champion alias.
