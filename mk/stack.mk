@@ -9,6 +9,11 @@
 STACK_ENV ?= .env
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose) \
 	--env-file $(STACK_ENV)
+# Start services and wait until healthy (one-shot airflow-init: exited 0): `docker compose` (v2) waits
+# itself (`up --wait`); docker-compose 1.29 has no --wait, so scripts/stack.py watches their health.
+# $(call UP,<compose command>,<timeout s>,<up options>)
+UP = $(if $(filter docker,$(firstword $(1))),$(1) up -d --wait --wait-timeout $(2) $(3),\
+	$(1) up -d $(3) && python3 scripts/stack.py wait --timeout $(2) --compose "$(1)")
 # The DAGs `make up` unpauses (new DAGs start paused): training, the watcher that starts it on new
 # data, and the daily batch scoring with the champion.
 STACK_DAGS ?= tagifai_training tagifai_watch tagifai_batch_predictions
@@ -28,8 +33,7 @@ up: $(STACK_ENV) ## Start the stack (Airflow UI :8080, MLflow UI :5000); writes 
 	$(COMPOSE) build
 	@# CELERY_WORKERS Celery workers when COMPOSE_PROFILES=celery (the profile that starts them). Every
 	@# setting is read as compose reads it: a variable exported in the shell wins over .env.
-	$(COMPOSE) up -d $$(python3 scripts/stack.py scale --env-file $(STACK_ENV))
-	python3 scripts/stack.py wait --timeout 900 --compose "$(COMPOSE)"
+	$(call UP,$(COMPOSE),900,$$(python3 scripts/stack.py scale --env-file $(STACK_ENV)))
 	python3 scripts/stack.py unpause $(STACK_DAGS) --env-file $(STACK_ENV)
 	@echo; python3 scripts/stack.py summary --env-file $(STACK_ENV)
 	@echo "  DAGs unpaused: $(STACK_DAGS). tagifai_training runs daily and when tagifai_watch sees the data"; \
@@ -54,8 +58,7 @@ WORKER_COMPOSE = $(firstword $(COMPOSE)) $(filter-out --env-file $(STACK_ENV),$(
 
 worker: ## Start a Celery worker on this machine for a stack on another (WORKER_ENV=worker.env: see docker-compose.worker.yml)
 	$(MAKE) --no-print-directory image
-	$(WORKER_COMPOSE) up -d --build
-	python3 scripts/stack.py wait --timeout 600 --compose "$(WORKER_COMPOSE)"
+	$(call UP,$(WORKER_COMPOSE),600,--build)
 
 worker-down: ## Stop the Celery worker docker-compose.worker.yml started
 	$(WORKER_COMPOSE) down --remove-orphans
