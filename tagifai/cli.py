@@ -92,22 +92,29 @@ def emit(result: dict[str, Any]) -> None:
     print(line, flush=True)
 
 
+def human(action: Callable[[Settings], None], connect: bool = True) -> None:
+    """Load the settings, connect to MLflow (`connect`), run `action`; a TagifaiError exits with one line."""
+    from tagifai.contract.config import load_settings
+    from tagifai.contract.errors import TagifaiError
+
+    try:
+        settings = load_settings()
+        if connect:
+            from tagifai.pipeline import tracking
+
+            tracking.connect(settings)
+        action(settings)
+    except TagifaiError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
 def command(func: Callable[..., dict[str, Any]]) -> Callable[..., None]:
-    """Run a step: load settings, connect to MLflow, print its result; errors exit 1 with one line."""
+    """Run a step as `human` does, and print its result as the hand-off line."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> None:
-        from tagifai.contract.config import load_settings
-        from tagifai.contract.errors import TagifaiError
-        from tagifai.pipeline import tracking
-
-        try:
-            settings = load_settings()
-            tracking.connect(settings)
-            emit(func(settings, *args, **kwargs))
-        except TagifaiError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(exc.exit_code) from None
+        human(lambda settings: emit(func(settings, *args, **kwargs)))
 
     # Typer sees the options only: `settings` is supplied here, not on the command line.
     signature = inspect.signature(func, eval_str=True)
@@ -503,27 +510,8 @@ def card(
 @app.command("settings")
 def show_settings() -> None:
     """Check the settings (`config/`, then `TAGIFAI_CONFIG`) against their schema; print them as JSON."""
-    from tagifai.contract.config import load_settings
-    from tagifai.contract.errors import TagifaiError
 
-    try:
-        settings = load_settings()
-    except TagifaiError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
-    typer.echo(json.dumps({k: v for k, v in settings.as_dict().items() if k != "stopwords"}, indent=2))
+    def show(settings: Settings) -> None:
+        typer.echo(json.dumps({k: v for k, v in settings.as_dict().items() if k != "stopwords"}, indent=2))
 
-
-def human(action: Callable[[Settings], None]) -> None:
-    """Run a command whose output is for people or a server (no JSON line): settings, MLflow, errors in one line."""
-    from tagifai.contract.config import load_settings
-    from tagifai.contract.errors import TagifaiError
-    from tagifai.pipeline import tracking
-
-    try:
-        settings = load_settings()
-        tracking.connect(settings)
-        action(settings)
-    except TagifaiError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
+    human(show, connect=False)
