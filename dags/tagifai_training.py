@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from functools import partial
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, Param
 
@@ -131,26 +132,8 @@ with DAG(
     doc_md=__doc__,
     tags=["tagifai", "ml", "training"],
 ) as dag:
-
-    def step(task_id: str, *args: str, data_sources: tuple[str, ...] = ()):
-        """The `tagifai <task_id> <args>` task, run by the configured runner."""
-        return tagifai_step(
-            task_id,
-            [task_id, *args],
-            settings,
-            experiment_name="{{ params.experiment_name }}",
-            data_sources=data_sources,
-        )
-
-    def parallel_step(task_id: str, *args: str):
-        """`<task_id>_workers`, then `tagifai <task_id> <args>` in `num_workers` mapped tasks."""
-        return tagifai_workers(
-            task_id,
-            [task_id, *args],
-            settings,
-            experiment_name="{{ params.experiment_name }}",
-            num_workers="{{ params.num_workers }}",
-        )
+    # Each step: the `tagifai` command of its name, in the run's MLflow experiment.
+    step = partial(tagifai_step, settings, experiment_name="{{ params.experiment_name }}")
 
     # elt also says which later steps find their run made already (same data, code, settings, params):
     # those hand the earlier run on without starting anything.
@@ -164,9 +147,12 @@ with DAG(
         data_sources=("{{ params.projects_url }}", "{{ params.tags_url }}"),
     )  # fmt: skip
     validate = step("validate", "--elt-run", run_id_from("elt"))
-    optimize_workers, optimize = parallel_step(
-        "optimize", "--data-run", run_id_from("validate"), "--num-trials", "{{ params.num_trials }}"
-    )
+    optimize_workers, optimize = tagifai_workers(
+        settings,
+        "optimize", "--data-run", run_id_from("validate"), "--num-trials", "{{ params.num_trials }}",
+        experiment_name="{{ params.experiment_name }}",
+        num_workers="{{ params.num_workers }}",
+    )  # fmt: skip
     # Any worker's run leads to the study; train takes its best trial, whoever ran it.
     train = step("train", "--data-run", run_id_from("validate"), "--optimize-run", run_id_from("optimize", 0))
     evaluate = step("evaluate", "--train-run", run_id_from("train"))
