@@ -34,20 +34,17 @@ step's time and memory, and the whole run. Bad input fails its task once; it is 
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from functools import partial
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, Param
 
-from tagifai.contract import names
 from tagifai.contract.config import config_dir, load
 from tagifai.orchestration.assets import DAILY, publish_champion, source_asset, sources
 from tagifai.orchestration.runners import (
     FINITE,
     USER_DEFINED_FILTERS,
     RunnerSettings,
-    data_url,
     run_id_from,
     tagifai_step,
     tagifai_workers,
@@ -55,14 +52,14 @@ from tagifai.orchestration.runners import (
 
 config = load(config_dir())
 settings = RunnerSettings.from_env(config=config)
-limits, gate = config.limits, config.register
+limits, gate, data = config.limits, config.register, sources(config)
 
 with DAG(
     dag_id="tagifai_training",
     # Daily, and whenever tagifai_watch saw a data source change.
     schedule=AssetOrTimeSchedule(
         timetable=DAILY,
-        assets=source_asset("projects", sources(config)["projects"]) | source_asset("tags", sources(config)["tags"]),
+        assets=source_asset("projects", data["projects"]) | source_asset("tags", data["tags"]),
     ),
     # No start date: the first scheduled run is the next midnight (UTC), not one the moment the DAG is
     # unpaused; `make train` (or the UI) runs it now, and new data does (an asset event).
@@ -93,13 +90,13 @@ with DAG(
             description="MLflow experiment of the runs (letters, digits, space, `_ . : / -`).",
         ),
         "projects_url": Param(
-            data_url(os.environ.get(names.PROJECTS_URL_ENV), config.data.projects_url),
+            data["projects"],
             type="string",
             description="projects.csv (id, created_on, title, description): an allowed http(s) URL, or a file in "
             "one of the deployment's data folders (TAGIFAI_DATA_DIRS, host paths).",
         ),
         "tags_url": Param(
-            data_url(os.environ.get(names.TAGS_URL_ENV), config.data.tags_url),
+            data["tags"],
             type="string",
             description="tags.csv (id, tag): an allowed http(s) URL, or a file in one of the deployment's data "
             "folders.",

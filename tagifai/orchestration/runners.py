@@ -332,11 +332,7 @@ def _kubernetes_operator(
 
         template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, "data_sources")
 
-    env_from = (
-        [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.k8s_secret))]
-        if settings.k8s_secret
-        else None
-    )
+    secret = [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.k8s_secret))]
     memory = {"memory": k8s_quantity(settings.config.limits.step_memory)}
     kwargs = {
         **common,
@@ -348,7 +344,7 @@ def _kubernetes_operator(
         "arguments": list(command),
         "env_vars": env,
         # Secrets come from a Kubernetes Secret (TAGIFAI_K8S_SECRET), never from the DAG.
-        "env_from": env_from,
+        "env_from": secret if settings.k8s_secret else None,
         "container_resources": k8s.V1ResourceRequirements(requests=memory, limits=memory),
         "container_security_context": k8s.V1SecurityContext(
             allow_privilege_escalation=False, capabilities=k8s.V1Capabilities(drop=["ALL"]), run_as_non_root=True
@@ -444,9 +440,7 @@ class TagifaiDockerOperator(StepMixin, DockerOperator):
         if config := environ.get(names.CONFIG_ENV):
             with open(config, encoding="utf-8") as override:
                 self.environment[names.CONFIG_TOML_ENV] = override.read()
-        for name in FORWARDED_ENV:
-            if name in environ and name not in self.environment:
-                self.environment[name] = environ[name]
+        self.environment = {**{name: environ[name] for name in FORWARDED_ENV if name in environ}, **self.environment}
         mounted = {mount["Target"] for mount in self.mounts if isinstance(mount, Mapping) and "Target" in mount}
         # The data folder of each local source, read-only at the same path.
         folders = sorted({policy.data_dir_of(source) for source in self.data_sources} - mounted - {None})
