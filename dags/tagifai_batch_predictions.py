@@ -48,9 +48,8 @@ with DAG(
     tags=["tagifai", "ml", "predictions"],
 ) as dag:
     tagifai_step(
-        "predict-batch",
-        ["predict-batch", "--source", "{{ params.source }}"],
         settings,
+        "predict-batch", "--source", "{{ params.source }}",
         experiment_name=config.predict.experiment_name,
         data_sources=("{{ params.source }}",),
-    )
+    )  # fmt: skip

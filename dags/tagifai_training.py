@@ -34,19 +34,17 @@ step's time and memory, and the whole run. Bad input fails its task once; it is 
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
+from functools import partial
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, Param
 
-from tagifai.contract import names
 from tagifai.contract.config import config_dir, load
 from tagifai.orchestration.assets import DAILY, publish_champion, source_asset, sources
 from tagifai.orchestration.runners import (
     FINITE,
     USER_DEFINED_FILTERS,
     RunnerSettings,
-    data_url,
     run_id_from,
     tagifai_step,
     tagifai_workers,
@@ -54,14 +52,14 @@ from tagifai.orchestration.runners import (
 
 config = load(config_dir())
 settings = RunnerSettings.from_env(config=config)
-limits, gate = config.limits, config.register
+limits, gate, data = config.limits, config.register, sources(config)
 
 with DAG(
     dag_id="tagifai_training",
     # Daily, and whenever tagifai_watch saw a data source change.
     schedule=AssetOrTimeSchedule(
         timetable=DAILY,
-        assets=source_asset("projects", sources(config)["projects"]) | source_asset("tags", sources(config)["tags"]),
+        assets=source_asset("projects", data["projects"]) | source_asset("tags", data["tags"]),
     ),
     # No start date: the first scheduled run is the next midnight (UTC), not one the moment the DAG is
     # unpaused; `make train` (or the UI) runs it now, and new data does (an asset event).
@@ -92,13 +90,13 @@ with DAG(
             description="MLflow experiment of the runs (letters, digits, space, `_ . : / -`).",
         ),
         "projects_url": Param(
-            data_url(os.environ.get(names.PROJECTS_URL_ENV), config.data.projects_url),
+            data["projects"],
             type="string",
             description="projects.csv (id, created_on, title, description): an allowed http(s) URL, or a file in "
             "one of the deployment's data folders (TAGIFAI_DATA_DIRS, host paths).",
         ),
         "tags_url": Param(
-            data_url(os.environ.get(names.TAGS_URL_ENV), config.data.tags_url),
+            data["tags"],
             type="string",
             description="tags.csv (id, tag): an allowed http(s) URL, or a file in one of the deployment's data "
             "folders.",
@@ -131,26 +129,8 @@ with DAG(
     doc_md=__doc__,
     tags=["tagifai", "ml", "training"],
 ) as dag:
-
-    def step(task_id: str, *args: str, data_sources: tuple[str, ...] = ()):
-        """The `tagifai <task_id> <args>` task, run by the configured runner."""
-        return tagifai_step(
-            task_id,
-            [task_id, *args],
-            settings,
-            experiment_name="{{ params.experiment_name }}",
-            data_sources=data_sources,
-        )
-
-    def parallel_step(task_id: str, *args: str):
-        """`<task_id>_workers`, then `tagifai <task_id> <args>` in `num_workers` mapped tasks."""
-        return tagifai_workers(
-            task_id,
-            [task_id, *args],
-            settings,
-            experiment_name="{{ params.experiment_name }}",
-            num_workers="{{ params.num_workers }}",
-        )
+    # Each step: the `tagifai` command of its name, in the run's MLflow experiment.
+    step = partial(tagifai_step, settings, experiment_name="{{ params.experiment_name }}")
 
     # elt also says which later steps find their run made already (same data, code, settings, params):
     # those hand the earlier run on without starting anything.
@@ -164,9 +144,12 @@ with DAG(
         data_sources=("{{ params.projects_url }}", "{{ params.tags_url }}"),
     )  # fmt: skip
     validate = step("validate", "--elt-run", run_id_from("elt"))
-    optimize_workers, optimize = parallel_step(
-        "optimize", "--data-run", run_id_from("validate"), "--num-trials", "{{ params.num_trials }}"
-    )
+    optimize_workers, optimize = tagifai_workers(
+        settings,
+        "optimize", "--data-run", run_id_from("validate"), "--num-trials", "{{ params.num_trials }}",
+        experiment_name="{{ params.experiment_name }}",
+        num_workers="{{ params.num_workers }}",
+    )  # fmt: skip
     # Any worker's run leads to the study; train takes its best trial, whoever ran it.
     train = step("train", "--data-run", run_id_from("validate"), "--optimize-run", run_id_from("optimize", 0))
     evaluate = step("evaluate", "--train-run", run_id_from("train"))

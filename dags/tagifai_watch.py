@@ -39,11 +39,10 @@ with DAG(
     for name, source in sources(config).items():
         asset = source_asset(name, source)
         checksum = tagifai_step(
-            f"checksum_{name}",
-            ["checksum", source],
             settings,
+            "checksum", source,
+            task_id=f"checksum_{name}",
             experiment_name=config.mlflow.experiment_name,
             data_sources=(source,),
-        )
-        checksum.execution_timeout = settings.timeout("checksum")
+        )  # fmt: skip
         watch.override(task_id=f"watch_{name}", outlets=[asset])(checksum.output, source, asset)

@@ -1,15 +1,8 @@
 #!/usr/bin/env python3
-"""Helpers for the compose stack (standard library only, so any python3 runs them).
+"""Helpers for the compose stack that make calls (standard library only, so any python3 runs them).
 
-python3 scripts/stack.py env [--from .env.example] [--to .env]   write .env with fresh secrets
-python3 scripts/stack.py preflight [--env-file .env]              refuse a .env that cannot start this stack
-python3 scripts/stack.py wait [SERVICE...]                       wait until containers are healthy (all started)
-python3 scripts/stack.py trigger [--conf JSON]                   run tagifai_training via the REST API
-python3 scripts/stack.py unpause DAG...                          unpause DAGs via the REST API (once parsed)
-python3 scripts/stack.py mlflow-user NAME                        add an MLflow login for a person (prints its password)
-python3 scripts/stack.py get KEY | scale | summary | settings      a setting, Celery's scale, the URLs, the settings
-
-Every command reads the settings file as compose does (`read_env`): a variable exported in the shell wins.
+`python3 scripts/stack.py --help` lists its commands. Every command reads the settings file as compose
+does (`read_env`): a variable exported in the shell wins.
 
 No secret is ever put on a command line: they travel in files and environment variables.
 """
@@ -49,6 +42,19 @@ SECRETS = (
     "REDIS_PASSWORD",
     "FLOWER_PASSWORD",
 )
+# The subcommands and their line in `--help`.
+COMMANDS = {
+    "env": "write .env with fresh secrets (--set KEY=VALUE: also set KEY; empty values are ignored)",
+    "wait": "wait until compose services are healthy",
+    "preflight": "refuse a .env with placeholders, or one the volumes were not made with",
+    "get": "print a setting of the stack as compose sees it (the shell's value wins)",
+    "scale": "print the compose up options that start the Celery workers",
+    "summary": "print the URLs, logins and data sources",
+    "settings": "check config/ and TAGIFAI_CONFIG against the settings schema",
+    "mlflow-user": "add an MLflow login (reads everything, changes what it creates); its password is printed once",
+    "trigger": "trigger tagifai_training through the REST API and wait",
+    "unpause": "unpause DAGs through the REST API, each once Airflow has parsed it",
+}
 # Who runs the tasks: the executor and the compose profile that starts it.
 EXECUTOR_PROFILES = {"LocalExecutor": "local", "CeleryExecutor": "celery"}
 # The placeholder .env.example holds: a stack never starts with it.
@@ -208,9 +214,8 @@ def container_states(compose: list[str], services: list[str]) -> dict[str, str]:
     return dict(line.lstrip("/").split(" ", 1) for line in out.splitlines() if " " in line)
 
 
-def mlflow_user(args: argparse.Namespace) -> int:
+def mlflow_user(env: dict[str, str], args: argparse.Namespace) -> int:
     """Add a login to the stack's MLflow: it may read everything and change only what it creates."""
-    env = read_env(Path(args.env_file))
     url = f"{published(env, 'MLFLOW_PORT', '5000')}/api/2.0/mlflow/users/create"
     password = secrets.token_urlsafe(18)
     admin = f"{env.get('MLFLOW_ADMIN_USERNAME', 'admin')}:{env['MLFLOW_ADMIN_PASSWORD']}"
@@ -246,9 +251,9 @@ def airflow_client(env: dict[str, str]) -> Airflow:
     return Airflow(url, env.get("AIRFLOW_ADMIN_USER", "admin"), env["AIRFLOW_ADMIN_PASSWORD"])
 
 
-def unpause(args: argparse.Namespace) -> int:
+def unpause(env: dict[str, str], args: argparse.Namespace) -> int:
     """Unpause DAGs (new DAGs start paused), each as soon as Airflow has parsed it."""
-    client = airflow_client(read_env(Path(args.env_file)))
+    client = airflow_client(env)
     deadline = time.monotonic() + args.timeout
     for dag_id in args.dags:
         while True:
@@ -264,11 +269,8 @@ def unpause(args: argparse.Namespace) -> int:
     return 0
 
 
-def trigger(args: argparse.Namespace) -> int:
+def trigger(env: dict[str, str], args: argparse.Namespace) -> int:
     """Trigger the DAG, wait, report; exit 1 if the run failed."""
-    env = read_env(Path(args.env_file))
-    airflow_url = published(env, "AIRFLOW_PORT", "8080")
-    mlflow_url = published(env, "MLFLOW_PORT", "5000")
     try:
         conf = json.loads(args.conf or "{}")
     except ValueError as exc:
@@ -286,8 +288,10 @@ def trigger(args: argparse.Namespace) -> int:
     print(f"triggered {DAG_ID} run {run_id}; waiting (timeout {args.timeout:.0f}s)…", flush=True)
     run = client.wait(run_id, args.timeout)
     print(f"run {run_id}: {run['state']}  tasks: {client.task_states(run_id)}")
-    print(f"Airflow: {airflow_url}/dags/{DAG_ID}/runs/{urllib.request.quote(run_id, safe='')}")
-    print(f"MLflow model: {mlflow_url}/#/models/tagifai")
+    print(
+        f"Airflow: {published(env, 'AIRFLOW_PORT', '8080')}/dags/{DAG_ID}/runs/{urllib.request.quote(run_id, safe='')}"
+    )
+    print(f"MLflow model: {published(env, 'MLFLOW_PORT', '5000')}/#/models/tagifai")
     return 0 if run["state"] == "success" else 1
 
 
@@ -353,72 +357,43 @@ def main() -> int:
     """Dispatch the subcommands."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    env = sub.add_parser("env", help="write .env with fresh secrets")
-    env.add_argument("--from", dest="template", default=".env.example")
-    env.add_argument("--to", dest="target", default=".env")
-    env.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="also set KEY (e.g. PYTHON_IMAGE=…); empty values are ignored",
-    )
-    wait_parser = sub.add_parser("wait", help="wait until compose services are healthy")
-    wait_parser.add_argument("services", nargs="*", help="compose services (default: every one started)")
-    wait_parser.add_argument("--timeout", type=float, default=600)
-    wait_parser.add_argument("--compose", default="docker compose", help="the compose command, with its options")
-    check = sub.add_parser("preflight", help="refuse a .env with placeholders, or one the volumes were not made with")
-    check.add_argument("--env-file", default=".env")
-    value = sub.add_parser("get", help="print a setting of the stack as compose sees it (the shell's value wins)")
-    value.add_argument("key")
-    value.add_argument("--default", default="")
-    value.add_argument("--env-file", default=".env")
-    for name, text in (
-        ("scale", "print the compose up options that start the Celery workers"),
-        ("summary", "print the URLs, logins and data sources"),
-    ):
-        sub.add_parser(name, help=text).add_argument("--env-file", default=".env")
-    settings = sub.add_parser("settings", help="check config/ and TAGIFAI_CONFIG against the settings schema")
-    settings.add_argument("--env-file", default=".env")
-    user = sub.add_parser(
-        "mlflow-user",
-        help="add an MLflow login (reads everything, changes what it creates); its password is printed once",
-    )
-    user.add_argument("name")
-    user.add_argument("--env-file", default=".env")
-    run = sub.add_parser("trigger", help="trigger tagifai_training through the REST API and wait")
-    run.add_argument("--conf", default="{}", help="DAG params as JSON, e.g. '{\"num_trials\": 5}'")
-    run.add_argument("--timeout", type=float, default=3600)
-    run.add_argument("--env-file", default=".env")
-    paused = sub.add_parser("unpause", help="unpause DAGs through the REST API, each once Airflow has parsed it")
-    paused.add_argument("dags", nargs="+")
-    paused.add_argument("--timeout", type=float, default=300)
-    paused.add_argument("--env-file", default=".env")
+    commands = {name: sub.add_parser(name, help=text) for name, text in COMMANDS.items()}
+    for name in COMMANDS.keys() - {"env", "wait"}:
+        commands[name].add_argument("--env-file", type=Path, default=Path(".env"))
+    commands["env"].add_argument("--from", dest="template", type=Path, default=Path(".env.example"))
+    commands["env"].add_argument("--to", dest="target", type=Path, default=Path(".env"))
+    commands["env"].add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="also set KEY")
+    commands["wait"].add_argument("services", nargs="*", help="compose services (default: every one started)")
+    commands["wait"].add_argument("--timeout", type=float, default=600)
+    commands["wait"].add_argument("--compose", default="docker compose", help="the compose command, with its options")
+    commands["get"].add_argument("key")
+    commands["get"].add_argument("--default", default="")
+    commands["mlflow-user"].add_argument("name")
+    commands["trigger"].add_argument("--conf", default="{}", help="DAG params as JSON, e.g. '{\"num_trials\": 5}'")
+    commands["trigger"].add_argument("--timeout", type=float, default=3600)
+    commands["unpause"].add_argument("dags", nargs="+")
+    commands["unpause"].add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()
     if args.command == "env":
-        write_env(Path(args.template), Path(args.target), dict(kv.split("=", 1) for kv in args.set))
+        write_env(args.template, args.target, dict(kv.split("=", 1) for kv in args.set))
         return 0
-    if args.command == "preflight":
-        return preflight(Path(args.env_file))
-    if args.command == "get":  # no settings file yet: the shell's value, else the default
-        env = read_env(Path(args.env_file)) if Path(args.env_file).exists() else os.environ
-        print(env.get(args.key) or args.default)
-        return 0
-    if args.command == "scale":
-        print(" ".join(scale(read_env(Path(args.env_file)))))
-        return 0
-    if args.command == "summary":
-        print("\n".join(summary(read_env(Path(args.env_file)))))
-        return 0
-    if args.command == "settings":
-        return check_settings(Path(args.env_file))
     if args.command == "wait":
         return wait(args.compose.split(), args.services, args.timeout)
-    if args.command == "mlflow-user":
-        return mlflow_user(args)
-    if args.command == "unpause":
-        return unpause(args)
-    return trigger(args)
+    if args.command == "preflight":
+        return preflight(args.env_file)
+    if args.command == "settings":
+        return check_settings(args.env_file)
+    if args.command == "get":  # no settings file yet: the shell's value, else the default
+        print((read_env(args.env_file) if args.env_file.exists() else os.environ).get(args.key) or args.default)
+        return 0
+    settings = read_env(args.env_file)
+    if args.command == "scale":
+        print(" ".join(scale(settings)))
+    elif args.command == "summary":
+        print("\n".join(summary(settings)))
+    else:
+        return {"mlflow-user": mlflow_user, "trigger": trigger, "unpause": unpause}[args.command](settings, args)
+    return 0
 
 
 if __name__ == "__main__":

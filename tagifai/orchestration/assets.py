@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import urllib.parse
-from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -30,13 +29,11 @@ CHAMPION = Asset(name=names.CHAMPION_ASSET, uri=names.CHAMPION_ASSET_URI)
 DAILY = CronTriggerTimetable("@daily", timezone="UTC", run_immediately=timedelta(0))
 
 
-def sources(config: Settings, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+def sources(config: Settings) -> dict[str, str]:
     """The configured training data: `TAGIFAI_PROJECTS_URL`/`TAGIFAI_TAGS_URL`, else `[data]`'s URLs."""
-    env = os.environ if environ is None else environ
-    data = config.data
     return {
-        "projects": data_url(env.get(names.PROJECTS_URL_ENV), data.projects_url),
-        "tags": data_url(env.get(names.TAGS_URL_ENV), data.tags_url),
+        "projects": data_url(os.environ.get(names.PROJECTS_URL_ENV), config.data.projects_url),
+        "tags": data_url(os.environ.get(names.TAGS_URL_ENV), config.data.tags_url),
     }
 
 

@@ -36,13 +36,13 @@ import re
 import shlex
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from airflow.providers.docker.operators.docker import DockerOperator
 from airflow.providers.standard.operators.bash import BashOperator
-from airflow.sdk import task
+from airflow.sdk import BaseOperator, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from tagifai.contract import names
@@ -68,9 +68,9 @@ SECRET_ENV = (
 # Plain settings forwarded to containers when set on the worker: the steps obey the same source
 # policy as the DAG's pre-flight (TAGIFAI_DATA_DIRS, TAGIFAI_ALLOWED_URL_HOSTS).
 FORWARDED_ENV = ("MLFLOW_S3_ENDPOINT_URL", names.DATA_DIRS_ENV, names.ALLOWED_HOSTS_ENV, *names.SOURCE_URL_ENVS)
-# The exit codes of `tagifai` that no retry can fix: bad input or settings, and, for the local
-# runner, a missing executable (127). The task fails at once instead of being retried.
-FINAL_EXIT_CODES = {"docker": (EXIT_BAD_INPUT,), "kubernetes": (EXIT_BAD_INPUT,), "local": (EXIT_BAD_INPUT, 126, 127)}
+# The exit codes of `tagifai` that no retry can fix: bad input or settings (for the local runner, also
+# a `tagifai` that is missing or cannot run: 127, 126). The task fails at once instead of being retried.
+FINAL_EXIT_CODES = (EXIT_BAD_INPUT,)
 # Every step container: no privilege escalation, no Linux capabilities (the steps need none).
 HARDENING = {"security_opt": ["no-new-privileges"], "cap_drop": ["ALL"]}
 
@@ -79,8 +79,9 @@ _WHOLE_TEMPLATE = re.compile(r"^\{\{(?P<expr>.*)\}\}$", re.DOTALL)
 
 @dataclass(frozen=True)
 class RunnerSettings:
-    """Where and how the steps run; every field has a default fit for the compose stack."""
+    """Where the steps run (the environment; defaults fit the compose stack), and their limits (the settings)."""
 
+    config: Settings
     runner: str = "docker"
     image: str = "tagifai:latest"
     docker_url: str = "unix:///var/run/docker.sock"
@@ -91,80 +92,51 @@ class RunnerSettings:
     k8s_namespace: str = "default"
     k8s_in_cluster: bool = True
     k8s_secret: str | None = None
-    retries: int = 2
-    retry_delay: timedelta = timedelta(minutes=1)
-    max_retry_delay: timedelta = timedelta(minutes=30)
-    # From the settings (`config/`): the pinned upstream URLs (allowed hosts by default), and `[limits]`.
-    default_urls: tuple[str, ...] = ()
-    step_minutes: Mapping[str, float] = field(default_factory=dict)
-    step_memory: str | None = None
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, config: Settings | None = None) -> RunnerSettings:
-        """Build the settings from environment variables and the tagifai settings.
-
-        Args:
-            environ: the environment to read; `os.environ` when None.
-            config: the settings (`tagifai.contract.config.load`): data sources and `[limits]`; none when None.
-
-        Returns:
-            The settings.
+    def from_env(cls, config: Settings, environ: Mapping[str, str] | None = None) -> RunnerSettings:
+        """Read the runner and where it runs from `environ` (`os.environ` when None).
 
         Raises:
             ValueError: `TAGIFAI_RUNNER` names no known runner.
         """
-        env = dict(os.environ if environ is None else environ)
+        env = os.environ if environ is None else environ
         runner = env.get("TAGIFAI_RUNNER", "docker").strip().lower() or "docker"
         if runner not in RUNNERS:
             raise ValueError(f"TAGIFAI_RUNNER={runner!r}: expected one of {', '.join(RUNNERS)}")
-        default_uri = None if runner == "local" else "http://mlflow:5000"
+        default_uri = None if runner == "local" else cls.mlflow_tracking_uri
         return cls(
+            config=config,
             runner=runner,
-            image=env.get(names.IMAGE_ENV) or "tagifai:latest",
-            docker_url=env.get("DOCKER_HOST") or "unix:///var/run/docker.sock",
-            docker_network=env.get("TAGIFAI_DOCKER_NETWORK") or "tagifai",
+            image=env.get(names.IMAGE_ENV) or cls.image,
+            docker_url=env.get("DOCKER_HOST") or cls.docker_url,
+            docker_network=env.get("TAGIFAI_DOCKER_NETWORK") or cls.docker_network,
             mlflow_tracking_uri=env.get("TAGIFAI_MLFLOW_TRACKING_URI") or default_uri,
-            tagifai_bin=env.get("TAGIFAI_BIN") or "tagifai",
-            k8s_namespace=env.get("TAGIFAI_K8S_NAMESPACE") or "default",
+            tagifai_bin=env.get("TAGIFAI_BIN") or cls.tagifai_bin,
+            k8s_namespace=env.get("TAGIFAI_K8S_NAMESPACE") or cls.k8s_namespace,
             k8s_in_cluster=env.get("TAGIFAI_K8S_IN_CLUSTER", "true").lower() in ("1", "true", "yes"),
             k8s_secret=env.get("TAGIFAI_K8S_SECRET") or None,
-            retries=config.retry.retries if config else cls.retries,
-            retry_delay=timedelta(seconds=config.retry.delay_seconds) if config else cls.retry_delay,
-            max_retry_delay=timedelta(minutes=config.retry.max_delay_minutes) if config else cls.max_retry_delay,
-            default_urls=(config.data.projects_url, config.data.tags_url) if config else (),
-            step_minutes=dict(config.limits.step_minutes) if config else {},
-            step_memory=config.limits.step_memory if config else None,
         )
 
     def default_args(self) -> dict[str, Any]:
-        """Every step task's defaults: retried (with exponential backoff) for errors that may pass."""
+        """Every step task's defaults: retried (with exponential backoff) for errors that may pass (`[retry]`)."""
+        retry = self.config.retry
         return {
             "owner": "tagifai",
-            "retries": self.retries,
-            "retry_delay": self.retry_delay,
+            "retries": retry.retries,
+            "retry_delay": timedelta(seconds=retry.delay_seconds),
             "retry_exponential_backoff": 2.0,
-            "max_retry_delay": self.max_retry_delay,
+            "max_retry_delay": timedelta(minutes=retry.max_delay_minutes),
         }
 
     def timeout(self, step: str) -> timedelta | None:
         """How long `step` may run before Airflow stops it (`[limits] step_minutes`)."""
-        minutes = self.step_minutes.get(step)
+        minutes = self.config.limits.step_minutes.get(step)
         return timedelta(minutes=minutes) if minutes else None
-
-    def source_policy(self) -> SourcePolicy:
-        """The deployment's data-source policy, always enforced here: trigger params are untrusted input."""
-        return SourcePolicy.from_environ(os.environ, self.default_urls, enforce=True)
 
 
 def fromjson(value: Any) -> dict[str, Any]:
-    """Template filter: the JSON object a step printed as its last stdout line.
-
-    Args:
-        value: the XCom value: the line as a string (local) or the object already parsed from
-            the file the step wrote (docker: `TAGIFAI_OUTPUT`; kubernetes: the pod's `return.json`).
-
-    Returns:
-        The parsed object.
+    """Template filter: the JSON object a step printed last, as the line (local) or already parsed (docker, kubernetes).
 
     Raises:
         ValueError: the value is not a JSON object (the step broke its output contract).
@@ -173,20 +145,15 @@ def fromjson(value: Any) -> dict[str, Any]:
         return value
     try:
         parsed = json.loads(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"expected the step's last stdout line to be a JSON object, got {value!r}") from exc
+    except (TypeError, ValueError):
+        parsed = None
     if not isinstance(parsed, dict):
         raise ValueError(f"expected the step's last stdout line to be a JSON object, got {value!r}")
     return parsed
 
 
 def run_id_from(task_id: str, map_index: int | None = None) -> str:
-    """Return the template that reads `run_id` from the JSON line another task printed.
-
-    Args:
-        task_id: the upstream task.
-        map_index: which instance of a mapped upstream task (e.g. 0: the first `optimize` worker).
-    """
+    """The template that reads `run_id` from the JSON line of `task_id` (of its instance `map_index`, if mapped)."""
     index = "" if map_index is None else f", map_indexes={map_index}"
     return f"{{{{ (ti.xcom_pull(task_ids='{task_id}'{index}) | fromjson)['run_id'] }}}}"
 
@@ -215,48 +182,6 @@ def data_url(value: str | None, fallback: str) -> str:
     return value
 
 
-def checked_sources(policy: SourcePolicy, sources: Sequence[str]) -> None:
-    """The pre-flight of a step that reads data: every source obeys the policy, before anything starts.
-
-    Raises:
-        AirflowFailException: a source is refused; its one-line rule is the message (no retry: the same
-            params would be refused again).
-    """
-    for source in sources:
-        try:
-            policy.check(source)
-        except SourceRefused as exc:
-            raise AirflowFailException(f"refused data source: {exc}") from None
-
-
-def read_only_mounts(folders: Sequence[str | None]) -> list[dict[str, Any]]:
-    """Bind mounts that show each host folder to the container read-only, at the same path.
-
-    Args:
-        folders: host folders (None entries are skipped).
-
-    Returns:
-        Docker mount specs (`docker.types.Mount` fields), one per distinct folder.
-    """
-    return [{"Target": f, "Source": f, "Type": "bind", "ReadOnly": True} for f in sorted({f for f in folders if f})]
-
-
-def step_environment(settings: RunnerSettings, *, experiment_name: str) -> dict[str, str]:
-    """Return the non-secret environment every step gets (values may be templates)."""
-    env = {
-        "MLFLOW_EXPERIMENT_NAME": experiment_name,
-        names.PIPELINE_RUN_ID_ENV: "{{ run_id }}",
-        # The trigger's `force`: run every step, even one whose run is made already.
-        names.FORCE_ENV: "{{ params.force | default(false) }}",
-    }
-    # Recorded on the model version; a local subprocess keeps whatever the worker says.
-    if settings.runner != "local":
-        env[names.IMAGE_ENV] = settings.image
-    if settings.mlflow_tracking_uri:
-        env["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
-    return env
-
-
 def _bash_arg(arg: str) -> str:
     """Quote one argument for bash, quoting a `{{ ... }}` template when it renders."""
     if match := _WHOLE_TEMPLATE.match(arg):
@@ -283,47 +208,35 @@ K8S_WRAPPER = (
 
 
 def tagifai_step(
-    task_id: str,
-    command: Sequence[str],
     settings: RunnerSettings,
-    *,
+    *command: str,
     experiment_name: str,
     data_sources: Sequence[str] = (),
+    task_id: str | None = None,
 ) -> Any:
-    """Return the operator that runs `tagifai <command>` with the chosen runner.
+    """Return the operator that runs `tagifai <command>` with the runner of `settings`.
 
     Args:
-        task_id: the task id, the same as the step's name.
-        command: the step and its arguments (`["train", "--data-run", ...]`); may hold templates.
         settings: the runner settings.
+        *command: the step and its arguments (`"train", "--data-run", ...`); may hold templates.
         experiment_name: template or value for MLFLOW_EXPERIMENT_NAME.
-        data_sources: templates of data URLs the step reads; local ones are mounted (docker).
-
-    Returns:
-        A `DockerOperator`, `BashOperator` or `KubernetesPodOperator`.
+        data_sources: templates of the data URLs the step reads: checked against the source policy, and
+            their local folders mounted (docker).
+        task_id: the task id; the step's name (`command[0]`) when None.
     """
-    operator, kwargs, _ = _operator(task_id, command, settings, experiment_name, data_sources)
+    operator, kwargs, _ = _operator(settings, command, experiment_name, data_sources, task_id or command[0])
     return operator(**kwargs)
 
 
-def tagifai_workers(
-    task_id: str, command: Sequence[str], settings: RunnerSettings, *, experiment_name: str, num_workers: str
-) -> tuple[Any, Any]:
-    """Return the tasks that run `tagifai <command>` in `num_workers` parallel workers.
-
-    Args:
-        task_id: the task id of the workers, the same as the step's name.
-        command: the step and its arguments; may hold templates.
-        settings: the runner settings.
-        experiment_name: template or value for MLFLOW_EXPERIMENT_NAME.
-        num_workers: template or value: how many workers.
+def tagifai_workers(settings: RunnerSettings, *command: str, experiment_name: str, num_workers: str) -> tuple[Any, Any]:
+    """Return the tasks that run `tagifai <command>` in `num_workers` (a template or value) parallel workers.
 
     Returns:
-        `(<task_id>_workers, <task_id>)`: the task that renders the command once per worker, and
-        the task mapped over those copies.
+        `(<step>_workers, <step>)`: the task that renders the command once per worker, and the task
+        mapped over those copies.
     """
-    operator, kwargs, mapped = _operator(task_id, command, settings, experiment_name, ())
-    copies = workers.override(task_id=f"{task_id}_workers")(kwargs.pop(mapped), num_workers, settings.runner)
+    operator, kwargs, mapped = _operator(settings, command, experiment_name, (), command[0])
+    copies = workers.override(task_id=f"{command[0]}_workers")(kwargs.pop(mapped), num_workers, settings.runner)
     return copies, operator.partial(**kwargs).expand(**{mapped: copies})
 
 
@@ -345,30 +258,35 @@ def workers(rendered: Any, num_workers: int | str, runner: str) -> list[Any]:
 
 
 def _operator(
-    task_id: str,
-    command: Sequence[str],
-    settings: RunnerSettings,
-    experiment_name: str,
-    data_sources: Sequence[str],
+    settings: RunnerSettings, command: Sequence[str], experiment_name: str, data_sources: Sequence[str], task_id: str
 ) -> tuple[type, dict[str, Any], str]:
     """The operator class for the runner, its arguments, and the name of the one that holds the command."""
+    data = settings.config.data
     common = {
         "task_id": task_id,
-        # The step's data sources pass the policy before anything starts (`StepMixin`).
         "data_sources": list(data_sources),
-        "default_urls": settings.default_urls,
-        "execution_timeout": settings.timeout(task_id),
+        "default_urls": (data.projects_url, data.tags_url),
+        "execution_timeout": settings.timeout(command[0]),
     }
-    env = step_environment(settings, experiment_name=experiment_name)
+    env = {
+        "MLFLOW_EXPERIMENT_NAME": experiment_name,
+        names.PIPELINE_RUN_ID_ENV: "{{ run_id }}",
+        # The trigger's `force`: run every step, even one whose run is made already.
+        names.FORCE_ENV: "{{ params.force | default(false) }}",
+    }
+    if settings.mlflow_tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
     if settings.runner == "local":
         kwargs = {
             **common,
             "bash_command": bash_command(settings.tagifai_bin, command),
             "env": env,
             "append_env": True,
-            "skip_on_exit_code": FINAL_EXIT_CODES["local"],
+            "skip_on_exit_code": (*FINAL_EXIT_CODES, 126, 127),
         }
         return TagifaiBashOperator, kwargs, "bash_command"
+    # Recorded on the model version (a local subprocess keeps whatever the worker says).
+    env[names.IMAGE_ENV] = settings.image
     if settings.runner == "kubernetes":
         return _kubernetes_operator(common, command, settings, env)
     kwargs = {
@@ -388,8 +306,8 @@ def _operator(
         "mount_tmp_dir": False,
         # Pull only what is not on the host: local builds (`make image`) are never pulled.
         "force_pull": False,
-        "mem_limit": settings.step_memory,
-        "skip_on_exit_code": FINAL_EXIT_CODES["docker"],
+        "mem_limit": settings.config.limits.step_memory,
+        "skip_on_exit_code": FINAL_EXIT_CODES,
         # The step's JSON line, read from a file in the finished container: in its log, stdout and
         # stderr interleave, so the last log line need not be the last stdout line.
         "retrieve_output": True,
@@ -414,19 +332,8 @@ def _kubernetes_operator(
 
         template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, "data_sources")
 
-        def __init__(
-            self, *, data_sources: Sequence[str] = (), default_urls: Sequence[str] = (), **kwargs: Any
-        ) -> None:
-            """Create the operator (`StepMixin`)."""
-            super().__init__(**kwargs)
-            self.data_sources, self.default_urls = list(data_sources), tuple(default_urls)
-
-    env_from = (
-        [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.k8s_secret))]
-        if settings.k8s_secret
-        else None
-    )
-    memory = {"memory": k8s_quantity(settings.step_memory)} if settings.step_memory else None
+    secret = [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.k8s_secret))]
+    memory = {"memory": k8s_quantity(settings.config.limits.step_memory)}
     kwargs = {
         **common,
         "name": f"tagifai-{common['task_id']}",
@@ -437,42 +344,41 @@ def _kubernetes_operator(
         "arguments": list(command),
         "env_vars": env,
         # Secrets come from a Kubernetes Secret (TAGIFAI_K8S_SECRET), never from the DAG.
-        "env_from": env_from,
-        "container_resources": k8s.V1ResourceRequirements(requests=memory, limits=memory) if memory else None,
+        "env_from": secret if settings.k8s_secret else None,
+        "container_resources": k8s.V1ResourceRequirements(requests=memory, limits=memory),
         "container_security_context": k8s.V1SecurityContext(
             allow_privilege_escalation=False, capabilities=k8s.V1Capabilities(drop=["ALL"]), run_as_non_root=True
         ),
         "do_xcom_push": True,
         "get_logs": True,
-        "skip_on_exit_code": FINAL_EXIT_CODES["kubernetes"],
+        "skip_on_exit_code": FINAL_EXIT_CODES,
         "on_finish_action": "delete_succeeded_pod",
     }
     return TagifaiPodOperator, kwargs, "arguments"
 
 
 def k8s_quantity(memory: str) -> str:
-    """A Docker-style memory size (`4g`, `512m`) as a Kubernetes quantity (`4Gi`, `512Mi`)."""
+    """A Docker-style memory size (`4g`, `512m`: `[limits] step_memory`) as a Kubernetes quantity (`4Gi`, `512Mi`)."""
     units = {"k": "Ki", "m": "Mi", "g": "Gi"}
-    value = memory.strip().lower().removesuffix("b")
-    return value[:-1] + units[value[-1]] if value and value[-1] in units else value
+    return memory[:-1] + units[memory[-1]] if memory[-1] in units else memory
 
 
-class StepMixin:
-    """What every step's operator does around the runner's own `execute`.
+class StepMixin(BaseOperator):
+    """What every step's operator does around its runner's own `execute` (listed first in the operator's bases).
 
-    Before anything starts, each data source must pass the deployment's source policy (a refused one
-    fails the task at once, naming the rule). After, the exit codes that mean bad input or setup
-    (the operator's `skip_on_exit_code`) fail the task without a retry, instead of skipping it.
+    A step `elt`'s plan found made already is handed on; nothing starts. Else each data source must
+    pass the deployment's source policy first (a refused one fails the task at once, naming the rule).
+    After, the exit codes that mean bad input or setup (the operator's `skip_on_exit_code`) fail the task
+    without a retry, instead of skipping it. A `BaseOperator` itself, so that Airflow knows its arguments.
     """
 
-    data_sources: list[str]
-    default_urls: tuple[str, ...]
+    def __init__(self, *, data_sources: Sequence[str] = (), default_urls: Sequence[str] = (), **kwargs: Any) -> None:
+        """Create the operator; `data_sources` are templates of the URLs the step reads."""
+        super().__init__(**kwargs)
+        self.data_sources, self.default_urls = list(data_sources), tuple(default_urls)
 
     def execute(self, context: Any) -> Any:
-        """Hand on a run `elt` found made already; else check the sources, prepare, run.
-
-        A final exit code becomes a failure without retry.
-        """
+        """Hand on the run made already, or check the sources, prepare and run the step."""
         if (made := made_already(context, self.task_id)) is not None:
             self.log.info(
                 "%s: reusing run %s, made already (same data, code, settings and arguments: elt's plan); "
@@ -482,7 +388,11 @@ class StepMixin:
             )
             return json.dumps(made)
         policy = SourcePolicy.from_environ(os.environ, self.default_urls, enforce=True)
-        checked_sources(policy, self.data_sources)
+        for source in self.data_sources:
+            try:
+                policy.check(source)
+            except SourceRefused as exc:  # the same params would be refused again: no retry
+                raise AirflowFailException(f"refused data source: {exc}") from None
         self.prepare(policy)
         try:
             return super().execute(context)
@@ -509,11 +419,6 @@ class TagifaiBashOperator(StepMixin, BashOperator):
 
     template_fields: Sequence[str] = (*BashOperator.template_fields, "data_sources")
 
-    def __init__(self, *, data_sources: Sequence[str] = (), default_urls: Sequence[str] = (), **kwargs: Any) -> None:
-        """Create the operator; `data_sources` are templates of the URLs the step reads (`StepMixin`)."""
-        super().__init__(**kwargs)
-        self.data_sources, self.default_urls = list(data_sources), tuple(default_urls)
-
 
 class TagifaiDockerOperator(StepMixin, DockerOperator):
     """`DockerOperator` that shows the step its data read-only, hardens its container and keeps secrets private.
@@ -529,23 +434,17 @@ class TagifaiDockerOperator(StepMixin, DockerOperator):
     # How `retrieve_output` reads the output file: the step's JSON line.
     pickling_library = json
 
-    def __init__(self, *, data_sources: Sequence[str] = (), default_urls: Sequence[str] = (), **kwargs: Any) -> None:
-        """Create the operator; `data_sources` are templates of the URLs the step reads (`StepMixin`)."""
-        super().__init__(**kwargs)
-        self.data_sources, self.default_urls = list(data_sources), tuple(default_urls)
-
     def prepare(self, policy: SourcePolicy) -> None:
         """Add the mounts and the forwarded environment (secrets only privately)."""
         environ = os.environ
         if config := environ.get(names.CONFIG_ENV):
             with open(config, encoding="utf-8") as override:
                 self.environment[names.CONFIG_TOML_ENV] = override.read()
-        for name in FORWARDED_ENV:
-            if name in environ and name not in self.environment:
-                self.environment[name] = environ[name]
-        folders = list(map(policy.data_dir_of, self.data_sources))
+        self.environment = {**{name: environ[name] for name in FORWARDED_ENV if name in environ}, **self.environment}
         mounted = {mount["Target"] for mount in self.mounts if isinstance(mount, Mapping) and "Target" in mount}
-        self.mounts = [*self.mounts, *(m for m in read_only_mounts(folders) if m["Target"] not in mounted)]
+        # The data folder of each local source, read-only at the same path.
+        folders = sorted({policy.data_dir_of(source) for source in self.data_sources} - mounted - {None})
+        self.mounts = [*self.mounts, *({"Target": f, "Source": f, "Type": "bind", "ReadOnly": True} for f in folders)]
         self._private_environment = {
             **{name: environ[name] for name in SECRET_ENV if name in environ},
             **self._private_environment,
