@@ -20,12 +20,13 @@ from airflow.sdk import DAG, AssetOrTimeSchedule, Param
 
 from tagifai.contract import names
 from tagifai.contract.config import config_dir, load
-from tagifai.orchestration.assets import CHAMPION, DAILY
+from tagifai.orchestration.assets import CHAMPION, DAILY, sources
 from tagifai.orchestration.runners import USER_DEFINED_FILTERS, RunnerSettings, data_url, tagifai_step
 
 config = load(config_dir())
 settings = RunnerSettings.from_env(config=config)
-default_source = config.predict.source or os.environ.get(names.PROJECTS_URL_ENV) or config.data.projects_url
+# [predict] source, else the training projects exactly as tagifai_training reads them (a relative path made absolute).
+default_source = config.predict.source or sources(config)["projects"]
 
 with DAG(
     dag_id="tagifai_batch_predictions",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import timedelta
 
 import pytest
@@ -40,3 +41,9 @@ def test_batch_predictions_get_their_database_privately(parse_dags, render, monk
     assert task._private_environment["TAGIFAI_PREDICTIONS_DB"].endswith("@postgres/tagifai")
     assert "s3cret" not in json.dumps(task.environment)
     assert task.mounts == [{"Target": "/srv/data", "Source": "/srv/data", "Type": "bind", "ReadOnly": True}]
+
+
+def test_batch_predictions_default_to_the_training_projects_as_training_reads_them(parse_dags):
+    dags = parse_dags(TAGIFAI_PROJECTS_URL="data/projects.csv").dags
+    source = dags["tagifai_batch_predictions"].params["source"]
+    assert source == dags["tagifai_training"].params["projects_url"] == os.path.abspath("data/projects.csv")
