@@ -36,7 +36,6 @@ from tagifai.contract.sources import (
     Url,
     is_local,
     parse_url,
-    path_of,
     shown,
 )
 
@@ -69,9 +68,9 @@ def fetch(source: str, settings: Settings) -> bytes:
 def read(source: str, policy: SourcePolicy, *, max_bytes: int, deadline_seconds: float, timeout: float = 30.0) -> bytes:
     """Return the bytes behind `source`, read under `policy`.
 
-    `policy.check(source)` first; then a local file is read (the resolved path when enforced), or
-    the URL downloaded: every address the host resolves to is vetted and the connection pinned to
-    one of them, and each redirect is checked like the source itself.
+    `policy.check(source)` first; then a local file is read at its resolved path, or the URL
+    downloaded: every address the host resolves to is vetted and the connection pinned to one of
+    them, and each redirect is checked like the source itself.
 
     Args:
         source: a path, a `file://` URL or an `http(s)://` URL.
@@ -84,9 +83,8 @@ def read(source: str, policy: SourcePolicy, *, max_bytes: int, deadline_seconds:
         SourceRefused: the policy does not allow the source (or a redirect), or it exceeds `max_bytes`.
         SourceUnavailable: the source cannot be read; `.transient` says whether a retry may help.
     """
-    canonical = policy.check(source)
+    path = policy.check(source)  # a local source's resolved path, or the URL
     if is_local(source):
-        path = canonical if policy.enforced else path_of(source)
         return _read_file(source, path, max_bytes=max_bytes, deadline_seconds=deadline_seconds, strict=policy.enforced)
     return _Download(source, policy, max_bytes, timeout).within(deadline_seconds)
 
