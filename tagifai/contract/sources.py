@@ -38,6 +38,7 @@ change it; a retry cannot help); a source that cannot be read raises `SourceUnav
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
@@ -50,7 +51,7 @@ from tagifai.contract import names
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 # Characters left as they are in a request target; anything else (non-ASCII) is percent-encoded.
-_TARGET_SAFE = "".join(chr(code) for code in range(33, 127))
+_TARGET_SAFE = "".join(map(chr, range(33, 127)))
 _SHARED = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _KINDS = (
@@ -61,6 +62,7 @@ _KINDS = (
     ("is_private", "a private"),
     ("is_reserved", "a reserved"),
 )
+_USERINFO = re.compile(r"(?<=://)[^/?#\s]*@")
 
 
 class SourceRefused(ValueError):
@@ -93,6 +95,11 @@ class Url(NamedTuple):
     port: int
     target: str
 
+    @property
+    def host_port(self) -> str:
+        """`host:port`, an IPv6 host in brackets: as a Host header and a host:port entry spell it."""
+        return f"{_bracketed(self.host)}:{self.port}"
+
 
 @dataclass(frozen=True)
 class SourcePolicy:
@@ -124,9 +131,6 @@ class SourcePolicy:
             enforce: True or False to decide; None to enforce exactly when `TAGIFAI_DATA_DIRS` or
                 `TAGIFAI_ALLOWED_URL_HOSTS` is a key of `environ`.
 
-        Returns:
-            The policy.
-
         Raises:
             ValueError: a `TAGIFAI_DATA_DIRS` or `TAGIFAI_ALLOWED_URL_HOSTS` entry is malformed.
         """
@@ -134,7 +138,8 @@ class SourcePolicy:
             enforce = names.DATA_DIRS_ENV in environ or names.ALLOWED_HOSTS_ENV in environ
         chosen = [environ[name] for name in names.SOURCE_URL_ENVS if environ.get(name)]
         dirs = [_named_dir(entry) for entry in environ.get(names.DATA_DIRS_ENV, "").split(":") if entry.strip()]
-        dirs += [folder for folder in map(_folder_of, chosen) if folder]
+        paths = [path for path in map(_local_path, chosen) if path and os.path.isabs(path)]
+        dirs += [os.path.dirname(os.path.realpath(path)) for path in paths]
         if environ.get(names.ALLOWED_HOSTS_ENV, "").strip():  # empty is unset: a compose file passes it so
             entries = environ[names.ALLOWED_HOSTS_ENV].split(",")
             explicit = allowed = frozenset(_host_entry(entry) for entry in entries if entry.strip())
@@ -143,13 +148,10 @@ class SourcePolicy:
         return cls(bool(enforce), tuple(dict.fromkeys(dirs)), allowed | _url_hosts(chosen), explicit)
 
     def check(self, source: str) -> str:
-        """Check `source` against the policy without reading it.
+        """Check `source` (a path, a `file://` URL or an `http(s)://` URL) against the policy without reading it.
 
         For URLs this checks scheme and host name only (no DNS): cheap enough for the Airflow
         scheduler's pre-flight. `fetch` checks the addresses when it connects.
-
-        Args:
-            source: a path, a `file://` URL or an `http(s)://` URL.
 
         Returns:
             The canonical source: the resolved absolute path of a local source, or the URL.
@@ -159,30 +161,22 @@ class SourcePolicy:
         """
         if not source:
             raise SourceRefused("(empty source) is not a path or a URL: give a path, a file:// URL or an http(s) URL")
-        kind = scheme(source)
-        if kind in ("", "file"):
+        if is_local(source):
             return self._check_path(source)
-        if kind not in ("http", "https"):
+        if scheme(source) not in ("http", "https"):
             raise SourceRefused(f"{shown(source)} is not an http(s) URL, a path or a file:// URL")
         self.check_url(source, parse_url(source))
         return source
 
     def data_dir_of(self, path: str) -> str | None:
-        """Return the named folder that holds the (resolved) local `path`: what a container must mount.
+        """The innermost of `data_dirs` holding the resolved local `path`: what a container must mount.
 
-        Args:
-            path: a plain path or a `file://` URL.
-
-        Returns:
-            The innermost folder of `data_dirs` holding the resolved path, or None (a URL, or a
-            path outside every folder).
+        None for a URL, or a path outside every folder.
         """
-        if not is_local(path):
+        local = _local_path(path)
+        if local is None:
             return None
-        try:
-            resolved = os.path.realpath(path_of(path))
-        except SourceRefused:
-            return None
+        resolved = os.path.realpath(local)
         return max((folder for folder in self.data_dirs if _inside(resolved, folder)), key=len, default=None)
 
     def _check_path(self, source: str) -> str:
@@ -206,7 +200,7 @@ class SourcePolicy:
         """Refuse a URL whose host (and port) the deployment does not allow; a literal IP is vetted too."""
         if not self.enforced:
             return
-        if not _listed(self.allowed_hosts, url.host, url.port):
+        if url.host not in self.allowed_hosts and url.host_port not in self.allowed_hosts:
             hosts = ", ".join(sorted(self.allowed_hosts)) or "none"
             raise SourceRefused(f"{shown(source)} is not an allowed host ({names.ALLOWED_HOSTS_ENV}: {hosts})")
         if _is_ip(url.host):
@@ -214,7 +208,7 @@ class SourcePolicy:
 
     def check_addresses(self, source: str, url: Url, addresses: Sequence[str]) -> None:
         """Refuse non-global addresses unless the host is listed explicitly."""
-        if not self.enforced or _listed(self.explicit_hosts, url.host, url.port):
+        if not self.enforced or url.host in self.explicit_hosts or url.host_port in self.explicit_hosts:
             return
         for address in addresses:
             kind = _non_global_kind(ipaddress.ip_address(address))
@@ -230,11 +224,6 @@ class SourcePolicy:
         return f"{name}={':'.join(self.data_dirs)}" if self.data_dirs else f"{name} names no folder"
 
 
-def is_local(source: str) -> bool:
-    """Return whether `source` is a plain path or a `file://` URL (not a URL of another scheme)."""
-    return scheme(source) in ("", "file")
-
-
 # Local files
 
 
@@ -242,6 +231,11 @@ def scheme(source: str) -> str:
     """The lower-case scheme of `source` ("" for a plain path)."""
     match = _SCHEME.match(source)
     return match.group(1).lower() if match else ""
+
+
+def is_local(source: str) -> bool:
+    """Return whether `source` is a plain path or a `file://` URL (not a URL of another scheme)."""
+    return scheme(source) in ("", "file")
 
 
 def path_of(source: str) -> str:
@@ -257,22 +251,19 @@ def path_of(source: str) -> str:
     return path
 
 
+def _local_path(source: str) -> str | None:
+    """The path of a local source, or None (a URL, or a source `path_of` refuses)."""
+    if is_local(source):
+        with contextlib.suppress(SourceRefused):
+            return path_of(source)
+    return None
+
+
 def _named_dir(entry: str) -> str:
     entry = entry.strip()
     if not os.path.isabs(entry):
         raise ValueError(f"{names.DATA_DIRS_ENV} entry {entry!r} is not an absolute path")
     return os.path.realpath(entry)
-
-
-def _folder_of(source: str) -> str | None:
-    """The resolved folder of a local absolute source, else None."""
-    if not is_local(source):
-        return None
-    try:
-        path = path_of(source)
-    except SourceRefused:
-        return None
-    return os.path.dirname(os.path.realpath(path)) if os.path.isabs(path) else None
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -306,16 +297,17 @@ def parse_url(source: str) -> Url:
 
 
 def _normal_host(host: str) -> str:
-    """Lower-case ASCII (IDNA) host name without a trailing dot; IP addresses in their short form."""
+    """Lower-case ASCII (IDNA) host name without a trailing dot; IP addresses in their short form.
+
+    Raises:
+        ValueError: the host is empty or not a valid name (`UnicodeError` is a `ValueError`).
+    """
     host = host.lower().rstrip(".")
     if not host:
         raise ValueError("empty host")
-    if _is_ip(host):
+    with contextlib.suppress(ValueError):
         return str(ipaddress.ip_address(host))
-    try:
-        return host.encode("idna").decode("ascii")
-    except UnicodeError as exc:
-        raise ValueError(f"invalid host name {host!r}") from exc
+    return host.encode("idna").decode("ascii")
 
 
 def _is_ip(host: str) -> bool:
@@ -350,19 +342,12 @@ def _url_hosts(urls: Sequence[str]) -> frozenset[str]:
     """The host entries (`host`, or `host:port` with an explicit port) of the http(s) URLs among `urls`."""
     hosts = set()
     for url in urls:
-        if scheme(url) not in ("http", "https"):
-            continue
-        try:
-            parts = urllib.parse.urlsplit(url)
-            host = _normal_host(parts.hostname or "")
-            hosts.add(f"{_bracketed(host)}:{parts.port}" if parts.port is not None else host)
-        except ValueError:
-            continue
+        if scheme(url) in ("http", "https"):
+            with contextlib.suppress(ValueError):  # not a URL a request could follow
+                parts = urllib.parse.urlsplit(url)
+                host = _normal_host(parts.hostname or "")
+                hosts.add(f"{_bracketed(host)}:{parts.port}" if parts.port is not None else host)
     return frozenset(hosts)
-
-
-def _listed(hosts: frozenset[str], host: str, port: int) -> bool:
-    return host in hosts or f"{_bracketed(host)}:{port}" in hosts
 
 
 def _non_global_kind(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
@@ -379,15 +364,11 @@ def _non_global_kind(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> 
         elif address in _NAT64:
             candidates.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
     for candidate in candidates:
-        if candidate.is_global:
-            continue
         if candidate in _SHARED:
             return "a shared"
-        return next((kind for flag, kind in _KINDS if getattr(candidate, flag)), "a non-global")
+        if not candidate.is_global:
+            return next((kind for flag, kind in _KINDS if getattr(candidate, flag)), "a non-global")
     return None
-
-
-_USERINFO = re.compile(r"(?<=://)[^/?#\s]*@")
 
 
 def redact(text: str) -> str:
