@@ -233,7 +233,11 @@ class _Download:
             if location is not False:
                 if not location:
                     raise self.unavailable(f"HTTP {status} {reason} without a Location")
-                return urllib.parse.urljoin(self.url, location.strip())
+                try:
+                    return urllib.parse.urljoin(self.url, location.strip())
+                except ValueError:  # e.g. "http://[::1": urljoin cannot split it
+                    bad = f"HTTP {status} {reason} to a Location that is no URL: {shown(location)}"
+                    raise self.unavailable(bad) from None
             if not 200 <= status < 300:
                 raise self.unavailable(f"HTTP {status} {reason}", status >= 500 or status in TRANSIENT_HTTP_CODES)
             if (response.length_remaining or 0) > self.max_bytes:

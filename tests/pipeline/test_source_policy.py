@@ -583,6 +583,15 @@ def test_fetch_names_a_redirect_without_location(server):
         fetch(server.url("/old.csv"), allowing("127.0.0.1"))
 
 
+def test_fetch_names_a_redirect_to_a_location_that_is_no_url(server):
+    server.routes["/old.csv"] = redirect("http://[::1")
+    source = server.url("/old.csv")
+    with pytest.raises(SourceUnavailable) as exc:
+        fetch(source, allowing("127.0.0.1"))
+    assert one_line(exc) == f"cannot download {source}: HTTP 302 Found to a Location that is no URL: http://[::1"
+    assert exc.value.transient is False
+
+
 # Caps, deadline, HTTP errors
 
 
