@@ -25,6 +25,7 @@ from pathlib import Path
 
 # The Airflow client is the package's (standard library only, like this script).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tagifai.contract import names  # noqa: E402
 from tagifai.operations.airflow_api import DAG_ID, Airflow, AirflowError  # noqa: E402
 
 SECRETS = (
@@ -319,7 +320,7 @@ def summary(env: dict[str, str]) -> list[str]:
             f"  Flower   {published(env, 'FLOWER_PORT', '5555')}   login: {env.get('FLOWER_USER') or 'admin'} / "
             f"{env.get('FLOWER_PASSWORD')} (Celery workers)"
         )
-    for name in ("TAGIFAI_PROJECTS_URL", "TAGIFAI_TAGS_URL"):
+    for name in names.SOURCE_URL_ENVS:
         lines.append(f"  Data     {name}={env.get(name) or '(the pinned upstream in config/tagifai.toml)'}")
     return lines
 
@@ -330,15 +331,15 @@ def check_settings(env_file: Path) -> int:
     Both are mounted at their host paths, so the one line a refused setting gets names the host file.
     """
     env = read_env(env_file)
-    image = env.get("TAGIFAI_IMAGE") or "tagifai:latest"
+    image = env.get(names.IMAGE_ENV) or "tagifai:latest"
     folder = Path("config").resolve()
-    mounts = ["-v", f"{folder}:{folder}:ro", "-e", f"TAGIFAI_CONFIG_DIR={folder}"]
-    if override := env.get("TAGIFAI_CONFIG"):
+    mounts = ["-v", f"{folder}:{folder}:ro", "-e", f"{names.CONFIG_DIR_ENV}={folder}"]
+    if override := env.get(names.CONFIG_ENV):
         path = Path(override).resolve()
         if not path.is_file():
-            print(f"{env_file}: TAGIFAI_CONFIG={override}: no such file", file=sys.stderr)
+            print(f"{env_file}: {names.CONFIG_ENV}={override}: no such file", file=sys.stderr)
             return 1
-        mounts += ["-v", f"{path}:{path}:ro", "-e", f"TAGIFAI_CONFIG={path}"]
+        mounts += ["-v", f"{path}:{path}:ro", "-e", f"{names.CONFIG_ENV}={path}"]
     checked = subprocess.run(
         ["docker", "run", "--rm", "--network", "none", *mounts, image, "settings"],
         stdout=subprocess.DEVNULL,
