@@ -419,7 +419,7 @@ def predict_batch(
         ),
     ] = None,
     model_name: ModelName = None,
-    alias: Annotated[str, typer.Option(help="The alias whose version scores.")] = "champion",
+    alias: Annotated[str, typer.Option(help="The alias whose version scores.")] = names.CHAMPION_ALIAS,
     experiment_name: Annotated[
         str | None, typer.Option(show_default="[predict] experiment_name", help="MLflow experiment of the run.")
     ] = None,
