@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from tagifai.serving.server import VERSION_HEADER
+from tagifai.serving.protocol import VERSION_HEADER
 from tests import harness
 from tests.harness import answers, stop, wait_for
 

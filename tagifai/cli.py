@@ -446,7 +446,8 @@ def serve(
     def run(settings: Settings) -> None:
         options = settings.serve
         name = model_name or registry.model_name(settings)
-        serve.run(name, alias or options.alias, host, port or options.port, options.poll_seconds)
+        limits = serve.Limits.from_settings(options)
+        serve.run(name, alias or options.alias, host, port or options.port, options.poll_seconds, limits)
 
     human(run)
 

@@ -17,7 +17,7 @@ from urllib.request import Request, urlopen
 
 import pytest
 
-from tagifai.serving.server import VERSION_HEADER
+from tagifai.serving.protocol import VERSION_HEADER
 from tests.e2e.compose import SERVE_POLL_SECONDS, make
 from tests.harness import last_json, wait_for
 

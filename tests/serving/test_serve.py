@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from io import StringIO
+from io import BytesIO, StringIO
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -31,6 +31,7 @@ from mlflow.pyfunc import scoring_server
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service import utils as tracking_utils
 
+from tagifai.serving import batcher, follower, protocol
 from tagifai.serving import server as serve
 from tests.harness import free_port
 
@@ -115,7 +116,7 @@ def start(store: dict[str, Any]) -> Iterator[Callable[..., serve.ModelServer]]:
     servers: list[serve.ModelServer] = []
 
     def _start(model_name: str, alias: str = "champion", poll_seconds: float = POLL) -> serve.ModelServer:
-        server = serve.ModelServer(serve.Champion(model_name, alias, poll_seconds), "127.0.0.1", 0)
+        server = serve.ModelServer(follower.Champion(model_name, alias, poll_seconds), "127.0.0.1", 0)
         server.start()
         servers.append(server)
         return server
@@ -131,11 +132,29 @@ def v1_server(store: dict[str, Any]) -> Iterator[serve.ModelServer]:
     client = MlflowClient()
     version = register("protocol", store["models"]["v1"])
     client.set_registered_model_alias("protocol", "champion", version)
-    server = serve.ModelServer(serve.Champion("protocol", "champion", 5.0), "127.0.0.1", 0)
+    server = serve.ModelServer(follower.Champion("protocol", "champion", 5.0), "127.0.0.1", 0)
     server.start()
     wait_for(lambda: server.champion.current is not None)
     yield server
     server.stop(grace_seconds=2)
+
+
+@pytest.fixture
+def static() -> Iterator[Callable[..., serve.ModelServer]]:
+    """Start servers of a model that never moves (None: no model yet), with the limits given; stop them after."""
+    servers: list[serve.ModelServer] = []
+
+    def _start(model: FrameModel | None, **limits: Any) -> serve.ModelServer:
+        server = serve.ModelServer(
+            StaticChampion(model and static_loaded(model)), "127.0.0.1", 0, serve.Limits(**limits)
+        )
+        server.start()
+        servers.append(server)
+        return server
+
+    yield _start
+    for server in servers:
+        server.stop(grace_seconds=2)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -184,6 +203,21 @@ def get(server: serve.ModelServer, path: str) -> tuple[int, Any]:
     return status, json.loads(text) if text.strip() else None
 
 
+def exchange(server: Any, request: bytes, timeout: float = 10.0) -> bytes:
+    """Send raw bytes on a new connection; everything the server answers until it closes the connection.
+
+    Raises:
+        TimeoutError: the server kept the connection open for `timeout` seconds.
+    """
+    url = urlparse(server.url)
+    answer = b""
+    with socket.create_connection((url.hostname, url.port), timeout=timeout) as conn:
+        conn.sendall(request)
+        while chunk := conn.recv(65536):
+            answer += chunk
+    return answer
+
+
 FRAME = pd.DataFrame(ROWS)
 BODIES = {
     "dataframe_records": ("application/json", json.dumps({"dataframe_records": ROWS})),
@@ -217,11 +251,11 @@ BODIES = {
 )
 def test_media_type(header, expected):
     if isinstance(expected, int):
-        with pytest.raises(serve.RequestError) as error:
-            serve.media_type(header)
+        with pytest.raises(protocol.RequestError) as error:
+            protocol.media_type(header)
         assert error.value.status == expected
     else:
-        assert serve.media_type(header) == expected
+        assert protocol.media_type(header) == expected
 
 
 @pytest.mark.parametrize(
@@ -239,29 +273,33 @@ def test_media_type(header, expected):
     ],
 )
 def test_one_line(exc, expected):
-    assert serve.one_line(exc) == expected
+    assert protocol.one_line(exc) == expected
 
 
-def loaded_v(version: str) -> serve.Loaded:
-    return serve.Loaded(model=None, version=version, info={"loaded_at": "2026-01-01T00:00:00+00:00"})
+def loaded_v(version: str) -> follower.Loaded:
+    return follower.Loaded(model=None, version=version, info={"loaded_at": "2026-01-01T00:00:00+00:00"})
 
 
 @pytest.mark.parametrize(
     ("state", "status", "body"),
     [
-        (serve.State(), 503, {"status": "unavailable", "model_version": None, "loaded_at": None, "last_error": None}),
+        (
+            follower.State(),
+            503,
+            {"status": "unavailable", "model_version": None, "loaded_at": None, "last_error": None},
+        ),
         (  # nothing loadable yet
-            serve.State(None, "no version"),
+            follower.State(None, "no version"),
             503,
             {"status": "unavailable", "model_version": None, "loaded_at": None, "last_error": "no version"},
         ),
         (
-            serve.State(loaded_v("3")),
+            follower.State(loaded_v("3")),
             200,
             {"status": "ok", "model_version": "3", "loaded_at": "2026-01-01T00:00:00+00:00"},
         ),
         (  # serving v3, v4 would not load
-            serve.State(loaded_v("3"), "cannot load v4"),
+            follower.State(loaded_v("3"), "cannot load v4"),
             200,
             {
                 "status": "degraded",
@@ -273,7 +311,7 @@ def loaded_v(version: str) -> serve.Loaded:
     ],
 )
 def test_health(state, status, body):
-    assert serve.health(state) == (status, body)
+    assert follower.health(state) == (status, body)
 
 
 @pytest.mark.parametrize(
@@ -290,7 +328,27 @@ def test_health(state, status, body):
 def test_predictions_are_encoded_like_mlflows_scoring_server(output):
     expected = StringIO()
     scoring_server.predictions_to_json(output, expected)
-    assert serve.predictions_json(serve.jsonable(output)).decode() == expected.getvalue()
+    assert protocol.predictions_json(protocol.jsonable(output)).decode() == expected.getvalue()
+
+
+def test_too_many_rows_are_refused_and_a_parquet_body_before_it_is_decoded(monkeypatch):
+    frame = pd.DataFrame({"title": [f"title {i}" for i in range(6)]})
+    parquet = BytesIO()
+    frame.to_parquet(parquet)
+    bodies = [
+        (protocol.CONTENT_TYPE_JSON, json.dumps({"dataframe_records": frame.to_dict(orient="records")}).encode()),
+        (protocol.CONTENT_TYPE_JSON, json.dumps({"inputs": frame.to_dict(orient="list")}).encode()),  # columns
+        (protocol.CONTENT_TYPE_CSV, frame.to_csv(index=False).encode()),
+        (protocol.CONTENT_TYPE_PARQUET, parquet.getvalue()),
+    ]
+    for mime, body in bodies:
+        assert protocol.rows_of(protocol.parse_body(body, mime, None, None, max_rows=6).data) == 6
+    monkeypatch.setattr(pd, "read_parquet", lambda *args, **kwargs: pytest.fail("decoded"))
+    for mime, body in bodies:
+        with pytest.raises(protocol.RequestError) as error:
+            protocol.parse_body(body, mime, None, None, max_rows=5)
+        assert error.value.status == 413
+        assert "6 rows; the limit is 5 rows" in str(error.value)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -338,22 +396,30 @@ def test_bad_requests_get_mlflows_error_shape_and_one_line(v1_server, body, cont
     assert "\n" not in answer["message"]
 
 
-def test_too_large_body_is_refused_before_it_is_read(v1_server, monkeypatch):
-    monkeypatch.setattr(serve, "MAX_BODY_BYTES", 100)
-    status, answer = invoke(v1_server, json.dumps({"dataframe_records": ROWS * 10}))
+def test_too_large_body_is_refused_before_it_is_read_and_the_connection_closes(static):
+    server = static(FrameModel(), max_body_bytes=100)
+    status, answer = invoke(server, json.dumps({"dataframe_records": ROWS * 10}))
     assert status == 413
     assert "limit is 100 bytes" in answer["message"]
+    head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    chunked = head + b"Transfer-Encoding: chunked\r\n\r\n" + b"80\r\n" + b" " * 128 + b"\r\n"  # no length to check
+    assert exchange(server, chunked).startswith(b"HTTP/1.1 413 ")  # counted as it streams in, then closed
 
 
-@pytest.mark.parametrize("length", [None, b"-1", b"1e3", b"\xb2"])  # \xb2 is "2" superscript: isdigit(), no int
-def test_a_body_without_a_plain_content_length_is_refused_with_411(v1_server, length):
-    url = urlparse(v1_server.url)
-    header = b"" if length is None else b"Content-Length: " + length + b"\r\n"
-    request = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + header + b"\r\n{}"
-    with socket.create_connection((url.hostname, url.port), timeout=10) as conn:
-        conn.sendall(request)
-        status_line = conn.makefile("rb").readline()
-    assert status_line.split()[1] == b"411", status_line
+@pytest.mark.parametrize(
+    "length",
+    [
+        b"-1",  # not a length
+        b"1e3",
+        b"\xb2",  # "2" superscript: isdigit(), not a number
+        b"2\r\nContent-Length: 3",  # two lengths that disagree
+    ],
+)
+def test_a_body_without_one_valid_content_length_is_refused_with_400_and_the_connection_closes(v1_server, length):
+    request = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    answer = exchange(v1_server, request + b"Content-Length: " + length + b"\r\n\r\n{}")
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert answer.count(b"HTTP/1.1 ") == 1  # one answer, then the connection closed
 
 
 def test_unknown_endpoints_answer_404(v1_server):
@@ -383,7 +449,7 @@ def test_every_answer_names_the_version_that_scored_it(v1_server):
     response.read()
     conn.close()
     assert response.status == 200
-    assert response.getheader(serve.VERSION_HEADER) == "1"
+    assert response.getheader(protocol.VERSION_HEADER) == "1"
 
 
 def test_keep_alive_connection_serves_many_requests(v1_server):
@@ -393,6 +459,35 @@ def test_keep_alive_connection_serves_many_requests(v1_server):
     answers = [call(v1_server, "POST", "/invocations", body, connection=conn)[0] for _ in range(20)]
     conn.close()
     assert answers == [200] * 20
+
+
+def test_a_chunked_body_is_answered_like_mlflows_scoring_server(v1_server):
+    content_type, body = BODIES["dataframe_records"]
+    url = urlparse(v1_server.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    answers = []
+    for _ in range(2):  # the chunks are consumed exactly: the same connection serves the next request
+        parts = iter([body[:10].encode(), body[10:].encode()])  # no length: http.client sends it chunked
+        conn.request("POST", "/invocations", body=parts, headers={"Content-Type": content_type})
+        response = conn.getresponse()
+        answers.append((response.status, response.read().decode()))
+    conn.close()
+    model = v1_server.champion.current.model
+    expected = scoring_server.invocations(body, content_type, model, model.metadata.get_input_schema())
+    assert answers == [(expected.status, expected.response)] * 2
+
+
+@pytest.mark.parametrize("loaded", [True, False], ids=["model loaded", "no model yet"])
+def test_content_length_with_chunked_is_refused_with_400_and_the_connection_closes(static, loaded):
+    server = static(FrameModel() if loaded else None)
+    # A proxy framing by Content-Length sees an empty body, then a second request; h11 sees one chunk.
+    smuggled = b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n"
+    head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    framing = b"Content-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n"
+    answer = exchange(server, head + framing + b"%x\r\n" % len(smuggled) + smuggled + b"\r\n0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b"not both" in answer
+    assert answer.count(b"HTTP/1.1 ") == 1  # one answer, then the connection closed: nothing read as a request
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -443,7 +538,7 @@ def test_moving_the_alias_swaps_versions_without_failed_or_mixed_requests(store,
                 response = conn.getresponse()
                 status, text = response.status, response.read().decode()
                 tags = {row["tag"] for row in json.loads(text)["predictions"]} if status == 200 else set()
-                named = {v1: "v1", v2: "v2"}.get(response.getheader(serve.VERSION_HEADER))
+                named = {v1: "v1", v2: "v2"}.get(response.getheader(protocol.VERSION_HEADER))
                 if status != 200 or len(tags) != 1 or tags != {named}:  # the header names who answered
                     errors.append((status, text, named))
                 else:
@@ -509,7 +604,7 @@ def test_unloadable_champion_keeps_the_last_good_version_and_reports_degraded(st
 def test_a_failed_version_is_tried_once_per_poll_and_logged_once(store, name, monkeypatch, caplog):
     client = MlflowClient()
     client.set_registered_model_alias(name, "champion", register(name, store["models"]["v1"]))
-    champion = serve.Champion(name, "champion", POLL)
+    champion = follower.Champion(name, "champion", POLL)
     champion.poll()
     assert champion.current.version == "1"
 
@@ -520,7 +615,7 @@ def test_a_failed_version_is_tried_once_per_poll_and_logged_once(store, name, mo
         attempts.append(str(args[2].version))
         raise OSError("artifacts are gone")
 
-    monkeypatch.setattr(serve, "load_version", failing_load)
+    monkeypatch.setattr(follower, "load_version", failing_load)
     with caplog.at_level(logging.WARNING, logger="tagifai"):
         for _ in range(3):
             champion.poll()
@@ -535,7 +630,7 @@ def test_a_failed_version_is_tried_once_per_poll_and_logged_once(store, name, mo
 def test_an_unreachable_registry_is_reported_without_dropping_the_model(store, name, monkeypatch):
     client = MlflowClient()
     client.set_registered_model_alias(name, "champion", register(name, store["models"]["v1"]))
-    champion = serve.Champion(name, "champion", POLL)
+    champion = follower.Champion(name, "champion", POLL)
     champion.poll()
 
     def down(*args: Any) -> None:
@@ -556,11 +651,11 @@ def test_an_unreachable_registry_is_reported_without_dropping_the_model(store, n
 class StaticChampion:
     """A champion that never moves: for tests of the HTTP and scoring layers alone."""
 
-    def __init__(self, loaded: serve.Loaded) -> None:
-        self.state = serve.State(loaded)
+    def __init__(self, loaded: follower.Loaded) -> None:
+        self.state = follower.State(loaded)
 
     @property
-    def current(self) -> serve.Loaded:
+    def current(self) -> follower.Loaded:
         return self.state.loaded
 
     def start(self) -> None:
@@ -585,27 +680,27 @@ class FrameModel:
         return pd.DataFrame({"tag": data["title"].str.upper(), "probability": 0.5})
 
 
-def static_loaded(model: FrameModel) -> serve.Loaded:
-    return serve.Loaded(model=model, version="7", info={"model_version": "7", "loaded_at": "now"})
+def static_loaded(model: FrameModel) -> follower.Loaded:
+    return follower.Loaded(model=model, version="7", info={"model_version": "7", "loaded_at": "now"})
 
 
 def test_queued_requests_share_a_batch_and_each_gets_its_own_rows():
     model = FrameModel()
     loaded = static_loaded(model)
     frames = [pd.DataFrame({"title": ["a", "b"]}), pd.DataFrame({"title": ["c"]}), pd.DataFrame({"title": ["boom"]})]
-    jobs = [serve.Job(loaded, serve.Payload(frame), Future()) for frame in frames]
-    jobs.append(serve.Job(loaded, serve.Payload(pd.DataFrame({"title": ["d"], "x": [1]})), Future()))
-    groups: dict[Any, list[serve.Job]] = {}
+    jobs = [batcher.Job(loaded, protocol.Payload(frame), Future()) for frame in frames]
+    jobs.append(batcher.Job(loaded, protocol.Payload(pd.DataFrame({"title": ["d"], "x": [1]})), Future()))
+    groups: dict[Any, list[batcher.Job]] = {}
     for job in jobs:
-        groups.setdefault(serve.batch_key(job), []).append(job)
+        groups.setdefault(batcher.batch_key(job), []).append(job)
     for group in groups.values():
-        serve.score_batch(group)
+        batcher.score_batch(group)
 
     assert [job.future.result() for job in jobs[:2]] == [
         [{"tag": "A", "probability": 0.5}, {"tag": "B", "probability": 0.5}],
         [{"tag": "C", "probability": 0.5}],
     ]
-    with pytest.raises(serve.RequestError, match="boom is not a title"):
+    with pytest.raises(protocol.RequestError, match="boom is not a title"):
         jobs[2].future.result()
     assert jobs[3].future.result() == [{"tag": "D", "probability": 0.5}]
     # one failed batch of 3 frames, then each alone; the frame with other columns on its own
