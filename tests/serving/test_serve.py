@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -779,3 +780,121 @@ def test_tagifai_serve_serves_and_stops_gracefully_on_sigterm(store, name):
     assert process.returncode == 0
     assert f"serve: champion v{version} loaded" in stderr
     assert "serve: stopping" in stderr
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bounds: slow clients, large bodies, slow predictions
+
+MIB = 1024 * 1024
+SMALL = json.dumps({"dataframe_records": [{"title": "x"}]})
+SMALL_ANSWER = {"predictions": [{"tag": "X", "probability": 0.5}]}
+
+
+def rss_bytes() -> int:
+    """This process's resident memory (the servers under test run in it)."""
+    status = Path("/proc/self/status").read_text(encoding="utf-8")
+    return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE).group(1)) * 1024
+
+
+def closed_by_server(conn: socket.socket, timeout: float) -> bytes | None:
+    """What the server answered before it closed `conn` (None: still open after `timeout` seconds)."""
+    conn.setblocking(True)
+    conn.settimeout(timeout)
+    answer = b""
+    try:
+        while chunk := conn.recv(65536):
+            answer += chunk
+    except ConnectionResetError:  # closed with bytes of ours unread
+        pass
+    except TimeoutError:
+        return None
+    return answer
+
+
+def test_many_half_sent_large_uploads_neither_block_a_request_nor_grow_memory_and_are_cut_at_their_deadline(static):
+    deadline, uploads, declared = 4.0, 200, 10 * MIB
+    server = static(FrameModel(), request_seconds=deadline, max_bodies_bytes=32 * MIB)
+    url = urlparse(server.url)
+    head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += b"Content-Length: %d\r\n\r\n" % declared
+    data = memoryview(b" " * MIB)
+    before = rss_bytes()
+    connected: list[tuple[socket.socket, float]] = []
+    for _ in range(uploads):
+        conn = socket.create_connection((url.hostname, url.port), timeout=10)
+        conn.sendall(head)
+        conn.setblocking(False)
+        connected.append((conn, time.monotonic()))
+    sent = [0] * uploads
+    give_up = time.monotonic() + 30.0
+    while any(0 <= n < declared // 2 for n in sent) and time.monotonic() < give_up:
+        for i, (conn, _) in enumerate(connected):  # half of each body, as fast as the server takes it
+            if 0 <= sent[i] < declared // 2:
+                try:
+                    sent[i] += conn.send(data[: declared // 2 - sent[i]])
+                except BlockingIOError:
+                    pass
+                except OSError:  # refused (or past its deadline): the server closed it
+                    sent[i] = -1
+        time.sleep(0.01)
+    time.sleep(0.5)  # what is in the sockets' buffers reaches the server
+    grown = rss_bytes() - before
+
+    started = time.monotonic()
+    answered = invoke(server, SMALL)
+    answered_in = time.monotonic() - started
+    assert answered == (200, SMALL_ANSWER)
+    assert answered_in < 5.0, answered_in  # well under a second when idle; generous on a shared machine
+    # 32 MiB of bodies at most, plus 64 KiB a connection uvicorn buffers: not the 200 x 5 MiB sent
+    assert grown < 150 * MIB, f"{grown / MIB:.0f} MiB"
+
+    held = 0
+    for conn, at in connected:
+        answer = closed_by_server(conn, timeout=max(0.1, at + deadline + 10 - time.monotonic()))
+        closed_at = time.monotonic()
+        conn.close()
+        assert answer is not None, "an upload outlived its deadline"
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 503 "), answer  # cut, or refused: bodies held
+        held += answer == b"" and closed_at >= at + deadline
+    assert held, "no upload was held until its deadline"
+
+
+@pytest.mark.parametrize("part", ["head", "body"])
+def test_a_request_trickling_in_is_cut_at_its_deadline(static, part):
+    deadline = 1.0
+    server = static(FrameModel(), request_seconds=deadline)
+    url = urlparse(server.url)
+    head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n"
+    first, rest = (head[:10], head[10:]) if part == "head" else (head, b" " * 500)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as conn:
+        started = time.monotonic()
+        conn.sendall(first)
+        for byte in rest:  # a byte every 0.1 s: each would reset a timeout of inactivity
+            if select.select([conn], [], [], 0.1)[0]:
+                break
+            conn.sendall(bytes([byte]))
+        answer = closed_by_server(conn, timeout=10)
+        closed_after = time.monotonic() - started
+    assert answer == b""
+    assert deadline <= closed_after < deadline + 3.0, closed_after
+
+
+def test_scoring_past_its_deadline_is_a_504_and_the_server_goes_on(static):
+    model = FrameModel(sleep=1.5)
+    server = static(model, score_seconds=0.5)
+    status, answer = invoke(server, SMALL)
+    assert status == 504
+    assert answer["error_code"] == "DEADLINE_EXCEEDED"
+    assert "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT" in answer["message"]
+    assert get(server, "/health")[0] == 200  # not blocked by the prediction still running
+    model.sleep = 0.0
+    time.sleep(1.5)  # the slow prediction ends
+    assert invoke(server, SMALL) == (200, SMALL_ANSWER)
+
+
+def test_limits_come_from_the_settings_and_the_scoring_timeout_from_mlflows_variable(monkeypatch):
+    from tagifai.contract.config import load_settings
+
+    monkeypatch.setenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "7")
+    limits = serve.Limits.from_settings(load_settings().serve)
+    assert limits == serve.Limits(score_seconds=7.0)  # the defaults are the settings' defaults
