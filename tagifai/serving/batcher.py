@@ -1,11 +1,8 @@
-"""Micro-batching: requests that queue up while the model is busy are scored as one frame.
+"""Micro-batching: one model call at a time, in a worker thread; what queues up meanwhile shares the next call.
 
-One model call runs at a time, in a worker thread (never on the event loop, so a slow prediction
-delays no other request's I/O). Requests that arrive meanwhile are scored together at the next call
-when they share the model, columns, dtypes and params, which amortizes the model's fixed per-call
-cost; tagifai's model scores each row independently, so every request gets the rows it would have
-got alone. A batch that fails is re-scored request by request, so one bad request never fails its
-neighbours.
+Requests of the same model, columns, dtypes and params are scored as one frame (tagifai's model scores
+each row on its own, so each gets the rows it would have got alone); a batch that fails is re-scored
+request by request, so one bad request never fails its neighbours.
 """
 
 from __future__ import annotations
@@ -60,41 +57,31 @@ def score(loaded: Loaded, payload: Payload) -> Any:
 
 
 def score_batch(jobs: list[Job]) -> None:
-    """Score jobs that share a `batch_key` as one frame and resolve each job's future with its rows."""
+    """Score `jobs`, those of equal `batch_key` as one frame; resolve each job's future with its own rows."""
     import pandas as pd
 
-    if len(jobs) > 1:
-        frame = pd.concat([job.payload.data for job in jobs], ignore_index=True)
-        try:
-            rows = score(jobs[0].loaded, Payload(frame, jobs[0].payload.params))
-        except RequestError:
-            rows = None  # someone's input is bad: score each alone so only they get the error
-        if isinstance(rows, list) and len(rows) == len(frame):
-            start = 0
-            for job in jobs:
-                job.future.set_result(rows[start : start + job.payload.rows])
-                start += job.payload.rows
-            return
-    for job in jobs:
-        try:
-            job.future.set_result(score(job.loaded, job.payload))
-        except Exception as exc:
-            job.future.set_exception(exc)
-
-
-def score_jobs(jobs: list[Job]) -> None:
-    """Score queued jobs, each group of equal `batch_key` as one frame; skip those whose request gave up."""
     groups: dict[Any, list[Job]] = {}
     for job in jobs:
-        if job.future.set_running_or_notify_cancel():  # False: its deadline passed while it waited
+        if job.future.set_running_or_notify_cancel():  # False: its request gave up waiting
             groups.setdefault(batch_key(job), []).append(job)
     for group in groups.values():
-        try:
-            score_batch(group)
-        except Exception as exc:  # answer whoever is still waiting
-            for job in group:
-                if not job.future.done():
-                    job.future.set_exception(exc)
+        if len(group) > 1:
+            frame = pd.concat([job.payload.data for job in group], ignore_index=True)
+            try:
+                rows = score(group[0].loaded, Payload(frame, group[0].payload.params))
+            except RequestError:
+                rows = None  # someone's input is bad: score each alone so only they get the error
+            if isinstance(rows, list) and len(rows) == len(frame):
+                start = 0
+                for job in group:
+                    job.future.set_result(rows[start : start + job.payload.rows])
+                    start += job.payload.rows
+                continue
+        for job in group:
+            try:
+                job.future.set_result(score(job.loaded, job.payload))
+            except Exception as exc:
+                job.future.set_exception(exc)
 
 
 class Scorer:
@@ -127,4 +114,4 @@ class Scorer:
             while self._queue and rows < self.max_batch_rows:
                 jobs.append(self._queue.popleft())
                 rows += jobs[-1].payload.rows
-            await asyncio.to_thread(score_jobs, jobs)
+            await asyncio.to_thread(score_batch, jobs)

@@ -1,12 +1,9 @@
-"""Follow `models:/<name>@<alias>`: which version is loaded, and the thread that swaps it when the alias moves.
+"""Follow `models:/<name>@<alias>`: a thread asks the registry every `poll_seconds` which version holds it.
 
-`mlflow models serve -m models:/tagifai@champion` resolves the alias once. Here a background thread
-asks the registry every `poll_seconds` which version holds the alias; when that changes (promotion,
-rollback, someone moving it in the MLflow UI) it loads the new version off the request path, warms
-it up on the model's own input example and swaps it in with one reference assignment of an
-immutable `State`. Every request reads that reference once, so a request is answered by exactly one
-version and nothing fails during a swap. A version that cannot be loaded is reported on /health
-(`degraded`, `last_error`) while the last good one keeps serving; it is tried again at the next poll.
+`mlflow models serve` resolves the alias once. Here a new version is loaded off the request path,
+warmed up on its own input example and swapped in with one assignment of an immutable `State`; each
+request reads that reference once, so it is answered by exactly one version and none fails during a
+swap. A version that cannot be loaded is reported on /health while the last good one keeps serving.
 """
 
 from __future__ import annotations
@@ -91,11 +88,6 @@ def no_model(state: State) -> RequestError:
     return RequestError(503, f"no model loaded{reason}", "TEMPORARILY_UNAVAILABLE")
 
 
-def now_iso() -> str:
-    """The current UTC time, ISO 8601 to the second."""
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 def load_version(model_name: str, alias: str, version: Any, directory: str) -> Loaded:
     """Load registered `version` of `model_name` into `directory` and score its input example once.
 
@@ -113,7 +105,7 @@ def load_version(model_name: str, alias: str, version: Any, directory: str) -> L
         model.predict(model.input_example)
     columns = schema is not None and not schema.is_tensor_spec()
     csv_dtypes = dict(zip(schema.input_names(), schema.pandas_types(), strict=True)) if columns else None
-    info = version_info(model_name, alias, version, now_iso())
+    info = version_info(model_name, alias, version, datetime.now(UTC).isoformat(timespec="seconds"))
     return Loaded(model, str(version.version), info, schema, csv_dtypes, directory)
 
 

@@ -1,8 +1,7 @@
-"""MLflow's scoring protocol: parse a request body, encode the answer and the errors, as its scoring server does.
+"""MLflow's scoring protocol, pure: request bodies parsed, answers and errors encoded as its scoring server does.
 
-Pure functions over bytes and frames: MLflow's own parsing helpers and the model's input schema do the
-work (`mlflow.pyfunc.scoring_server` answers with the same helpers), so `tagifai serve` answers what
-`mlflow models serve` answers, byte for byte. No sockets, no state.
+MLflow's own parsing helpers and the model's input schema do the work, so `tagifai serve` answers
+what `mlflow models serve` answers, byte for byte.
 """
 
 from __future__ import annotations
@@ -75,8 +74,10 @@ class Payload:
 
     @property
     def rows(self) -> int:
-        """Rows in the input (1 when it is not a frame)."""
-        return len(self.data) if self.batchable else 1
+        """Rows in the input: a frame's or a list's length, a dict of columns' longest column, else 1."""
+        if isinstance(self.data, dict):
+            return max((Payload(column).rows for column in self.data.values()), default=1)
+        return 1 if isinstance(self.data, str | bytes) or not hasattr(self.data, "__len__") else len(self.data)
 
 
 def parse_json(body: bytes, schema: Any) -> Payload:
@@ -146,25 +147,12 @@ def parse_body(body: bytes, mime: str, schema: Any, csv_dtypes: dict[str, Any] |
     else:
         supported = ", ".join((CONTENT_TYPE_JSON, CONTENT_TYPE_CSV, CONTENT_TYPE_PARQUET))
         raise RequestError(415, f"unsupported Content-Type {mime!r}: send one of {supported}")
-    check_rows(rows_of(payload.data), max_rows)
+    check_rows(payload.rows, max_rows)
     return payload
 
 
-def rows_of(data: Any) -> int:
-    """Rows in a model input: a frame's or a list's length, a dict of columns' longest column, else 1."""
-    if isinstance(data, dict):
-        return max((rows_of(value) for value in data.values()), default=1)
-    if isinstance(data, str | bytes) or not hasattr(data, "__len__"):
-        return 1
-    return len(data)
-
-
 def check_rows(rows: int, max_rows: int) -> None:
-    """Refuse a request of more than `max_rows` rows.
-
-    Raises:
-        RequestError: 413.
-    """
+    """Refuse (413) a request of more than `max_rows` rows."""
     if rows > max_rows:
         raise RequestError(413, f"the body holds {rows} rows; the limit is {max_rows} rows per request")
 

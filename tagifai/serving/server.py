@@ -2,20 +2,10 @@
 
     tagifai serve --model-name tagifai --alias champion --port 5001
 
-`POST /invocations` (JSON `dataframe_records`, `dataframe_split`, `inputs`, `instances`; `text/csv`;
-parquet) answers `{"predictions": [...]}` byte for byte as MLflow's scoring server does (`protocol`),
-scored by the version the alias names now (`follower`), in one model call with the requests that
-queued up meanwhile (`batcher`); each answer names its version in the `Tagifai-Model-Version` header.
-`GET /health`, `/ping`, `/version`.
-
-HTTP is uvicorn's with h11's framing (RFC 9112): conflicting Content-Length headers or a malformed
-chunk get a 400 and the connection closes; chunked bodies are read, as MLflow's server reads them.
-What one server takes on is bounded (`Limits`): connections at once (uvicorn answers 503 beyond
-them), the time a request's head and body may take to arrive (trickling does not reset it), a body's
-bytes (counted as they stream in, whatever Content-Length says), the body bytes held across all
-requests, rows per request, and the time to parse and score (MLflow's
-`MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT`, 504 past it). On SIGTERM it stops accepting, lets the
-requests in flight finish, then exits.
+`POST /invocations` answers as MLflow's scoring server does (`protocol`), with the version the alias
+names now (`follower`), batched with the requests that queued up meanwhile (`batcher`); `GET /health`,
+`/ping`, `/version`. Framing is h11's (RFC 9112); what one server takes on is bounded (`Limits`). On
+SIGTERM it stops accepting, lets the requests in flight finish, then exits.
 """
 
 from __future__ import annotations
@@ -29,7 +19,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import h11
 import uvicorn
@@ -42,6 +31,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from tagifai.contract.settings import Serve
 from tagifai.serving.batcher import Scorer
 from tagifai.serving.follower import Champion, Loaded, health, no_model
 from tagifai.serving.protocol import (
@@ -58,13 +48,9 @@ from tagifai.serving.protocol import (
 log = logging.getLogger("tagifai")
 
 MIB = 1024 * 1024
-# Bodies up to this size do not count against `Limits.max_bodies_bytes` (uvicorn buffers as much per
-# connection anyway), so a small request is never refused because large ones are arriving.
+# Bodies this small are not counted against `Limits.max_bodies_bytes` (uvicorn buffers as much per
+# connection anyway) and are parsed on the event loop (about a millisecond; a thread hop costs more).
 SMALL_BODY_BYTES = 64 * 1024
-# Idle keep-alive connections are closed after this long (uvicorn's default, and `mlflow models serve`'s).
-KEEP_ALIVE_SECONDS = 5
-# The longest request line and headers h11 buffers (its default, stated).
-MAX_HEAD_BYTES = 16 * 1024
 # On stop, how long requests in flight may take before they are cancelled.
 GRACE_SECONDS = 10.0
 
@@ -75,11 +61,11 @@ class Limits:
 
     Attributes:
         max_connections: connections (and requests in flight) at once; uvicorn answers 503 beyond them.
-        request_seconds: for a request's head and body to arrive, from the connection or its first byte.
-        max_body_bytes: one request's body; 413 past it.
-        max_bodies_bytes: the bodies held at once, all requests together; 503 past it.
+        request_seconds: for a request's head and body to arrive, from its first byte; then it is cut.
+        max_body_bytes: one request's body, counted as it streams in; 413 past it.
+        max_bodies_bytes: the bodies held at once by all requests; 503 past it.
         max_rows: rows per request; 413 past it.
-        score_seconds: to parse and score one request (`MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT`); 504 past it.
+        score_seconds: to parse and score a request (`MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT`); 504 past it.
     """
 
     max_connections: int = 256
@@ -90,18 +76,12 @@ class Limits:
     score_seconds: float = 60.0
 
     @classmethod
-    def from_settings(cls, serve: Any) -> Limits:
+    def from_settings(cls, serve: Serve) -> Limits:
         """The limits of the `[serve]` settings, and MLflow's scoring timeout from the environment."""
         from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
 
-        return cls(
-            serve.max_connections,
-            serve.request_seconds,
-            serve.max_body_bytes,
-            serve.max_bodies_bytes,
-            serve.max_rows,
-            float(MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get()),
-        )
+        bounds = serve.model_dump(exclude={"alias", "poll_seconds", "port"})
+        return cls(**bounds, score_seconds=float(MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get()))
 
 
 def refusal(error: RequestError, headers: dict[str, str] | None = None) -> Response:
@@ -110,15 +90,10 @@ def refusal(error: RequestError, headers: dict[str, str] | None = None) -> Respo
     return Response(error_json(str(error), error.error_code), error.status, headers, CONTENT_TYPE_JSON)
 
 
-def json_response(status: int, body: Any) -> Response:
-    """`body` as JSON."""
-    return Response(json.dumps(body).encode(), status, media_type=CONTENT_TYPE_JSON)
-
-
 class Bodies:
-    """Reads request bodies: at most `max_body_bytes` each, `max_bodies_bytes` held at once by all.
+    """Reads request bodies, at most `max_body_bytes` each and `max_bodies_bytes` held by all at once.
 
-    Used on the event loop only, so the shared count needs no lock.
+    Used on the event loop only, so the count needs no lock.
     """
 
     def __init__(self, max_body_bytes: int, max_bodies_bytes: int) -> None:
@@ -131,23 +106,18 @@ class Bodies:
         """The body of `request`, counted against the bodies held until the block ends.
 
         Raises:
-            RequestError: 413 past `max_body_bytes`, 503 while other bodies hold `max_bodies_bytes`; both
-                close the connection (the rest of the body is not read).
+            RequestError: 413 past `max_body_bytes`, 503 past `max_bodies_bytes`; both close the connection.
         """
-        declared = request.headers.get("content-length")  # h11 has checked that it is one number
-        if declared is not None and int(declared) > self.max_body_bytes:
-            raise RequestError(
-                413, f"the body is {declared} bytes; the limit is {self.max_body_bytes} bytes", close=True
-            )
+        declared = int(request.headers.get("content-length", 0))  # h11 has checked that it is one number
         chunks: list[bytes] = []
         size = held = 0
         try:
             async for chunk in request.stream():
                 size += len(chunk)
-                if size > self.max_body_bytes:
-                    raise RequestError(413, f"the body passed the limit of {self.max_body_bytes} bytes", close=True)
-                more = max(0, size - SMALL_BODY_BYTES) - held
-                if more > self.left:
+                if max(size, declared) > self.max_body_bytes:
+                    limit = f"the limit is {self.max_body_bytes} bytes"
+                    raise RequestError(413, f"the body is {max(size, declared)} bytes; {limit}", close=True)
+                if (more := max(0, size - SMALL_BODY_BYTES) - held) > self.left:
                     raise RequestError(503, "too many large bodies arriving: retry", "TEMPORARILY_UNAVAILABLE", True)
                 self.left -= more
                 held += more
@@ -160,70 +130,51 @@ class Bodies:
 class RequestDeadline(H11Protocol):
     """uvicorn's h11 protocol, with a deadline for each request's head and body to arrive.
 
-    uvicorn bounds how long a connection idles between requests, not how long a request takes to
-    arrive: a client sending a byte now and then would hold its connection (and a `limit_concurrency`
-    slot) for ever. The deadline starts with the connection or with a request's first byte, so bytes
-    that trickle in do not reset it; once a request is in, the scoring deadline takes over.
+    uvicorn bounds the idle time between requests, not the time a request takes to arrive: a client
+    sending a byte now and then would hold its connection (and a `limit_concurrency` slot) for ever.
+    The deadline starts at the connection and at each request's first byte; later bytes do not move it.
     """
 
     request_seconds = Limits.request_seconds
-    _deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Start the first request's deadline."""
         super().connection_made(transport)
-        self._arm()
+        self.deadline = self.loop.call_later(self.request_seconds, self.expire)
 
     def data_received(self, data: bytes) -> None:
-        """Start the deadline of a request at its first byte."""
-        if self._deadline is None:
-            self._arm()
+        """Restart the deadline at a request's first byte."""
+        if self.conn.their_state is h11.IDLE and not self.conn.trailing_data[0]:
+            self.deadline.cancel()
+            self.deadline = self.loop.call_later(self.request_seconds, self.expire)
         super().data_received(data)
 
-    def on_response_complete(self) -> None:
-        """Until the next request's first byte, the keep-alive timeout applies."""
-        self._disarm()
-        super().on_response_complete()
-
     def connection_lost(self, exc: Exception | None) -> None:
-        """Forget the deadline."""
-        self._disarm()
+        """Drop the deadline."""
+        self.deadline.cancel()
         super().connection_lost(exc)
 
-    def _arm(self) -> None:
-        self._deadline = self.loop.call_later(self.request_seconds, self._expire)
-
-    def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
-    def _expire(self) -> None:
-        self._deadline = None
+    def expire(self) -> None:
+        """Close the connection if the request is not in yet (the app sees the client leave)."""
         if self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
-            self.transport.close()  # the request is not in yet: the app sees the client disconnect
+            self.transport.close()
 
 
-class OneFraming:
+def one_framing(app: ASGIApp) -> ASGIApp:
     """Refuse, then close, a request framed both by Content-Length and by Transfer-Encoding.
 
-    h11 frames it by Transfer-Encoding, as RFC 9112 §6.1 allows, but keeps the connection open; a
-    proxy in front may have framed it by Content-Length (request smuggling). The RFC lets a server
-    refuse such a request and requires it to close the connection after answering.
+    h11 frames it by Transfer-Encoding, as RFC 9112 §6.1 allows, and keeps the connection; a proxy in
+    front may have framed it by Content-Length (request smuggling). The RFC lets a server refuse it,
+    and requires closing the connection after the answer.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        """Wrap `app`."""
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Answer 400 to a doubly framed request; pass anything else on."""
-        names = [name for name, _ in scope.get("headers", ())]
-        if b"content-length" in names and b"transfer-encoding" in names:
+    async def framed(scope: Scope, receive: Receive, send: Send) -> None:
+        if {b"content-length", b"transfer-encoding"} <= {name for name, _ in scope.get("headers", ())}:
             error = RequestError(400, "send Content-Length or Transfer-Encoding, not both", close=True)
-            await refusal(error)(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
+            return await refusal(error)(scope, receive, send)
+        await app(scope, receive, send)
+
+    return framed
 
 
 def create_app(champion: Champion, limits: Limits) -> Starlette:
@@ -233,7 +184,6 @@ def create_app(champion: Champion, limits: Limits) -> Starlette:
 
     async def answer(loaded: Loaded, body: bytes, mime: str) -> bytes:
         parse = (body, mime, loaded.schema, loaded.csv_dtypes, limits.max_rows)
-        # A small body parses in about a millisecond: quicker on the loop than the hop to a thread.
         payload = parse_body(*parse) if len(body) <= SMALL_BODY_BYTES else await asyncio.to_thread(parse_body, *parse)
         return predictions_json(await scorer.submit(loaded, payload))
 
@@ -262,14 +212,15 @@ def create_app(champion: Champion, limits: Limits) -> Starlette:
         return Response(b"\n", 200 if champion.current else 503, media_type=CONTENT_TYPE_JSON)
 
     async def health_check(request: Request) -> Response:
-        return json_response(*health(champion.state))
+        status, body = health(champion.state)
+        return Response(json.dumps(body), status, media_type=CONTENT_TYPE_JSON)
 
     async def version(request: Request) -> Response:
-        state = champion.state
-        return json_response(200, state.loaded.info) if state.loaded else refusal(no_model(state))
+        if (state := champion.state).loaded is None:
+            return refusal(no_model(state))
+        return Response(json.dumps(state.loaded.info), media_type=CONTENT_TYPE_JSON)
 
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
         if exc.status_code == 404:
             return refusal(RequestError(404, f"no endpoint {request.url.path}", "ENDPOINT_NOT_FOUND"))
         return refusal(RequestError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}"), exc.headers)
@@ -280,7 +231,8 @@ def create_app(champion: Champion, limits: Limits) -> Starlette:
         Route("/health", health_check),
         Route("/version", version),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(OneFraming)], exception_handlers={HTTPException: http_error})
+    errors = {HTTPException: http_error}
+    return Starlette(routes=routes, middleware=[Middleware(one_framing)], exception_handlers=errors)
 
 
 class ModelServer:
@@ -291,26 +243,22 @@ class ModelServer:
         limits = limits or Limits()
         self.champion = champion
         self.url = f"http://{host}:{port}"  # the port is known once started
-        protocol = type("Protocol", (RequestDeadline,), {"request_seconds": limits.request_seconds})
-        config = uvicorn.Config(
-            create_app(champion, limits),
-            host=host,
-            port=port,
-            http=protocol,  # h11, explicitly: its framing, with the request deadline above
-            loop="asyncio",
-            lifespan="off",
-            log_config=None,  # the CLI's logging, untouched
-            log_level="warning",  # not uvicorn's start-up lines: ours says where it listens
-            access_log=False,  # a log line would cost more than scoring a row
-            proxy_headers=False,
-            server_header=False,
-            headers=[("Server", "tagifai-serve")],
-            backlog=limits.max_connections,
-            limit_concurrency=limits.max_connections,
-            timeout_keep_alive=KEEP_ALIVE_SECONDS,
-            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(champion, limits),
+                host=host,
+                port=port,
+                loop="asyncio",
+                # h11, explicitly (its framing), with a deadline for requests to arrive
+                http=type("Protocol", (RequestDeadline,), {"request_seconds": limits.request_seconds}),
+                h11_max_incomplete_event_size=16 * 1024,  # a request's line and headers (h11's default)
+                limit_concurrency=limits.max_connections,
+                timeout_keep_alive=5,  # idle seconds between requests (uvicorn's and `mlflow models serve`'s)
+                log_config=None,  # the CLI's logging, untouched
+                log_level="warning",  # not uvicorn's start-up lines: ours says where it listens
+                access_log=False,  # a log line would cost more than scoring a row
+            )
         )
-        self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
     def start(self, timeout: float = 10.0) -> None:

@@ -343,7 +343,7 @@ def test_too_many_rows_are_refused_and_a_parquet_body_before_it_is_decoded(monke
         (protocol.CONTENT_TYPE_PARQUET, parquet.getvalue()),
     ]
     for mime, body in bodies:
-        assert protocol.rows_of(protocol.parse_body(body, mime, None, None, max_rows=6).data) == 6
+        assert protocol.parse_body(body, mime, None, None, max_rows=6).rows == 6
     monkeypatch.setattr(pd, "read_parquet", lambda *args, **kwargs: pytest.fail("decoded"))
     for mime, body in bodies:
         with pytest.raises(protocol.RequestError) as error:
@@ -489,6 +489,13 @@ def test_content_length_with_chunked_is_refused_with_400_and_the_connection_clos
     assert answer.startswith(b"HTTP/1.1 400 "), answer
     assert b"not both" in answer
     assert answer.count(b"HTTP/1.1 ") == 1  # one answer, then the connection closed: nothing read as a request
+
+
+def test_a_malformed_chunk_is_refused_with_400_and_the_connection_closes(v1_server):
+    head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    answer = exchange(v1_server, head + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert answer.count(b"HTTP/1.1 ") == 1
 
 
 # ---------------------------------------------------------------------------------------------------
