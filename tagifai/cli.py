@@ -446,8 +446,7 @@ def serve(
     def run(settings: Settings) -> None:
         options = settings.serve
         name = model_name or registry.model_name(settings)
-        limits = serve.Limits.from_settings(options)
-        serve.run(name, alias or options.alias, host, port or options.port, options.poll_seconds, limits)
+        serve.run(name, alias or options.alias, host, port or options.port, options.poll_seconds, options)
 
     human(run)
 

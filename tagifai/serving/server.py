@@ -4,7 +4,7 @@
 
 `POST /invocations` answers as MLflow's scoring server does (`protocol`), with the version the alias
 names now (`follower`), batched with the requests that queued up meanwhile (`batcher`); `GET /health`,
-`/ping`, `/version`. Framing is h11's (RFC 9112); what one server takes on is bounded (`Limits`). On
+`/ping`, `/version`. Framing is h11's (RFC 9112); what one server takes on is bounded (`[serve]` settings). On
 SIGTERM it stops accepting, lets the requests in flight finish, then exits.
 """
 
@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 import h11
 import uvicorn
@@ -47,41 +46,11 @@ from tagifai.serving.protocol import (
 
 log = logging.getLogger("tagifai")
 
-MIB = 1024 * 1024
-# Bodies this small are not counted against `Limits.max_bodies_bytes` (uvicorn buffers as much per
+# Bodies this small are not counted against `max_bodies_bytes` (uvicorn buffers as much per
 # connection anyway) and are parsed on the event loop (about a millisecond; a thread hop costs more).
 SMALL_BODY_BYTES = 64 * 1024
 # On stop, how long requests in flight may take before they are cancelled.
 GRACE_SECONDS = 10.0
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one server takes on at most (`[serve]` in the settings; these defaults are theirs).
-
-    Attributes:
-        max_connections: connections (and requests in flight) at once; uvicorn answers 503 beyond them.
-        request_seconds: for a request's head and body to arrive, from its first byte; then it is cut.
-        max_body_bytes: one request's body, counted as it streams in; 413 past it.
-        max_bodies_bytes: the bodies held at once by all requests; 503 past it.
-        max_rows: rows per request; 413 past it.
-        score_seconds: to parse and score a request (`MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT`); 504 past it.
-    """
-
-    max_connections: int = 256
-    request_seconds: float = 30.0
-    max_body_bytes: int = 10 * MIB
-    max_bodies_bytes: int = 256 * MIB
-    max_rows: int = 10_000
-    score_seconds: float = 60.0
-
-    @classmethod
-    def from_settings(cls, serve: Serve) -> Limits:
-        """The limits of the `[serve]` settings, and MLflow's scoring timeout from the environment."""
-        from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
-
-        bounds = serve.model_dump(exclude={"alias", "poll_seconds", "port"})
-        return cls(**bounds, score_seconds=float(MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get()))
 
 
 def refusal(error: RequestError, headers: dict[str, str] | None = None) -> Response:
@@ -108,15 +77,15 @@ class Bodies:
         Raises:
             RequestError: 413 past `max_body_bytes`, 503 past `max_bodies_bytes`; both close the connection.
         """
-        declared = int(request.headers.get("content-length", 0))  # h11 has checked that it is one number
+        if (declared := int(request.headers.get("content-length", 0))) > self.max_body_bytes:  # one number (h11)
+            limit = f"the limit is {self.max_body_bytes} bytes"
+            raise RequestError(413, f"the body is {declared} bytes; {limit}", close=True)  # before reading it
         chunks: list[bytes] = []
         size = held = 0
         try:
             async for chunk in request.stream():
-                size += len(chunk)
-                if max(size, declared) > self.max_body_bytes:
-                    limit = f"the limit is {self.max_body_bytes} bytes"
-                    raise RequestError(413, f"the body is {max(size, declared)} bytes; {limit}", close=True)
+                if (size := size + len(chunk)) > self.max_body_bytes:
+                    raise RequestError(413, f"the body is over the limit of {self.max_body_bytes} bytes", close=True)
                 if (more := max(0, size - SMALL_BODY_BYTES) - held) > self.left:
                     raise RequestError(503, "too many large bodies arriving: retry", "TEMPORARILY_UNAVAILABLE", True)
                 self.left -= more
@@ -135,7 +104,7 @@ class RequestDeadline(H11Protocol):
     The deadline starts at the connection and at each request's first byte; later bytes do not move it.
     """
 
-    request_seconds = Limits.request_seconds
+    request_seconds: float  # set by the server, from its settings
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Start the first request's deadline."""
@@ -177,7 +146,7 @@ def one_framing(app: ASGIApp) -> ASGIApp:
     return framed
 
 
-def create_app(champion: Champion, limits: Limits) -> Starlette:
+def create_app(champion: Champion, limits: Serve, score_seconds: float) -> Starlette:
     """The ASGI app: MLflow's scoring endpoints for `champion`'s current version, within `limits`."""
     scorer = Scorer()
     bodies = Bodies(limits.max_body_bytes, limits.max_bodies_bytes)
@@ -194,13 +163,13 @@ def create_app(champion: Champion, limits: Limits) -> Starlette:
                 if loaded is None:
                     raise no_model(champion.state)
                 mime = media_type(request.headers.get("content-type"))
-                async with asyncio.timeout(limits.score_seconds):
+                async with asyncio.timeout(score_seconds):
                     predictions = await answer(loaded, body, mime)
             return Response(predictions, 200, {VERSION_HEADER: loaded.version}, CONTENT_TYPE_JSON)
         except RequestError as error:
             return refusal(error)
         except TimeoutError:
-            reason = f"parsing and scoring took over {limits.score_seconds:g} s (MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT)"
+            reason = f"parsing and scoring took over {score_seconds:g} s (MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT)"
             return refusal(RequestError(504, reason, "DEADLINE_EXCEEDED"))
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is listening
@@ -238,14 +207,18 @@ def create_app(champion: Champion, limits: Limits) -> Starlette:
 class ModelServer:
     """The alias follower and the app on uvicorn, started and stopped together."""
 
-    def __init__(self, champion: Champion, host: str, port: int, limits: Limits | None = None) -> None:
-        """Serve on `host`:`port` (port 0: any free port) once started."""
-        limits = limits or Limits()
+    def __init__(self, champion: Champion, host: str, port: int, limits: Serve) -> None:
+        """Serve on `host`:`port` (port 0: any free port) once started, within the `[serve]` settings' limits.
+
+        Parsing and scoring a request may take MLflow's `MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT` (504 past it).
+        """
+        from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
+
         self.champion = champion
         self.url = f"http://{host}:{port}"  # the port is known once started
         self._server = uvicorn.Server(
             uvicorn.Config(
-                create_app(champion, limits),
+                create_app(champion, limits, float(MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT.get())),
                 host=host,
                 port=port,
                 loop="asyncio",
@@ -287,7 +260,7 @@ class ModelServer:
         self.champion.stop()
 
 
-def run(model_name: str, alias: str, host: str, port: int, poll_seconds: float, limits: Limits) -> None:
+def run(model_name: str, alias: str, host: str, port: int, poll_seconds: float, limits: Serve) -> None:
     """Serve until SIGTERM/SIGINT (graceful stop).
 
     Args:
@@ -296,7 +269,7 @@ def run(model_name: str, alias: str, host: str, port: int, poll_seconds: float, 
         host: interface to listen on.
         port: port to listen on (0: any free port).
         poll_seconds: how often to ask the registry which version holds the alias.
-        limits: what the server takes on at most.
+        limits: the `[serve]` settings: what the server takes on at most.
     """
     stop = threading.Event()
     server = ModelServer(Champion(model_name, alias, poll_seconds), host, port, limits)

@@ -32,6 +32,8 @@ from mlflow.pyfunc import scoring_server
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service import utils as tracking_utils
 
+from tagifai.contract.config import load_settings
+from tagifai.contract.settings import Serve
 from tagifai.serving import batcher, follower, protocol
 from tagifai.serving import server as serve
 from tests.harness import free_port
@@ -57,6 +59,11 @@ class TagModel(mlflow.pyfunc.PythonModel):
             raise ValueError(f"model input needs a 'title' column (got: {', '.join(map(str, frame.columns))})")
         titles = frame["title"].fillna("").astype(str)
         return pd.DataFrame({"tag": [self.tag] * len(frame), "probability": [round(len(t) / 97, 6) for t in titles]})
+
+
+def limits(**overrides: Any) -> Serve:
+    """The `[serve]` settings, with `overrides`."""
+    return load_settings().serve.model_copy(update=overrides)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -117,7 +124,7 @@ def start(store: dict[str, Any]) -> Iterator[Callable[..., serve.ModelServer]]:
     servers: list[serve.ModelServer] = []
 
     def _start(model_name: str, alias: str = "champion", poll_seconds: float = POLL) -> serve.ModelServer:
-        server = serve.ModelServer(follower.Champion(model_name, alias, poll_seconds), "127.0.0.1", 0)
+        server = serve.ModelServer(follower.Champion(model_name, alias, poll_seconds), "127.0.0.1", 0, limits())
         server.start()
         servers.append(server)
         return server
@@ -133,7 +140,7 @@ def v1_server(store: dict[str, Any]) -> Iterator[serve.ModelServer]:
     client = MlflowClient()
     version = register("protocol", store["models"]["v1"])
     client.set_registered_model_alias("protocol", "champion", version)
-    server = serve.ModelServer(follower.Champion("protocol", "champion", 5.0), "127.0.0.1", 0)
+    server = serve.ModelServer(follower.Champion("protocol", "champion", 5.0), "127.0.0.1", 0, limits())
     server.start()
     wait_for(lambda: server.champion.current is not None)
     yield server
@@ -145,10 +152,8 @@ def static() -> Iterator[Callable[..., serve.ModelServer]]:
     """Start servers of a model that never moves (None: no model yet), with the limits given; stop them after."""
     servers: list[serve.ModelServer] = []
 
-    def _start(model: FrameModel | None, **limits: Any) -> serve.ModelServer:
-        server = serve.ModelServer(
-            StaticChampion(model and static_loaded(model)), "127.0.0.1", 0, serve.Limits(**limits)
-        )
+    def _start(model: FrameModel | None, **overrides: Any) -> serve.ModelServer:
+        server = serve.ModelServer(StaticChampion(model and static_loaded(model)), "127.0.0.1", 0, limits(**overrides))
         server.start()
         servers.append(server)
         return server
@@ -720,7 +725,7 @@ def test_an_answer_that_is_not_json_is_a_500_not_a_dropped_connection():
         def predict(self, data: pd.DataFrame, params: dict | None = None) -> Any:
             return [object()] * len(data)
 
-    server = serve.ModelServer(StaticChampion(static_loaded(Opaque())), "127.0.0.1", 0)
+    server = serve.ModelServer(StaticChampion(static_loaded(Opaque())), "127.0.0.1", 0, limits())
     server.start()
     try:
         status, answer = invoke(server, json.dumps({"dataframe_records": [{"title": "x"}]}))
@@ -733,7 +738,7 @@ def test_an_answer_that_is_not_json_is_a_500_not_a_dropped_connection():
 
 def test_a_slow_prediction_does_not_block_health():
     model = FrameModel(sleep=1.0)
-    server = serve.ModelServer(StaticChampion(static_loaded(model)), "127.0.0.1", 0)
+    server = serve.ModelServer(StaticChampion(static_loaded(model)), "127.0.0.1", 0, limits())
     server.start()
     try:
         slow = threading.Thread(target=invoke, args=(server, json.dumps({"dataframe_records": [{"title": "x"}]})))
@@ -749,7 +754,7 @@ def test_a_slow_prediction_does_not_block_health():
 
 def test_stop_lets_requests_in_flight_finish_then_refuses_connections():
     model = FrameModel(sleep=0.5)
-    server = serve.ModelServer(StaticChampion(static_loaded(model)), "127.0.0.1", 0)
+    server = serve.ModelServer(StaticChampion(static_loaded(model)), "127.0.0.1", 0, limits())
     server.start()
     answers: list[tuple[int, Any]] = []
     body = json.dumps({"dataframe_records": [{"title": "x"}]})
@@ -886,22 +891,15 @@ def test_a_request_trickling_in_is_cut_at_its_deadline(static, part):
     assert deadline <= closed_after < deadline + 3.0, closed_after
 
 
-def test_scoring_past_its_deadline_is_a_504_and_the_server_goes_on(static):
-    model = FrameModel(sleep=1.5)
-    server = static(model, score_seconds=0.5)
+def test_scoring_past_mlflows_request_timeout_is_a_504_and_the_server_goes_on(static, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "1")  # seconds, as `mlflow models serve` reads it
+    model = FrameModel(sleep=2.5)
+    server = static(model)
     status, answer = invoke(server, SMALL)
     assert status == 504
     assert answer["error_code"] == "DEADLINE_EXCEEDED"
     assert "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT" in answer["message"]
     assert get(server, "/health")[0] == 200  # not blocked by the prediction still running
     model.sleep = 0.0
-    time.sleep(1.5)  # the slow prediction ends
+    time.sleep(2.0)  # the slow prediction ends
     assert invoke(server, SMALL) == (200, SMALL_ANSWER)
-
-
-def test_limits_come_from_the_settings_and_the_scoring_timeout_from_mlflows_variable(monkeypatch):
-    from tagifai.contract.config import load_settings
-
-    monkeypatch.setenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "7")
-    limits = serve.Limits.from_settings(load_settings().serve)
-    assert limits == serve.Limits(score_seconds=7.0)  # the defaults are the settings' defaults
