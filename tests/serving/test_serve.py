@@ -1,4 +1,4 @@
-"""tagifai.serving.server against a real SQLite MLflow registry: protocol, alias following, failures, stop."""
+"""tagifai serve on uvicorn and a SQLite MLflow registry: protocol, framing, bounds, alias following, stop."""
 
 from __future__ import annotations
 
