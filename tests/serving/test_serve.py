@@ -888,7 +888,7 @@ def test_a_request_trickling_in_is_cut_at_its_deadline(static, part):
         answer = closed_by_server(conn, timeout=10)
         closed_after = time.monotonic() - started
     assert answer == b""
-    assert deadline <= closed_after < deadline + 3.0, closed_after
+    assert deadline <= closed_after < deadline + 5.0, closed_after  # the whole trickle would take 8-50 s
 
 
 def test_scoring_past_mlflows_request_timeout_is_a_504_and_the_server_goes_on(static, monkeypatch):
