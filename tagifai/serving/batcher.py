@@ -14,8 +14,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.utils.proto_json_utils import _get_jsonable_obj
+
 from tagifai.serving.follower import Loaded
-from tagifai.serving.protocol import Payload, RequestError, jsonable, one_line
+from tagifai.serving.protocol import Payload, RequestError, one_line
 
 # Stop adding queued requests to a batch once it holds this many rows; bigger requests are scored alone.
 MAX_BATCH_ROWS = 256
@@ -41,25 +45,21 @@ def batch_key(job: Job) -> Any:
 
 
 def score(loaded: Loaded, payload: Payload) -> Any:
-    """The JSON-able predictions for one request.
+    """The JSON-able predictions for one request, as MLflow's scoring server makes them (records for frames).
 
     Raises:
-        RequestError: 400 when the model refuses the input, as MLflow's scoring server answers.
+        RequestError: MLflow's status (400) when the model refuses the input.
     """
-    from mlflow.exceptions import MlflowException
-
     try:
-        return jsonable(loaded.predict(payload.data, payload.params))
+        return _get_jsonable_obj(loaded.model.predict(payload.data, params=payload.params))
     except MlflowException as exc:
-        raise RequestError(400, one_line(exc), exc.error_code) from None
+        raise RequestError(exc.get_http_status_code(), one_line(exc), exc.error_code) from None
     except Exception as exc:
         raise RequestError(400, f"the model cannot score this input: {one_line(exc)}") from None
 
 
 def score_batch(jobs: list[Job]) -> None:
     """Score `jobs`, those of equal `batch_key` as one frame; resolve each job's future with its own rows."""
-    import pandas as pd
-
     groups: dict[Any, list[Job]] = {}
     for job in jobs:
         if job.future.set_running_or_notify_cancel():  # False: its request gave up waiting

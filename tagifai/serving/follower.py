@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import mlflow.pyfunc
+from mlflow.tracking import MlflowClient
+
 from tagifai.serving.protocol import RequestError, one_line
 
 log = logging.getLogger("tagifai")
@@ -33,12 +36,7 @@ class Loaded:
     version: str
     info: dict[str, Any]
     schema: Any = None
-    csv_dtypes: dict[str, Any] | None = None
     directory: str | None = None
-
-    def predict(self, data: Any, params: dict[str, Any] | None) -> Any:
-        """Score `data` as MLflow's scoring server does (pyfunc predict, schema enforced, params passed)."""
-        return self.model.predict(data, params=params)
 
 
 @dataclass(frozen=True)
@@ -97,16 +95,11 @@ def load_version(model_name: str, alias: str, version: Any, directory: str) -> L
     Raises:
         Exception: whatever MLflow, unpickling or the model raise.
     """
-    import mlflow.pyfunc
-
     model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version.version}", dst_path=directory)
-    schema = model.metadata.get_input_schema()
     if model.input_example is not None:
         model.predict(model.input_example)
-    columns = schema is not None and not schema.is_tensor_spec()
-    csv_dtypes = dict(zip(schema.input_names(), schema.pandas_types(), strict=True)) if columns else None
     info = version_info(model_name, alias, version, datetime.now(UTC).isoformat(timespec="seconds"))
-    return Loaded(model, str(version.version), info, schema, csv_dtypes, directory)
+    return Loaded(model, str(version.version), info, model.metadata.get_input_schema(), directory)
 
 
 class Champion:
@@ -155,7 +148,6 @@ class Champion:
     def poll(self) -> None:
         """Ask the registry which version holds the alias; load and swap it in if it changed."""
         from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
 
         target = f"{self.model_name}@{self.alias}"
         try:

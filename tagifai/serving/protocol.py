@@ -1,23 +1,23 @@
-"""MLflow's scoring protocol, pure: request bodies parsed, answers and errors encoded as its scoring server does.
+"""MLflow's scoring protocol: bodies parsed by `mlflow.pyfunc.scoring_server`'s own helpers, within a row bound.
 
-MLflow's own parsing helpers and the model's input schema do the work, so `tagifai serve` answers
-what `mlflow models serve` answers, byte for byte.
+So `tagifai serve` answers what `mlflow models serve` answers; MLflow's errors are passed on with their
+status and error code, their reason cut to one line.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from io import BytesIO, StringIO
 from typing import Any
 
+import pyarrow.parquet as pq
+from mlflow.exceptions import MlflowException
+from mlflow.pyfunc import scoring_server
+from mlflow.pyfunc.scoring_server import CONTENT_TYPE_CSV, CONTENT_TYPE_JSON, CONTENT_TYPE_PARQUET, CONTENT_TYPES
+from pyarrow import ArrowException
+
 from tagifai.contract.sources import redact
 
-# JSON keys of MLflow's scoring protocol (mlflow.pyfunc.scoring_server.SUPPORTED_FORMATS).
-JSON_FORMATS = ("dataframe_records", "dataframe_split", "inputs", "instances")
-CONTENT_TYPE_JSON = "application/json"
-CONTENT_TYPE_CSV = "text/csv"
-CONTENT_TYPE_PARQUET = "application/vnd.apache.parquet"
 # The header of every /invocations answer that names the version which scored it.
 VERSION_HEADER = "Tagifai-Model-Version"
 
@@ -36,10 +36,11 @@ class RequestError(Exception):
 def one_line(exc: BaseException, limit: int = 300) -> str:
     """A short, single-line reason for `exc`, without the data MLflow pastes into its messages.
 
-    MLflow's schema errors read "Failed to enforce schema of data '<the whole frame>' ... Error: <reason>":
-    keep the reason. Credentials in URLs are masked.
+    MLflow's errors read "<what failed, with the data> Error: <reason>" (the body of bad JSON follows
+    as "Input: …"): keep the reason, not MLflow 2.0's note on its protocol. Credentials in URLs are masked.
     """
     text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    text = text.partition("\nInput: ")[0].removesuffix(f" {scoring_server.SCORING_PROTOCOL_CHANGE_INFO}")
     if "Error: " in text:
         text = text.rsplit("Error: ", 1)[1]
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
@@ -80,73 +81,36 @@ class Payload:
         return 1 if isinstance(self.data, str | bytes) or not hasattr(self.data, "__len__") else len(self.data)
 
 
-def parse_json(body: bytes, schema: Any) -> Payload:
-    """Parse a JSON scoring request the way MLflow's scoring server does (same helpers, same schema casts).
+def parse_body(body: bytes, mime: str, schema: Any, max_rows: int) -> Payload:
+    """Parse a request body of media type `mime` into a `Payload` of at most `max_rows` rows, as MLflow parses it.
 
     `dataframe_records` / `dataframe_split` become frames that may be batched; `inputs` / `instances`
-    are handed to the model exactly as MLflow hands them (a list or dict), so they are scored alone.
+    are handed to the model as MLflow hands them, so they are scored alone. A Parquet body's row count
+    is read from its footer before any column is decoded (it compresses: a small body may hold millions
+    of rows); JSON and CSV are counted once parsed (their size is the body's).
 
     Raises:
-        RequestError: 400 with a one-line reason.
+        RequestError: MLflow's status (400) for a body that does not parse, 413 for too many rows, 415 for an
+            unsupported media type.
     """
-    from mlflow.exceptions import MlflowException
-    from mlflow.utils.proto_json_utils import dataframe_from_parsed_json, parse_tf_serving_input
-
     try:
-        decoded = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestError(400, f"the body is not valid JSON: {one_line(exc)}") from None
-    if not isinstance(decoded, dict):
-        raise RequestError(400, f"the body must be a JSON object with one of {', '.join(JSON_FORMATS)}")
-    keys = [key for key in JSON_FORMATS if key in decoded]
-    if len(keys) != 1:
-        got = ", ".join(map(str, decoded)) or "none"
-        raise RequestError(400, f"the body must have exactly one of {', '.join(JSON_FORMATS)} (got keys: {got})")
-    key, params = keys[0], decoded.get("params")
-    try:
-        if key in ("inputs", "instances"):
-            return Payload(parse_tf_serving_input({key: decoded[key]}, schema=schema), params, batchable=False)
-        frame = dataframe_from_parsed_json(decoded[key], pandas_orient=key.removeprefix("dataframe_"), schema=schema)
+        if mime == CONTENT_TYPE_JSON:
+            data, params = scoring_server._split_data_and_params(body)
+            batchable = scoring_server.INPUTS not in data and scoring_server.INSTANCES not in data
+            payload = Payload(scoring_server.infer_and_parse_data(data, schema), params, batchable)
+        elif mime == CONTENT_TYPE_CSV:
+            payload = Payload(scoring_server.parse_csv_input(BytesIO(body), schema))
+        elif mime == CONTENT_TYPE_PARQUET:
+            try:
+                check_rows(pq.read_metadata(BytesIO(body)).num_rows, max_rows)
+            except ArrowException as exc:
+                raise RequestError(400, f"invalid {mime} body: {one_line(exc)}") from None
+            payload = Payload(scoring_server.parse_parquet_input(BytesIO(body)))
+        else:
+            raise RequestError(415, f"unsupported Content-Type {mime!r}: send one of {', '.join(CONTENT_TYPES)}")
     except MlflowException as exc:
-        raise RequestError(400, f"{key}: {one_line(exc)}") from None
-    except Exception as exc:  # pandas refusing the values
-        raise RequestError(400, f"{key} is not a valid frame: {one_line(exc)}") from None
-    return Payload(frame, params)
-
-
-def parse_body(body: bytes, mime: str, schema: Any, csv_dtypes: dict[str, Any] | None, max_rows: int) -> Payload:
-    """Parse a request body of media type `mime` into a `Payload` of at most `max_rows` rows.
-
-    A Parquet body's row count is read from its footer before any column is decoded (it compresses:
-    a small body may hold millions of rows); JSON and CSV are counted once parsed (their size is the
-    body's).
-
-    Raises:
-        RequestError: 400 for a body that does not parse, 413 for too many rows, 415 for an unsupported
-            media type.
-    """
-    import pandas as pd
-
-    if mime == CONTENT_TYPE_JSON:
-        payload = parse_json(body, schema)
-    elif mime == CONTENT_TYPE_CSV:
-        try:
-            payload = Payload(pd.read_csv(StringIO(body.decode("utf-8")), dtype=csv_dtypes))
-        except Exception as exc:
-            raise RequestError(400, f"the body is not a valid CSV frame: {one_line(exc)}") from None
-    elif mime == CONTENT_TYPE_PARQUET:
-        import pyarrow.parquet as pq
-
-        try:
-            check_rows(pq.ParquetFile(BytesIO(body)).metadata.num_rows, max_rows)
-            payload = Payload(pd.read_parquet(BytesIO(body)))
-        except RequestError:
-            raise
-        except Exception as exc:
-            raise RequestError(400, f"the body is not a valid Parquet frame: {one_line(exc)}") from None
-    else:
-        supported = ", ".join((CONTENT_TYPE_JSON, CONTENT_TYPE_CSV, CONTENT_TYPE_PARQUET))
-        raise RequestError(415, f"unsupported Content-Type {mime!r}: send one of {supported}")
+        reason = f"invalid {mime} body: {one_line(exc)}"
+        raise RequestError(exc.get_http_status_code(), reason, exc.error_code) from None
     check_rows(payload.rows, max_rows)
     return payload
 
@@ -157,27 +121,8 @@ def check_rows(rows: int, max_rows: int) -> None:
         raise RequestError(413, f"the body holds {rows} rows; the limit is {max_rows} rows per request")
 
 
-def jsonable(output: Any) -> Any:
-    """Model output as MLflow's scoring server turns it into JSON (records orient for frames)."""
-    import numpy as np
-    import pandas as pd
-
-    if isinstance(output, np.ndarray):
-        return output.tolist()
-    if isinstance(output, pd.DataFrame):
-        return output.to_dict(orient="records")
-    if isinstance(output, pd.Series):
-        return pd.DataFrame(output).to_dict(orient="records")
-    return output
-
-
-def predictions_json(predictions: Any) -> bytes:
-    """The body of a successful /invocations answer, encoded exactly as MLflow encodes it."""
-    from mlflow.utils.proto_json_utils import NumpyEncoder
-
-    return json.dumps({"predictions": predictions}, cls=NumpyEncoder).encode()
-
-
-def error_json(message: str, error_code: str = "BAD_REQUEST") -> bytes:
-    """MLflow's error body."""
-    return json.dumps({"error_code": error_code, "message": message}).encode()
+def predictions_json(predictions: Any) -> str:
+    """The body of a successful /invocations answer, as MLflow's scoring server writes it."""
+    body = StringIO()
+    scoring_server.predictions_to_json(predictions, body)
+    return body.getvalue()

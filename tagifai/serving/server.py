@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 
 import h11
 import uvicorn
+from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -37,7 +38,6 @@ from tagifai.serving.protocol import (
     CONTENT_TYPE_JSON,
     VERSION_HEADER,
     RequestError,
-    error_json,
     media_type,
     one_line,
     parse_body,
@@ -56,7 +56,8 @@ GRACE_SECONDS = 10.0
 def refusal(error: RequestError, headers: dict[str, str] | None = None) -> Response:
     """MLflow's error body for `error` (closing the connection when the error says so)."""
     headers = {**(headers or {}), **({"Connection": "close"} if error.close else {})}
-    return Response(error_json(str(error), error.error_code), error.status, headers, CONTENT_TYPE_JSON)
+    body = json.dumps({"error_code": error.error_code, "message": str(error)})
+    return Response(body, error.status, headers, CONTENT_TYPE_JSON)
 
 
 class Bodies:
@@ -151,8 +152,8 @@ def create_app(champion: Champion, limits: Serve, score_seconds: float) -> Starl
     scorer = Scorer()
     bodies = Bodies(limits.max_body_bytes, limits.max_bodies_bytes)
 
-    async def answer(loaded: Loaded, body: bytes, mime: str) -> bytes:
-        parse = (body, mime, loaded.schema, loaded.csv_dtypes, limits.max_rows)
+    async def answer(loaded: Loaded, body: bytes, mime: str) -> str:
+        parse = (body, mime, loaded.schema, limits.max_rows)
         payload = parse_body(*parse) if len(body) <= SMALL_BODY_BYTES else await asyncio.to_thread(parse_body, *parse)
         return predictions_json(await scorer.submit(loaded, payload))
 
@@ -212,8 +213,6 @@ class ModelServer:
 
         Parsing and scoring a request may take MLflow's `MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT` (504 past it).
         """
-        from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
-
         self.champion = champion
         self.url = f"http://{host}:{port}"  # the port is known once started
         self._server = uvicorn.Server(

@@ -334,7 +334,9 @@ def test_health(state, status, body):
 def test_predictions_are_encoded_like_mlflows_scoring_server(output):
     expected = StringIO()
     scoring_server.predictions_to_json(output, expected)
-    assert protocol.predictions_json(protocol.jsonable(output)).decode() == expected.getvalue()
+    model = type("Model", (), {"predict": lambda self, data, params=None: output})()
+    predictions = batcher.score(follower.Loaded(model=model, version="1", info={}), protocol.Payload(None))
+    assert protocol.predictions_json(predictions) == expected.getvalue()
 
 
 def test_too_many_rows_are_refused_and_a_parquet_body_before_it_is_decoded(monkeypatch):
@@ -348,11 +350,11 @@ def test_too_many_rows_are_refused_and_a_parquet_body_before_it_is_decoded(monke
         (protocol.CONTENT_TYPE_PARQUET, parquet.getvalue()),
     ]
     for mime, body in bodies:
-        assert protocol.parse_body(body, mime, None, None, max_rows=6).rows == 6
+        assert protocol.parse_body(body, mime, None, max_rows=6).rows == 6
     monkeypatch.setattr(pd, "read_parquet", lambda *args, **kwargs: pytest.fail("decoded"))
     for mime, body in bodies:
         with pytest.raises(protocol.RequestError) as error:
-            protocol.parse_body(body, mime, None, None, max_rows=5)
+            protocol.parse_body(body, mime, None, max_rows=5)
         assert error.value.status == 413
         assert "6 rows; the limit is 5 rows" in str(error.value)
 
@@ -376,8 +378,8 @@ def test_every_body_format_answers_like_mlflows_scoring_server(v1_server, fmt):
 @pytest.mark.parametrize(
     ("body", "content_type", "status", "error_code", "reason"),
     [
-        ("{not json", "application/json", 400, "BAD_REQUEST", "not valid JSON"),  # broken JSON
-        ("[1, 2]", "application/json", 400, "BAD_REQUEST", "must be a JSON object"),  # a list, not an object
+        ("{not json", "application/json", 400, "BAD_REQUEST", "JSONDecodeError"),  # broken JSON
+        ("[1, 2]", "application/json", 400, "BAD_REQUEST", "must be a JSON dictionary"),  # a list, not an object
         ('{"data": []}', "application/json", 400, "BAD_REQUEST", "exactly one of"),  # no format key
         ('{"inputs": [], "dataframe_records": []}', "application/json", 400, "BAD_REQUEST", "exactly one of"),
         ('{"dataframe_records": {"title": "x"}}', "application/json", 400, "BAD_REQUEST", "list of records"),
@@ -388,7 +390,7 @@ def test_every_body_format_answers_like_mlflows_scoring_server(v1_server, fmt):
             "INVALID_PARAMETER_VALUE",
             "missing inputs ['title']",
         ),
-        ('title,description\n"unclosed,x\n', "text/csv", 400, "BAD_REQUEST", "not a valid CSV"),  # broken CSV
+        ('title,description\n"unclosed,x\n', "text/csv", 400, "BAD_REQUEST", "invalid text/csv body"),  # broken CSV
         ("title\nx\n", "text/plain", 415, "BAD_REQUEST", "unsupported Content-Type"),  # not a scoring type
         ("{}", "application/json; charset=latin-1", 415, "BAD_REQUEST", "UTF-8"),  # MLflow takes UTF-8 only
         ("{}", "application/json; format=pandas-split", 415, "BAD_REQUEST", "parameters: format"),  # MLflow 1.x
