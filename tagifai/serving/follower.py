@@ -147,25 +147,21 @@ class Champion:
 
     def poll(self) -> None:
         """Ask the registry which version holds the alias; load and swap it in if it changed."""
-        from mlflow.exceptions import MlflowException
-
-        target = f"{self.model_name}@{self.alias}"
         try:
             self._client = self._client or MlflowClient()
             version = self._client.get_model_version_by_alias(self.model_name, self.alias)
-        except MlflowException as exc:
-            missing = exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
-            reason = "no version to serve" if missing else "cannot ask MLflow"
-            self._fail(f"{reason} for {target}: {one_line(exc)}")
-            return
         except Exception as exc:
-            self._fail(f"cannot ask MLflow for {target}: {one_line(exc)}")
+            missing = getattr(exc, "error_code", None) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+            reason = "no version to serve" if missing else "cannot ask MLflow"
+            self._fail(f"{reason} for {self.model_name}@{self.alias}: {one_line(exc)}")
             return
         current = self.state.loaded
-        if current is not None and current.version == str(version.version):
-            self._recovered(current)
-            return
-        self._load(version, current)
+        if current is None or current.version != str(version.version):
+            self._load(version, current)
+        elif self.state.last_error is not None:
+            self.state = State(current)
+            self._logged_error = None
+            log.info("serve: back in sync, champion v%s", current.version)
 
     def _load(self, version: Any, current: Loaded | None) -> None:
         if self._root is None:
@@ -192,9 +188,3 @@ class Champion:
         if (key or error) != self._logged_error:  # one line per new failure (per version), not one per poll
             log.warning("serve: %s", error)
             self._logged_error = key or error
-
-    def _recovered(self, current: Loaded) -> None:
-        if self.state.last_error is not None:
-            self.state = State(current)
-            self._logged_error = None
-            log.info("serve: back in sync, champion v%s", current.version)
