@@ -81,18 +81,16 @@ class Payload:
         return 1 if isinstance(self.data, str | bytes) or not hasattr(self.data, "__len__") else len(self.data)
 
 
-def parse_body(body: bytes, mime: str, schema: Any, max_rows: int) -> Payload:
-    """Parse a request body of media type `mime` into a `Payload` of at most `max_rows` rows, as MLflow parses it.
+def parse_body(body: bytes, content_type: str | None, schema: Any, max_rows: int) -> Payload:
+    """Parse a request body into a `Payload` of at most `max_rows` rows with MLflow's own parsers.
 
-    `dataframe_records` / `dataframe_split` become frames that may be batched; `inputs` / `instances`
-    are handed to the model as MLflow hands them, so they are scored alone. A Parquet body's row count
-    is read from its footer before any column is decoded (it compresses: a small body may hold millions
-    of rows); JSON and CSV are counted once parsed (their size is the body's).
+    Frames (`dataframe_records`, `dataframe_split`, CSV, Parquet) may share a batch; `inputs` / `instances`
+    are scored alone. A Parquet body's rows are counted from its footer before it is decoded (it compresses).
 
     Raises:
-        RequestError: MLflow's status (400) for a body that does not parse, 413 for too many rows, 415 for an
-            unsupported media type.
+        RequestError: MLflow's status (400) for a body it refuses, 413 past `max_rows`, 415 from `media_type`.
     """
+    mime = media_type(content_type)
     try:
         if mime == CONTENT_TYPE_JSON:
             data, params = scoring_server._split_data_and_params(body)

@@ -33,12 +33,11 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from tagifai.contract.settings import Serve
 from tagifai.serving.batcher import Scorer
-from tagifai.serving.follower import Champion, Loaded, health, no_model
+from tagifai.serving.follower import Champion, health, no_model
 from tagifai.serving.protocol import (
     CONTENT_TYPE_JSON,
     VERSION_HEADER,
     RequestError,
-    media_type,
     one_line,
     parse_body,
     predictions_json,
@@ -78,15 +77,15 @@ class Bodies:
         Raises:
             RequestError: 413 past `max_body_bytes`, 503 past `max_bodies_bytes`; both close the connection.
         """
-        if (declared := int(request.headers.get("content-length", 0))) > self.max_body_bytes:  # one number (h11)
-            limit = f"the limit is {self.max_body_bytes} bytes"
-            raise RequestError(413, f"the body is {declared} bytes; {limit}", close=True)  # before reading it
+        too_large = RequestError(413, f"the body is too large: the limit is {self.max_body_bytes} bytes", close=True)
+        if int(request.headers.get("content-length", 0)) > self.max_body_bytes:  # one number (h11 checked it)
+            raise too_large  # before reading it
         chunks: list[bytes] = []
         size = held = 0
         try:
             async for chunk in request.stream():
                 if (size := size + len(chunk)) > self.max_body_bytes:
-                    raise RequestError(413, f"the body is over the limit of {self.max_body_bytes} bytes", close=True)
+                    raise too_large
                 if (more := max(0, size - SMALL_BODY_BYTES) - held) > self.left:
                     raise RequestError(503, "too many large bodies arriving: retry", "TEMPORARILY_UNAVAILABLE", True)
                 self.left -= more
@@ -152,20 +151,16 @@ def create_app(champion: Champion, limits: Serve, score_seconds: float) -> Starl
     scorer = Scorer()
     bodies = Bodies(limits.max_body_bytes, limits.max_bodies_bytes)
 
-    async def answer(loaded: Loaded, body: bytes, mime: str) -> str:
-        parse = (body, mime, loaded.schema, limits.max_rows)
-        payload = parse_body(*parse) if len(body) <= SMALL_BODY_BYTES else await asyncio.to_thread(parse_body, *parse)
-        return predictions_json(await scorer.submit(loaded, payload))
-
     async def invocations(request: Request) -> Response:
         try:
             async with bodies.read(request) as body:
-                loaded = champion.current  # the one read of the reference for this request
-                if loaded is None:
+                if (loaded := champion.current) is None:  # the one read of the reference for this request
                     raise no_model(champion.state)
-                mime = media_type(request.headers.get("content-type"))
+                parse = (body, request.headers.get("content-type"), loaded.schema, limits.max_rows)
                 async with asyncio.timeout(score_seconds):
-                    predictions = await answer(loaded, body, mime)
+                    small = len(body) <= SMALL_BODY_BYTES
+                    payload = parse_body(*parse) if small else await asyncio.to_thread(parse_body, *parse)
+                    predictions = predictions_json(await scorer.submit(loaded, payload))
             return Response(predictions, 200, {VERSION_HEADER: loaded.version}, CONTENT_TYPE_JSON)
         except RequestError as error:
             return refusal(error)
@@ -209,10 +204,7 @@ class ModelServer:
     """The alias follower and the app on uvicorn, started and stopped together."""
 
     def __init__(self, champion: Champion, host: str, port: int, limits: Serve) -> None:
-        """Serve on `host`:`port` (port 0: any free port) once started, within the `[serve]` settings' limits.
-
-        Parsing and scoring a request may take MLflow's `MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT` (504 past it).
-        """
+        """Serve on `host`:`port` (port 0: any free port) once started, within the `[serve]` settings' limits."""
         self.champion = champion
         self.url = f"http://{host}:{port}"  # the port is known once started
         self._server = uvicorn.Server(
@@ -260,15 +252,9 @@ class ModelServer:
 
 
 def run(model_name: str, alias: str, host: str, port: int, poll_seconds: float, limits: Serve) -> None:
-    """Serve until SIGTERM/SIGINT (graceful stop).
+    """Serve `models:/<model_name>@<alias>` on `host`:`port` until SIGTERM/SIGINT, then stop gracefully.
 
-    Args:
-        model_name: registered model name.
-        alias: the alias to follow (e.g. `champion`).
-        host: interface to listen on.
-        port: port to listen on (0: any free port).
-        poll_seconds: how often to ask the registry which version holds the alias.
-        limits: the `[serve]` settings: what the server takes on at most.
+    The registry is asked every `poll_seconds` which version the alias names; `limits` are the `[serve]` settings.
     """
     stop = threading.Event()
     server = ModelServer(Champion(model_name, alias, poll_seconds), host, port, limits)
@@ -276,8 +262,7 @@ def run(model_name: str, alias: str, host: str, port: int, poll_seconds: float, 
     try:
         server.start()
         log.info("serve: models:/%s@%s on %s (polling every %g s)", model_name, alias, server.url, poll_seconds)
-        while not stop.wait(1.0):
-            pass
+        stop.wait()
         log.info("serve: stopping")
     finally:
         server.stop()
