@@ -12,6 +12,7 @@ import json
 from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import pandas as pd
@@ -20,9 +21,6 @@ from mlflow.utils.proto_json_utils import _get_jsonable_obj
 
 from tagifai.serving.follower import Loaded
 from tagifai.serving.protocol import Payload, RequestError, one_line
-
-# Stop adding queued requests to a batch once it holds this many rows; bigger requests are scored alone.
-MAX_BATCH_ROWS = 256
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,10 +70,9 @@ def score_batch(jobs: list[Job]) -> None:
             except RequestError:
                 rows = None  # someone's input is bad: score each alone so only they get the error
             if isinstance(rows, list) and len(rows) == len(frame):
-                start = 0
+                remaining = iter(rows)
                 for job in group:
-                    job.future.set_result(rows[start : start + job.payload.rows])
-                    start += job.payload.rows
+                    job.future.set_result(list(islice(remaining, job.payload.rows)))
                 continue
         for job in group:
             try:
@@ -87,18 +84,16 @@ def score_batch(jobs: list[Job]) -> None:
 class Scorer:
     """Scores requests one model call at a time, off the event loop; what queues up meanwhile shares the next call."""
 
-    def __init__(self, max_batch_rows: int = MAX_BATCH_ROWS) -> None:
+    # Stop adding queued requests to a batch once it holds this many rows; bigger requests are scored alone.
+    max_batch_rows = 256
+
+    def __init__(self) -> None:
         """Nothing runs until the first `submit()`."""
-        self.max_batch_rows = max_batch_rows
         self._queue: deque[Job] = deque()
         self._worker: asyncio.Task[None] | None = None
 
     async def submit(self, loaded: Loaded, payload: Payload) -> Any:
-        """Score `payload` with `loaded`; the JSON-able predictions. Call it on the event loop.
-
-        Raises:
-            RequestError: 400 for input the model refuses.
-        """
+        """Score `payload` with `loaded` (on the event loop); the JSON-able predictions, or `score`'s RequestError."""
         if payload.batchable and payload.rows >= self.max_batch_rows:
             return await asyncio.to_thread(score, loaded, payload)  # in a thread of its own, not ahead of small ones
         job = Job(loaded, payload, Future())

@@ -91,9 +91,6 @@ def load_version(model_name: str, alias: str, version: Any, directory: str) -> L
 
     A version that loads but cannot score the example it was logged with is refused like one that
     does not load; the first prediction also warms the model up before it takes traffic.
-
-    Raises:
-        Exception: whatever MLflow, unpickling or the model raise.
     """
     model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version.version}", dst_path=directory)
     if model.input_example is not None:
