@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 import h11
 import uvicorn
 from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT
+from mlflow.pyfunc.scoring_server import CONTENT_TYPE_JSON
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -34,22 +35,13 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from tagifai.contract.settings import Serve
 from tagifai.serving.batcher import Scorer
 from tagifai.serving.follower import Champion, health, no_model
-from tagifai.serving.protocol import (
-    CONTENT_TYPE_JSON,
-    VERSION_HEADER,
-    RequestError,
-    one_line,
-    parse_body,
-    predictions_json,
-)
+from tagifai.serving.protocol import VERSION_HEADER, RequestError, one_line, parse_body, predictions_json
 
 log = logging.getLogger("tagifai")
 
 # Bodies this small are not counted against `max_bodies_bytes` (uvicorn buffers as much per
 # connection anyway) and are parsed on the event loop (about a millisecond; a thread hop costs more).
 SMALL_BODY_BYTES = 64 * 1024
-# On stop, how long requests in flight may take before they are cancelled.
-GRACE_SECONDS = 10.0
 
 
 def refusal(error: RequestError, headers: dict[str, str] | None = None) -> Response:
@@ -242,8 +234,8 @@ class ModelServer:
         host, port = self._server.servers[0].sockets[0].getsockname()[:2]
         self.url = f"http://{host}:{port}"
 
-    def stop(self, grace_seconds: float = GRACE_SECONDS) -> None:
-        """Stop accepting, let requests in flight finish (up to `grace_seconds`), then close everything."""
+    def stop(self, grace_seconds: float = 10.0) -> None:
+        """Stop accepting, let requests in flight finish (cancelled after `grace_seconds`), then close everything."""
         self._server.config.timeout_graceful_shutdown = grace_seconds  # type: ignore[assignment]
         self._server.should_exit = True
         if self._thread is not None:
