@@ -37,9 +37,8 @@ def batch_key(job: Job) -> Any:
     payload = job.payload
     if not payload.batchable:
         return job
-    frame = payload.data
     params = json.dumps(payload.params, sort_keys=True, default=str) if payload.params else None
-    return job.loaded, tuple(frame.columns), tuple(frame.dtypes), params
+    return job.loaded, tuple(payload.data.columns), tuple(payload.data.dtypes), params
 
 
 def score(loaded: Loaded, payload: Payload) -> Any:

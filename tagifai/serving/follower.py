@@ -24,9 +24,6 @@ from tagifai.serving.protocol import RequestError, one_line
 
 log = logging.getLogger("tagifai")
 
-# Version tags shown by /version.
-VERSION_TAGS = ("test_f1", "data_sha256", "pipeline_run_id", "code_version")
-
 
 @dataclass(frozen=True, eq=False)
 class Loaded:
@@ -47,37 +44,14 @@ class State:
     last_error: str | None = None
 
 
-def version_info(model_name: str, alias: str, version: Any, loaded_at: str) -> dict[str, Any]:
-    """The /version body for a registry `ModelVersion`."""
-    tags = dict(version.tags or {})
-    try:
-        test_f1 = float(tags["test_f1"])
-    except (KeyError, ValueError):
-        test_f1 = None
-    return {
-        "model_name": model_name,
-        "alias": alias,
-        "model_version": str(version.version),
-        "run_id": version.run_id,
-        **{key: tags.get(key) for key in VERSION_TAGS},
-        "test_f1": test_f1,
-        "loaded_at": loaded_at,
-    }
-
-
 def health(state: State) -> tuple[int, dict[str, Any]]:
     """The /health status code and body for `state`."""
-    loaded = state.loaded
+    loaded, error = state.loaded, state.last_error
     if loaded is None:
-        return 503, {"status": "unavailable", "model_version": None, "loaded_at": None, "last_error": state.last_error}
-    body = {
-        "status": "degraded" if state.last_error else "ok",
-        "model_version": loaded.version,
-        "loaded_at": loaded.info["loaded_at"],
-    }
-    if state.last_error:
-        body["last_error"] = state.last_error
-    return 200, body
+        return 503, {"status": "unavailable", "model_version": None, "loaded_at": None, "last_error": error}
+    status = "degraded" if error else "ok"
+    body = {"status": status, "model_version": loaded.version, "loaded_at": loaded.info["loaded_at"]}
+    return 200, body | ({"last_error": error} if error else {})
 
 
 def no_model(state: State) -> RequestError:
@@ -87,7 +61,7 @@ def no_model(state: State) -> RequestError:
 
 
 def load_version(model_name: str, alias: str, version: Any, directory: str) -> Loaded:
-    """Load registered `version` of `model_name` into `directory` and score its input example once.
+    """Load registered `version` of `model_name` into `directory`, score its input example once, describe it.
 
     A version that loads but cannot score the example it was logged with is refused like one that
     does not load; the first prediction also warms the model up before it takes traffic.
@@ -95,7 +69,20 @@ def load_version(model_name: str, alias: str, version: Any, directory: str) -> L
     model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version.version}", dst_path=directory)
     if model.input_example is not None:
         model.predict(model.input_example)
-    info = version_info(model_name, alias, version, datetime.now(UTC).isoformat(timespec="seconds"))
+    tags = dict(version.tags or {})
+    try:
+        test_f1 = float(tags["test_f1"])
+    except (KeyError, ValueError):
+        test_f1 = None
+    info = {  # what /version says
+        "model_name": model_name,
+        "alias": alias,
+        "model_version": str(version.version),
+        "run_id": version.run_id,
+        "test_f1": test_f1,
+        **{key: tags.get(key) for key in ("data_sha256", "pipeline_run_id", "code_version")},
+        "loaded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     return Loaded(model, str(version.version), info, model.metadata.get_input_schema(), directory)
 
 
