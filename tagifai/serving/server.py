@@ -1,7 +1,5 @@
 """`tagifai serve`: MLflow's scoring endpoints for the version an alias names, on Starlette and uvicorn.
 
-    tagifai serve --model-name tagifai --alias champion --port 5001
-
 `POST /invocations` answers as MLflow's scoring server does (`protocol`), with the version the alias
 names now (`follower`), batched with the requests that queued up meanwhile (`batcher`); `GET /health`,
 `/ping`, `/version`. Framing is h11's (RFC 9112); what one server takes on is bounded (`[serve]` settings). On
@@ -249,8 +247,9 @@ def run(model_name: str, alias: str, host: str, port: int, poll_seconds: float, 
     The registry is asked every `poll_seconds` which version the alias names; `limits` are the `[serve]` settings.
     """
     stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     server = ModelServer(Champion(model_name, alias, poll_seconds), host, port, limits)
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         server.start()
         log.info("serve: models:/%s@%s on %s (polling every %g s)", model_name, alias, server.url, poll_seconds)
@@ -258,5 +257,3 @@ def run(model_name: str, alias: str, host: str, port: int, poll_seconds: float, 
         log.info("serve: stopping")
     finally:
         server.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
