@@ -2,7 +2,7 @@
 
 Every variant gets the same services: a throwaway PostgreSQL (MLflow's metadata, Optuna's studies)
 and an `mlflow server` on 127.0.0.1, a fresh database for each run, so no run finds another's
-champion to re-score. The services are the tests' (tests/harness.py), and so is `airflow dags test`
+champion to re-score. The services are the harness's (harness/__init__.py), and so is `airflow dags test`
 (harness/dags.py).
 """
 

@@ -453,7 +453,7 @@ def serve(
     def run(settings: Settings) -> None:
         options = settings.serve
         name = model_name or registry.model_name(settings)
-        serve.run(name, alias or options.alias, host, port or options.port, options.poll_seconds)
+        serve.run(name, alias or options.alias, host, port or options.port, options.poll_seconds, options)
 
     human(run)
 

@@ -12,8 +12,10 @@ import importlib.util
 import py_compile
 import sys
 
-# What `tagifai` imports, and the backends MLflow, Optuna and SQLAlchemy load on the way.
+# What `tagifai` imports (`tagifai serve` included), and the backends MLflow, Optuna and SQLAlchemy
+# load on the way.
 MODULES = [
+    "h11",
     "imblearn.over_sampling",
     "matplotlib.pyplot",
     "mlflow",
@@ -36,6 +38,7 @@ MODULES = [
     "optuna_integration.mlflow",
     "pandas",
     "psycopg2",
+    "pyarrow.parquet",
     "scipy.stats",
     "sklearn.feature_extraction.text",
     "sklearn.linear_model",
@@ -45,8 +48,17 @@ MODULES = [
     "snorkel.slicing",
     "sqlalchemy.dialects.postgresql.psycopg2",
     "sqlalchemy.dialects.sqlite",
+    "starlette.applications",
+    "starlette.middleware",
+    "starlette.requests",
+    "starlette.responses",
+    "starlette.routing",
     "threadpoolctl",
     "typer",
+    "uvicorn",
+    "uvicorn.lifespan.off",
+    "uvicorn.loops.asyncio",
+    "uvicorn.protocols.http.h11_impl",
 ]
 
 

@@ -135,11 +135,16 @@ class Retry(Section):
 
 
 class Serve(Section):
-    """`[serve]`: the alias `tagifai serve` follows, how often it looks, its port."""
+    """`[serve]`: the alias `tagifai serve` follows, how often it looks, its port, and what it takes on at most."""
 
     alias: Annotated[str, Field(pattern=r"^[\w-]{1,100}$")]
     poll_seconds: Positive
     port: Annotated[int, Field(ge=1, le=65535)]
+    max_connections: Count
+    request_seconds: Positive
+    max_body_bytes: Count
+    max_bodies_bytes: Count
+    max_rows: Count
 
 
 class Predict(Section):

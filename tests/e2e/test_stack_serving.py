@@ -19,7 +19,7 @@ import pytest
 
 from harness import last_json, wait_for
 from harness.stack import SERVE_POLL_SECONDS, make
-from tagifai.serving.server import VERSION_HEADER
+from tagifai.serving.protocol import VERSION_HEADER
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.stack, pytest.mark.slow]
 

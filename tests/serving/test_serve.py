@@ -1,4 +1,4 @@
-"""tagifai.serving.server against a real SQLite MLflow registry: protocol, alias following, failures, stop."""
+"""tagifai serve on uvicorn and a SQLite MLflow registry: protocol, framing, bounds, alias following, stop."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -16,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from io import StringIO
+from io import BytesIO, StringIO
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -55,6 +56,11 @@ class TagModel(mlflow.pyfunc.PythonModel):
             raise ValueError(f"model input needs a 'title' column (got: {', '.join(map(str, frame.columns))})")
         titles = frame["title"].fillna("").astype(str)
         return pd.DataFrame({"tag": [self.tag] * len(frame), "probability": [round(len(t) / 97, 6) for t in titles]})
+
+
+def limits(**overrides: Any) -> Serve:
+    """The `[serve]` settings, with `overrides`."""
+    return load_settings().serve.model_copy(update=overrides)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -115,7 +121,7 @@ def start(store: dict[str, Any]) -> Iterator[Callable[..., serve.ModelServer]]:
     servers: list[serve.ModelServer] = []
 
     def _start(model_name: str, alias: str = "champion", poll_seconds: float = POLL) -> serve.ModelServer:
-        server = serve.ModelServer(serve.Champion(model_name, alias, poll_seconds), "127.0.0.1", 0)
+        server = serve.ModelServer(follower.Champion(model_name, alias, poll_seconds), "127.0.0.1", 0, limits())
         server.start()
         servers.append(server)
         return server
@@ -131,11 +137,27 @@ def v1_server(store: dict[str, Any]) -> Iterator[serve.ModelServer]:
     client = MlflowClient()
     version = register("protocol", store["models"]["v1"])
     client.set_registered_model_alias("protocol", "champion", version)
-    server = serve.ModelServer(serve.Champion("protocol", "champion", 5.0), "127.0.0.1", 0)
+    server = serve.ModelServer(follower.Champion("protocol", "champion", 5.0), "127.0.0.1", 0, limits())
     server.start()
     wait_for(lambda: server.champion.current is not None)
     yield server
     server.stop(grace_seconds=2)
+
+
+@pytest.fixture
+def static() -> Iterator[Callable[..., serve.ModelServer]]:
+    """Start servers of a model that never moves (None: no model yet), with the limits given; stop them after."""
+    servers: list[serve.ModelServer] = []
+
+    def _start(model: FrameModel | None, **overrides: Any) -> serve.ModelServer:
+        server = serve.ModelServer(StaticChampion(model and static_loaded(model)), "127.0.0.1", 0, limits(**overrides))
+        server.start()
+        servers.append(server)
+        return server
+
+    yield _start
+    for server in servers:
+        server.stop(grace_seconds=2)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -184,6 +206,21 @@ def get(server: serve.ModelServer, path: str) -> tuple[int, Any]:
     return status, json.loads(text) if text.strip() else None
 
 
+def exchange(server: Any, request: bytes, timeout: float = 10.0) -> bytes:
+    """Send raw bytes on a new connection; everything the server answers until it closes the connection.
+
+    Raises:
+        TimeoutError: the server kept the connection open for `timeout` seconds.
+    """
+    url = urlparse(server.url)
+    answer = b""
+    with socket.create_connection((url.hostname, url.port), timeout=timeout) as conn:
+        conn.sendall(request)
+        while chunk := conn.recv(65536):
+            answer += chunk
+    return answer
+
+
 FRAME = pd.DataFrame(ROWS)
 BODIES = {
     "dataframe_records": ("application/json", json.dumps({"dataframe_records": ROWS})),
@@ -217,11 +254,11 @@ BODIES = {
 )
 def test_media_type(header, expected):
     if isinstance(expected, int):
-        with pytest.raises(serve.RequestError) as error:
-            serve.media_type(header)
+        with pytest.raises(protocol.RequestError) as error:
+            protocol.media_type(header)
         assert error.value.status == expected
     else:
-        assert serve.media_type(header) == expected
+        assert protocol.media_type(header) == expected
 
 
 @pytest.mark.parametrize(
@@ -239,29 +276,33 @@ def test_media_type(header, expected):
     ],
 )
 def test_one_line(exc, expected):
-    assert serve.one_line(exc) == expected
+    assert protocol.one_line(exc) == expected
 
 
-def loaded_v(version: str) -> serve.Loaded:
-    return serve.Loaded(model=None, version=version, info={"loaded_at": "2026-01-01T00:00:00+00:00"})
+def loaded_v(version: str) -> follower.Loaded:
+    return follower.Loaded(model=None, version=version, info={"loaded_at": "2026-01-01T00:00:00+00:00"})
 
 
 @pytest.mark.parametrize(
     ("state", "status", "body"),
     [
-        (serve.State(), 503, {"status": "unavailable", "model_version": None, "loaded_at": None, "last_error": None}),
+        (
+            follower.State(),
+            503,
+            {"status": "unavailable", "model_version": None, "loaded_at": None, "last_error": None},
+        ),
         (  # nothing loadable yet
-            serve.State(None, "no version"),
+            follower.State(None, "no version"),
             503,
             {"status": "unavailable", "model_version": None, "loaded_at": None, "last_error": "no version"},
         ),
         (
-            serve.State(loaded_v("3")),
+            follower.State(loaded_v("3")),
             200,
             {"status": "ok", "model_version": "3", "loaded_at": "2026-01-01T00:00:00+00:00"},
         ),
         (  # serving v3, v4 would not load
-            serve.State(loaded_v("3"), "cannot load v4"),
+            follower.State(loaded_v("3"), "cannot load v4"),
             200,
             {
                 "status": "degraded",
@@ -273,7 +314,7 @@ def loaded_v(version: str) -> serve.Loaded:
     ],
 )
 def test_health(state, status, body):
-    assert serve.health(state) == (status, body)
+    assert follower.health(state) == (status, body)
 
 
 @pytest.mark.parametrize(
@@ -290,7 +331,29 @@ def test_health(state, status, body):
 def test_predictions_are_encoded_like_mlflows_scoring_server(output):
     expected = StringIO()
     scoring_server.predictions_to_json(output, expected)
-    assert serve.predictions_json(serve.jsonable(output)).decode() == expected.getvalue()
+    model = type("Model", (), {"predict": lambda self, data, params=None: output})()
+    predictions = batcher.score(follower.Loaded(model=model, version="1", info={}), protocol.Payload(None))
+    assert protocol.predictions_json(predictions) == expected.getvalue()
+
+
+def test_too_many_rows_are_refused_and_a_parquet_body_before_it_is_decoded(monkeypatch):
+    frame = pd.DataFrame({"title": [f"title {i}" for i in range(6)]})
+    parquet = BytesIO()
+    frame.to_parquet(parquet)
+    bodies = [
+        (protocol.CONTENT_TYPE_JSON, json.dumps({"dataframe_records": frame.to_dict(orient="records")}).encode()),
+        (protocol.CONTENT_TYPE_JSON, json.dumps({"inputs": frame.to_dict(orient="list")}).encode()),  # columns
+        (protocol.CONTENT_TYPE_CSV, frame.to_csv(index=False).encode()),
+        (protocol.CONTENT_TYPE_PARQUET, parquet.getvalue()),
+    ]
+    for mime, body in bodies:
+        assert protocol.parse_body(body, mime, None, max_rows=6).rows == 6
+    monkeypatch.setattr(pd, "read_parquet", lambda *args, **kwargs: pytest.fail("decoded"))
+    for mime, body in bodies:
+        with pytest.raises(protocol.RequestError) as error:
+            protocol.parse_body(body, mime, None, max_rows=5)
+        assert error.value.status == 413
+        assert "6 rows; the limit is 5 rows" in str(error.value)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -312,8 +375,8 @@ def test_every_body_format_answers_like_mlflows_scoring_server(v1_server, fmt):
 @pytest.mark.parametrize(
     ("body", "content_type", "status", "error_code", "reason"),
     [
-        ("{not json", "application/json", 400, "BAD_REQUEST", "not valid JSON"),  # broken JSON
-        ("[1, 2]", "application/json", 400, "BAD_REQUEST", "must be a JSON object"),  # a list, not an object
+        ("{not json", "application/json", 400, "BAD_REQUEST", "JSONDecodeError"),  # broken JSON
+        ("[1, 2]", "application/json", 400, "BAD_REQUEST", "must be a JSON dictionary"),  # a list, not an object
         ('{"data": []}', "application/json", 400, "BAD_REQUEST", "exactly one of"),  # no format key
         ('{"inputs": [], "dataframe_records": []}', "application/json", 400, "BAD_REQUEST", "exactly one of"),
         ('{"dataframe_records": {"title": "x"}}', "application/json", 400, "BAD_REQUEST", "list of records"),
@@ -324,7 +387,7 @@ def test_every_body_format_answers_like_mlflows_scoring_server(v1_server, fmt):
             "INVALID_PARAMETER_VALUE",
             "missing inputs ['title']",
         ),
-        ('title,description\n"unclosed,x\n', "text/csv", 400, "BAD_REQUEST", "not a valid CSV"),  # broken CSV
+        ('title,description\n"unclosed,x\n', "text/csv", 400, "BAD_REQUEST", "invalid text/csv body"),  # broken CSV
         ("title\nx\n", "text/plain", 415, "BAD_REQUEST", "unsupported Content-Type"),  # not a scoring type
         ("{}", "application/json; charset=latin-1", 415, "BAD_REQUEST", "UTF-8"),  # MLflow takes UTF-8 only
         ("{}", "application/json; format=pandas-split", 415, "BAD_REQUEST", "parameters: format"),  # MLflow 1.x
@@ -338,22 +401,30 @@ def test_bad_requests_get_mlflows_error_shape_and_one_line(v1_server, body, cont
     assert "\n" not in answer["message"]
 
 
-def test_too_large_body_is_refused_before_it_is_read(v1_server, monkeypatch):
-    monkeypatch.setattr(serve, "MAX_BODY_BYTES", 100)
-    status, answer = invoke(v1_server, json.dumps({"dataframe_records": ROWS * 10}))
+def test_too_large_body_is_refused_before_it_is_read_and_the_connection_closes(static):
+    server = static(FrameModel(), max_body_bytes=100)
+    status, answer = invoke(server, json.dumps({"dataframe_records": ROWS * 10}))
     assert status == 413
     assert "limit is 100 bytes" in answer["message"]
+    head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    chunked = head + b"Transfer-Encoding: chunked\r\n\r\n" + b"80\r\n" + b" " * 128 + b"\r\n"  # no length to check
+    assert exchange(server, chunked).startswith(b"HTTP/1.1 413 ")  # counted as it streams in, then closed
 
 
-@pytest.mark.parametrize("length", [None, b"-1", b"1e3", b"\xb2"])  # \xb2 is "2" superscript: isdigit(), no int
-def test_a_body_without_a_plain_content_length_is_refused_with_411(v1_server, length):
-    url = urlparse(v1_server.url)
-    header = b"" if length is None else b"Content-Length: " + length + b"\r\n"
-    request = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + header + b"\r\n{}"
-    with socket.create_connection((url.hostname, url.port), timeout=10) as conn:
-        conn.sendall(request)
-        status_line = conn.makefile("rb").readline()
-    assert status_line.split()[1] == b"411", status_line
+@pytest.mark.parametrize(
+    "length",
+    [
+        b"-1",  # not a length
+        b"1e3",
+        b"\xb2",  # "2" superscript: isdigit(), not a number
+        b"2\r\nContent-Length: 3",  # two lengths that disagree
+    ],
+)
+def test_a_body_without_one_valid_content_length_is_refused_with_400_and_the_connection_closes(v1_server, length):
+    request = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    answer = exchange(v1_server, request + b"Content-Length: " + length + b"\r\n\r\n{}")
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert answer.count(b"HTTP/1.1 ") == 1  # one answer, then the connection closed
 
 
 def test_unknown_endpoints_answer_404(v1_server):
@@ -383,7 +454,7 @@ def test_every_answer_names_the_version_that_scored_it(v1_server):
     response.read()
     conn.close()
     assert response.status == 200
-    assert response.getheader(serve.VERSION_HEADER) == "1"
+    assert response.getheader(protocol.VERSION_HEADER) == "1"
 
 
 def test_keep_alive_connection_serves_many_requests(v1_server):
@@ -393,6 +464,42 @@ def test_keep_alive_connection_serves_many_requests(v1_server):
     answers = [call(v1_server, "POST", "/invocations", body, connection=conn)[0] for _ in range(20)]
     conn.close()
     assert answers == [200] * 20
+
+
+def test_a_chunked_body_is_answered_like_mlflows_scoring_server(v1_server):
+    content_type, body = BODIES["dataframe_records"]
+    url = urlparse(v1_server.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    answers = []
+    for _ in range(2):  # the chunks are consumed exactly: the same connection serves the next request
+        parts = iter([body[:10].encode(), body[10:].encode()])  # no length: http.client sends it chunked
+        conn.request("POST", "/invocations", body=parts, headers={"Content-Type": content_type})
+        response = conn.getresponse()
+        answers.append((response.status, response.read().decode()))
+    conn.close()
+    model = v1_server.champion.current.model
+    expected = scoring_server.invocations(body, content_type, model, model.metadata.get_input_schema())
+    assert answers == [(expected.status, expected.response)] * 2
+
+
+@pytest.mark.parametrize("loaded", [True, False], ids=["model loaded", "no model yet"])
+def test_content_length_with_chunked_is_refused_with_400_and_the_connection_closes(static, loaded):
+    server = static(FrameModel() if loaded else None)
+    # A proxy framing by Content-Length sees an empty body, then a second request; h11 sees one chunk.
+    smuggled = b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n"
+    head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    framing = b"Content-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n"
+    answer = exchange(server, head + framing + b"%x\r\n" % len(smuggled) + smuggled + b"\r\n0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b"not both" in answer
+    assert answer.count(b"HTTP/1.1 ") == 1  # one answer, then the connection closed: nothing read as a request
+
+
+def test_a_malformed_chunk_is_refused_with_400_and_the_connection_closes(v1_server):
+    head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    answer = exchange(v1_server, head + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert answer.count(b"HTTP/1.1 ") == 1
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -443,7 +550,7 @@ def test_moving_the_alias_swaps_versions_without_failed_or_mixed_requests(store,
                 response = conn.getresponse()
                 status, text = response.status, response.read().decode()
                 tags = {row["tag"] for row in json.loads(text)["predictions"]} if status == 200 else set()
-                named = {v1: "v1", v2: "v2"}.get(response.getheader(serve.VERSION_HEADER))
+                named = {v1: "v1", v2: "v2"}.get(response.getheader(protocol.VERSION_HEADER))
                 if status != 200 or len(tags) != 1 or tags != {named}:  # the header names who answered
                     errors.append((status, text, named))
                 else:
@@ -509,7 +616,7 @@ def test_unloadable_champion_keeps_the_last_good_version_and_reports_degraded(st
 def test_a_failed_version_is_tried_once_per_poll_and_logged_once(store, name, monkeypatch, caplog):
     client = MlflowClient()
     client.set_registered_model_alias(name, "champion", register(name, store["models"]["v1"]))
-    champion = serve.Champion(name, "champion", POLL)
+    champion = follower.Champion(name, "champion", POLL)
     champion.poll()
     assert champion.current.version == "1"
 
@@ -520,7 +627,7 @@ def test_a_failed_version_is_tried_once_per_poll_and_logged_once(store, name, mo
         attempts.append(str(args[2].version))
         raise OSError("artifacts are gone")
 
-    monkeypatch.setattr(serve, "load_version", failing_load)
+    monkeypatch.setattr(follower, "load_version", failing_load)
     with caplog.at_level(logging.WARNING, logger="tagifai"):
         for _ in range(3):
             champion.poll()
@@ -535,7 +642,7 @@ def test_a_failed_version_is_tried_once_per_poll_and_logged_once(store, name, mo
 def test_an_unreachable_registry_is_reported_without_dropping_the_model(store, name, monkeypatch):
     client = MlflowClient()
     client.set_registered_model_alias(name, "champion", register(name, store["models"]["v1"]))
-    champion = serve.Champion(name, "champion", POLL)
+    champion = follower.Champion(name, "champion", POLL)
     champion.poll()
 
     def down(*args: Any) -> None:
@@ -556,11 +663,11 @@ def test_an_unreachable_registry_is_reported_without_dropping_the_model(store, n
 class StaticChampion:
     """A champion that never moves: for tests of the HTTP and scoring layers alone."""
 
-    def __init__(self, loaded: serve.Loaded) -> None:
-        self.state = serve.State(loaded)
+    def __init__(self, loaded: follower.Loaded) -> None:
+        self.state = follower.State(loaded)
 
     @property
-    def current(self) -> serve.Loaded:
+    def current(self) -> follower.Loaded:
         return self.state.loaded
 
     def start(self) -> None:
@@ -585,27 +692,27 @@ class FrameModel:
         return pd.DataFrame({"tag": data["title"].str.upper(), "probability": 0.5})
 
 
-def static_loaded(model: FrameModel) -> serve.Loaded:
-    return serve.Loaded(model=model, version="7", info={"model_version": "7", "loaded_at": "now"})
+def static_loaded(model: FrameModel) -> follower.Loaded:
+    return follower.Loaded(model=model, version="7", info={"model_version": "7", "loaded_at": "now"})
 
 
 def test_queued_requests_share_a_batch_and_each_gets_its_own_rows():
     model = FrameModel()
     loaded = static_loaded(model)
     frames = [pd.DataFrame({"title": ["a", "b"]}), pd.DataFrame({"title": ["c"]}), pd.DataFrame({"title": ["boom"]})]
-    jobs = [serve.Job(loaded, serve.Payload(frame), Future()) for frame in frames]
-    jobs.append(serve.Job(loaded, serve.Payload(pd.DataFrame({"title": ["d"], "x": [1]})), Future()))
-    groups: dict[Any, list[serve.Job]] = {}
+    jobs = [batcher.Job(loaded, protocol.Payload(frame), Future()) for frame in frames]
+    jobs.append(batcher.Job(loaded, protocol.Payload(pd.DataFrame({"title": ["d"], "x": [1]})), Future()))
+    groups: dict[Any, list[batcher.Job]] = {}
     for job in jobs:
-        groups.setdefault(serve.batch_key(job), []).append(job)
+        groups.setdefault(batcher.batch_key(job), []).append(job)
     for group in groups.values():
-        serve.score_batch(group)
+        batcher.score_batch(group)
 
     assert [job.future.result() for job in jobs[:2]] == [
         [{"tag": "A", "probability": 0.5}, {"tag": "B", "probability": 0.5}],
         [{"tag": "C", "probability": 0.5}],
     ]
-    with pytest.raises(serve.RequestError, match="boom is not a title"):
+    with pytest.raises(protocol.RequestError, match="boom is not a title"):
         jobs[2].future.result()
     assert jobs[3].future.result() == [{"tag": "D", "probability": 0.5}]
     # one failed batch of 3 frames, then each alone; the frame with other columns on its own
@@ -617,7 +724,7 @@ def test_an_answer_that_is_not_json_is_a_500_not_a_dropped_connection():
         def predict(self, data: pd.DataFrame, params: dict | None = None) -> Any:
             return [object()] * len(data)
 
-    server = serve.ModelServer(StaticChampion(static_loaded(Opaque())), "127.0.0.1", 0)
+    server = serve.ModelServer(StaticChampion(static_loaded(Opaque())), "127.0.0.1", 0, limits())
     server.start()
     try:
         status, answer = invoke(server, json.dumps({"dataframe_records": [{"title": "x"}]}))
@@ -630,7 +737,7 @@ def test_an_answer_that_is_not_json_is_a_500_not_a_dropped_connection():
 
 def test_a_slow_prediction_does_not_block_health():
     model = FrameModel(sleep=1.0)
-    server = serve.ModelServer(StaticChampion(static_loaded(model)), "127.0.0.1", 0)
+    server = serve.ModelServer(StaticChampion(static_loaded(model)), "127.0.0.1", 0, limits())
     server.start()
     try:
         slow = threading.Thread(target=invoke, args=(server, json.dumps({"dataframe_records": [{"title": "x"}]})))
@@ -646,7 +753,7 @@ def test_a_slow_prediction_does_not_block_health():
 
 def test_stop_lets_requests_in_flight_finish_then_refuses_connections():
     model = FrameModel(sleep=0.5)
-    server = serve.ModelServer(StaticChampion(static_loaded(model)), "127.0.0.1", 0)
+    server = serve.ModelServer(StaticChampion(static_loaded(model)), "127.0.0.1", 0, limits())
     server.start()
     answers: list[tuple[int, Any]] = []
     body = json.dumps({"dataframe_records": [{"title": "x"}]})
@@ -684,3 +791,114 @@ def test_tagifai_serve_serves_and_stops_gracefully_on_sigterm(store, name):
     assert process.returncode == 0
     assert f"serve: champion v{version} loaded" in stderr
     assert "serve: stopping" in stderr
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bounds: slow clients, large bodies, slow predictions
+
+MIB = 1024 * 1024
+SMALL = json.dumps({"dataframe_records": [{"title": "x"}]})
+SMALL_ANSWER = {"predictions": [{"tag": "X", "probability": 0.5}]}
+
+
+def rss_bytes() -> int:
+    """This process's resident memory (the servers under test run in it)."""
+    status = Path("/proc/self/status").read_text(encoding="utf-8")
+    return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE).group(1)) * 1024
+
+
+def closed_by_server(conn: socket.socket, timeout: float) -> bytes | None:
+    """What the server answered before it closed `conn` (None: still open after `timeout` seconds)."""
+    conn.setblocking(True)
+    conn.settimeout(timeout)
+    answer = b""
+    try:
+        while chunk := conn.recv(65536):
+            answer += chunk
+    except ConnectionResetError:  # closed with bytes of ours unread
+        pass
+    except TimeoutError:
+        return None
+    return answer
+
+
+def test_many_half_sent_large_uploads_neither_block_a_request_nor_grow_memory_and_are_cut_at_their_deadline(static):
+    deadline, uploads, declared = 4.0, 200, 10 * MIB
+    server = static(FrameModel(), request_seconds=deadline, max_bodies_bytes=32 * MIB)
+    url = urlparse(server.url)
+    head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += b"Content-Length: %d\r\n\r\n" % declared
+    data = memoryview(b" " * MIB)
+    before = rss_bytes()
+    connected: list[tuple[socket.socket, float]] = []
+    for _ in range(uploads):
+        conn = socket.create_connection((url.hostname, url.port), timeout=10)
+        conn.sendall(head)
+        conn.setblocking(False)
+        connected.append((conn, time.monotonic()))
+    sent = [0] * uploads
+    give_up = time.monotonic() + 30.0
+    while any(0 <= n < declared // 2 for n in sent) and time.monotonic() < give_up:
+        for i, (conn, _) in enumerate(connected):  # half of each body, as fast as the server takes it
+            if 0 <= sent[i] < declared // 2:
+                try:
+                    sent[i] += conn.send(data[: declared // 2 - sent[i]])
+                except BlockingIOError:
+                    pass
+                except OSError:  # refused (or past its deadline): the server closed it
+                    sent[i] = -1
+        time.sleep(0.01)
+    time.sleep(0.5)  # what is in the sockets' buffers reaches the server
+    grown = rss_bytes() - before
+
+    started = time.monotonic()
+    answered = invoke(server, SMALL)
+    answered_in = time.monotonic() - started
+    assert answered == (200, SMALL_ANSWER)
+    assert answered_in < 5.0, answered_in  # well under a second when idle; generous on a shared machine
+    # 32 MiB of bodies at most, plus 64 KiB a connection uvicorn buffers: not the 200 x 5 MiB sent
+    assert grown < 150 * MIB, f"{grown / MIB:.0f} MiB"
+
+    held = 0
+    for conn, at in connected:
+        answer = closed_by_server(conn, timeout=max(0.1, at + deadline + 10 - time.monotonic()))
+        closed_at = time.monotonic()
+        conn.close()
+        assert answer is not None, "an upload outlived its deadline"
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 503 "), answer  # cut, or refused: bodies held
+        held += answer == b"" and closed_at >= at + deadline
+    assert held, "no upload was held until its deadline"
+
+
+@pytest.mark.parametrize("part", ["head", "body"])
+def test_a_request_trickling_in_is_cut_at_its_deadline(static, part):
+    deadline = 1.0
+    server = static(FrameModel(), request_seconds=deadline)
+    url = urlparse(server.url)
+    head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n"
+    first, rest = (head[:10], head[10:]) if part == "head" else (head, b" " * 500)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as conn:
+        started = time.monotonic()
+        conn.sendall(first)
+        for byte in rest:  # a byte every 0.1 s: each would reset a timeout of inactivity
+            if select.select([conn], [], [], 0.1)[0]:
+                break
+            conn.sendall(bytes([byte]))
+        answer = closed_by_server(conn, timeout=10)
+        closed_after = time.monotonic() - started
+    assert answer == b""
+    assert deadline <= closed_after < deadline + 5.0, closed_after  # the whole trickle would take 8-50 s
+
+
+def test_scoring_past_mlflows_request_timeout_is_a_504_and_the_server_goes_on(static, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "1")  # seconds, as `mlflow models serve` reads it
+    model = FrameModel(sleep=2.5)
+    server = static(model)
+    status, answer = invoke(server, SMALL)
+    assert status == 504
+    assert answer["error_code"] == "DEADLINE_EXCEEDED"
+    assert "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT" in answer["message"]
+    assert get(server, "/health")[0] == 200  # not blocked by the prediction still running
+    model.sleep = 0.0
+    time.sleep(2.0)  # the slow prediction ends
+    assert invoke(server, SMALL) == (200, SMALL_ANSWER)
