@@ -33,6 +33,9 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service import utils as tracking_utils
 
 from harness import free_port
+from tagifai.contract.config import load_settings
+from tagifai.contract.settings import Serve
+from tagifai.serving import batcher, follower, protocol
 from tagifai.serving import server as serve
 
 POLL = 0.2
