@@ -8,17 +8,21 @@ from __future__ import annotations
 import csv
 import http.client
 import json
+import re
+import socket
+import subprocess
 import threading
 import time
 import urllib.error
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlparse
 from urllib.request import Request, urlopen
 
 import pytest
 
 from harness import last_json, wait_for
-from harness.stack import SERVE_POLL_SECONDS, make
+from harness.stack import PROJECT, SERVE_POLL_SECONDS, make, running_containers
 from tagifai.serving.protocol import VERSION_HEADER
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.stack, pytest.mark.slow]
@@ -44,6 +48,61 @@ def test_the_served_champion_tags_real_projects(stack, first_run):
     version = stack.serve("/version")
     assert {"model_version", "test_f1", "data_sha256", "pipeline_run_id"} <= set(version)
     assert stack.serve("/health")["status"] == "ok"
+
+
+def memory_bytes(container: str) -> float:
+    """What the container uses now, as `docker stats` reports it (e.g. "312.4MiB / 1GiB")."""
+    out = subprocess.run(
+        ["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", container],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    number, unit = re.match(r"\s*([\d.]+)\s*([KMG]?i?B)", out).groups()
+    return float(number) * {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}[unit]
+
+
+def test_serve_holds_200_half_sent_large_uploads_within_its_container(stack, first_run):
+    (container,) = running_containers(**{"com.docker.compose.project": PROJECT, "com.docker.compose.service": "serve"})
+    inspect = ["docker", "inspect", "--format", "{{json .}}", container]
+    before = json.loads(subprocess.run(inspect, capture_output=True, text=True, check=True).stdout)
+    limit = before["HostConfig"]["Memory"]
+    assert limit == 1024**3 and before["HostConfig"]["PidsLimit"] == 256
+    url = urlparse(stack.serve_url)
+    declared = 10 * 1024 * 1024
+    head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += b"Content-Length: %d\r\n\r\n" % declared
+    chunk = memoryview(b" " * (1024 * 1024))
+    uploads = []
+    for _ in range(200):
+        conn = socket.create_connection((url.hostname, url.port), timeout=10)
+        conn.sendall(head)
+        conn.setblocking(False)
+        uploads.append([conn, 0])
+    give_up = time.monotonic() + 60
+    while any(0 <= sent < declared // 2 for _, sent in uploads) and time.monotonic() < give_up:
+        for upload in uploads:  # half of each body, as fast as serve takes it; refused ones are closed
+            conn, sent = upload
+            if 0 <= sent < declared // 2:
+                try:
+                    upload[1] += conn.send(chunk[: declared // 2 - sent])
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    upload[1] = -1
+        time.sleep(0.01)
+    try:
+        held = memory_bytes(container)
+        started = time.monotonic()
+        predictions = stack.serve("/invocations", {"dataframe_records": PROJECTS[:1]})["predictions"]
+        answered_in = time.monotonic() - started
+    finally:
+        for conn, _ in uploads:
+            conn.close()
+    after = json.loads(subprocess.run(inspect, capture_output=True, text=True, check=True).stdout)
+    print(f"200 half-sent 10 MiB uploads: serve held {held / 1024**2:.0f} MiB, answered in {answered_in:.2f} s")
+    assert len(predictions) == 1
+    assert answered_in < 5.0  # well under a second when idle; generous on a shared machine
+    assert held < limit
+    assert after["State"]["StartedAt"] == before["State"]["StartedAt"] and not after["State"]["OOMKilled"]
 
 
 @pytest.fixture(scope="module")
