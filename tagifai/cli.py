@@ -178,9 +178,11 @@ def elt(
     if plan:  # checked as the pipeline's own options would be
         try:
             given = json.loads(plan)
+            if not isinstance(given, dict):
+                raise TypeError(f"got {type(given).__name__}")
             gate = gate_options(settings, given.get("min_f1"), given.get("max_regression"), given.get("model_name"))
             params = {"num_trials": trials(settings, given.get("num_trials")), **gate}
-        except (ValueError, AttributeError, TypeError) as exc:
+        except (ValueError, TypeError) as exc:
             raise BadInputError(f"--plan must be a JSON object of num_trials, min_f1, max_regression: {exc}") from exc
     projects, tags = projects_url or settings.data.projects_url, tags_url or settings.data.tags_url
     experiment = experiment_name or settings.mlflow.experiment_name
