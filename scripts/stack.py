@@ -259,7 +259,7 @@ def unpause(env: dict[str, str], args: argparse.Namespace) -> int:
     for dag_id in args.dags:
         while True:
             try:
-                client.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+                client.unpause(dag_id)
                 break
             except AirflowError as exc:  # 404 until the dag-processor has parsed the file
                 if exc.status != 404 or time.monotonic() > deadline:

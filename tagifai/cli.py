@@ -12,6 +12,7 @@ import inspect
 import json
 import logging
 import math
+import operator
 import os
 import sys
 import warnings
@@ -21,6 +22,8 @@ from typing import Annotated, Any
 import typer
 
 from tagifai.contract import names
+from tagifai.contract.config import load_settings
+from tagifai.contract.errors import BadInputError, TagifaiError
 from tagifai.contract.settings import Settings
 
 app = typer.Typer(
@@ -30,49 +33,28 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-ProjectsUrl = Annotated[
-    str | None,
-    typer.Option(
-        envvar=names.PROJECTS_URL_ENV, show_default="pinned upstream", help="projects.csv: http(s)/file:// URL or path."
-    ),
-]
-TagsUrl = Annotated[
-    str | None,
-    typer.Option(
-        envvar=names.TAGS_URL_ENV, show_default="pinned upstream", help="tags.csv: http(s)/file:// URL or path."
-    ),
-]
-ExperimentName = Annotated[
-    str | None,
-    typer.Option(envvar="MLFLOW_EXPERIMENT_NAME", show_default="tagifai", help="MLflow experiment for the runs."),
-]
+
+def from_env(envvar: str, help: str, shown: str | bool = True, kind: Any = str | None) -> Any:
+    """An option that the variable `envvar` may set; `shown` says what its default means in `--help`."""
+    return Annotated[kind, typer.Option(envvar=envvar, show_default=shown, help=help)]
+
+
+ProjectsUrl = from_env(names.PROJECTS_URL_ENV, "projects.csv: http(s)/file:// URL or path.", "pinned upstream")
+TagsUrl = from_env(names.TAGS_URL_ENV, "tags.csv: http(s)/file:// URL or path.", "pinned upstream")
+ExperimentName = from_env("MLFLOW_EXPERIMENT_NAME", "MLflow experiment for the runs.", "tagifai")
+Storage = from_env(
+    names.OPTUNA_STORAGE_ENV, "Optuna RDB storage URL, to share one study between processes.", "in-memory"
+)
+ModelName = from_env(names.MODEL_NAME_ENV, "Registered model name.", "tagifai")
+Force = from_env(
+    names.FORCE_ENV,
+    "Run even when a finished run with the same key (data, code, settings, arguments) exists.",
+    kind=bool,
+)
 NumTrials = Annotated[int | None, typer.Option(min=1, show_default="20 (config)", help="Optuna trials.")]
-Storage = Annotated[
-    str | None,
-    typer.Option(
-        envvar=names.OPTUNA_STORAGE_ENV,
-        show_default="in-memory",
-        help="Optuna RDB storage URL, to share one study between processes.",
-    ),
-]
-StudyName = Annotated[
-    str | None,
-    typer.Option(show_default="tagifai-<pipeline run id>-<data run id[:8]>", help="Optuna study name."),
-]
 MinF1 = Annotated[float | None, typer.Option(show_default="config", help="Lowest test f1 a champion may have.")]
 MaxRegression = Annotated[
     float | None, typer.Option(show_default="config", help="How far below the champion's f1 a challenger may be.")
-]
-Force = Annotated[
-    bool,
-    typer.Option(
-        "--force/--no-force",
-        envvar=names.FORCE_ENV,
-        help="Run even when a finished run with the same key (data, code, settings, arguments) exists.",
-    ),
-]
-ModelName = Annotated[
-    str | None, typer.Option(envvar=names.MODEL_NAME_ENV, show_default="tagifai", help="Registered model name.")
 ]
 
 
@@ -92,34 +74,34 @@ def emit(result: dict[str, Any]) -> None:
     print(line, flush=True)
 
 
-def human(action: Callable[[Settings], None], connect: bool = True) -> None:
-    """Load the settings, connect to MLflow (`connect`), run `action`; a TagifaiError exits with one line."""
-    from tagifai.contract.config import load_settings
-    from tagifai.contract.errors import TagifaiError
+def command(name: str | None = None, connect: bool = True) -> Callable[[Callable[..., Any]], Any]:
+    """Register `func(settings, ...)` as a command: Typer sees its options, the settings are loaded here.
 
-    try:
-        settings = load_settings()
-        if connect:
-            from tagifai.pipeline import tracking
+    The command connects to MLflow (if `connect`), prints what `func` returns, if anything, as the
+    hand-off line, and turns a TagifaiError into one line `error: …` and its exit code.
+    """
 
-            tracking.connect(settings)
-        action(settings)
-    except TagifaiError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
+    def decorate(func: Callable[..., dict[str, Any] | None]) -> Callable[..., None]:
+        @functools.wraps(func)
+        def run(*args: Any, **kwargs: Any) -> None:
+            try:
+                settings = load_settings()
+                if connect:
+                    from tagifai.pipeline import tracking
 
+                    tracking.connect(settings)
+                result = func(settings, *args, **kwargs)
+            except TagifaiError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(exc.exit_code) from None
+            if result is not None:
+                emit(result)
 
-def command(func: Callable[..., dict[str, Any]]) -> Callable[..., None]:
-    """Run a step as `human` does, and print its result as the hand-off line."""
+        signature = inspect.signature(func, eval_str=True)
+        run.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
+        return app.command(name)(run)
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        human(lambda settings: emit(func(settings, *args, **kwargs)))
-
-    # Typer sees the options only: `settings` is supplied here, not on the command line.
-    signature = inspect.signature(func, eval_str=True)
-    wrapper.__signature__ = signature.replace(parameters=list(signature.parameters.values())[1:])
-    return wrapper
+    return decorate
 
 
 @app.callback()
@@ -138,42 +120,27 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
     warnings.filterwarnings("ignore", message=".*is experimental.*")
 
 
-def data_urls(settings: Settings, projects_url: str | None, tags_url: str | None) -> tuple[str, str]:
-    """The data sources: options/env first, then the pinned defaults."""
-    return projects_url or settings.data.projects_url, tags_url or settings.data.tags_url
-
-
 def gate_options(
     settings: Settings, min_f1: float | None, max_regression: float | None, model_name: str | None
-) -> tuple[float, float, str]:
+) -> dict[str, Any]:
     """The promotion gate and model name: `[register]`, made stricter (never looser) by the options.
 
     Raises:
         BadInputError: an option is not a finite number, or would loosen the deployer's gate.
     """
-    from tagifai.contract.errors import BadInputError
-
-    gate = settings.register
-    for name, value in (("min_f1", min_f1), ("max_regression", max_regression)):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-        ):
+    gate = {"model_name": model_name or settings.register.model_name}
+    for name, value, loosens in (("min_f1", min_f1, operator.lt), ("max_regression", max_regression, operator.gt)):
+        limit = getattr(settings.register, name)
+        # A --plan's JSON may hold a string, a bool or NaN (which passes every comparison).
+        if value is not None and (type(value) not in (int, float) or not math.isfinite(value)):
             raise BadInputError(f"{name} must be a finite number, not {value!r}")
-    if min_f1 is not None and min_f1 < gate.min_f1:
-        raise BadInputError(
-            f"min_f1 {min_f1} would loosen this deployment's gate ([register] min_f1 = {gate.min_f1}): "
-            "a run may only make it stricter"
-        )
-    if max_regression is not None and max_regression > gate.max_regression:
-        raise BadInputError(
-            f"max_regression {max_regression} would loosen this deployment's gate "
-            f"([register] max_regression = {gate.max_regression}): a run may only make it stricter"
-        )
-    return (
-        gate.min_f1 if min_f1 is None else min_f1,
-        gate.max_regression if max_regression is None else max_regression,
-        model_name or gate.model_name,
-    )
+        if value is not None and loosens(value, limit):
+            raise BadInputError(
+                f"{name} {value} would loosen this deployment's gate ([register] {name} = {limit}): "
+                "a run may only make it stricter"
+            )
+        gate[name] = limit if value is None else value
+    return gate
 
 
 def trials(settings: Settings, num_trials: int | None) -> int:
@@ -182,16 +149,13 @@ def trials(settings: Settings, num_trials: int | None) -> int:
     Raises:
         BadInputError: more trials than the deployment allows.
     """
-    from tagifai.contract.errors import BadInputError
-
     count = num_trials or settings.optimize.num_trials
     if count > (most := settings.limits.max_trials):
         raise BadInputError(f"num_trials {count} is more than this deployment allows ([limits] max_trials = {most})")
     return count
 
 
-@app.command()
-@command
+@command()
 def elt(
     settings: Settings,
     projects_url: ProjectsUrl = None,
@@ -210,35 +174,22 @@ def elt(
     """Extract projects.csv and tags.csv, join them on id, log raw and labeled data to MLflow."""
     from tagifai.pipeline import steps
 
-    projects, tags = data_urls(settings, projects_url, tags_url)
+    params = None
+    if plan:  # checked as the pipeline's own options would be
+        try:
+            given = json.loads(plan)
+            if not isinstance(given, dict):
+                raise TypeError(f"got {type(given).__name__}")
+            gate = gate_options(settings, given.get("min_f1"), given.get("max_regression"), given.get("model_name"))
+            params = {"num_trials": trials(settings, given.get("num_trials")), **gate}
+        except (ValueError, TypeError) as exc:
+            raise BadInputError(f"--plan must be a JSON object of num_trials, min_f1, max_regression: {exc}") from exc
+    projects, tags = projects_url or settings.data.projects_url, tags_url or settings.data.tags_url
     experiment = experiment_name or settings.mlflow.experiment_name
-    return steps.elt(settings, projects, tags, experiment, force, plan_params(settings, plan))
+    return steps.elt(settings, projects, tags, experiment, force, params)
 
 
-def plan_params(settings: Settings, plan: str | None) -> dict[str, Any] | None:
-    """The pipeline params `--plan` names, checked as their own options would be.
-
-    Raises:
-        BadInputError: not a JSON object of those params, or they break the gate or `[limits]`.
-    """
-    from tagifai.contract.errors import BadInputError
-
-    if not plan:
-        return None
-    try:
-        given = json.loads(plan)
-        assert isinstance(given, dict)
-        min_f1, max_regression, model_name = gate_options(
-            settings, given.get("min_f1"), given.get("max_regression"), given.get("model_name")
-        )
-        return {"num_trials": trials(settings, given.get("num_trials")), "min_f1": min_f1,
-                "max_regression": max_regression, "model_name": model_name}  # fmt: skip
-    except (ValueError, AssertionError, TypeError) as exc:
-        raise BadInputError(f"--plan must be a JSON object of num_trials, min_f1, max_regression: {exc}") from exc
-
-
-@app.command()
-@command
+@command()
 def validate(
     settings: Settings,
     elt_run: Annotated[str, typer.Option(help="Run id of the elt step.")],
@@ -256,14 +207,15 @@ def validate(
     return steps.validate(settings, elt_run, allow_drift, reference_run, force)
 
 
-@app.command()
-@command
+@command()
 def optimize(
     settings: Settings,
     data_run: Annotated[str, typer.Option(help="Run id of the validate step.")],
     num_trials: NumTrials = None,
     storage: Storage = None,
-    study_name: StudyName = None,
+    study_name: Annotated[
+        str | None, typer.Option(show_default="tagifai-<pipeline run id>-<data run id[:8]>", help="Optuna study name.")
+    ] = None,
     force: Force = False,
 ) -> dict[str, Any]:
     """Tune hyperparameters with Optuna (TPE + median pruning); each trial is a child run.
@@ -276,8 +228,7 @@ def optimize(
     return steps.optimize(settings, data_run, trials(settings, num_trials), storage, study_name, force)
 
 
-@app.command()
-@command
+@command()
 def train(
     settings: Settings,
     data_run: Annotated[str, typer.Option(help="Run id of the validate step.")],
@@ -296,8 +247,7 @@ def train(
     return steps.train(settings, data_run, optimize_run, force)
 
 
-@app.command()
-@command
+@command()
 def evaluate(
     settings: Settings, train_run: Annotated[str, typer.Option(help="Run id of the train step.")], force: Force = False
 ) -> dict[str, Any]:
@@ -307,8 +257,7 @@ def evaluate(
     return steps.evaluate(settings, train_run, force)
 
 
-@app.command()
-@command
+@command()
 def register(
     settings: Settings,
     evaluate_run: Annotated[str, typer.Option(help="Run id of the evaluate step.")],
@@ -321,11 +270,10 @@ def register(
     from tagifai.pipeline import steps
 
     gate = gate_options(settings, min_f1, max_regression, model_name)
-    return steps.register(settings, evaluate_run, *gate, force=force)
+    return steps.register(settings, evaluate_run, **gate, force=force)
 
 
-@app.command()
-@command
+@command()
 def pipeline(
     settings: Settings,
     num_trials: NumTrials = None,
@@ -345,14 +293,14 @@ def pipeline(
     # Every option is checked before the first step runs.
     gate, count = gate_options(settings, min_f1, max_regression, model_name), trials(settings, num_trials)
     os.environ.setdefault(names.PIPELINE_RUN_ID_ENV, tracking.fresh_pipeline_run_id())
-    projects, tags = data_urls(settings, projects_url, tags_url)
+    projects, tags = projects_url or settings.data.projects_url, tags_url or settings.data.tags_url
     experiment = experiment_name or settings.mlflow.experiment_name
     elt_out = steps.elt(settings, projects, tags, experiment, force)
     validate_out = steps.validate(settings, elt_out["run_id"], allow_drift, force=force)
     optimize_out = steps.optimize(settings, validate_out["run_id"], count, storage, force=force)
     train_out = steps.train(settings, validate_out["run_id"], optimize_out["run_id"], force)
     evaluate_out = steps.evaluate(settings, train_out["run_id"], force)
-    register_out = steps.register(settings, evaluate_out["run_id"], *gate, force=force)
+    register_out = steps.register(settings, evaluate_out["run_id"], **gate, force=force)
     outs = [elt_out, validate_out, optimize_out, train_out, evaluate_out, register_out]
     return {
         "pipeline_run_id": os.environ[names.PIPELINE_RUN_ID_ENV],
@@ -363,8 +311,7 @@ def pipeline(
     }
 
 
-@app.command()
-@command
+@command()
 def predict(
     settings: Settings,
     texts: Annotated[list[str], typer.Argument(help="Project text(s): title and description.")],
@@ -374,7 +321,6 @@ def predict(
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from tagifai.contract.errors import TagifaiError
     from tagifai.model import texts_frame
 
     try:
@@ -391,8 +337,7 @@ def predict(
     }
 
 
-@app.command()
-@command
+@command()
 def checksum(
     settings: Settings,
     source: Annotated[str, typer.Argument(help="A data source: an http(s)/file:// URL or a path.")],
@@ -406,8 +351,7 @@ def checksum(
     return {"source": redact(source), "sha256": data.sha256(content), "bytes": len(content)}
 
 
-@app.command("predict-batch")
-@command
+@command()
 def predict_batch(
     settings: Settings,
     source: Annotated[
@@ -425,56 +369,42 @@ def predict_batch(
     ] = None,
 ) -> dict[str, Any]:
     """Score projects with the champion; upsert them into PostgreSQL (`predictions`), once per version."""
-    from tagifai.contract.errors import BadInputError
-    from tagifai.pipeline import registry, steps
+    from tagifai.pipeline import steps
 
-    database_url = os.environ.get(names.PREDICTIONS_DB_ENV)
-    if not database_url:
+    if not (database_url := os.environ.get(names.PREDICTIONS_DB_ENV)):
         raise BadInputError("set TAGIFAI_PREDICTIONS_DB to the PostgreSQL database of the predictions table")
-    predict = settings.predict
-    chosen = source or predict.source or data_urls(settings, None, None)[0]
-    experiment = experiment_name or predict.experiment_name
-    return steps.predict_batch(
-        settings, chosen, model_name or registry.model_name(settings), alias, experiment, database_url
-    )
+    source = source or settings.predict.source or settings.data.projects_url
+    name = model_name or settings.register.model_name
+    experiment = experiment_name or settings.predict.experiment_name
+    return steps.predict_batch(settings, source, name, alias, experiment, database_url)
 
 
-@app.command()
+@command()
 def serve(
+    settings: Settings,
     model_name: ModelName = None,
     alias: Annotated[str | None, typer.Option(show_default="[serve] alias", help="The alias to follow.")] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int | None, typer.Option(show_default="[serve] port")] = None,
 ) -> None:
     """Serve the champion (MLflow's scoring protocol: /invocations, /health, /version), following the alias."""
-    from tagifai.pipeline import registry
-    from tagifai.serving import server as serve
+    from tagifai.serving import server
 
-    def run(settings: Settings) -> None:
-        options = settings.serve
-        name = model_name or registry.model_name(settings)
-        serve.run(name, alias or options.alias, host, port or options.port, options.poll_seconds, options)
-
-    human(run)
+    options, name = settings.serve, model_name or settings.register.model_name
+    server.run(name, alias or options.alias, host, port or options.port, options.poll_seconds, options)
 
 
-@app.command("champion-history")
-def champion_history(model_name: ModelName = None) -> None:
+@command()
+def champion_history(settings: Settings, model_name: ModelName = None) -> None:
     """Print every move of `champion`, newest first: from, to, when, by what, and why."""
     from tagifai.operations import champion
     from tagifai.pipeline import registry
 
-    def show(settings: Settings) -> None:
-        for line in champion.history_table(
-            registry.sync_history(settings, model_name or registry.model_name(settings))
-        ):
-            typer.echo(line)
-
-    human(show)
+    for line in champion.history_table(registry.sync_history(settings, model_name or settings.register.model_name)):
+        typer.echo(line)
 
 
-@app.command()
-@command
+@command()
 def rollback(
     settings: Settings,
     to: Annotated[
@@ -485,13 +415,13 @@ def rollback(
 ) -> dict[str, Any]:
     """Move `champion` back (re-scored on the current test split), record the move, tell Airflow."""
     from tagifai.operations import champion
-    from tagifai.pipeline import registry
 
-    return champion.rollback(settings, model_name or registry.model_name(settings), to, reason)
+    return champion.rollback(settings, model_name or settings.register.model_name, to, reason)
 
 
-@app.command()
+@command()
 def card(
+    settings: Settings,
     model_uri: Annotated[
         str, typer.Option(help="models:/<name>/<version> or models:/<name>@<alias>.")
     ] = "models:/tagifai@champion",
@@ -500,18 +430,11 @@ def card(
     from tagifai.core import card as cards
     from tagifai.pipeline import cards as model_cards
 
-    def show(settings: Settings) -> None:
-        name, version = model_cards.resolve(model_uri)
-        typer.echo(cards.render(model_cards.card_of(settings, name, version)), nl=False)
-
-    human(show)
+    name, version = model_cards.resolve(model_uri)
+    typer.echo(cards.render(model_cards.card_of(settings, name, version)), nl=False)
 
 
-@app.command("settings")
-def show_settings() -> None:
+@command("settings", connect=False)
+def show_settings(settings: Settings) -> None:
     """Check the settings (`config/`, then `TAGIFAI_CONFIG`) against their schema; print them as JSON."""
-
-    def show(settings: Settings) -> None:
-        typer.echo(json.dumps({k: v for k, v in settings.as_dict().items() if k != "stopwords"}, indent=2))
-
-    human(show, connect=False)
+    typer.echo(json.dumps({k: v for k, v in settings.as_dict().items() if k != "stopwords"}, indent=2))

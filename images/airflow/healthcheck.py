@@ -18,6 +18,7 @@ database URL in AIRFLOW__DATABASE__SQL_ALCHEMY_CONN. The Celery check looks for 
 it to answer, this asks the broker whether it listens.
 """
 
+import os
 import socket
 import sys
 import urllib.request
@@ -31,8 +32,6 @@ def url_ok(url: str) -> bool:
 
 def job_alive(job_type: str, seconds: float) -> bool:
     """Whether this host's newest running job of `job_type` sent a heartbeat in the last `seconds`."""
-    import os
-
     import psycopg2
 
     url = os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].replace("+psycopg2", "", 1)
@@ -53,8 +52,6 @@ def job_alive(job_type: str, seconds: float) -> bool:
 
 def celery_listening() -> bool:
     """Whether this host's Celery worker (node `celery@<hostname>`) is bound to the broker's pidbox."""
-    import os
-
     import redis
 
     queue = f"celery@{socket.gethostname()}.celery.pidbox"

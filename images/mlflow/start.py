@@ -40,13 +40,6 @@ authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 """
 
 
-def upgrade_schema() -> None:
-    """`mlflow db upgrade`, with the store URI from the environment instead of the command line."""
-    from mlflow.db import upgrade
-
-    upgrade.callback(os.environ["MLFLOW_BACKEND_STORE_URI"])
-
-
 def write_auth_config() -> None:
     """The auth app's config, in a file only this user can read; `MLFLOW_AUTH_CONFIG_PATH` names it."""
     database_uri = os.environ.get("MLFLOW_AUTH_DATABASE_URI", "sqlite:////mlflow-auth/basic_auth.db")
@@ -95,10 +88,11 @@ def main() -> int:
         if not os.environ.get(name):
             print(f"mlflow-start: set {name}", file=sys.stderr)
             return 1
-    upgrade_schema()
+    from mlflow.db import upgrade
+
+    upgrade.callback(os.environ["MLFLOW_BACKEND_STORE_URI"])  # `mlflow db upgrade`, the URI kept off argv
     write_auth_config()
     sync_logins()
-    hosts = allowed_hosts(os.environ)
     command = [
         "mlflow", "server",
         "--app-name", "basic-auth",
@@ -111,7 +105,7 @@ def main() -> int:
         # importing MLflow (or busy with a request) on a loaded 2-core machine misses it: seen as a
         # restart loop of 90 s before the first answer at `make up`.
         "--uvicorn-opts", f"--timeout-worker-healthcheck {WORKER_HEALTHCHECK_SECONDS}",
-        "--allowed-hosts", hosts,
+        "--allowed-hosts", allowed_hosts(os.environ),
     ]  # fmt: skip
     os.execvp(command[0], command)  # the store URI stays in the environment (MLFLOW_BACKEND_STORE_URI)
     return 0

@@ -17,6 +17,11 @@ from typing import Any
 DAG_ID = "tagifai_training"
 
 
+def run_path(run_id: str, dag_id: str = DAG_ID) -> str:
+    """The API path of a DAG run."""
+    return f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+
+
 class AirflowError(RuntimeError):
     """Airflow's API refused a request: its status, and its reason in one line."""
 
@@ -39,9 +44,8 @@ class Airflow:
     def __init__(self, url: str, username: str, password: str) -> None:
         """Log in: exchange the username and password for a token."""
         self.url = url.rstrip("/")
-        self.token = self.request("POST", "/auth/token", {"username": username, "password": password}, auth=False)[
-            "access_token"
-        ]
+        login = {"username": username, "password": password}
+        self.token = self.request("POST", "/auth/token", login, auth=False)["access_token"]
 
     def request(self, method: str, path: str, body: dict | None = None, auth: bool = True) -> Any:
         """Send one JSON request and decode the JSON answer."""
@@ -65,18 +69,21 @@ class Airflow:
             raise AirflowError("GET", "/api/v2/assets", 404, f"no asset {asset_name} (is its DAG there?)")
         return self.request("POST", "/api/v2/assets/events", {"asset_id": asset["id"], "extra": extra})
 
+    def unpause(self, dag_id: str = DAG_ID) -> None:
+        """Let the scheduler run the DAG (a new DAG starts paused)."""
+        self.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+
     def trigger(self, conf: dict[str, Any]) -> str:
         """Start a run of the DAG now; return its run id."""
-        self.request("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
+        self.unpause()
         run = self.request("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
         return run["dag_run_id"]
 
     def wait(self, run_id: str, timeout: float) -> dict[str, Any]:
         """Poll the run until it ends; return it."""
         deadline = time.monotonic() + timeout
-        path = f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.request.quote(run_id, safe='')}"
         while time.monotonic() < deadline:
-            run = self.request("GET", path)
+            run = self.request("GET", run_path(run_id))
             if run["state"] in ("success", "failed"):
                 return run
             time.sleep(5)
@@ -84,15 +91,11 @@ class Airflow:
 
     def task_instance(self, run_id: str, task_id: str) -> dict[str, Any]:
         """One (unmapped) task instance of a run: state, try_number, hostname, ..."""
-        path = f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.request.quote(run_id, safe='')}/taskInstances/{task_id}"
-        return self.request("GET", path)
+        return self.request("GET", f"{run_path(run_id)}/taskInstances/{task_id}")
 
     def xcom(self, run_id: str, task_id: str, map_index: int = -1, dag_id: str = DAG_ID) -> Any:
         """The value a task instance pushed (`return_value`), e.g. a step's JSON line."""
-        path = (
-            f"/api/v2/dags/{dag_id}/dagRuns/{urllib.request.quote(run_id, safe='')}/taskInstances/{task_id}"
-            f"/xcomEntries/return_value?map_index={map_index}"
-        )
+        path = f"{run_path(run_id, dag_id)}/taskInstances/{task_id}/xcomEntries/return_value?map_index={map_index}"
         return self.request("GET", path)["value"]
 
     def runs(self, dag_id: str = DAG_ID) -> list[dict[str, Any]]:
@@ -101,10 +104,7 @@ class Airflow:
 
     def task_log(self, run_id: str, task_id: str, try_number: int = 1) -> str:
         """The log of one try of a task, as text."""
-        path = (
-            f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.request.quote(run_id, safe='')}/taskInstances/{task_id}"
-            f"/logs/{try_number}?full_content=true"
-        )
+        path = f"{run_path(run_id)}/taskInstances/{task_id}/logs/{try_number}?full_content=true"
         lines = []
         for entry in self.request("GET", path).get("content", []):
             if not isinstance(entry, dict):
@@ -117,8 +117,7 @@ class Airflow:
 
     def task_states(self, run_id: str) -> dict[str, str]:
         """State of each task instance of a run."""
-        path = f"/api/v2/dags/{DAG_ID}/dagRuns/{urllib.request.quote(run_id, safe='')}/taskInstances"
-        instances = self.request("GET", path)["task_instances"]
+        instances = self.request("GET", f"{run_path(run_id)}/taskInstances")["task_instances"]
         # Instances of a mapped task (the optimize workers) as optimize[0], optimize[1], ...
         return {
             ti["task_id"] + (f"[{ti['map_index']}]" if ti.get("map_index", -1) >= 0 else ""): ti["state"]

@@ -24,11 +24,6 @@ from tagifai.pipeline import registry
 
 log = logging.getLogger("tagifai")
 
-# The Airflow Asset whose events say the champion moved (tagifai/orchestration/assets.py).
-
-
-# ---- history --------------------------------------------------------------------------------------
-
 
 def history_table(moves: list[dict[str, Any]]) -> list[str]:
     """The moves of `champion`, newest first, as text table lines."""
@@ -46,9 +41,6 @@ def history_table(moves: list[dict[str, Any]]) -> list[str]:
     ]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
     return ["  ".join([*(row[i].ljust(widths[i]) for i in range(len(widths))), row[-1]]) for row in [header, *rows]]
-
-
-# ---- rollback -------------------------------------------------------------------------------------
 
 
 def rollback(settings: Settings, name: str, to_version: str | None, reason: str | None) -> dict[str, Any]:
@@ -110,14 +102,11 @@ def previous_champion(moves: list[dict[str, Any]], current: str) -> str | None:
     return None
 
 
-# ---- the champion's event, for Airflow ------------------------------------------------------------
-
-
 def announce(name: str, version: ModelVersion, test_f1: float, record_run_id: str) -> bool:
     """Tell Airflow the champion moved: an event on the champion Asset (batch scoring follows).
 
-    Needs `TAGIFAI_AIRFLOW_URL` and `TAGIFAI_AIRFLOW_USERNAME`/`TAGIFAI_AIRFLOW_PASSWORD`; without them it
-    says so and returns False (serving follows the alias anyway).
+    Needs `TAGIFAI_AIRFLOW_URL` and the login `TAGIFAI_AIRFLOW_USERNAME`/`TAGIFAI_AIRFLOW_PASSWORD`; without
+    the URL it says so and returns False (serving follows the alias anyway).
 
     Raises:
         TagifaiError: Airflow refused or could not be reached.
@@ -134,11 +123,9 @@ def announce(name: str, version: ModelVersion, test_f1: float, record_run_id: st
         "history_run_id": record_run_id,
         "action": "rollback",
     }
+    login = os.environ.get(names.AIRFLOW_USERNAME_ENV, "admin"), os.environ.get(names.AIRFLOW_PASSWORD_ENV, "")
     try:
-        client = Airflow(
-            url, os.environ.get(names.AIRFLOW_USERNAME_ENV, "admin"), os.environ.get(names.AIRFLOW_PASSWORD_ENV, "")
-        )
-        client.asset_event(names.CHAMPION_ASSET, extra)
+        Airflow(url, *login).asset_event(names.CHAMPION_ASSET, extra)
     except AirflowError as exc:
         raise TagifaiError(f"Airflow at {url}: {exc}") from None
     except OSError as exc:
