@@ -107,7 +107,7 @@ def train(
     params = coerce_params(params)
     model = TagifaiModel(build_vectorizer(params), None, [], 0.0, other_label, stopwords, params.get("stem", False))
     x_train = model.vectorizer.fit_transform(model.clean(train_df))
-    x_val = model.features(val_df)
+    x_val = model.vectorizer.transform(model.clean(val_df))
     y_train, y_val = train_df["tag"].to_numpy(), val_df["tag"].to_numpy()
 
     # Oversample minority classes
