@@ -9,9 +9,9 @@ import pandas as pd
 from scipy import stats
 
 from tagifai.contract.settings import Data, Settings, Validate
-from tagifai.core.data import compose_text, model_labels
+from tagifai.core.data import PROJECT_COLUMNS, compose_text, model_labels
 
-REQUIRED_COLUMNS = ("id", "title", "description", "tag")
+REQUIRED_COLUMNS = (*PROJECT_COLUMNS, "tag")
 INTEGER = re.compile(r"^\s*-?\d+\s*$")
 
 
