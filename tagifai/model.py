@@ -27,9 +27,7 @@ CODE = ("__init__.py", "model.py", "core/__init__.py", "core/data.py", "contract
 
 def custom_predict(y_prob: np.ndarray, threshold: float, other_index: int) -> np.ndarray:
     """Return the argmax class per row, or `other_index` where its probability is below `threshold`."""
-    y_pred = y_prob.argmax(axis=1)
-    confident = y_prob.max(axis=1) >= threshold
-    return np.where(confident, y_pred, other_index)
+    return np.where(y_prob.max(axis=1) >= threshold, y_prob.argmax(axis=1), other_index)
 
 
 class TagifaiModel(mlflow.pyfunc.PythonModel):
@@ -54,37 +52,21 @@ class TagifaiModel(mlflow.pyfunc.PythonModel):
         self.stopwords = frozenset(stopwords)
         self.stem = stem
 
-    def features(self, df: pd.DataFrame) -> Any:
-        """Clean and vectorize raw text."""
-        return self.vectorizer.transform(self.clean(df))
-
     def clean(self, df: pd.DataFrame) -> list[str]:
         """Compose and clean the text of each row."""
         return [clean_text(text, self.stopwords, self.stem) for text in compose_text(df)]
 
     def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
         """Class probabilities per row, columns in `self.classes` order."""
-        return self.classifier.predict_proba(self.features(df))
+        return self.classifier.predict_proba(self.vectorizer.transform(self.clean(df)))
 
     def labels(self, y_prob: np.ndarray) -> list[str]:
         """The thresholded tag of each row of class probabilities: below the threshold, `other`."""
-        other_index = self.classes.index(self.other_label) if self.other_label in self.classes else -1
-        return [
-            self.other_label if i == -1 else self.classes[i]
-            for i in custom_predict(y_prob, self.threshold, other_index)
-        ]
+        names = [*self.classes, self.other_label]  # `other` is last when it is not a class
+        return [names[i] for i in custom_predict(y_prob, self.threshold, names.index(self.other_label))]
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        """Predict a tag per row.
-
-        Args:
-            context: unused MLflow context.
-            model_input: a frame with a `title` column and optionally `description`.
-            params: unused.
-
-        Returns:
-            A frame with `tag` and `probability` (the top class probability).
-        """
+        """Predict a `tag` and its `probability` (the top class probability) per row of `title`, `description`."""
         frame = pd.DataFrame(model_input)
         if "title" not in frame.columns:
             raise ValueError(f"model input needs a 'title' column (got: {', '.join(map(str, frame.columns))})")

@@ -83,9 +83,14 @@ def num(value: float) -> str:
     return f"{float(value):.4f}"
 
 
+def one_line(text: Any) -> str:
+    """`text` on one line (whitespace runs collapsed)."""
+    return " ".join(str(text).split())
+
+
 def cell(value: Any) -> str:
     """`value` as one markdown table cell: on one line, `|` escaped."""
-    return " ".join(str(value).split()).replace("|", "\\|")
+    return one_line(value).replace("|", "\\|")
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
@@ -116,11 +121,6 @@ def link(target: str) -> str:
         return f"`{target}`"
     url = redact(target)
     return f"[{url.rstrip('/').rsplit('/', 1)[-1]}]({url})"
-
-
-def one_line(text: str) -> str:
-    """`text` on one line (whitespace runs collapsed)."""
-    return " ".join(str(text).split())
 
 
 # ---- sections -----------------------------------------------------------------------------------
@@ -200,11 +200,6 @@ def params_section(params: Mapping[str, Any]) -> list[str]:
     return ["## Parameters", "", *table(["parameter", "value"], rows)] if rows else []
 
 
-def failed_cases(behavioral: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """The behavioral cases that failed."""
-    return [r for r in (behavioral or {}).get("results", []) if not r["passed"]]
-
-
 def weakest(scores: Mapping[str, Mapping[str, float]]) -> tuple[str, Mapping[str, float]] | None:
     """The entry with the lowest f1 (ties: first by name), ignoring ones without samples."""
     scored = [(name, v) for name, v in scores.items() if has_samples(v)]
@@ -215,7 +210,7 @@ def weaknesses_section(card: Card) -> list[str]:
     """Failed behavioral cases, the weakest slice and class, and what the threshold does."""
     lines = []
     behavioral, metrics = card.get("behavioral"), card.get("metrics") or {}
-    if failed := failed_cases(behavioral):
+    if failed := [r for r in (behavioral or {}).get("results", []) if not r["passed"]]:
         rows = [
             (
                 r["kind"],
@@ -228,20 +223,17 @@ def weaknesses_section(card: Card) -> list[str]:
         lines += ["Failed behavioral tests:", "", *table(["kind", "texts", "expected", "predicted"], rows), ""]
     elif behavioral and behavioral.get("results"):
         lines += [f"All {len(behavioral['results'])} behavioral tests passed.", ""]
-    facts = []
     if found := weakest(metrics.get("slices") or {}):
         name, v = found
-        facts.append(f"- Weakest slice: `{name}`, f1 {num(v['f1'])} on {int(v['num_samples'])} rows")
+        lines.append(f"- Weakest slice: `{name}`, f1 {num(v['f1'])} on {int(v['num_samples'])} rows")
     if found := weakest(metrics.get("per_class") or {}):
         name, v = found
-        facts.append(f"- Weakest class: `{name}`, f1 {num(v['f1'])} (support {int(v['num_samples'])})")
+        lines.append(f"- Weakest class: `{name}`, f1 {num(v['f1'])} (support {int(v['num_samples'])})")
     if card.get("threshold") is not None:
-        other = card.get("other_label") or "other"
-        facts.append(
+        lines.append(
             f"- Threshold {num(card['threshold'])}: a project whose top class probability is below it is "
-            f"tagged `{other}`, even when its best guess is right"
+            f"tagged `{card.get('other_label') or 'other'}`, even when its best guess is right"
         )
-    lines += facts
     if lines and not lines[-1]:
         lines.pop()
     return ["## Known weaknesses", "", *lines] if lines else []
@@ -265,14 +257,7 @@ def promotion_section(card: Card) -> list[str]:
 
 
 def render(card: Card) -> str:
-    """Render a model card as markdown.
-
-    Args:
-        card: the parts to show (see `Card`); only `model` (with `name` and `version`) is required.
-
-    Returns:
-        The markdown, ending with a newline.
-    """
+    """Render a model card (see `Card`) as markdown, ending with a newline."""
     model = card["model"]
     sections = [
         [f"# {model['name']} v{model['version']}", "", summary_line(card)],

@@ -27,15 +27,7 @@ def sha256(content: bytes) -> str:
 
 
 def parse_csv(content: bytes, name: str, required: Iterable[str]) -> pd.DataFrame:
-    """Parse CSV bytes into a DataFrame that has the `required` columns.
-
-    Args:
-        content: raw file content, UTF-8.
-        name: what to call the file in error messages.
-        required: columns that must be present.
-
-    Returns:
-        The parsed frame, every column but `id` read as text.
+    """Parse UTF-8 CSV bytes (called `name` in errors) into a frame of text columns that has the `required` ones.
 
     Raises:
         BadInputError: the content is empty, not UTF-8, not CSV, or lacks a required column.
@@ -54,16 +46,13 @@ def parse_csv(content: bytes, name: str, required: Iterable[str]) -> pd.DataFram
         raise BadInputError(f"{name} is not a readable CSV file: {exc}".splitlines()[0]) from exc
     missing = [column for column in required if column not in df.columns]
     if missing:
-        raise BadInputError(f"{name} is missing column(s) {', '.join(missing)} (has: {preview_columns(df.columns)})")
+        # A wrong file's header is its first line: show a few of its names, each cut short
+        names = [c if len(c) <= 24 else c[:23] + "…" for c in map(str, df.columns)]
+        shown = ", ".join(names[:8]) + (", …" if len(names) > 8 else "")
+        raise BadInputError(f"{name} is missing column(s) {', '.join(missing)} (has: {shown})")
     if df.empty:
         raise BadInputError(f"{name} has a header but no rows")
     return df
-
-
-def preview_columns(columns: Iterable[str], limit: int = 8, width: int = 24) -> str:
-    """Column names for an error message: a few, each cut short (a wrong file's header is its first line)."""
-    names = [str(c) if len(str(c)) <= width else str(c)[: width - 1] + "…" for c in columns]
-    return ", ".join(names[:limit]) + (", …" if len(names) > limit else "")
 
 
 def transform(projects: pd.DataFrame, tags: pd.DataFrame) -> pd.DataFrame:
@@ -97,16 +86,7 @@ def compose_text(df: pd.DataFrame) -> pd.Series:
 
 
 def clean_text(text: str, stopwords: Iterable[str], stem: bool = False) -> str:
-    """Lowercase, drop stopwords, links and punctuation, collapse whitespace (optionally stem).
-
-    Args:
-        text: raw text.
-        stopwords: words to drop (whole words, case-insensitive).
-        stem: apply the Porter stemmer to each word.
-
-    Returns:
-        The cleaned text.
-    """
+    """Lowercase, drop links, punctuation and `stopwords` (whole words), collapse whitespace; optionally Porter-stem."""
     text = text.lower()
     text = re.sub(r"http\S+", " ", text)
     words = re.sub(r"[^a-z0-9]+", " ", text).split()
@@ -122,20 +102,16 @@ def clean_text(text: str, stopwords: Iterable[str], stem: bool = False) -> str:
 
 def map_labels(tags: pd.Series, accepted: Iterable[str], min_freq: int, other: str = "other") -> pd.Series:
     """Replace tags outside `accepted`, and accepted tags seen fewer than `min_freq` times, by `other`."""
-    accepted = set(accepted)
-    mapped = tags.where(tags.isin(accepted), other)
+    mapped = tags.where(tags.isin(set(accepted)), other)
     counts = mapped.value_counts()
-    rare = [tag for tag, count in counts.items() if count < min_freq and tag != other]
+    rare = counts.index[(counts < min_freq) & (counts.index != other)]
     return mapped.where(~mapped.isin(rare), other)
 
 
 def model_labels(tags: pd.Series, data_settings: Data) -> pd.Series:
     """The labels the model learns: `map_labels` with the `[data]` settings."""
     return map_labels(
-        tags.fillna("").astype(str),
-        data_settings.accepted_tags,
-        data_settings.min_freq,
-        data_settings.other_label,
+        tags.fillna("").astype(str), data_settings.accepted_tags, data_settings.min_freq, data_settings.other_label
     )
 
 
@@ -161,15 +137,7 @@ def assign_splits(labels: pd.Series, val_size: float, test_size: float, seed: in
 
 
 def prepare(df: pd.DataFrame, data_settings: Data) -> pd.DataFrame:
-    """Map tags to the model's labels and assign each row a split.
-
-    Args:
-        df: labeled projects (`id`, `title`, `description`, `tag`).
-        data_settings: the `[data]` settings.
-
-    Returns:
-        `df` with `tag` mapped and a `split` column.
-    """
+    """Labeled projects with `tag` mapped to the model's labels and a `split` column, by the `[data]` settings."""
     prepared = df.reset_index(drop=True).copy()
     prepared["tag"] = model_labels(prepared["tag"], data_settings)
     prepared["split"] = assign_splits(

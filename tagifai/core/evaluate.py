@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -88,19 +89,9 @@ def slice_metrics(df: pd.DataFrame, y_pred: Any) -> dict[str, dict[str, float]]:
     functions = slicing_functions()
     slices = PandasSFApplier(functions).apply(frame, progress_bar=False)
     y_true, y_pred = frame["tag"].to_numpy(), np.asarray(y_pred)
-    metrics = {}
-    for sf in functions:
-        mask = slices[sf.name].astype(bool)
-        if mask.any():
-            metrics[sf.name] = overall_metrics(y_true[mask], y_pred[mask])
-        else:
-            metrics[sf.name] = {
-                "precision": float("nan"),
-                "recall": float("nan"),
-                "f1": float("nan"),
-                "num_samples": 0.0,
-            }
-    return metrics
+    empty = {"precision": math.nan, "recall": math.nan, "f1": math.nan, "num_samples": 0.0}
+    masks = {sf.name: slices[sf.name].astype(bool) for sf in functions}
+    return {name: overall_metrics(y_true[m], y_pred[m]) if m.any() else dict(empty) for name, m in masks.items()}
 
 
 def behavioral_tests(predict: PredictFn, cases: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -148,13 +139,11 @@ def flat_metrics(report: dict[str, Any], prefix: str = "test") -> dict[str, floa
 
 def plot_confusion_matrix(report: dict[str, Any]) -> Any:
     """A matplotlib figure of the confusion matrix."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no backend to pick, no figure left open
 
     labels, matrix = report["confusion_matrix"]["labels"], np.array(report["confusion_matrix"]["matrix"])
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig = Figure(figsize=(6, 5), layout="tight")
+    ax = fig.subplots()
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
     ax.set_yticks(range(len(labels)), labels)
@@ -163,22 +152,18 @@ def plot_confusion_matrix(report: dict[str, Any]) -> Any:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("Confusion matrix (test)")
-    fig.tight_layout()
     return fig
 
 
 def plot_per_class_f1(report: dict[str, Any]) -> Any:
     """A matplotlib bar chart of f1 per class."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # not pyplot: no backend to pick, no figure left open
 
     per_class = report["per_class"]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4), layout="tight")
+    ax = fig.subplots()
     ax.barh(list(per_class), [v["f1"] for v in per_class.values()], color="tab:blue")
     ax.set_xlim(0, 1)
     ax.set_xlabel("f1")
     ax.set_title(f"Per-class f1 (test; weighted f1 {report['overall']['f1']:.3f})")
-    fig.tight_layout()
     return fig

@@ -40,6 +40,7 @@ HOW_TO_RUN = {
 STEPS = tuple(SETTINGS_READ)
 # The package's files and folders whose code makes what the steps make.
 STEP_CODE = ("__init__.py", "model.py", "contract", "core", "pipeline")
+PACKAGE = Path(__file__).resolve().parents[1]
 
 
 def settings_read(settings: Settings, step: str) -> dict[str, Any]:
@@ -56,15 +57,10 @@ def settings_read(settings: Settings, step: str) -> dict[str, Any]:
     return part
 
 
-def key(step: str, upstream: str, code: str, settings: Settings, args: dict[str, Any]) -> str:
-    """The key of `step`: upstream (data sha or key), code version, the settings it reads, its arguments."""
-    payload = {
-        "step": step,
-        "upstream": upstream,
-        "code": code,
-        "settings": settings_read(settings, step),
-        "args": args,
-    }
+def key(step: str, upstream: str, settings: Settings, args: dict[str, Any]) -> str:
+    """The key of `step`: its upstream (data sha, run id or key), the code version, the settings it reads, its args."""
+    read = settings_read(settings, step)
+    payload = {"step": step, "upstream": upstream, "code": code_version(), "settings": read, "args": args}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -87,9 +83,6 @@ def drift_reference(reference_sha: str | None, data_sha256: str, reference_used:
     if reference_sha in (None, ""):
         return None
     return (reference_used or None) if reference_sha == data_sha256 else reference_sha
-
-
-PACKAGE = Path(__file__).resolve().parents[1]
 
 
 def source_files(package: Path = PACKAGE) -> dict[str, Path]:
@@ -123,31 +116,31 @@ def code_hash(package: Path) -> str:
 
 def elt_key(raw_sha: str, settings: Settings) -> str:
     """`elt`: the raw files' content."""
-    return key("elt", raw_sha, code_version(), settings, {})
+    return key("elt", raw_sha, settings, {})
 
 
 def validate_key(elt_run_id: str, reference: str | None, allow_drift: bool, settings: Settings) -> str:
     """`validate`: the extracted data, and what of the drift reference decides (`drift_reference`)."""
-    return key("validate", elt_run_id, code_version(), settings, {"reference": reference, "allow_drift": allow_drift})
+    return key("validate", elt_run_id, settings, {"reference": reference, "allow_drift": allow_drift})
 
 
 def optimize_key(validate_run_id: str, num_trials: int, settings: Settings) -> str:
     """`optimize`: the split data and how many trials (however many workers share them)."""
-    return key("optimize", validate_run_id, code_version(), settings, {"num_trials": num_trials})
+    return key("optimize", validate_run_id, settings, {"num_trials": num_trials})
 
 
 def train_key(validate_run_id: str, optimize_key: str | None, settings: Settings) -> str:
     """`train`: the split data and the tuning it takes its params from (None: the `[train]` defaults)."""
-    return key("train", f"{validate_run_id}:{optimize_key or 'defaults'}", code_version(), settings, {})
+    return key("train", f"{validate_run_id}:{optimize_key or 'defaults'}", settings, {})
 
 
 def evaluate_key(train_run_id: str, settings: Settings) -> str:
     """`evaluate`: the trained model."""
-    return key("evaluate", train_run_id, code_version(), settings, {})
+    return key("evaluate", train_run_id, settings, {})
 
 
 def register_key(evaluate_run_id: str, gate: tuple[float, float, str], settings: Settings) -> str:
     """`register`: the evaluated model, the gate and the model name."""
     min_f1, max_regression, model_name = gate
     args = {"min_f1": min_f1, "max_regression": max_regression, "model_name": model_name}
-    return key("register", evaluate_run_id, code_version(), settings, args)
+    return key("register", evaluate_run_id, settings, args)

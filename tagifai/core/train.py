@@ -5,6 +5,7 @@ Pure: frames and params in, fitted model and history out. `tagifai.pipeline.step
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -50,20 +51,10 @@ def coerce_params(params: dict[str, Any]) -> dict[str, Any]:
 
 def build_vectorizer(params: dict[str, Any]) -> FeatureUnion:
     """Character n-gram TF-IDF, plus word uni/bi-grams when `word_features` is on."""
-    parts = [
-        (
-            "char",
-            TfidfVectorizer(
-                analyzer=params["analyzer"],
-                ngram_range=(2, params["ngram_max_range"]),
-                sublinear_tf=params["sublinear_tf"],
-            ),
-        ),
-    ]
+    tfidf = functools.partial(TfidfVectorizer, sublinear_tf=params["sublinear_tf"])
+    parts = [("char", tfidf(analyzer=params["analyzer"], ngram_range=(2, params["ngram_max_range"])))]
     if params.get("word_features"):
-        parts.append(
-            ("word", TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=params["sublinear_tf"]))
-        )
+        parts.append(("word", tfidf(analyzer="word", ngram_range=(1, 2))))
     return FeatureUnion(parts)
 
 
@@ -92,22 +83,17 @@ def train(
     stopwords: list[str],
     other_label: str = "other",
 ) -> dict[str, Any]:
-    """Fit vectorizer and classifier on `train_df`; pick the threshold on `val_df`.
+    """Fit vectorizer and classifier on `train_df`; pick the threshold on, and score, `val_df`.
 
-    Args:
-        params: hyperparameters (see `config/tagifai.toml` `[train]`).
-        train_df: rows with `title`, `description`, `tag`.
-        val_df: same columns; used for per-epoch loss and the threshold.
-        stopwords: words removed during cleaning.
-        other_label: the label predicted below the threshold.
+    `params` are the `[train]` settings (`config/tagifai.toml`); the frames have `title`, `description`, `tag`.
 
     Returns:
-        `model` (a `TagifaiModel`), `history` (per-epoch losses), `threshold`, `val` scores.
+        `model` (a `TagifaiModel`), `history` (per-epoch train/val loss), `threshold`, `val` scores, `params`.
     """
     params = coerce_params(params)
     model = TagifaiModel(build_vectorizer(params), None, [], 0.0, other_label, stopwords, params.get("stem", False))
     x_train = model.vectorizer.fit_transform(model.clean(train_df))
-    x_val = model.features(val_df)
+    x_val = model.vectorizer.transform(model.clean(val_df))
     y_train, y_val = train_df["tag"].to_numpy(), val_df["tag"].to_numpy()
 
     # Oversample minority classes
@@ -132,7 +118,7 @@ def train(
             classifier.fit(x_over, y_over)
             train_loss = cross_entropy(y_train, classifier.predict_proba(x_train), classifier.classes_)
             val_loss = cross_entropy(y_val, classifier.predict_proba(x_val), classifier.classes_)
-            history.append({"epoch": epoch, "train_loss": float(train_loss), "val_loss": float(val_loss)})
+            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
 
     model.classifier = classifier
     model.classes = [str(c) for c in classifier.classes_]
@@ -155,18 +141,11 @@ def cross_validate(
     num_folds: int = 5,
     on_fold: FoldCallback | None = None,
 ) -> dict[str, Any]:
-    """Score `params` by stratified k-fold cross-validation of `train` over `df`.
+    """Score `params` by stratified `num_folds`-fold cross-validation of `train` over `df` (the train split).
 
     Each fold trains on the other folds; its threshold comes from, and it is scored on, its held-out rows,
-    as `train` does with the val split. A steadier objective than one small val split.
-
-    Args:
-        params: hyperparameters (see `config/tagifai.toml` `[train]`); `seed` also shuffles the folds.
-        df: rows with `title`, `description`, `tag` (the train split).
-        stopwords: words removed during cleaning.
-        other_label: the label predicted below the threshold.
-        num_folds: number of folds.
-        on_fold: called after each fold (e.g. to report to Optuna and prune).
+    as `train` does with the val split. A steadier objective than one small val split. The params' `seed`
+    also shuffles the folds; `on_fold` is called after each fold (e.g. to report to Optuna and prune).
 
     Returns:
         Mean held-out `precision`, `recall`, `f1`, the standard deviation `f1_std`, `folds` (scores per fold)

@@ -9,9 +9,9 @@ import pandas as pd
 from scipy import stats
 
 from tagifai.contract.settings import Data, Settings, Validate
-from tagifai.core.data import compose_text, model_labels
+from tagifai.core.data import PROJECT_COLUMNS, compose_text, model_labels
 
-REQUIRED_COLUMNS = ("id", "title", "description", "tag")
+REQUIRED_COLUMNS = (*PROJECT_COLUMNS, "tag")
 INTEGER = re.compile(r"^\s*-?\d+\s*$")
 
 
@@ -39,11 +39,8 @@ def check_dtypes(df: pd.DataFrame) -> dict[str, Any]:
     non_text = [
         c for c in ("title", "description", "tag") if not df[c].map(lambda v: isinstance(v, str) or pd.isna(v)).all()
     ]
-    problems = []
-    if bad_ids:
-        problems.append(f"{len(bad_ids)} non-integer id(s): {preview(bad_ids)}")
-    if non_text:
-        problems.append(f"non-text values in {', '.join(non_text)}")
+    problems = [f"{len(bad_ids)} non-integer id(s): {preview(bad_ids)}"] if bad_ids else []
+    problems += [f"non-text values in {', '.join(non_text)}"] if non_text else []
     return check("dtypes", not problems, "; ".join(problems) or "id integer, text columns strings")
 
 
@@ -52,11 +49,8 @@ def check_ids(df: pd.DataFrame) -> dict[str, Any]:
     ids = df["id"].astype(str).str.strip()
     blank = int((ids == "").sum() + df["id"].isna().sum())
     duplicated = sorted(ids[ids.duplicated() & (ids != "")].unique().tolist())
-    problems = []
-    if blank:
-        problems.append(f"{blank} missing id(s)")
-    if duplicated:
-        problems.append(f"{len(duplicated)} duplicated id(s): {preview(duplicated)}")
+    problems = [f"{blank} missing id(s)"] if blank else []
+    problems += [f"{len(duplicated)} duplicated id(s): {preview(duplicated)}"] if duplicated else []
     return check("unique_ids", not problems, "; ".join(problems) or f"{len(ids)} unique ids")
 
 
@@ -78,20 +72,16 @@ def check_tags(df: pd.DataFrame, known_tags: list[str]) -> dict[str, Any]:
 
 def check_size(df: pd.DataFrame, data_settings: Data, validate_settings: Validate) -> list[dict[str, Any]]:
     """Enough rows overall, and enough classes with enough rows each, for a stratified split."""
-    rows = len(df)
-    min_rows = validate_settings.min_rows
-    labels = model_labels(df["tag"], data_settings)
-    counts = labels.value_counts()
-    min_per_class = validate_settings.min_rows_per_class
-    thin = {tag: int(n) for tag, n in counts.items() if n < min_per_class}
-    min_classes = validate_settings.min_classes
+    min_rows, min_classes = validate_settings.min_rows, validate_settings.min_classes
+    counts = model_labels(df["tag"], data_settings).value_counts()
+    thin = bool((counts < validate_settings.min_rows_per_class).any())
     class_detail = f"{len(counts)} class(es): " + ", ".join(f"{tag}={n}" for tag, n in counts.items())
     if len(counts) < min_classes:
         class_detail = f"only {class_detail}; need at least {min_classes}"
     elif thin:
-        class_detail = f"{class_detail}; need at least {min_per_class} rows in every class"
+        class_detail = f"{class_detail}; need at least {validate_settings.min_rows_per_class} rows in every class"
     return [
-        check("enough_rows", rows >= min_rows, f"{rows} rows (minimum {min_rows})"),
+        check("enough_rows", len(df) >= min_rows, f"{len(df)} rows (minimum {min_rows})"),
         check("enough_classes", len(counts) >= min_classes and not thin, class_detail),
     ]
 
