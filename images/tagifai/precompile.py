@@ -17,7 +17,8 @@ import sys
 MODULES = [
     "h11",
     "imblearn.over_sampling",
-    "matplotlib.pyplot",
+    "matplotlib.backends.backend_agg",
+    "matplotlib.figure",
     "mlflow",
     "mlflow.artifacts",
     "mlflow.data.pandas_dataset",
