@@ -100,8 +100,7 @@ def write_env(template: Path, target: Path, overrides: dict[str, str]) -> None:
     for line in template.read_text().splitlines():
         key = line.split("=", 1)[0].strip()
         lines.append(f"{key}={values[key]}" if "=" in line and not line.startswith("#") and key in values else line)
-    target.write_text("\n".join(lines) + "\n")
-    target.chmod(0o600)
+    write_private(target, "\n".join(lines) + "\n")
     print(
         f"wrote {target} (secrets generated; AIRFLOW_UID={values['AIRFLOW_UID']}, "
         f"DOCKER_GID={values.get('DOCKER_GID', 'unchanged')})"
@@ -111,7 +110,15 @@ def write_env(template: Path, target: Path, overrides: dict[str, str]) -> None:
 def update_env(path: Path, values: dict[str, str]) -> None:
     """Set KEY=VALUE lines of a settings file (appended when missing), as a person edits .env."""
     kept = [line for line in path.read_text().splitlines() if line.split("=", 1)[0] not in values]
-    path.write_text("\n".join([*kept, *(f"{key}={value}" for key, value in values.items())]) + "\n")
+    write_private(path, "\n".join([*kept, *(f"{key}={value}" for key, value in values.items())]) + "\n")
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file of secrets that only its owner may ever read: made 0600 before a byte is in it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+    with os.fdopen(fd, "w") as file:
+        file.write(text)
 
 
 def placeholders(env: dict[str, str]) -> list[str]:

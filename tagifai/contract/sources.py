@@ -242,7 +242,10 @@ def path_of(source: str) -> str:
     """The filesystem path a local source names (not resolved)."""
     path = source
     if scheme(source) == "file":
-        parts = urllib.parse.urlsplit(source)
+        try:
+            parts = urllib.parse.urlsplit(source)
+        except ValueError as exc:  # e.g. "file://[/x": an unclosed IPv6 host
+            raise SourceRefused(f"{shown(source)} is not a valid file:// URL ({exc}): use file:///path") from None
         if parts.netloc not in ("", "localhost"):
             raise SourceRefused(f"{shown(source)} is a file:// URL on another host: use file:///path or a plain path")
         path = urllib.parse.unquote(parts.path)

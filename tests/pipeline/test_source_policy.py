@@ -287,6 +287,7 @@ def test_from_environ_rejects_malformed_settings(environ):
         ("data/projects.csv", "data/projects.csv is a relative path"),  # relative, when enforced
         ("./projects.csv", "is a relative path"),  # relative, dotted
         ("file://evil.example{data}/projects.csv", "is a file:// URL on another host"),  # a remote file host
+        ("file://[{data}/projects.csv", "is not a valid file:// URL (Invalid IPv6 URL)"),  # unsplittable
         ("{data}/projects.csv\x00.txt", "contains a NUL byte"),  # NUL, escaped in the message
         ("/etc/passwd\nTAGIFAI_DATA_DIRS=/", r"/etc/passwd\nTAGIFAI_DATA_DIRS=/ is outside"),  # one line always
         ("", "empty source"),  # nothing

@@ -1,6 +1,8 @@
 """scripts/stack.py: the .env it writes, and the checks `make up` runs before anything starts."""
 
 import hashlib
+import os
+import subprocess
 
 import pytest
 
@@ -15,6 +17,24 @@ def test_write_env_fills_every_secret_and_no_placeholder_is_left(tmp_path):
     assert stack.placeholders(env) == []
     assert all(len(env[key]) >= 24 for key in stack.SECRETS)
     assert oct(target.stat().st_mode & 0o777) == "0o600"
+
+
+def test_settings_files_are_private_before_a_secret_is_written_into_them(tmp_path, monkeypatch):
+    target = tmp_path / ".env"
+    target.write_text("OLD=1\n")
+    target.chmod(0o644)
+    modes = []
+    fdopen = os.fdopen
+
+    def opened(fd, *args, **kwargs):
+        modes.append(os.fstat(fd).st_mode & 0o777)
+        return fdopen(fd, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fdopen", opened)
+    stack.write_env(REPO / ".env.example", target, {})
+    stack.update_env(target, {"EXTRA": "1"})
+    assert modes == [0o600, 0o600]
+    assert target.stat().st_mode & 0o777 == 0o600 and stack.read_env(target)["EXTRA"] == "1"
 
 
 def test_the_example_file_is_refused_naming_its_placeholders(tmp_path, capsys):
@@ -116,3 +136,8 @@ def test_the_summary_says_which_data_the_stack_trains_on():
 def test_an_airflow_refusal_is_one_line(body, shown):
     error = stack.AirflowError("POST", "/api/v2/dags/tagifai_training/dagRuns", 400, body)
     assert str(error) == f"POST /api/v2/dags/tagifai_training/dagRuns: {shown}" and error.status == 400
+
+
+def test_git_ignores_every_file_of_secrets():
+    for name in (".env", "worker.env"):
+        assert subprocess.run(["git", "check-ignore", "-q", name], cwd=REPO).returncode == 0, name
