@@ -320,6 +320,7 @@ def _kubernetes_operator(
     common: dict[str, Any], command: Sequence[str], settings: RunnerSettings, env: dict[str, str]
 ) -> tuple[type, dict[str, Any], str]:
     try:
+        from airflow.providers.cncf.kubernetes.backcompat.backwards_compat_converters import convert_env_vars
         from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     except ImportError as exc:  # pragma: no cover — depends on the installed providers
         raise ImportError(
@@ -331,6 +332,11 @@ def _kubernetes_operator(
         """`KubernetesPodOperator` whose data sources pass the policy before the pod starts."""
 
         template_fields: Sequence[str] = (*KubernetesPodOperator.template_fields, "data_sources")
+
+        def prepare(self, policy: SourcePolicy) -> None:
+            """Forward the worker's plain settings, as the docker runner does (the env the DAG set wins)."""
+            forwarded = [k8s.V1EnvVar(name=name, value=value) for name, value in forwarded_env(os.environ).items()]
+            self.env_vars = [*forwarded, *(convert_env_vars(self.env_vars) if self.env_vars else [])]
 
     secret = [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.k8s_secret))]
     memory = {"memory": k8s_quantity(settings.config.limits.step_memory)}
@@ -355,6 +361,19 @@ def _kubernetes_operator(
         "on_finish_action": "delete_succeeded_pod",
     }
     return TagifaiPodOperator, kwargs, "arguments"
+
+
+def forwarded_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The worker's plain settings a step gets: `FORWARDED_ENV`, and the deployer's override as its content.
+
+    The override (`TAGIFAI_CONFIG`, a file on the worker) travels as TOML text, so the step needs no
+    path of the worker's.
+    """
+    env = {name: environ[name] for name in FORWARDED_ENV if name in environ}
+    if config := environ.get(names.CONFIG_ENV):
+        with open(config, encoding="utf-8") as override:
+            env[names.CONFIG_TOML_ENV] = override.read()
+    return env
 
 
 def k8s_quantity(memory: str) -> str:
@@ -425,9 +444,7 @@ class TagifaiDockerOperator(StepMixin, DockerOperator):
 
     Mount sources are paths on the Docker host: the named data folder (`TAGIFAI_DATA_DIRS`) that holds
     each local data source is bind-mounted read-only at the same path. Which folders those are is
-    known only once the params render, hence the work happens in `prepare`. The deployer's settings
-    override (`TAGIFAI_CONFIG`, a file on the worker) travels as its content, so the container needs
-    no path of the worker's.
+    known only once the params render, hence the work happens in `prepare`.
     """
 
     template_fields: Sequence[str] = (*DockerOperator.template_fields, "labels", "data_sources")
@@ -437,10 +454,7 @@ class TagifaiDockerOperator(StepMixin, DockerOperator):
     def prepare(self, policy: SourcePolicy) -> None:
         """Add the mounts and the forwarded environment (secrets only privately)."""
         environ = os.environ
-        if config := environ.get(names.CONFIG_ENV):
-            with open(config, encoding="utf-8") as override:
-                self.environment[names.CONFIG_TOML_ENV] = override.read()
-        self.environment = {**{name: environ[name] for name in FORWARDED_ENV if name in environ}, **self.environment}
+        self.environment = {**forwarded_env(environ), **self.environment}
         mounted = {mount["Target"] for mount in self.mounts if isinstance(mount, Mapping) and "Target" in mount}
         # The data folder of each local source, read-only at the same path.
         folders = sorted({policy.data_dir_of(source) for source in self.data_sources} - mounted - {None})

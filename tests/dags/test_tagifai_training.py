@@ -520,6 +520,24 @@ def test_kubernetes_exit_code_3_fails_without_retry(load_dag, render, monkeypatc
         render(dag.get_task("validate")).execute({})
 
 
+def test_kubernetes_pods_get_the_source_policy_and_the_settings_override(load_dag, render, monkeypatch, tmp_path):
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    seen = {}
+    monkeypatch.setattr(KubernetesPodOperator, "execute", lambda self, context: seen.setdefault("task", self))
+    config = tmp_path / "small.toml"
+    config.write_text("[optimize]\nnum_trials = 3\n")
+    monkeypatch.setenv("TAGIFAI_CONFIG", str(config))
+    monkeypatch.setenv("TAGIFAI_DATA_DIRS", "/srv/data")
+    monkeypatch.setenv("TAGIFAI_ALLOWED_URL_HOSTS", "data.example")
+    dag = load_dag(TAGIFAI_RUNNER="kubernetes", TAGIFAI_K8S_SECRET="tagifai-secrets")
+    render(dag.get_task("elt"), projects_url="/srv/data/projects.csv", tags_url="/srv/data/tags.csv").execute({})
+    env = {var.name: var.value for var in seen["task"].build_pod_request_obj(dry_run=True).spec.containers[0].env}
+    assert env["TAGIFAI_DATA_DIRS"] == "/srv/data" and env["TAGIFAI_ALLOWED_URL_HOSTS"] == "data.example"
+    assert env["TAGIFAI_CONFIG_TOML"] == "[optimize]\nnum_trials = 3\n"
+    assert env["MLFLOW_EXPERIMENT_NAME"] == "tagifai"  # the DAG's own env kept
+
+
 def test_kubernetes_pods_are_bounded_and_unprivileged(load_dag, render):
     dag = load_dag(TAGIFAI_RUNNER="kubernetes", TAGIFAI_K8S_SECRET="tagifai-secrets")
     for task in step_operators(dag, render):
