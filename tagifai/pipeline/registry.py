@@ -101,12 +101,6 @@ def model_name(settings: Settings) -> str:
     return os.environ.get(names.MODEL_NAME_ENV) or settings.register.model_name
 
 
-def champion_data_run(name: str) -> str | None:
-    """The validate run whose data the champion of `name` learned from, if there is a champion."""
-    champion = version_by_alias(MlflowClient(), name, names.CHAMPION_ALIAS)
-    return champion.tags.get("data_run_id") or None if champion else None
-
-
 def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
     """Return the version of `name` that holds `alias`, or None."""
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,10 @@ def earlier(experiment: str, step: str, key: str, force: bool, **check: Any) -> 
     """The output of a finished run of `step` with `key` to reuse (None when forced or there is none); say so."""
     if force:
         return None
-    found = tracking.reusable(experiment, step, key, REQUIRED.get(step, ()), **check)
+    if step == "register":
+        found = reusable_register(experiment, key, **check)
+    else:
+        found = tracking.reusable(experiment, step, key, REQUIRED.get(step, ()), **check)
     if found:
         log.info(
             "%s: reusing run %s (key %s…): same upstream, code, settings and arguments; nothing to do",
@@ -123,7 +127,7 @@ def plan(
         if step == "register":
             output = reusable_register(experiment, keys[step], gate[2])
         else:
-            output = tracking.reusable(experiment, step, keys[step], REQUIRED.get(step, ()), model=step == "train")
+            output = tracking.reusable(experiment, step, keys[step], REQUIRED.get(step, ()))
         if output is None:
             break
         found[step] = output
@@ -133,9 +137,10 @@ def plan(
 
 def drift_reference_run(settings: Settings) -> str | None:
     """The validate run whose data new data is checked for drift: the champion's, else the last that passed."""
-    return registry.champion_data_run(registry.model_name(settings)) or tracking.latest_run(
-        "validate", "tags.validation = 'passed'"
-    )
+    champion = registry.version_by_alias(MlflowClient(), registry.model_name(settings), names.CHAMPION_ALIAS)
+    if champion and champion.tags.get("data_run_id"):
+        return champion.tags["data_run_id"]
+    return tracking.latest_run("validate", "tags.validation = 'passed'")
 
 
 def reference_key(reference_run_id: str | None, data_sha256: str) -> str | None:
@@ -228,7 +233,7 @@ def optimize(
         score = tuning.objective(tracking.load_split(data_run_id, "train"), settings, tracking.log_trial)
         # Each trial records which worker and MLflow runs hold it: `train` names them for the best one.
         traced = tuning.traced(
-            score, worker=worker, optimize_run_id=run.info.run_id, mlflow_run_id=tracking.active_run_id
+            score, worker=worker, optimize_run_id=run.info.run_id, mlflow_run_id=lambda: mlflow.active_run().info.run_id
         )
         objective = callback.track_in_mlflow()(traced)
         with threadpool_limits(limits=space.threads_per_trial):
@@ -267,7 +272,7 @@ def train(
     if optimize_run_id:
         params, lineage, tuning_key = tuned(optimize_run_id, data_run_id)
     key = reuse.train_key(data_run_id, tuning_key, settings)
-    if found := earlier(upstream.info.experiment_id, "train", key, force, model=True):
+    if found := earlier(upstream.info.experiment_id, "train", key, force):
         return found
     train_df, val_df = tracking.load_split(data_run_id, "train"), tracking.load_split(data_run_id, "val")
     with tracking.step_run("train", upstream.info.experiment_id, upstream, key=key, **lineage) as run:
@@ -356,14 +361,7 @@ def register(
     evaluated = tracking.get_run(evaluate_run_id, "evaluate")
     experiment = evaluated.info.experiment_id
     key = reuse.register_key(evaluate_run_id, (min_f1, max_regression, model_name), settings)
-    if not force and (found := reusable_register(experiment, key, model_name)):
-        log.info(
-            "register: reusing run %s (key %s…): %s v%s is registered already",
-            found["run_id"],
-            key[:12],
-            model_name,
-            found["version"],
-        )
+    if found := earlier(experiment, "register", key, force, model_name=model_name):
         return found
     trained = tracking.get_run(evaluated.data.tags["train_run_id"], "train")
     client = MlflowClient()
@@ -429,7 +427,7 @@ def predict_batch(
     scored = predictions.score(model, projects)
     with tracking.step_run("predict-batch", tracking.experiment_id(experiment_name)) as run:
         written = predictions.upsert(
-            database_url, scored, int(version.version), run.data.tags[tracking.PIPELINE_TAG], now_utc()
+            database_url, scored, int(version.version), run.data.tags[tracking.PIPELINE_TAG], datetime.now(UTC)
         )
         counts = predictions.counts(scored)
         mlflow.log_params({"source": redact(source), "model_name": model_name, "model_version": version.version})
@@ -443,10 +441,3 @@ def predict_batch(
             **written,
             "counts": counts,
         }
-
-
-def now_utc() -> Any:
-    """The time now, in UTC."""
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC)
