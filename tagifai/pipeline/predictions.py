@@ -40,7 +40,6 @@ PREDICTIONS = sa.Table(
     sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("predictions_model_version_idx", "model_version"),
 )
-UPDATED = ("tag", "probability", "pipeline_run_id", "scored_at")
 
 # Credentials in a URL's authority: `postgresql://user:pw@host/db` → `postgresql://***@host/db`.
 _PASSWORD = re.compile(r"://[^:/?#@\s]*:([^/?#\s]*)@")
@@ -162,28 +161,8 @@ def dsn(database_url: str) -> str:
 
 def rows(scored: pd.DataFrame, model_version: int, pipeline_run_id: str, scored_at: datetime) -> list[tuple]:
     """The table rows of a scoring, as plain Python values."""
-    return [
-        (str(i), tag, probability, model_version, pipeline_run_id, scored_at)
-        for i, tag, probability in zip(
-            scored["id"].tolist(), scored["tag"].tolist(), scored["probability"].tolist(), strict=True
-        )
-    ]
-
-
-def check_scored(scored: pd.DataFrame, scored_at: datetime) -> None:
-    """Refuse a scoring the table cannot hold as one row per id.
-
-    Raises:
-        BadInputError: a column is missing, an id repeats, or `scored_at` has no time zone.
-    """
-    missing = [c for c in SCORED_COLUMNS if c not in scored.columns]
-    if missing:
-        raise BadInputError(f"scored rows lack column(s) {', '.join(missing)}")
-    ids = scored["id"].astype(str)
-    if ids.duplicated().any():
-        raise BadInputError(f"scored rows repeat ids {shown(ids[ids.duplicated(keep=False)])}")
-    if scored_at.tzinfo is None or scored_at.utcoffset() is None:
-        raise BadInputError(f"scored_at {scored_at.isoformat()} has no time zone: pass an aware datetime")
+    columns = zip(scored["id"].tolist(), scored["tag"].tolist(), scored["probability"].tolist(), strict=True)
+    return [(str(i), tag, probability, model_version, pipeline_run_id, scored_at) for i, tag, probability in columns]
 
 
 def upsert(
@@ -193,24 +172,26 @@ def upsert(
 
     A row already there for the same (id, model_version) is updated, so writing the same scoring
     twice leaves one row per project and version. Either every row is written or none is.
-
-    Args:
-        database_url: `postgresql://…` or `postgresql+psycopg2://…`.
-        scored: `score`'s output.
-        model_version: the registered version that scored.
-        pipeline_run_id: the pipeline run that scored.
-        scored_at: when, with a time zone.
+    `database_url` is `postgresql://…` or `postgresql+psycopg2://…`; `scored_at` has a time zone.
 
     Returns:
         `inserted` (new rows) and `updated` (rows that were there for this version).
 
     Raises:
-        BadInputError: the URL is not PostgreSQL, or the scoring cannot be written as one row per id.
+        BadInputError: the URL is not PostgreSQL, or the table cannot hold the scoring as one row per id
+            (a column is missing, an id repeats, `scored_at` has no time zone): refused before connecting.
         TagifaiError: connecting or writing failed (nothing was written); the message has no password.
     """
     import psycopg2
 
-    check_scored(scored, scored_at)
+    missing = [c for c in SCORED_COLUMNS if c not in scored.columns]
+    if missing:
+        raise BadInputError(f"scored rows lack column(s) {', '.join(missing)}")
+    ids = scored["id"].astype(str)
+    if ids.duplicated().any():
+        raise BadInputError(f"scored rows repeat ids {shown(ids[ids.duplicated(keep=False)])}")
+    if scored_at.tzinfo is None or scored_at.utcoffset() is None:
+        raise BadInputError(f"scored_at {scored_at.isoformat()} has no time zone: pass an aware datetime")
     values = rows(scored, int(model_version), str(pipeline_run_id), scored_at)
     libpq_url = dsn(database_url)
     # libpq, not SQLAlchemy, parses the URL: the same URLs work as with psql.
@@ -230,7 +211,7 @@ def upsert(
                 statement = insert(PREDICTIONS).values(values[start : start + PAGE_SIZE])
                 statement = statement.on_conflict_do_update(
                     index_elements=PREDICTIONS.primary_key.columns,
-                    set_={name: statement.excluded[name] for name in UPDATED},
+                    set_={c.name: statement.excluded[c.name] for c in PREDICTIONS.c if not c.primary_key},
                 ).returning(sa.literal_column("xmax") == 0)  # true for a row inserted here, false for one updated
                 inserted += connection.execute(statement).scalars().all()
     except sa.exc.DBAPIError as exc:
