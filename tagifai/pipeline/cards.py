@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from tagifai.contract.errors import BadInputError
 from tagifai.contract.settings import Settings
 from tagifai.core import card as cards
+from tagifai.core import data
 from tagifai.pipeline import tracking
 
 
@@ -55,12 +56,8 @@ def data_of(client: MlflowClient, data_run_id: str) -> dict[str, Any]:
     validated = client.get_run(data_run_id)
     extracted = client.get_run(validated.data.tags["elt_run_id"])
     profile = tracking.read_json_artifact(data_run_id, "validation/profile.json")
-    splits = {
-        s: int(validated.data.metrics[f"{s}_rows"])
-        for s in ("train", "val", "test")
-        if f"{s}_rows" in validated.data.metrics
-    }
-    params = validated.data.params
+    metrics, params = validated.data.metrics, validated.data.params
+    splits = {s: int(metrics[f"{s}_rows"]) for s in data.SPLITS if f"{s}_rows" in metrics}
     return {
         "projects_url": extracted.data.params.get("projects_url", ""),
         "tags_url": extracted.data.params.get("tags_url", ""),

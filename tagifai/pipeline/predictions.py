@@ -105,13 +105,8 @@ def score(model: Any, projects: pd.DataFrame) -> pd.DataFrame:
             f"the model returned {len(predicted)} rows with columns {', '.join(map(str, predicted.columns))} "
             f"for {len(projects)} projects: expected one row each with tag and probability"
         )
-    return pd.DataFrame(
-        {
-            "id": ids.to_numpy(),
-            "tag": predicted["tag"].astype(str).to_numpy(),
-            "probability": predicted["probability"].astype(float).to_numpy(),
-        }
-    )
+    tags, probabilities = predicted["tag"].astype(str).to_numpy(), predicted["probability"].astype(float).to_numpy()
+    return pd.DataFrame({"id": ids.to_numpy(), "tag": tags, "probability": probabilities})
 
 
 def counts(scored: pd.DataFrame) -> dict[str, int]:

@@ -75,16 +75,14 @@ def gate(
 
 def moves_back(version: str, champion: ModelVersion | None) -> str | None:
     """Why promoting `version` would not move the champion forward (an older or the same version), else None."""
-    if champion is None:
+    if champion is None or int(version) > int(champion.version):
         return None
     if int(version) == int(champion.version):
         return f"version {version} is the champion already"
-    if int(version) < int(champion.version):
-        return (
-            f"version {version} is older than the champion v{champion.version}: "
-            "a retried or cleared register never moves champion back"
-        )
-    return None
+    return (
+        f"version {version} is older than the champion v{champion.version}: "
+        "a retried or cleared register never moves champion back"
+    )
 
 
 def model_name(settings: Settings) -> str:

@@ -55,12 +55,8 @@ def earlier(experiment: str, step: str, key: str, force: bool, **check: Any) -> 
     else:
         found = tracking.reusable(experiment, step, key, REQUIRED.get(step, ()), **check)
     if found:
-        log.info(
-            "%s: reusing run %s (key %s…): same upstream, code, settings and arguments; nothing to do",
-            step,
-            found["run_id"],
-            key[:12],
-        )
+        why = "same upstream, code, settings and arguments; nothing to do"
+        log.info("%s: reusing run %s (key %s…): %s", step, found["run_id"], key[:12], why)
     return found
 
 
@@ -310,12 +306,9 @@ def tuned(optimize_run_id: str, data_run_id: str) -> tuple[dict[str, Any], dict[
     lineage = {k: tags[k] for k in tuning.LINEAGE_TAGS if k in tags}
     # The worker that ran the best trial, which need not be the run given here.
     lineage["optimize_run_id"] = lineage.pop("best_trial_optimize_run_id", optimize_run_id)
+    params = tracking.read_json_artifact(optimize_run_id, BEST_PARAMS)
     # Its key, not its id: the workers of one study are several runs with one result.
-    return (
-        tracking.read_json_artifact(optimize_run_id, BEST_PARAMS),
-        lineage,
-        run.data.tags.get(tracking.KEY_TAG, run.info.run_id),
-    )
+    return params, lineage, tags.get(tracking.KEY_TAG, run.info.run_id)
 
 
 def evaluate(settings: Settings, train_run_id: str, force: bool = False) -> dict[str, Any]:
@@ -399,12 +392,10 @@ def register(
 def reusable_register(experiment: str, key: str, model_name: str) -> dict[str, Any] | None:
     """A finished register run with `key` whose version still exists and is not older than the champion."""
     found = tracking.reusable(experiment, "register", key)
-    if found is None:
-        return None
     client = MlflowClient()
-    champion = registry.version_by_alias(client, model_name, names.CHAMPION_ALIAS)
-    if not registry.version_exists(client, model_name, found["version"]):
+    if found is None or not registry.version_exists(client, model_name, found["version"]):
         return None
+    champion = registry.version_by_alias(client, model_name, names.CHAMPION_ALIAS)
     if champion is not None and int(found["version"]) < int(champion.version):
         return None  # the champion moved on since: judge this old version again (it will not move back)
     return found

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import subprocess
 import tempfile
 import time
@@ -135,9 +136,8 @@ def step_run(
         **tags,
     }
     mlflow.set_experiment(experiment_id=experiment)  # nested runs (Optuna trials) land beside their parent
-    with mlflow.start_run(
-        experiment_id=experiment, run_name=f"{step}-{all_tags[PIPELINE_TAG]}"[:250], tags=all_tags
-    ) as run:
+    run_name = f"{step}-{all_tags[PIPELINE_TAG]}"[:250]
+    with mlflow.start_run(experiment_id=experiment, run_name=run_name, tags=all_tags) as run:
         try:
             yield run
         except Exception as exc:
@@ -183,9 +183,8 @@ def reusable(
 
 def has_artifact(run_id: str, path: str) -> bool:
     """Whether the run still has the artifact file `path`."""
-    folder = str(Path(path).parent) if str(Path(path).parent) != "." else None
     try:
-        return any(info.path == path for info in MlflowClient().list_artifacts(run_id, folder))
+        return any(info.path == path for info in MlflowClient().list_artifacts(run_id, posixpath.dirname(path) or None))
     except (MlflowException, OSError):
         return False
 
@@ -213,11 +212,10 @@ def latest_run(step: str, condition: str) -> str | None:
 
 def log_bytes(content: bytes, artifact_file: str) -> None:
     """Log `content` as the artifact `artifact_file` (e.g. "data/labeled.csv") of the active run."""
-    path = Path(artifact_file)
     with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / path.name
+        local = Path(tmp) / posixpath.basename(artifact_file)
         local.write_bytes(content)
-        mlflow.log_artifact(str(local), artifact_path=str(path.parent) if str(path.parent) != "." else None)
+        mlflow.log_artifact(str(local), artifact_path=posixpath.dirname(artifact_file) or None)
 
 
 def log_json(obj: Any, artifact_file: str) -> None:
@@ -282,14 +280,12 @@ def trial_runs(pipeline_run_id: str, data_run_id: str) -> Any:
     """Optuna's MLflow callback: each trial a child run of the active run, tagged as a `trial` of the pipeline."""
     from optuna_integration.mlflow import MLflowCallback
 
+    tags = {STEP_TAG: "trial", PIPELINE_TAG: pipeline_run_id, "data_run_id": data_run_id}
     return MLflowCallback(
         tracking_uri=mlflow.get_tracking_uri(),
         metric_name="val_f1",
         create_experiment=False,
-        mlflow_kwargs={
-            "nested": True,
-            "tags": {STEP_TAG: "trial", PIPELINE_TAG: pipeline_run_id, "data_run_id": data_run_id},
-        },
+        mlflow_kwargs={"nested": True, "tags": tags},
     )
 
 
