@@ -41,7 +41,7 @@ PREDICTIONS = sa.Table(
     sa.Index("predictions_model_version_idx", "model_version"),
 )
 
-# Credentials in a URL's authority: `postgresql://user:pw@host/db` → `postgresql://***@host/db`.
+# The password in a URL's authority (`postgresql://user:pw@host/db` → `pw`), when urlsplit cannot parse it.
 _PASSWORD = re.compile(r"://[^:/?#@\s]*:([^/?#\s]*)@")
 
 
