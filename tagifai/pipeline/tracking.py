@@ -75,11 +75,7 @@ def code_version() -> str:
         return version
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(tagifai.__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
+            ["git", "rev-parse", "HEAD"], cwd=Path(tagifai.__file__).parent, capture_output=True, text=True, timeout=5
         )
         if sha.returncode == 0 and sha.stdout.strip():
             return sha.stdout.strip()
@@ -266,9 +262,7 @@ def load_split(data_run_id: str, split: str) -> pd.DataFrame:
 
 
 def log_history(history: list[dict[str, float]]) -> None:
-    """Log per-epoch train/val losses of the active run in one request."""
-    if not history:
-        return
+    """Log per-epoch train/val losses of the active run in one request (none for no epochs)."""
     timestamp = int(time.time() * 1000)
     metrics = [
         Metric(name, h[name], timestamp, int(h["epoch"])) for h in history for name in ("train_loss", "val_loss")

@@ -262,8 +262,8 @@ def work(
 ) -> int:
     """Run trials of `study` until it holds `num_trials` finished ones, whoever ran them; return how many ran here.
 
-    `callbacks` follow each trial this worker finishes (never a given-back one); while every remaining
-    slot is taken by another worker, it looks again every `poll_seconds`.
+    `objective` may raise `optuna.TrialPruned`; `callbacks` follow each trial this worker finishes (never
+    a given-back one); while every remaining slot is taken by another worker, it looks again every `poll_seconds`.
     """
     finished_here = 0
 
