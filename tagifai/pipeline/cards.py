@@ -7,12 +7,14 @@ import time
 from typing import Any
 
 from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tagifai.contract.errors import BadInputError
 from tagifai.contract.settings import Settings
 from tagifai.core import card as cards
-from tagifai.pipeline import registry, tracking
+from tagifai.core import data
+from tagifai.pipeline import tracking
 
 
 def card_of(settings: Settings, name: str, version: ModelVersion) -> cards.Card:
@@ -44,7 +46,8 @@ def card_of(settings: Settings, name: str, version: ModelVersion) -> cards.Card:
         card["behavioral"] = tracking.read_json_artifact(evaluate, "evaluation/behavioral.json")
     if data_run := runs.get("data"):
         card["data"] = data_of(client, data_run)
-    card["links"] = {role: run_link(client, run_id) for role, run_id in runs.items()}
+    # Each run's page, relative to the MLflow UI (which shows the card).
+    card["links"] = {role: f"#/experiments/{client.get_run(r).info.experiment_id}/runs/{r}" for role, r in runs.items()}
     return card
 
 
@@ -53,12 +56,8 @@ def data_of(client: MlflowClient, data_run_id: str) -> dict[str, Any]:
     validated = client.get_run(data_run_id)
     extracted = client.get_run(validated.data.tags["elt_run_id"])
     profile = tracking.read_json_artifact(data_run_id, "validation/profile.json")
-    splits = {
-        s: int(validated.data.metrics[f"{s}_rows"])
-        for s in ("train", "val", "test")
-        if f"{s}_rows" in validated.data.metrics
-    }
-    params = validated.data.params
+    metrics, params = validated.data.metrics, validated.data.params
+    splits = {s: int(metrics[f"{s}_rows"]) for s in data.SPLITS if f"{s}_rows" in metrics}
     return {
         "projects_url": extracted.data.params.get("projects_url", ""),
         "tags_url": extracted.data.params.get("tags_url", ""),
@@ -69,12 +68,6 @@ def data_of(client: MlflowClient, data_run_id: str) -> dict[str, Any]:
         "min_freq": int(params.get("min_freq", 0)),
         "accepted_tags": ast.literal_eval(params["accepted_tags"]) if "accepted_tags" in params else [],
     }
-
-
-def run_link(client: MlflowClient, run_id: str) -> str:
-    """A run's page in the MLflow UI, relative to the UI (the card is shown there), else its id."""
-    experiment = client.get_run(run_id).info.experiment_id
-    return f"#/experiments/{experiment}/runs/{run_id}"
 
 
 def write_card(settings: Settings, name: str, version: str) -> str:
@@ -96,9 +89,8 @@ def resolve(model_uri: str) -> tuple[str, ModelVersion]:
     if not model_uri.startswith("models:/") or not sep or not rest:
         raise BadInputError(f"{model_uri} is not models:/<name>/<version> or models:/<name>@<alias>")
     client = MlflowClient()
-    version = registry.version_by_alias(client, name, rest) if "@" in path else None
-    if "@" not in path and registry.version_exists(client, name, rest):
-        version = client.get_model_version(name, rest)
-    if version is None:
-        raise BadInputError(f"no registered model version {model_uri}")
-    return name, version
+    get = client.get_model_version_by_alias if "@" in path else client.get_model_version
+    try:
+        return name, get(name, rest)
+    except MlflowException:
+        raise BadInputError(f"no registered model version {model_uri}") from None

@@ -1,7 +1,7 @@
 """Batch scoring: the champion's tag for every project, kept in PostgreSQL for people to query.
 
-`score` and `counts` are pure; `upsert` writes one scoring to the table `predictions` in one
-transaction, idempotently per (project id, model version), so a retried task changes nothing twice:
+`score` and `counts` are pure; `upsert` writes one scoring to the table `predictions` (SQLAlchemy Core)
+in one transaction, idempotently per (project id, model version), so a retried task changes nothing twice:
 
     psql "$DATABASE_URL" -c "SELECT tag, count(*) FROM predictions WHERE model_version = 3 GROUP BY tag"
 """
@@ -14,6 +14,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert
 
 from tagifai.contract.errors import BadInputError, TagifaiError
 from tagifai.contract.sources import redact
@@ -26,35 +28,20 @@ SHOWN_IDS = 5
 PAGE_SIZE = 500
 CONNECT_TIMEOUT_SECONDS = 10
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS predictions (
-    id TEXT NOT NULL,
-    tag TEXT NOT NULL,
-    probability DOUBLE PRECISION NOT NULL,
-    model_version INTEGER NOT NULL,
-    pipeline_run_id TEXT NOT NULL,
-    scored_at TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (id, model_version)
-);
-CREATE INDEX IF NOT EXISTS predictions_model_version_idx ON predictions (model_version);
-"""
+METADATA = sa.MetaData()
+PREDICTIONS = sa.Table(
+    "predictions",
+    METADATA,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("tag", sa.Text, nullable=False),
+    sa.Column("probability", sa.Double, nullable=False),
+    sa.Column("model_version", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("pipeline_run_id", sa.Text, nullable=False),
+    sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("predictions_model_version_idx", "model_version"),
+)
 
-# Writers take turns (held until commit): two first scorings would race to create the table, and two
-# scorings of the same version would wait on each other's rows.
-LOCK = "SELECT pg_advisory_xact_lock(hashtext('tagifai.predictions'))"
-
-# `xmax = 0` holds for a row this statement inserted, not for one it updated.
-UPSERT = """
-INSERT INTO predictions (id, tag, probability, model_version, pipeline_run_id, scored_at) VALUES %s
-ON CONFLICT (id, model_version) DO UPDATE SET
-    tag = EXCLUDED.tag,
-    probability = EXCLUDED.probability,
-    pipeline_run_id = EXCLUDED.pipeline_run_id,
-    scored_at = EXCLUDED.scored_at
-RETURNING (xmax = 0) AS inserted
-"""
-
-# Credentials in a URL's authority: `postgresql://user:pw@host/db` → `postgresql://***@host/db`.
+# The password in a URL's authority (`postgresql://user:pw@host/db` → `pw`), when urlsplit cannot parse it.
 _PASSWORD = re.compile(r"://[^:/?#@\s]*:([^/?#\s]*)@")
 
 
@@ -118,13 +105,8 @@ def score(model: Any, projects: pd.DataFrame) -> pd.DataFrame:
             f"the model returned {len(predicted)} rows with columns {', '.join(map(str, predicted.columns))} "
             f"for {len(projects)} projects: expected one row each with tag and probability"
         )
-    return pd.DataFrame(
-        {
-            "id": ids.to_numpy(),
-            "tag": predicted["tag"].astype(str).to_numpy(),
-            "probability": predicted["probability"].astype(float).to_numpy(),
-        }
-    )
+    tags, probabilities = predicted["tag"].astype(str).to_numpy(), predicted["probability"].astype(float).to_numpy()
+    return pd.DataFrame({"id": ids.to_numpy(), "tag": tags, "probability": probabilities})
 
 
 def counts(scored: pd.DataFrame) -> dict[str, int]:
@@ -174,28 +156,8 @@ def dsn(database_url: str) -> str:
 
 def rows(scored: pd.DataFrame, model_version: int, pipeline_run_id: str, scored_at: datetime) -> list[tuple]:
     """The table rows of a scoring, as plain Python values."""
-    return [
-        (str(i), tag, probability, model_version, pipeline_run_id, scored_at)
-        for i, tag, probability in zip(
-            scored["id"].tolist(), scored["tag"].tolist(), scored["probability"].tolist(), strict=True
-        )
-    ]
-
-
-def check_scored(scored: pd.DataFrame, scored_at: datetime) -> None:
-    """Refuse a scoring the table cannot hold as one row per id.
-
-    Raises:
-        BadInputError: a column is missing, an id repeats, or `scored_at` has no time zone.
-    """
-    missing = [c for c in SCORED_COLUMNS if c not in scored.columns]
-    if missing:
-        raise BadInputError(f"scored rows lack column(s) {', '.join(missing)}")
-    ids = scored["id"].astype(str)
-    if ids.duplicated().any():
-        raise BadInputError(f"scored rows repeat ids {shown(ids[ids.duplicated(keep=False)])}")
-    if scored_at.tzinfo is None or scored_at.utcoffset() is None:
-        raise BadInputError(f"scored_at {scored_at.isoformat()} has no time zone: pass an aware datetime")
+    columns = zip(scored["id"].tolist(), scored["tag"].tolist(), scored["probability"].tolist(), strict=True)
+    return [(str(i), tag, probability, model_version, pipeline_run_id, scored_at) for i, tag, probability in columns]
 
 
 def upsert(
@@ -205,42 +167,54 @@ def upsert(
 
     A row already there for the same (id, model_version) is updated, so writing the same scoring
     twice leaves one row per project and version. Either every row is written or none is.
-
-    Args:
-        database_url: `postgresql://…` or `postgresql+psycopg2://…`.
-        scored: `score`'s output.
-        model_version: the registered version that scored.
-        pipeline_run_id: the pipeline run that scored.
-        scored_at: when, with a time zone.
+    `database_url` is `postgresql://…` or `postgresql+psycopg2://…`; `scored_at` has a time zone.
 
     Returns:
         `inserted` (new rows) and `updated` (rows that were there for this version).
 
     Raises:
-        BadInputError: the URL is not PostgreSQL, or the scoring cannot be written as one row per id.
+        BadInputError: the URL is not PostgreSQL, or the table cannot hold the scoring as one row per id
+            (a column is missing, an id repeats, `scored_at` has no time zone): refused before connecting.
         TagifaiError: connecting or writing failed (nothing was written); the message has no password.
     """
     import psycopg2
-    from psycopg2.extras import execute_values
 
-    check_scored(scored, scored_at)
+    missing = [c for c in SCORED_COLUMNS if c not in scored.columns]
+    if missing:
+        raise BadInputError(f"scored rows lack column(s) {', '.join(missing)}")
+    ids = scored["id"].astype(str)
+    if ids.duplicated().any():
+        raise BadInputError(f"scored rows repeat ids {shown(ids[ids.duplicated(keep=False)])}")
+    if scored_at.tzinfo is None or scored_at.utcoffset() is None:
+        raise BadInputError(f"scored_at {scored_at.isoformat()} has no time zone: pass an aware datetime")
     values = rows(scored, int(model_version), str(pipeline_run_id), scored_at)
-    connection, returned, failure = None, [], None
+    libpq_url = dsn(database_url)
+    # libpq, not SQLAlchemy, parses the URL: the same URLs work as with psql.
+    engine = sa.create_engine(
+        "postgresql+psycopg2://",
+        creator=lambda: psycopg2.connect(libpq_url, connect_timeout=CONNECT_TIMEOUT_SECONDS),
+        poolclass=sa.pool.NullPool,
+    )
+    connection, inserted, failure = None, [], None
     try:
-        connection = psycopg2.connect(dsn(database_url), connect_timeout=CONNECT_TIMEOUT_SECONDS)
-        with connection, connection.cursor() as cursor:  # one transaction: commit, or roll back on error
-            cursor.execute(LOCK)
-            cursor.execute(SCHEMA)
-            if values:
-                returned = execute_values(cursor, UPSERT, values, page_size=PAGE_SIZE, fetch=True)
-    except psycopg2.Error as exc:
+        with engine.connect() as connection, connection.begin():
+            # Writers take turns (held until commit): two first scorings would race to create the
+            # table, and two scorings of the same version would wait on each other's rows.
+            connection.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext("tagifai.predictions"))))
+            METADATA.create_all(connection)
+            for start in range(0, len(values), PAGE_SIZE):
+                statement = insert(PREDICTIONS).values(values[start : start + PAGE_SIZE])
+                statement = statement.on_conflict_do_update(
+                    index_elements=PREDICTIONS.primary_key.columns,
+                    set_={c.name: statement.excluded[c.name] for c in PREDICTIONS.c if not c.primary_key},
+                ).returning(sa.literal_column("xmax") == 0)  # true for a row inserted here, false for one updated
+                inserted += connection.execute(statement).scalars().all()
+    except sa.exc.DBAPIError as exc:
         what = "connect to" if connection is None else "write predictions to"
-        failure = f"could not {what} {redact(database_url)}: {type(exc).__name__}: {' '.join(str(exc).split())}"
-    finally:
-        if connection is not None:
-            connection.close()
+        failure = (
+            f"could not {what} {redact(database_url)}: {type(exc.orig).__name__}: {' '.join(str(exc.orig).split())}"
+        )
     if failure:
         # Raised here, not chained: libpq may quote the URL, password and all, in its own message.
         raise TagifaiError(scrub(failure, database_url))
-    inserted = sum(bool(row[0]) for row in returned)
-    return {"inserted": inserted, "updated": len(returned) - inserted}
+    return {"inserted": sum(inserted), "updated": len(inserted) - sum(inserted)}

@@ -55,56 +55,39 @@ def gate(
     Returns:
         `promote` (bool) and a human-readable `reason`.
     """
+    scored, margin = f"test_f1 {f1:.4f}", f"on the same test data by more than {max_regression:.4f}"
+    promote = False
     if f1 < min_f1:
-        return {"promote": False, "reason": f"test_f1 {f1:.4f} is below the minimum {min_f1:.4f}"}
-    if champion_f1 is not None and f1 < champion_f1 - max_regression:
-        return {
-            "promote": False,
-            "reason": f"test_f1 {f1:.4f} is worse than the champion's {champion_f1:.4f} "
-            f"on the same test data by more than {max_regression:.4f}",
-        }
-    if recent_best_f1 is not None and f1 < recent_best_f1 - max_regression:
-        return {
-            "promote": False,
-            "reason": f"test_f1 {f1:.4f} is worse than the best recent champion's {recent_best_f1:.4f} "
-            f"on the same test data by more than {max_regression:.4f}: regressions do not add up",
-        }
-    if champion_f1 is None:
-        return {
-            "promote": True,
-            "reason": f"test_f1 {f1:.4f} >= {min_f1:.4f} and there is no champion yet to compare with",
-        }
-    best = max(champion_f1, recent_best_f1 or 0.0)
-    return {
-        "promote": True,
-        "reason": f"test_f1 {f1:.4f} >= {min_f1:.4f} and within {max_regression:.4f} "
-        f"of the champion's {champion_f1:.4f} and of the best recent {best:.4f}",
-    }
+        reason = f"{scored} is below the minimum {min_f1:.4f}"
+    elif champion_f1 is not None and f1 < champion_f1 - max_regression:
+        reason = f"{scored} is worse than the champion's {champion_f1:.4f} {margin}"
+    elif recent_best_f1 is not None and f1 < recent_best_f1 - max_regression:
+        reason = f"{scored} is worse than the best recent champion's {recent_best_f1:.4f} {margin}"
+        reason += ": regressions do not add up"
+    elif champion_f1 is None:
+        promote, reason = True, f"{scored} >= {min_f1:.4f} and there is no champion yet to compare with"
+    else:
+        best = max(champion_f1, recent_best_f1 or 0.0)
+        within = f"within {max_regression:.4f} of the champion's {champion_f1:.4f} and of the best recent {best:.4f}"
+        promote, reason = True, f"{scored} >= {min_f1:.4f} and {within}"
+    return {"promote": promote, "reason": reason}
 
 
 def moves_back(version: str, champion: ModelVersion | None) -> str | None:
     """Why promoting `version` would not move the champion forward (an older or the same version), else None."""
-    if champion is None:
+    if champion is None or int(version) > int(champion.version):
         return None
     if int(version) == int(champion.version):
         return f"version {version} is the champion already"
-    if int(version) < int(champion.version):
-        return (
-            f"version {version} is older than the champion v{champion.version}: "
-            "a retried or cleared register never moves champion back"
-        )
-    return None
+    return (
+        f"version {version} is older than the champion v{champion.version}: "
+        "a retried or cleared register never moves champion back"
+    )
 
 
 def model_name(settings: Settings) -> str:
     """The registered model: `TAGIFAI_MODEL_NAME`, else `[register] model_name`."""
     return os.environ.get(names.MODEL_NAME_ENV) or settings.register.model_name
-
-
-def champion_data_run(name: str) -> str | None:
-    """The validate run whose data the champion of `name` learned from, if there is a champion."""
-    champion = version_by_alias(MlflowClient(), name, names.CHAMPION_ALIAS)
-    return champion.tags.get("data_run_id") or None if champion else None
 
 
 def version_by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
@@ -124,22 +107,17 @@ def version_exists(client: MlflowClient, name: str, version: str) -> bool:
     return True
 
 
-def existing_version(client: MlflowClient, name: str, run_id: str) -> ModelVersion | None:
-    """Return a version of `name` already registered from `run_id` (a retried register step)."""
-    try:
-        versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-    except MlflowException:
-        return None
-    return max(versions, key=lambda v: int(v.version), default=None)
-
-
 def register(client: MlflowClient, name: str, model_uri: str, run_id: str, tags: dict[str, str]) -> ModelVersion:
-    """Register `model_uri` as a new version of `name` (reusing one from the same run) with `tags`."""
+    """Register `model_uri` as a new version of `name` with `tags`, or retag the one a retried step registered."""
     try:
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name, description="Tags ML project descriptions (tagifai).")
-    version = existing_version(client, name, run_id)
+    try:
+        versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    except MlflowException:
+        versions = []
+    version = max(versions, key=lambda v: int(v.version), default=None)
     if version is None:
         version = mlflow.register_model(model_uri, name, tags=tags)
     else:
@@ -148,21 +126,16 @@ def register(client: MlflowClient, name: str, model_uri: str, run_id: str, tags:
     return version
 
 
-def rescore(model_name: str, version: str, data_run_id: str) -> float:
-    """Weighted test f1 of `version` on the test split of `data_run_id`: a comparison on the same data.
-
-    Raises:
-        Exception: whatever loading the version raised (missing artifacts, a model that no longer unpickles).
-    """
-    test_df = tracking.load_split(data_run_id, "test")
-    model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
-    return evaluation.overall_metrics(test_df["tag"].to_numpy(), models.predict_tags(model, test_df))["f1"]
-
-
 def rescore_or_reason(model_name: str, version: str, data_run_id: str) -> tuple[float | None, str | None]:
-    """`rescore`, or None and one line saying why the version could not be loaded and scored."""
+    """Weighted test f1 of `version` on the test split of `data_run_id` (a comparison on the same data).
+
+    Or None and one line saying why the version could not be loaded and scored: missing artifacts, a
+    model that no longer unpickles.
+    """
     try:
-        return rescore(model_name, version, data_run_id), None
+        test_df = tracking.load_split(data_run_id, "test")
+        predicted = models.predict_tags(mlflow.pyfunc.load_model(f"models:/{model_name}/{version}"), test_df)
+        return evaluation.overall_metrics(test_df["tag"].to_numpy(), predicted)["f1"], None
     except Exception as exc:  # noqa: BLE001 — any failure to load or score means: judge without it
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         log.warning("register: version %s of %s cannot be scored, ignored: %s", version, model_name, reason)
@@ -216,11 +189,6 @@ def log_decision(
 # ---- the gate's memory: every move of `champion` ------------------------------------------------
 
 
-def history_experiment(settings: Settings) -> str:
-    """The experiment that holds the record of champion moves (created when first needed)."""
-    return tracking.experiment_id(settings.register.history_experiment)
-
-
 def record_move(
     settings: Settings, name: str, from_version: str | None, to_version: str, action: str, by: str, reason: str
 ) -> str:
@@ -235,9 +203,8 @@ def record_move(
         "by": by,
         "reason": reason[:5000],
     }
-    run = client.create_run(
-        history_experiment(settings), run_name=f"{name} champion v{from_version or '-'} → v{to_version}", tags=tags
-    )
+    run_name = f"{name} champion v{from_version or '-'} → v{to_version}"
+    run = client.create_run(tracking.experiment_id(settings.register.history_experiment), run_name=run_name, tags=tags)
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 
@@ -245,7 +212,7 @@ def record_move(
 def history(settings: Settings, name: str, limit: int = 1000) -> list[dict[str, str]]:
     """The recorded moves of `name`'s champion, newest first: from, to, when (ms), action, by, reason."""
     runs = MlflowClient().search_runs(
-        [history_experiment(settings)],
+        [tracking.experiment_id(settings.register.history_experiment)],
         filter_string=f"tags.`{tracking.STEP_TAG}` = '{MOVE}' and tags.model_name = '{name}'",
         order_by=["attributes.start_time DESC"],
         max_results=limit,

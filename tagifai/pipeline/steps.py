@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +50,13 @@ def earlier(experiment: str, step: str, key: str, force: bool, **check: Any) -> 
     """The output of a finished run of `step` with `key` to reuse (None when forced or there is none); say so."""
     if force:
         return None
-    found = tracking.reusable(experiment, step, key, REQUIRED.get(step, ()), **check)
+    if step == "register":
+        found = reusable_register(experiment, key, **check)
+    else:
+        found = tracking.reusable(experiment, step, key, REQUIRED.get(step, ()), **check)
     if found:
-        log.info(
-            "%s: reusing run %s (key %s…): same upstream, code, settings and arguments; nothing to do",
-            step,
-            found["run_id"],
-            key[:12],
-        )
+        why = "same upstream, code, settings and arguments; nothing to do"
+        log.info("%s: reusing run %s (key %s…): %s", step, found["run_id"], key[:12], why)
     return found
 
 
@@ -123,7 +123,7 @@ def plan(
         if step == "register":
             output = reusable_register(experiment, keys[step], gate[2])
         else:
-            output = tracking.reusable(experiment, step, keys[step], REQUIRED.get(step, ()), model=step == "train")
+            output = tracking.reusable(experiment, step, keys[step], REQUIRED.get(step, ()))
         if output is None:
             break
         found[step] = output
@@ -133,9 +133,10 @@ def plan(
 
 def drift_reference_run(settings: Settings) -> str | None:
     """The validate run whose data new data is checked for drift: the champion's, else the last that passed."""
-    return registry.champion_data_run(registry.model_name(settings)) or tracking.latest_run(
-        "validate", "tags.validation = 'passed'"
-    )
+    champion = registry.version_by_alias(MlflowClient(), registry.model_name(settings), names.CHAMPION_ALIAS)
+    if champion and champion.tags.get("data_run_id"):
+        return champion.tags["data_run_id"]
+    return tracking.latest_run("validate", "tags.validation = 'passed'")
 
 
 def reference_key(reference_run_id: str | None, data_sha256: str) -> str | None:
@@ -228,7 +229,7 @@ def optimize(
         score = tuning.objective(tracking.load_split(data_run_id, "train"), settings, tracking.log_trial)
         # Each trial records which worker and MLflow runs hold it: `train` names them for the best one.
         traced = tuning.traced(
-            score, worker=worker, optimize_run_id=run.info.run_id, mlflow_run_id=tracking.active_run_id
+            score, worker=worker, optimize_run_id=run.info.run_id, mlflow_run_id=lambda: mlflow.active_run().info.run_id
         )
         objective = callback.track_in_mlflow()(traced)
         with threadpool_limits(limits=space.threads_per_trial):
@@ -267,7 +268,7 @@ def train(
     if optimize_run_id:
         params, lineage, tuning_key = tuned(optimize_run_id, data_run_id)
     key = reuse.train_key(data_run_id, tuning_key, settings)
-    if found := earlier(upstream.info.experiment_id, "train", key, force, model=True):
+    if found := earlier(upstream.info.experiment_id, "train", key, force):
         return found
     train_df, val_df = tracking.load_split(data_run_id, "train"), tracking.load_split(data_run_id, "val")
     with tracking.step_run("train", upstream.info.experiment_id, upstream, key=key, **lineage) as run:
@@ -305,12 +306,9 @@ def tuned(optimize_run_id: str, data_run_id: str) -> tuple[dict[str, Any], dict[
     lineage = {k: tags[k] for k in tuning.LINEAGE_TAGS if k in tags}
     # The worker that ran the best trial, which need not be the run given here.
     lineage["optimize_run_id"] = lineage.pop("best_trial_optimize_run_id", optimize_run_id)
+    params = tracking.read_json_artifact(optimize_run_id, BEST_PARAMS)
     # Its key, not its id: the workers of one study are several runs with one result.
-    return (
-        tracking.read_json_artifact(optimize_run_id, BEST_PARAMS),
-        lineage,
-        run.data.tags.get(tracking.KEY_TAG, run.info.run_id),
-    )
+    return params, lineage, tags.get(tracking.KEY_TAG, run.info.run_id)
 
 
 def evaluate(settings: Settings, train_run_id: str, force: bool = False) -> dict[str, Any]:
@@ -356,14 +354,7 @@ def register(
     evaluated = tracking.get_run(evaluate_run_id, "evaluate")
     experiment = evaluated.info.experiment_id
     key = reuse.register_key(evaluate_run_id, (min_f1, max_regression, model_name), settings)
-    if not force and (found := reusable_register(experiment, key, model_name)):
-        log.info(
-            "register: reusing run %s (key %s…): %s v%s is registered already",
-            found["run_id"],
-            key[:12],
-            model_name,
-            found["version"],
-        )
+    if found := earlier(experiment, "register", key, force, model_name=model_name):
         return found
     trained = tracking.get_run(evaluated.data.tags["train_run_id"], "train")
     client = MlflowClient()
@@ -401,12 +392,10 @@ def register(
 def reusable_register(experiment: str, key: str, model_name: str) -> dict[str, Any] | None:
     """A finished register run with `key` whose version still exists and is not older than the champion."""
     found = tracking.reusable(experiment, "register", key)
-    if found is None:
-        return None
     client = MlflowClient()
-    champion = registry.version_by_alias(client, model_name, names.CHAMPION_ALIAS)
-    if not registry.version_exists(client, model_name, found["version"]):
+    if found is None or not registry.version_exists(client, model_name, found["version"]):
         return None
+    champion = registry.version_by_alias(client, model_name, names.CHAMPION_ALIAS)
     if champion is not None and int(found["version"]) < int(champion.version):
         return None  # the champion moved on since: judge this old version again (it will not move back)
     return found
@@ -429,7 +418,7 @@ def predict_batch(
     scored = predictions.score(model, projects)
     with tracking.step_run("predict-batch", tracking.experiment_id(experiment_name)) as run:
         written = predictions.upsert(
-            database_url, scored, int(version.version), run.data.tags[tracking.PIPELINE_TAG], now_utc()
+            database_url, scored, int(version.version), run.data.tags[tracking.PIPELINE_TAG], datetime.now(UTC)
         )
         counts = predictions.counts(scored)
         mlflow.log_params({"source": redact(source), "model_name": model_name, "model_version": version.version})
@@ -443,10 +432,3 @@ def predict_batch(
             **written,
             "counts": counts,
         }
-
-
-def now_utc() -> Any:
-    """The time now, in UTC."""
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import subprocess
 import tempfile
 import time
@@ -40,38 +41,29 @@ UPSTREAM_TAGS = {
 }
 
 
-def tracking_uri(settings: Settings) -> str:
-    """`MLFLOW_TRACKING_URI`, else SQLite under the embedded local store."""
-    if uri := os.environ.get("MLFLOW_TRACKING_URI"):
-        return uri
-    store = Path(settings.mlflow.local_store).resolve()
-    store.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{store / 'mlflow.db'}"
-
-
-def local_artifact_root(uri: str) -> str | None:
-    """Where a new experiment keeps artifacts: beside a SQLite store; a server decides otherwise."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "artifacts").as_uri()
-
-
 def connect(settings: Settings) -> None:
-    """Point MLflow (tracking and registry) at the configured store."""
-    mlflow.set_tracking_uri(tracking_uri(settings))
+    """Point MLflow (tracking and registry) at `MLFLOW_TRACKING_URI`, else SQLite under the local store."""
+    if not (uri := os.environ.get("MLFLOW_TRACKING_URI")):
+        store = Path(settings.mlflow.local_store).resolve()
+        store.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{store / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
 
 
 def experiment_id(name: str) -> str:
     """Return the id of experiment `name`, creating it if needed."""
-    client = MlflowClient()
+    client, uri = MlflowClient(), mlflow.get_tracking_uri()
+    # A new experiment keeps its artifacts beside a SQLite store; a server decides for itself.
+    sqlite = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else None
     try:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
-            return client.create_experiment(name, artifact_location=local_artifact_root(mlflow.get_tracking_uri()))
+            root = (Path(sqlite).resolve().parent / "artifacts").as_uri() if sqlite else None
+            return client.create_experiment(name, artifact_location=root)
     except MlflowException as exc:
         if "already exists" in str(exc):  # created concurrently by another step
             return client.get_experiment_by_name(name).experiment_id
-        raise TagifaiError(f"MLflow at {mlflow.get_tracking_uri()} refused experiment {name!r}: {exc.message}") from exc
+        raise TagifaiError(f"MLflow at {uri} refused experiment {name!r}: {exc.message}") from exc
     if experiment.lifecycle_stage == "deleted":
         raise TagifaiError(f"experiment {name!r} is deleted; restore it or choose another --experiment-name")
     return experiment.experiment_id
@@ -83,11 +75,7 @@ def code_version() -> str:
         return version
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(tagifai.__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
+            ["git", "rev-parse", "HEAD"], cwd=Path(tagifai.__file__).parent, capture_output=True, text=True, timeout=5
         )
         if sha.returncode == 0 and sha.stdout.strip():
             return sha.stdout.strip()
@@ -144,9 +132,8 @@ def step_run(
         **tags,
     }
     mlflow.set_experiment(experiment_id=experiment)  # nested runs (Optuna trials) land beside their parent
-    with mlflow.start_run(
-        experiment_id=experiment, run_name=f"{step}-{all_tags[PIPELINE_TAG]}"[:250], tags=all_tags
-    ) as run:
+    run_name = f"{step}-{all_tags[PIPELINE_TAG]}"[:250]
+    with mlflow.start_run(experiment_id=experiment, run_name=run_name, tags=all_tags) as run:
         try:
             yield run
         except Exception as exc:
@@ -166,18 +153,12 @@ def pipeline_run_id(upstream: Run) -> str | None:
 
 
 def reusable(
-    experiment: str,
-    step: str,
-    key: str,
-    artifacts: tuple[str, ...] = (),
-    model: bool = False,
-    other_pipeline_than: str | None = None,
+    experiment: str, step: str, key: str, artifacts: tuple[str, ...] = (), other_pipeline_than: str | None = None
 ) -> dict[str, Any] | None:
     """The output of the newest finished `step` run with `key` whose artifacts are all still there, else None.
 
-    A run whose artifacts are gone is a miss, not an error: the step runs again. With `model`, the
-    run's logged model must still have its files; with `other_pipeline_than`, runs of that pipeline
-    run do not count.
+    A run whose artifacts (or logged model's files) are gone is a miss, not an error: the step runs
+    again. With `other_pipeline_than`, runs of that pipeline run do not count.
     """
     runs = MlflowClient().search_runs(
         [experiment],
@@ -190,7 +171,7 @@ def reusable(
         if other_pipeline_than and run.data.tags.get(PIPELINE_TAG) == other_pipeline_than:
             continue
         if output and all(has_artifact(run.info.run_id, path) for path in artifacts):
-            if model and not model_files_exist(run.data.tags.get("model_uri", "")):
+            if "model_uri" in run.data.tags and not model_files_exist(run.data.tags["model_uri"]):
                 continue
             return {**json.loads(output), "reused": True}
     return None
@@ -198,9 +179,8 @@ def reusable(
 
 def has_artifact(run_id: str, path: str) -> bool:
     """Whether the run still has the artifact file `path`."""
-    folder = str(Path(path).parent) if str(Path(path).parent) != "." else None
     try:
-        return any(info.path == path for info in MlflowClient().list_artifacts(run_id, folder))
+        return any(info.path == path for info in MlflowClient().list_artifacts(run_id, posixpath.dirname(path) or None))
     except (MlflowException, OSError):
         return False
 
@@ -214,32 +194,24 @@ def model_files_exist(model_uri: str) -> bool:
         return False
 
 
-def latest_run(step: str, condition: str = "", experiments: list[str] | None = None) -> str | None:
-    """The id of the most recent finished run of `step` (that meets `condition`) in `experiments` (all: None)."""
-    client = MlflowClient()
-    experiments = experiments or [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(
-        experiments,
-        filter_string=f"tags.`{STEP_TAG}` = '{step}' and attributes.status = 'FINISHED'"
-        + (f" and {condition}" if condition else ""),
+def latest_run(step: str, condition: str) -> str | None:
+    """The id of the most recent finished run of `step` that meets `condition`, in any experiment."""
+    runs = mlflow.search_runs(
+        filter_string=f"tags.`{STEP_TAG}` = '{step}' and attributes.status = 'FINISHED' and {condition}",
         order_by=["attributes.start_time DESC"],
         max_results=1,
+        output_format="list",
+        search_all_experiments=True,
     )
     return runs[0].info.run_id if runs else None
 
 
-def active_run_id() -> str:
-    """The id of the active MLflow run."""
-    return mlflow.active_run().info.run_id
-
-
 def log_bytes(content: bytes, artifact_file: str) -> None:
     """Log `content` as the artifact `artifact_file` (e.g. "data/labeled.csv") of the active run."""
-    path = Path(artifact_file)
     with tempfile.TemporaryDirectory() as tmp:
-        local = Path(tmp) / path.name
+        local = Path(tmp) / posixpath.basename(artifact_file)
         local.write_bytes(content)
-        mlflow.log_artifact(str(local), artifact_path=str(path.parent) if str(path.parent) != "." else None)
+        mlflow.log_artifact(str(local), artifact_path=posixpath.dirname(artifact_file) or None)
 
 
 def log_json(obj: Any, artifact_file: str) -> None:
@@ -290,28 +262,24 @@ def load_split(data_run_id: str, split: str) -> pd.DataFrame:
 
 
 def log_history(history: list[dict[str, float]]) -> None:
-    """Log per-epoch train/val losses of the active run in one request."""
-    if not history:
-        return
+    """Log per-epoch train/val losses of the active run in one request (none for no epochs)."""
     timestamp = int(time.time() * 1000)
     metrics = [
         Metric(name, h[name], timestamp, int(h["epoch"])) for h in history for name in ("train_loss", "val_loss")
     ]
-    MlflowClient().log_batch(active_run_id(), metrics=metrics)
+    MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=metrics)
 
 
 def trial_runs(pipeline_run_id: str, data_run_id: str) -> Any:
     """Optuna's MLflow callback: each trial a child run of the active run, tagged as a `trial` of the pipeline."""
     from optuna_integration.mlflow import MLflowCallback
 
+    tags = {STEP_TAG: "trial", PIPELINE_TAG: pipeline_run_id, "data_run_id": data_run_id}
     return MLflowCallback(
         tracking_uri=mlflow.get_tracking_uri(),
         metric_name="val_f1",
         create_experiment=False,
-        mlflow_kwargs={
-            "nested": True,
-            "tags": {STEP_TAG: "trial", PIPELINE_TAG: pipeline_run_id, "data_run_id": data_run_id},
-        },
+        mlflow_kwargs={"nested": True, "tags": tags},
     )
 
 

@@ -72,11 +72,6 @@ def suggest_params(trial: Any, space: Optimize, base: Train) -> dict[str, Any]:
     return params
 
 
-def searched_defaults(space: Optimize, base: Train) -> dict[str, Any]:
-    """The `base` values of the params the `[optimize]` space searches: a first trial to enqueue."""
-    return {name: getattr(base, name) for name in space.search_space()}
-
-
 def objective(train_df: Any, settings: Settings, record: TrialRecord) -> Objective:
     """Score params drawn from `[optimize]` by k-fold cross-validation of `train_df`.
 
@@ -123,7 +118,7 @@ def study_options(settings: Settings) -> dict[str, Any]:
     space = settings.optimize
     return {
         # The [train] defaults go first: tuning never returns worse than them.
-        "first_params": searched_defaults(space, settings.train),
+        "first_params": {name: getattr(settings.train, name) for name in space.search_space()},
         "seed": space.seed,
         # Median of the running fold means, after a warm-up.
         "pruner": optuna.pruners.MedianPruner(
@@ -224,9 +219,9 @@ def open_study(
         study = optuna.create_study(direction="maximize", sampler=sampler(seed), **options)
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(sampler=sampler(None), **options)
-        # Not yet marked: its creator is still setting it up.
-        if "data_run_id" in study.user_attrs:
-            check_data_run(study, data_run_id)
+        tuned = study.user_attrs.get("data_run_id", data_run_id)  # not yet marked: its creator is setting it up
+        if tuned != data_run_id:
+            raise TagifaiError(f"Optuna study {name!r} tunes data run {tuned}, not {data_run_id}") from None
         return study
     study.set_user_attr("data_run_id", data_run_id)
     study.enqueue_trial(first_params)
@@ -240,41 +235,9 @@ def sampler(seed: int | None) -> optuna.samplers.TPESampler:
         return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
-def load_study(name: str, storage: optuna.storages.BaseStorage, data_run_id: str) -> optuna.Study:
-    """Load an existing study and check it tuned `data_run_id`.
-
-    Raises:
-        TagifaiError: no such study in the storage, or it tuned other data.
-    """
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError as exc:
-        raise TagifaiError(f"no Optuna study {name!r} in the storage") from exc
-    check_data_run(study, data_run_id)
-    return study
-
-
-def check_data_run(study: optuna.Study, data_run_id: str) -> None:
-    """Refuse a study that tunes another data run.
-
-    Raises:
-        TagifaiError: the study's `data_run_id` is another one, or missing.
-    """
-    tuned = study.user_attrs.get("data_run_id")
-    if tuned != data_run_id:
-        raise TagifaiError(f"Optuna study {study.study_name!r} tunes data run {tuned}, not {data_run_id}")
-
-
 def count(trials: Sequence[FrozenTrial], states: Sequence[TrialState]) -> int:
     """How many of `trials` are in one of `states`."""
     return sum(trial.state in states for trial in trials)
-
-
-def fail_stale_trials(study: optuna.Study) -> None:
-    """Fail the running trials of workers that stopped sending heartbeats."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
 
 
 def guarded(objective: Objective, num_trials: int) -> Objective:
@@ -297,17 +260,10 @@ def work(
     callbacks: Sequence[Callback] = (),
     poll_seconds: float = POLL_SECONDS,
 ) -> int:
-    """Run trials of `study` until it holds `num_trials` finished ones, whoever ran them.
+    """Run trials of `study` until it holds `num_trials` finished ones, whoever ran them; return how many ran here.
 
-    Args:
-        study: the shared study.
-        objective: scores one trial; may raise `optuna.TrialPruned`.
-        num_trials: finished trials the study should end with, across all workers.
-        callbacks: called after each trial this worker finishes (never for a given-back one).
-        poll_seconds: how long to wait when every remaining slot is taken by another worker.
-
-    Returns:
-        How many trials this worker finished.
+    `objective` may raise `optuna.TrialPruned`; `callbacks` follow each trial this worker finishes (never
+    a given-back one); while every remaining slot is taken by another worker, it looks again every `poll_seconds`.
     """
     finished_here = 0
 
@@ -321,7 +277,9 @@ def work(
 
     objective = guarded(objective, num_trials)
     while True:
-        fail_stale_trials(study)
+        with warnings.catch_warnings():  # fail the trials of workers that stopped sending heartbeats
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
         trials = study.get_trials(deepcopy=False)
         if count(trials, FINISHED) >= num_trials:
             return finished_here
