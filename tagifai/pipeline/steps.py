@@ -233,7 +233,7 @@ def optimize(
         )
         objective = callback.track_in_mlflow()(traced)
         with threadpool_limits(limits=space.threads_per_trial):
-            trials_run = tuning.work(study, objective, num_trials, callbacks=[callback])
+            trials_run = tuning.work(study, objective, num_trials, callbacks=[callback], storage=rdb)
         best = tuning.best_trial(study)
         finished = tuning.count(study.get_trials(deepcopy=False), tuning.FINISHED)
         tracking.log_json({**settings.train.model_dump(), **best.params}, BEST_PARAMS)

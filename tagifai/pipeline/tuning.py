@@ -18,6 +18,8 @@ Without a storage URL the study lives in memory: one process, the same loop.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
 import socket
 import time
@@ -26,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from tagifai.contract.errors import TagifaiError
@@ -259,6 +262,7 @@ def work(
     num_trials: int,
     callbacks: Sequence[Callback] = (),
     poll_seconds: float = POLL_SECONDS,
+    storage: optuna.storages.RDBStorage | None = None,
 ) -> int:
     """Run trials of `study` until it holds `num_trials` finished ones, whoever ran them; return how many ran here.
 
@@ -277,9 +281,7 @@ def work(
 
     objective = guarded(objective, num_trials)
     while True:
-        with warnings.catch_warnings():  # fail the trials of workers that stopped sending heartbeats
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(study)
+        fail_dead_trials(study, storage)
         trials = study.get_trials(deepcopy=False)
         if count(trials, FINISHED) >= num_trials:
             return finished_here
@@ -288,6 +290,33 @@ def work(
             time.sleep(poll_seconds)
             continue
         study.optimize(objective, n_trials=1, callbacks=[counted], catch=(SurplusTrial,))
+
+
+def fail_dead_trials(study: optuna.Study, storage: optuna.storages.RDBStorage | None) -> None:
+    """Fail the trials of workers that died: no heartbeat for the grace period, or none ever.
+
+    Optuna fails a RUNNING trial whose last heartbeat is too old, but skips one that has none: a worker
+    killed between taking a trial and its first heartbeat would hold that slot for ever, and every
+    other worker wait for it. Such a trial is failed once it started longer ago than the grace period.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    if storage is None or storage.heartbeat_interval is None:
+        return
+    grace = storage.grace_period or 2 * storage.heartbeat_interval
+    never_beat = sqlalchemy.text(
+        "SELECT trial_id FROM trials WHERE study_id = :study AND state = 'RUNNING' AND datetime_start < :cutoff "
+        "AND NOT EXISTS (SELECT 1 FROM trial_heartbeats WHERE trial_heartbeats.trial_id = trials.trial_id)"
+    )
+    # Optuna writes datetime_start as this machine's naive local time.
+    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=grace)
+    study_id = storage.get_study_id_from_name(study.study_name)
+    with storage.engine.connect() as db:  # closed before the writes: SQLite has one writer
+        dead = db.execute(never_beat, {"study": study_id, "cutoff": cutoff}).scalars().all()
+    for trial_id in dead:
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # another worker failed it
+            storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
 
 
 # Where the best trial came from, as tags of every worker's run (and, carried over, of `train`'s).

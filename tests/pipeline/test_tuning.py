@@ -192,6 +192,24 @@ def test_a_dead_workers_trial_goes_stale_and_its_slot_is_run_again(sqlite_url):
     assert survivor.trials[dead.number].state == TrialState.FAIL
 
 
+def test_a_worker_that_died_before_its_first_heartbeat_frees_its_slot_too(sqlite_url):
+    storage = tuning.open_storage(sqlite_url, 1, 2)
+    study = tuning.open_study("s", storage, data_run_id="d", first_params={})
+    # A worker claims a trial and dies before its heartbeat thread ran: RUNNING, no heartbeat, ever.
+    dead = study.ask()
+    survivor_storage = tuning.open_storage(sqlite_url, 1, 2)
+    survivor = tuning.open_study("s", survivor_storage, data_run_id="d", first_params={})
+    done = []
+    worker = threading.Thread(
+        target=lambda: done.append(tuning.work(survivor, quadratic(), 3, poll_seconds=0.2, storage=survivor_storage))
+    )
+    worker.start()
+    worker.join(timeout=60)
+    assert done == [3], "the survivor waited for the dead worker's trial"
+    assert survivor.trials[dead.number].state == TrialState.FAIL
+    assert states(survivor) == {"FAIL": 1, "COMPLETE": 3}
+
+
 def test_best_trial_names_a_study_where_nothing_completed():
     study = optuna.create_study(study_name="empty")
     with pytest.raises(TagifaiError, match="no Optuna trial of study 'empty' completed"):
