@@ -42,8 +42,8 @@ def card_of(settings: Settings, name: str, version: ModelVersion) -> cards.Card:
         **{k.removesuffix("_run_id"): tags[k] for k in ("evaluate_run_id", "data_run_id") if tags.get(k)},
     }
     if evaluate := runs.get("evaluate"):
-        card["metrics"] = tracking.read_json_artifact(evaluate, "evaluation/report.json")
-        card["behavioral"] = tracking.read_json_artifact(evaluate, "evaluation/behavioral.json")
+        card["metrics"] = tracking.read_json_artifact(evaluate, tracking.REPORT)
+        card["behavioral"] = tracking.read_json_artifact(evaluate, tracking.BEHAVIORAL)
     if data_run := runs.get("data"):
         card["data"] = data_of(client, data_run)
     # Each run's page, relative to the MLflow UI (which shows the card).
@@ -55,7 +55,7 @@ def data_of(client: MlflowClient, data_run_id: str) -> dict[str, Any]:
     """What the card says of the data: sources, sha256, rows per split, labels, the label settings."""
     validated = client.get_run(data_run_id)
     extracted = client.get_run(validated.data.tags["elt_run_id"])
-    profile = tracking.read_json_artifact(data_run_id, "validation/profile.json")
+    profile = tracking.read_json_artifact(data_run_id, tracking.PROFILE)
     metrics, params = validated.data.metrics, validated.data.params
     splits = {s: int(metrics[f"{s}_rows"]) for s in data.SPLITS if f"{s}_rows" in metrics}
     return {

@@ -32,17 +32,13 @@ from tagifai.pipeline import predictions, registry, sources, tracking, tuning
 log = logging.getLogger("tagifai")
 
 NAMES = ("elt", "validate", "optimize", "train", "evaluate", "register")
-LABELED = "data/labeled.csv"
-PROFILE = "validation/profile.json"
-BEST_PARAMS = "best_params.json"
-REPORT = "evaluation/report.json"
 REFERENCE_TAG = "tagifai.drift_reference"  # on validate runs: the drift reference their key holds
 # What a run must still have to be reused.
 REQUIRED = {
-    "elt": (LABELED,),
-    "validate": (PROFILE, *map(tracking.split_path, data.SPLITS)),
-    "optimize": (BEST_PARAMS,),
-    "evaluate": (REPORT,),
+    "elt": (tracking.LABELED,),
+    "validate": (tracking.PROFILE, *map(tracking.split_path, data.SPLITS)),
+    "optimize": (tracking.BEST_PARAMS,),
+    "evaluate": (tracking.REPORT,),
 }
 
 
@@ -88,7 +84,8 @@ def elt(
             # Raw copies only of what parsed as the data: nothing else a source returned is kept.
             for name, content in raw.items():
                 tracking.log_bytes(content, f"raw/{name}")
-            digest = tracking.log_frame(labeled, LABELED, "tagifai-labeled", "extracted", source=shown["projects_url"])
+            source = shown["projects_url"]
+            digest = tracking.log_frame(labeled, tracking.LABELED, "tagifai-labeled", "extracted", source=source)
             mlflow.set_tag("data_sha256", digest)
             counts = {"projects": len(projects), "tags": len(tags), "labeled": len(labeled)}
             mlflow.log_metrics({**counts, "untagged_projects": len(projects) - len(labeled)})
@@ -167,8 +164,8 @@ def validate(
     key = reuse.validate_key(elt_run_id, reference, allow_drift, settings)
     if found := earlier(experiment, "validate", key, force):
         return found
-    df = data.read_frame(tracking.read_artifact(elt_run_id, LABELED))
-    profile = tracking.read_json_artifact(reference_run_id, PROFILE) if reference_run_id else None
+    df = data.read_frame(tracking.read_artifact(elt_run_id, tracking.LABELED))
+    profile = tracking.read_json_artifact(reference_run_id, tracking.PROFILE) if reference_run_id else None
     with tracking.step_run("validate", experiment, upstream, key=key) as run:
         mlflow.set_tag(REFERENCE_TAG, reference or "")
         report = {**validation.validate(df, settings, profile, not allow_drift), "reference_run_id": reference_run_id}
@@ -179,7 +176,7 @@ def validate(
         mlflow.set_tag("validation", "passed" if report["passed"] else "failed")
         if not report["passed"]:
             raise DataValidationError(failed)
-        tracking.log_json(report["profile"], PROFILE)
+        tracking.log_json(report["profile"], tracking.PROFILE)
         prepared = data.prepare(df, settings.data)
         for split in data.SPLITS:
             part = prepared[prepared["split"] == split].drop(columns="split")
@@ -236,7 +233,7 @@ def optimize(
             trials_run = tuning.work(study, objective, num_trials, callbacks=[callback], storage=rdb)
         best = tuning.best_trial(study)
         finished = tuning.count(study.get_trials(deepcopy=False), tuning.FINISHED)
-        tracking.log_json({**settings.train.model_dump(), **best.params}, BEST_PARAMS)
+        tracking.log_json({**settings.train.model_dump(), **best.params}, tracking.BEST_PARAMS)
         mlflow.log_params({f"best_{k}": v for k, v in best.params.items()})
         mlflow.log_metrics({"best_val_f1": best.value, "trials": finished, "trials_run": trials_run})
         mlflow.set_tags(tuning.best_trial_lineage(best, run.info.run_id))
@@ -306,7 +303,7 @@ def tuned(optimize_run_id: str, data_run_id: str) -> tuple[dict[str, Any], dict[
     lineage = {k: tags[k] for k in tuning.LINEAGE_TAGS if k in tags}
     # The worker that ran the best trial, which need not be the run given here.
     lineage["optimize_run_id"] = lineage.pop("best_trial_optimize_run_id", optimize_run_id)
-    params = tracking.read_json_artifact(optimize_run_id, BEST_PARAMS)
+    params = tracking.read_json_artifact(optimize_run_id, tracking.BEST_PARAMS)
     # Its key, not its id: the workers of one study are several runs with one result.
     return params, lineage, tags.get(tracking.KEY_TAG, run.info.run_id)
 
@@ -326,8 +323,8 @@ def evaluate(settings: Settings, train_run_id: str, force: bool = False) -> dict
         mlflow.log_metrics({**evaluation.flat_metrics(report), "behavioral_pass_rate": behavioral["pass_rate"]})
         if model_id := model.metadata.model_id:  # also on the logged model, so the Models page shows test scores
             mlflow.log_metrics({f"test_{k}": v for k, v in overall.items()}, model_id=model_id)
-        tracking.log_json(report, REPORT)
-        tracking.log_json(behavioral, "evaluation/behavioral.json")
+        tracking.log_json(report, tracking.REPORT)
+        tracking.log_json(behavioral, tracking.BEHAVIORAL)
         mlflow.log_figure(evaluation.plot_confusion_matrix(report), "evaluation/confusion_matrix.png")
         mlflow.log_figure(evaluation.plot_per_class_f1(report), "evaluation/per_class_f1.png")
         log.info(

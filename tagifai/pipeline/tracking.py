@@ -39,6 +39,12 @@ UPSTREAM_TAGS = {
     "train": "train_run_id",
     "evaluate": "evaluate_run_id",
 }
+# Artifacts one step logs and a later step (or a model card) reads.
+LABELED = "data/labeled.csv"
+PROFILE = "validation/profile.json"
+BEST_PARAMS = "best_params.json"
+REPORT = "evaluation/report.json"
+BEHAVIORAL = "evaluation/behavioral.json"
 
 
 def connect(settings: Settings) -> None:
