@@ -35,7 +35,7 @@ from urllib.parse import urlparse
 
 import harness
 from harness import answers, stop, wait_for
-from tagifai.serving.protocol import VERSION_HEADER
+from tagifai.contract.names import VERSION_HEADER
 
 CONNECTIONS = 10
 THREADS = 2

@@ -41,6 +41,8 @@ CHAMPION_ALIAS = "champion"
 # The Airflow Asset whose events say that `champion` moved (training, rollback).
 CHAMPION_ASSET = "tagifai_champion"
 CHAMPION_ASSET_URI = "x-tagifai://champion"
+# The header of every `tagifai serve` /invocations answer that names the version which scored it.
+VERSION_HEADER = "Tagifai-Model-Version"
 
 # Where `tagifai rollback` tells Airflow that the champion moved, and its login.
 AIRFLOW_URL_ENV = "TAGIFAI_AIRFLOW_URL"

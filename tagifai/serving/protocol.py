@@ -18,9 +18,6 @@ from pyarrow import ArrowException
 
 from tagifai.contract.sources import redact
 
-# The header of every /invocations answer that names the version which scored it.
-VERSION_HEADER = "Tagifai-Model-Version"
-
 
 class RequestError(Exception):
     """A request the server refuses: HTTP status, MLflow error code, a one-line message; `close` the connection."""

@@ -30,10 +30,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from tagifai.contract import names
 from tagifai.contract.settings import Serve
 from tagifai.serving.batcher import Scorer
 from tagifai.serving.follower import Champion, health, no_model
-from tagifai.serving.protocol import VERSION_HEADER, RequestError, one_line, parse_body, predictions_json
+from tagifai.serving.protocol import RequestError, one_line, parse_body, predictions_json
 
 log = logging.getLogger("tagifai")
 
@@ -151,7 +152,7 @@ def create_app(champion: Champion, limits: Serve, score_seconds: float) -> Starl
                     small = len(body) <= SMALL_BODY_BYTES
                     payload = parse_body(*parse) if small else await asyncio.to_thread(parse_body, *parse)
                     predictions = predictions_json(await scorer.submit(loaded, payload))
-            return Response(predictions, 200, {VERSION_HEADER: loaded.version}, CONTENT_TYPE_JSON)
+            return Response(predictions, 200, {names.VERSION_HEADER: loaded.version}, CONTENT_TYPE_JSON)
         except RequestError as error:
             return refusal(error)
         except TimeoutError:

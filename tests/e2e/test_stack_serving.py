@@ -23,7 +23,7 @@ import pytest
 
 from harness import last_json, wait_for
 from harness.stack import PROJECT, SERVE_POLL_SECONDS, make, running_containers
-from tagifai.serving.protocol import VERSION_HEADER
+from tagifai.contract.names import VERSION_HEADER
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.stack, pytest.mark.slow]
 

@@ -33,6 +33,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service import utils as tracking_utils
 
 from harness import free_port
+from tagifai.contract import names
 from tagifai.contract.config import load_settings
 from tagifai.contract.settings import Serve
 from tagifai.serving import batcher, follower, protocol
@@ -457,7 +458,7 @@ def test_every_answer_names_the_version_that_scored_it(v1_server):
     response.read()
     conn.close()
     assert response.status == 200
-    assert response.getheader(protocol.VERSION_HEADER) == "1"
+    assert response.getheader(names.VERSION_HEADER) == "1"
 
 
 def test_keep_alive_connection_serves_many_requests(v1_server):
@@ -553,7 +554,7 @@ def test_moving_the_alias_swaps_versions_without_failed_or_mixed_requests(store,
                 response = conn.getresponse()
                 status, text = response.status, response.read().decode()
                 tags = {row["tag"] for row in json.loads(text)["predictions"]} if status == 200 else set()
-                named = {v1: "v1", v2: "v2"}.get(response.getheader(protocol.VERSION_HEADER))
+                named = {v1: "v1", v2: "v2"}.get(response.getheader(names.VERSION_HEADER))
                 if status != 200 or len(tags) != 1 or tags != {named}:  # the header names who answered
                     errors.append((status, text, named))
                 else:
