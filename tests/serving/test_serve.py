@@ -120,19 +120,29 @@ def name(store: dict[str, Any], request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def start(store: dict[str, Any]) -> Iterator[Callable[..., serve.ModelServer]]:
-    """Start servers on free ports; stop them after the test."""
+def launch() -> Iterator[Callable[[Any, Serve], serve.ModelServer]]:
+    """Start servers of a champion on free ports, within the limits given; stop them after the test."""
     servers: list[serve.ModelServer] = []
 
-    def _start(model_name: str, alias: str = "champion", poll_seconds: float = POLL) -> serve.ModelServer:
-        server = serve.ModelServer(follower.Champion(model_name, alias, poll_seconds), "127.0.0.1", 0, limits())
+    def _launch(champion: Any, serve_limits: Serve) -> serve.ModelServer:
+        server = serve.ModelServer(champion, "127.0.0.1", 0, serve_limits)
         server.start()
         servers.append(server)
         return server
 
-    yield _start
+    yield _launch
     for server in servers:
         server.stop(grace_seconds=2)
+
+
+@pytest.fixture
+def start(store: dict[str, Any], launch) -> Callable[..., serve.ModelServer]:
+    """Start servers following an alias of the test registry."""
+
+    def _start(model_name: str, alias: str = "champion", poll_seconds: float = POLL) -> serve.ModelServer:
+        return launch(follower.Champion(model_name, alias, poll_seconds), limits())
+
+    return _start
 
 
 @pytest.fixture(scope="module")
@@ -149,19 +159,13 @@ def v1_server(store: dict[str, Any]) -> Iterator[serve.ModelServer]:
 
 
 @pytest.fixture
-def static() -> Iterator[Callable[..., serve.ModelServer]]:
-    """Start servers of a model that never moves (None: no model yet), with the limits given; stop them after."""
-    servers: list[serve.ModelServer] = []
+def static(launch) -> Callable[..., serve.ModelServer]:
+    """Start servers of a model that never moves (None: no model yet), with the limits given."""
 
     def _start(model: FrameModel | None, **overrides: Any) -> serve.ModelServer:
-        server = serve.ModelServer(StaticChampion(model and static_loaded(model)), "127.0.0.1", 0, limits(**overrides))
-        server.start()
-        servers.append(server)
-        return server
+        return launch(StaticChampion(model and static_loaded(model)), limits(**overrides))
 
-    yield _start
-    for server in servers:
-        server.stop(grace_seconds=2)
+    return _start
 
 
 # ---------------------------------------------------------------------------------------------------
