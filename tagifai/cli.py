@@ -147,9 +147,12 @@ def trials(settings: Settings, num_trials: int | None) -> int:
     """`--num-trials`, else `[optimize] num_trials`, at most `[limits] max_trials`.
 
     Raises:
-        BadInputError: more trials than the deployment allows.
+        BadInputError: not a whole number of at least 1 (a --plan's JSON may hold anything), or more
+            trials than the deployment allows.
     """
-    count = num_trials or settings.optimize.num_trials
+    count = settings.optimize.num_trials if num_trials is None else num_trials
+    if type(count) is not int or count < 1:
+        raise BadInputError(f"num_trials must be a whole number of at least 1, not {count!r}")
     if count > (most := settings.limits.max_trials):
         raise BadInputError(f"num_trials {count} is more than this deployment allows ([limits] max_trials = {most})")
     return count

@@ -160,6 +160,14 @@ def test_the_plan_a_dag_hands_to_elt_may_not_hold_nan(tmp_path, mlflow_store, sm
     assert result.exit_code == 3 and "min_f1 must be a finite number, not nan" in result.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize("num_trials", ["-1", "0", "2.5", "true", '"5"'])
+def test_the_plan_a_dag_hands_to_elt_holds_a_whole_number_of_trials(tmp_path, mlflow_store, small_config, num_trials):
+    projects, tags = write(tmp_path / "data")
+    plan = f'{{"num_trials": {num_trials}}}'
+    result = CliRunner().invoke(app, ["elt", "--projects-url", str(projects), "--tags-url", str(tags), "--plan", plan])
+    assert result.exit_code == 3 and "num_trials must be a whole number of at least 1" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
