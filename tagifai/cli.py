@@ -321,13 +321,12 @@ def predict(
     model_uri: Annotated[str, typer.Option(envvar="TAGIFAI_MODEL_URI")] = "models:/tagifai@champion",
 ) -> dict[str, Any]:
     """Predict the tag of each text with a registered (or any MLflow) model."""
-    import mlflow
     from mlflow.exceptions import MlflowException
 
-    from tagifai.model import texts_frame
+    from tagifai.model import load, texts_frame
 
     try:
-        model = mlflow.pyfunc.load_model(model_uri)
+        model = load(model_uri)
     except (MlflowException, OSError) as exc:
         raise TagifaiError(f"cannot load model {model_uri}: {exc}".splitlines()[0]) from exc
     output = model.predict(texts_frame(texts))

@@ -15,6 +15,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from tagifai.contract.errors import BadInputError
 from tagifai.core.data import clean_text, compose_text
 
 # What the model reads from each row (`description` may be missing).
@@ -72,6 +73,20 @@ class TagifaiModel(mlflow.pyfunc.PythonModel):
             raise ValueError(f"model input needs a 'title' column (got: {', '.join(map(str, frame.columns))})")
         y_prob = self.predict_proba(frame)
         return pd.DataFrame({"tag": self.labels(y_prob), "probability": y_prob.max(axis=1).round(6)})
+
+
+class UnloadableModelError(BadInputError):
+    """A model version that can never be loaded here: its files are gone, or it is not a model this code loads."""
+
+
+def load(uri: str, **kwargs: Any) -> Any:
+    """The pyfunc model at `uri` (`models:/name/version`, `runs:/...`, a folder); `kwargs` go to MLflow.
+
+    Raises:
+        UnloadableModelError: loading can never succeed (definite). Other errors (the network, MLflow
+            answering 5xx, a timeout) pass through as they are: they may pass.
+    """
+    return mlflow.pyfunc.load_model(uri, **kwargs)
 
 
 def predict_tags(model: Any, df: pd.DataFrame) -> list[str]:

@@ -22,7 +22,7 @@ TAGIFAI_ALLOWED = {
     "core": {"tagifai.contract", "tagifai.core", "tagifai.model"},
     "model": {"tagifai.contract", "tagifai.core.data"},
     "pipeline": {"tagifai", "tagifai.contract", "tagifai.core", "tagifai.model", "tagifai.pipeline"},
-    "serving": {"tagifai.contract", "tagifai.serving"},
+    "serving": {"tagifai", "tagifai.contract", "tagifai.model", "tagifai.serving"},
     "operations": {"tagifai.contract", "tagifai.core", "tagifai.pipeline", "tagifai.operations"},
 }
 # The contract and the Airflow helpers: the standard library, and pydantic (Airflow requires it itself).

@@ -134,7 +134,7 @@ def rescore_or_reason(model_name: str, version: str, data_run_id: str) -> tuple[
     """
     try:
         test_df = tracking.load_split(data_run_id, "test")
-        predicted = models.predict_tags(mlflow.pyfunc.load_model(f"models:/{model_name}/{version}"), test_df)
+        predicted = models.predict_tags(models.load(f"models:/{model_name}/{version}"), test_df)
         return evaluation.overall_metrics(test_df["tag"].to_numpy(), predicted)["f1"], None
     except Exception as exc:  # noqa: BLE001 — any failure to load or score means: judge without it
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]

@@ -315,7 +315,7 @@ def evaluate(settings: Settings, train_run_id: str, force: bool = False) -> dict
     if found := earlier(upstream.info.experiment_id, "evaluate", key, force):
         return found
     test_df = tracking.load_split(upstream.data.tags["data_run_id"], "test")
-    model = mlflow.pyfunc.load_model(upstream.data.tags["model_uri"])
+    model = models.load(upstream.data.tags["model_uri"])
     report = evaluation.evaluate(test_df, models.predict_tags(model, test_df), model.unwrap_python_model().classes)
     behavioral = evaluation.behavioral_tests(lambda texts: models.predict_tags(model, models.texts_frame(texts)))
     overall = report["overall"]
@@ -411,7 +411,7 @@ def predict_batch(
     if version is None:
         raise TagifaiError(f"{model_name} has no @{alias} to score with yet")
     projects = data.parse_csv(sources.fetch(source, settings), f"projects ({redact(source)})", ("id", "title"))
-    model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version.version}")
+    model = models.load(f"models:/{model_name}/{version.version}")
     scored = predictions.score(model, projects)
     with tracking.step_run("predict-batch", tracking.experiment_id(experiment_name)) as run:
         written = predictions.upsert(

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import mlflow.pyfunc
 from mlflow.tracking import MlflowClient
 
+from tagifai import model as models
 from tagifai.serving.protocol import RequestError, one_line
 
 log = logging.getLogger("tagifai")
@@ -66,7 +66,7 @@ def load_version(model_name: str, alias: str, version: Any, directory: str) -> L
     A version that loads but cannot score the example it was logged with is refused like one that
     does not load; the first prediction also warms the model up before it takes traffic.
     """
-    model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version.version}", dst_path=directory)
+    model = models.load(f"models:/{model_name}/{version.version}", dst_path=directory)
     if model.input_example is not None:
         model.predict(model.input_example)
     tags = dict(version.tags or {})
