@@ -117,8 +117,10 @@ def write_env(template: Path, target: Path, overrides: dict[str, str]) -> None:
 
 def update_env(path: Path, values: dict[str, str]) -> None:
     """Set KEY=VALUE lines of a settings file (appended when missing), as a person edits .env."""
-    kept = [line for line in path.read_text().splitlines() if line.split("=", 1)[0] not in values]
-    write_private(path, "\n".join([*kept, *(f"{key}={value}" for key, value in values.items())]) + "\n")
+    lines = path.read_text().splitlines()
+    keys = {line.split("=", 1)[0] for line in lines}
+    lines = [f"{key}={values[key]}" if (key := line.split("=", 1)[0]) in values else line for line in lines]
+    write_private(path, "\n".join([*lines, *(f"{k}={v}" for k, v in values.items() if k not in keys)]) + "\n")
 
 
 def write_private(path: Path, text: str) -> None:

@@ -46,9 +46,12 @@ def test_the_example_file_is_refused_naming_its_placeholders(tmp_path, capsys):
 def test_every_start_gives_the_services_mlflow_logins_fresh_passwords_and_keeps_the_rest(tmp_path):
     target = tmp_path / ".env"
     stack.write_env(REPO / ".env.example", target, {})
-    before = stack.read_env(target, {})
+    before, lines = stack.read_env(target, {}), target.read_text().splitlines()
     stack.rotate_service_logins(target)
     after = stack.read_env(target, {})
+    assert [line.split("=", 1)[0] for line in target.read_text().splitlines()] == [
+        line.split("=", 1)[0] for line in lines
+    ]  # in place: .env reads as before
     for key in ("MLFLOW_SERVE_PASSWORD", "MLFLOW_BATCH_PASSWORD"):
         assert len(after[key]) >= 24 and after[key] != before[key]
     assert {k: v for k, v in after.items() if k not in stack.SERVICE_PASSWORDS} == {
