@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import re
 import subprocess
 import time
 import urllib.error
@@ -224,11 +225,12 @@ def test_serve_and_batch_scoring_use_their_own_logins_and_the_viewers_password_c
     assert mlflow_status(stack, update, "ADMIN", {"username": viewer, "password": "not-" + password}, "PATCH") == 200
     try:
         # Past MLflow's login cache (auth_cache_ttl_seconds = 60, images/mlflow/start.py): the viewer's old
-        # password is refused now, while serve follows the champion with its own login all along.
+        # password is refused now, while serve answers and asks MLflow with its own login all along (an
+        # earlier test may have left it a reason to be degraded, but never a refused login).
         deadline = time.monotonic() + 75
         while time.monotonic() < deadline:
-            health = stack.serve("/health")
-            assert health["status"] == "ok" and "last_error" not in health, health
+            health = stack.serve("/health")  # 200: a model is loaded
+            assert not re.search(r"401|403|[Uu]nauthori[sz]ed|credentials", str(health.get("last_error"))), health
             time.sleep(5)
         assert mlflow_status(stack, "/api/2.0/mlflow/experiments/search?max_results=5", "VIEWER") == 401
         assert mlflow_status(stack, "/api/2.0/mlflow/registered-models/search?max_results=5", "SERVE") == 200
