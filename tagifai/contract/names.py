@@ -15,6 +15,9 @@ IMAGE_ENV = "TAGIFAI_IMAGE"
 OPTUNA_STORAGE_ENV = "TAGIFAI_OPTUNA_STORAGE"
 # The PostgreSQL database of the `predictions` table (`tagifai predict-batch`).
 PREDICTIONS_DB_ENV = "TAGIFAI_PREDICTIONS_DB"
+# Batch scoring's own MLflow login on an Airflow worker: its step gets it as MLFLOW_TRACKING_USERNAME/PASSWORD.
+BATCH_USERNAME_ENV = "MLFLOW_BATCH_USERNAME"
+BATCH_PASSWORD_ENV = "MLFLOW_BATCH_PASSWORD"
 # A file the step writes its last JSON line to as well (the docker runner reads it for XCom).
 OUTPUT_ENV = "TAGIFAI_OUTPUT"
 # Rerun a step even when a finished run has its key.

@@ -258,10 +258,8 @@ def test_docker_mounts_local_data_read_only_at_the_same_path_and_keeps_secrets_p
     ]
     # The settings override travels as its content: no path of the worker's is needed in the container.
     assert task.environment["TAGIFAI_CONFIG_TOML"] == "[optimize]\nnum_trials = 3\n"
-    assert task._private_environment == {
-        "MLFLOW_TRACKING_PASSWORD": "s3cret",
-        "TAGIFAI_OPTUNA_STORAGE": "postgresql+psycopg2://optuna:s3cret@postgres/optuna",
-    }
+    # elt's own secrets only: the MLflow login, not optimize's study (tests/dags/test_orchestration.py).
+    assert task._private_environment == {"MLFLOW_TRACKING_PASSWORD": "s3cret"}
     assert "s3cret" not in json.dumps(task.environment)
     # The step enforces the same policy inside its container.
     assert task.environment["TAGIFAI_DATA_DIRS"] == "/srv/data:/srv/other data"
