@@ -16,6 +16,8 @@ Rules:
   `TAGIFAI_DATA_DIRS` (colon-separated absolute paths) and the folders of `TAGIFAI_PROJECTS_URL` /
   `TAGIFAI_TAGS_URL` when those are local. Paths and folders are resolved (`os.path.realpath`:
   symlinks, `..`) before the check; a relative path is refused; a directory is not a data file.
+  The file is then opened one path part at a time following no link, so a link swapped into any
+  part after the check is refused.
 - **URLs** are `http` or `https` only. The host must be in `TAGIFAI_ALLOWED_URL_HOSTS`
   (comma-separated `host` or `host:port`; a bare `host` allows any port); when that variable is
   unset or empty the hosts of the caller's pinned upstream URLs are allowed instead. The hosts of

@@ -346,6 +346,40 @@ def test_fetch_names_unreadable_local_sources(tree, enforced, source, message, t
     assert exc.value.transient is transient
 
 
+@pytest.mark.parametrize(
+    ("source", "swapped", "target", "part"),
+    [
+        ("sub/tags.csv", "sub", "outside", "sub"),  # a folder in the path becomes a link out
+        ("projects.csv", "projects.csv", "outside/secret.csv", "projects.csv"),  # the file itself
+    ],
+)
+def test_fetch_refuses_a_path_swapped_for_a_link_after_the_check(
+    tree, enforced, monkeypatch, source, swapped, target, part
+):
+    (tree / "outside" / "tags.csv").write_bytes(b"secret\n")
+    check = SourcePolicy.check
+
+    def check_then_swap(policy, source):
+        resolved = check(policy, source)  # the path as it is: inside, no link
+        victim = tree / "data" / swapped
+        if victim.is_dir():
+            for child in victim.iterdir():
+                child.unlink()
+            victim.rmdir()
+        else:
+            victim.unlink()
+        victim.symlink_to(tree / target)
+        return resolved
+
+    monkeypatch.setattr(SourcePolicy, "check", check_then_swap)
+    source = f"{tree}/data/{source}"
+    with pytest.raises(SourceRefused) as exc:
+        fetch(source, enforced)
+    assert one_line(exc) == (
+        f"{source} changed after the policy check: {part!r} in its path is now a symbolic link, which is not followed"
+    )
+
+
 def test_data_dir_of_names_the_folder_to_mount(tree):
     policy = SourcePolicy.from_environ({"TAGIFAI_DATA_DIRS": f"{tree}/data:{tree}/data/sub"}, UPSTREAM)
     assert policy.data_dir_of(f"{tree}/data/projects.csv") == f"{tree}/data"
