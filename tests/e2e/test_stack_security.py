@@ -56,6 +56,7 @@ REFUSED = [
     ("{data}/../../../../etc/passwd", "is outside the data folders"),  # a `..` path out of the data folder
     ("http://mlflow:5000/api/2.0/mlflow/experiments/search", "is not an allowed host"),  # the stack's MLflow
     ("http://169.254.169.254/latest/meta-data/", "is not an allowed host"),  # link-local: cloud metadata
+    ("https://raw.githubusercontent.com/someone/else/main/x.csv", "is not under an allowed URL prefix"),  # anyone's
 ]
 
 
