@@ -29,9 +29,12 @@ PREDICT_SOURCE_ENV = "TAGIFAI_PREDICT_SOURCE"
 PROJECTS_URL_ENV = "TAGIFAI_PROJECTS_URL"
 TAGS_URL_ENV = "TAGIFAI_TAGS_URL"
 SOURCE_URL_ENVS = (PROJECTS_URL_ENV, TAGS_URL_ENV)
-# Folders a local source may be in (os.pathsep-separated) and the URL hosts a source may be on.
+# Folders a local source may be in (os.pathsep-separated), the URL hosts (or URL prefixes) a source
+# may be on, and the hosts that may resolve to private addresses.
 DATA_DIRS_ENV = "TAGIFAI_DATA_DIRS"
 ALLOWED_HOSTS_ENV = "TAGIFAI_ALLOWED_URL_HOSTS"
+PRIVATE_HOSTS_ENV = "TAGIFAI_PRIVATE_URL_HOSTS"
+POLICY_ENVS = (DATA_DIRS_ENV, ALLOWED_HOSTS_ENV, PRIVATE_HOSTS_ENV)
 
 # --- Settings ---
 CONFIG_ENV = "TAGIFAI_CONFIG"

@@ -82,8 +82,8 @@ STEP_SECRETS: dict[str, dict[str, str]] = {
     "checksum": {},
 }
 # Plain settings forwarded to containers when set on the worker: the steps obey the same source
-# policy as the DAG's pre-flight (TAGIFAI_DATA_DIRS, TAGIFAI_ALLOWED_URL_HOSTS).
-FORWARDED_ENV = ("MLFLOW_S3_ENDPOINT_URL", names.DATA_DIRS_ENV, names.ALLOWED_HOSTS_ENV, *names.SOURCE_URL_ENVS)
+# policy as the DAG's pre-flight (TAGIFAI_DATA_DIRS, TAGIFAI_ALLOWED_URL_HOSTS, TAGIFAI_PRIVATE_URL_HOSTS).
+FORWARDED_ENV = ("MLFLOW_S3_ENDPOINT_URL", *names.POLICY_ENVS, *names.SOURCE_URL_ENVS)
 # The exit codes of `tagifai` that no retry can fix: bad input or settings (for the local runner, also
 # a `tagifai` that is missing or cannot run: 127, 126). The task fails at once instead of being retried.
 FINAL_EXIT_CODES = (EXIT_BAD_INPUT,)

@@ -384,6 +384,7 @@ REFUSED_SOURCES = [
     ("file:///etc/shadow", "outside the data folders"),  # a file:// URL
     ("http://mlflow:5000/api/2.0/mlflow/experiments/search", "is not an allowed host"),  # the stack's MLflow
     ("http://169.254.169.254/latest/meta-data/", "is not an allowed host"),  # link-local: cloud metadata
+    ("https://raw.githubusercontent.com/someone/else/main/x.csv", "is not under an allowed URL prefix"),  # anyone's
     ("ftp://example.org/projects.csv", r"is not an http\(s\) URL"),  # another scheme
 ]
 
@@ -528,10 +529,12 @@ def test_kubernetes_pods_get_the_source_policy_and_the_settings_override(load_da
     monkeypatch.setenv("TAGIFAI_CONFIG", str(config))
     monkeypatch.setenv("TAGIFAI_DATA_DIRS", "/srv/data")
     monkeypatch.setenv("TAGIFAI_ALLOWED_URL_HOSTS", "data.example")
+    monkeypatch.setenv("TAGIFAI_PRIVATE_URL_HOSTS", "minio:9000")
     dag = load_dag(TAGIFAI_RUNNER="kubernetes", TAGIFAI_K8S_SECRET="tagifai-secrets")
     render(dag.get_task("elt"), projects_url="/srv/data/projects.csv", tags_url="/srv/data/tags.csv").execute({})
     env = {var.name: var.value for var in seen["task"].build_pod_request_obj(dry_run=True).spec.containers[0].env}
     assert env["TAGIFAI_DATA_DIRS"] == "/srv/data" and env["TAGIFAI_ALLOWED_URL_HOSTS"] == "data.example"
+    assert env["TAGIFAI_PRIVATE_URL_HOSTS"] == "minio:9000"
     assert env["TAGIFAI_CONFIG_TOML"] == "[optimize]\nnum_trials = 3\n"
     assert env["MLFLOW_EXPERIMENT_NAME"] == "tagifai"  # the DAG's own env kept
 

@@ -1,7 +1,8 @@
 """Safe to share: in the running stack, the trigger form cannot reach the host or the stack's own
-services, MLflow needs a login, a trigger cannot loosen the gate, no secret is on a command line,
-a champion that cannot be loaded is ignored with a reason, bad input is not retried, serve and batch
-scoring log into MLflow with logins of their own, and each database role reaches only its database.
+services, MLflow needs a login, a trigger cannot loosen the gate, shuffled labels fail validate, no
+secret is on a command line, a champion that cannot be loaded is ignored with a reason, bad input is not
+retried, serve and batch scoring log into MLflow with logins of their own, and each database role reaches
+only its database.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ REFUSED = [
     ("{data}/../../../../etc/passwd", "is outside the data folders"),  # a `..` path out of the data folder
     ("http://mlflow:5000/api/2.0/mlflow/experiments/search", "is not an allowed host"),  # the stack's MLflow
     ("http://169.254.169.254/latest/meta-data/", "is not an allowed host"),  # link-local: cloud metadata
+    ("https://raw.githubusercontent.com/someone/else/main/x.csv", "is not under an allowed URL prefix"),  # anyone's
 ]
 
 
@@ -112,22 +114,23 @@ def shuffled_labels(stack):
     path.unlink()
 
 
-def test_a_trigger_cannot_loosen_the_gate(stack, first_run, shuffled_labels):
+def test_a_trigger_cannot_loosen_the_gate_and_shuffled_labels_fail_validate(stack, first_run, shuffled_labels):
     client = stack.airflow()
     before = stack.mlflow("registered-models/alias", name="tagifai", alias="champion")["model_version"]["version"]
     with pytest.raises(RuntimeError, match="HTTP 4"):  # the form refuses a looser gate
         client.trigger({"tags_url": str(shuffled_labels), "min_f1": 0, "max_regression": 1})
-    # With the deployer's gate, shuffled labels train, score far below it, and move nothing; while the
-    # run goes, no password is on any command line of the host.
+    # Shuffled labels carry no signal: they fail at validate, once, and move nothing; while the run goes,
+    # no password is on any command line of the host.
     with command_lines() as seen:
         run_id = client.trigger({"tags_url": str(shuffled_labels), "num_trials": 1, "num_workers": 1})
-        run = client.wait(run_id, timeout=1800)
-    assert run["state"] == "success", client.task_states(run_id)
-    register = next(r for r in mlflow_runs_of(stack, run_id) if tag(r, "tagifai.step") == "register")
-    assert tag(register, "promoted") == "false" and "below the minimum" in tag(register, "promotion")
+        run = client.wait(run_id, timeout=900)
+    assert run["state"] == "failed", client.task_states(run_id)
+    validate = client.task_instance(run_id, "validate")
+    assert (validate["state"], validate["try_number"]) == ("failed", 1)  # a retry cannot fix the labels
+    assert "validation failed: label_signal: macro f1 " in client.task_log(run_id, "validate")
     after = stack.mlflow("registered-models/alias", name="tagifai", alias="champion")["model_version"]["version"]
     assert after == before
-    assert len(seen) > 20 and stack.leaked(seen) == set()
+    assert len(seen) > 10 and stack.leaked(seen) == set()
 
 
 def tag(run: dict, key: str) -> str | None:
