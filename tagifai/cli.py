@@ -438,6 +438,17 @@ def card(
     typer.echo(cards.render(model_cards.card_of(settings, name, version)), nl=False)
 
 
+@command()
+def claim(settings: Settings) -> dict[str, Any]:
+    """Create the deployment's experiments and registered model, and take EDIT/MANAGE on them from other logins.
+
+    Run as the MLflow admin (`make up` does): the steps refuse names another login may write.
+    """
+    from tagifai.operations import claim as claiming
+
+    return claiming.claim(settings)
+
+
 @command("settings", connect=False)
 def show_settings(settings: Settings) -> None:
     """Check the settings (`config/`, then `TAGIFAI_CONFIG`) against their schema; print them as JSON."""

@@ -44,6 +44,7 @@ LIST_USER_PERMISSIONS = "/api/3.0/mlflow/users/permissions/list"
 GET_USER_PERMISSION = "/api/3.0/mlflow/users/permissions/get"
 GRANT_USER_PERMISSION = "/api/3.0/mlflow/users/permissions/grant"
 REVOKE_USER_PERMISSION = "/api/3.0/mlflow/users/permissions/revoke"
+LIST_ROLE_PERMISSIONS = "/api/3.0/mlflow/roles/permissions/list"
 REMOVE_ROLE_PERMISSION = "/api/3.0/mlflow/roles/permissions/remove"
 
 
@@ -135,15 +136,21 @@ class Auth:
         self.call(GRANT_USER_PERMISSION, "POST", json={**body, "permission": permission})
 
     def role_grants(self, username: str, resource: Resource) -> list[dict[str, Any]]:
-        """The grants of roles `username` holds (not its own) that may cover `resource`: exact or wildcard."""
+        """Grants of the roles `username` holds (not its own) that may cover `resource`, exact or wildcard.
+
+        Each: `id`, `role_id`, `role_name`, `resource_type`, `resource_pattern`, `permission`.
+        """
         rows = self.call(LIST_USER_PERMISSIONS, params={"username": username})["permissions"]
-        return [
-            row
-            for row in rows
-            if not row["role_name"].startswith("__user_")
-            and row["resource_type"] in (resource.kind, "workspace")
-            and row["resource_pattern"] in (resource.key, "*")
-        ]
+        roles = {row["role_id"]: row["role_name"] for row in rows if not row["role_name"].startswith("__user_")}
+        grants = []
+        for role_id, role_name in roles.items():
+            for grant in self.call(LIST_ROLE_PERMISSIONS, params={"role_id": str(role_id)})["role_permissions"]:
+                if grant["resource_type"] in (resource.kind, "workspace") and grant["resource_pattern"] in (
+                    resource.key,
+                    "*",
+                ):
+                    grants.append({**grant, "role_name": role_name})
+        return grants
 
     def remove_role_grant(self, role_permission_id: int) -> None:
         """Delete one grant of a role (from every login that holds the role)."""
