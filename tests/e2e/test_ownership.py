@@ -145,7 +145,8 @@ def test_claim_takes_the_names_and_steps_follow_only_their_own(server, cli, monk
     scored = {m: {x.key for x in client.get_logged_model(m).metrics or []} for m in (first_id, second_id)}
     assert "test_f1" in scored[first_id] and "test_f1" not in scored[second_id]
     version = client.get_model_version("tagifai", registered["version"])
-    assert (version.model_id, version.run_id) == (first_id, first["run_id"])
+    assert version.run_id == first["run_id"] and first_id in f"{version.model_id} {version.source}"
+    assert second_id not in f"{version.model_id} {version.source}"
 
     # The champion moves only by the pipeline: the viewer's alias is refused.
     assert registered["promoted"] is True
