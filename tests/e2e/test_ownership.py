@@ -152,3 +152,16 @@ def test_claim_takes_the_names_and_steps_follow_only_their_own(server, cli, monk
     assert registered["promoted"] is True
     alias = {"name": "tagifai", "alias": "champion", "version": registered["version"]}
     assert call(server, "2.0/mlflow/registered-models/alias", alias, VIEWER)[0] == 403
+
+
+def test_a_server_without_logins_has_nothing_to_check(mlflow_server, tmp_path):
+    # A plain `mlflow server` (no auth app: its auth endpoints answer 404): claim makes the names, takes nothing.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.uri}
+    env["TAGIFAI_CONFIG"] = str(synthetic.write_small_config(tmp_path / "small.toml"))
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(name, None)
+    _, claimed, stderr = Cli(env, tmp_path)("claim")
+    assert (claimed["auth"], claimed["revoked"]) == (False, [])
+    assert "has no logins (no auth app): nothing to take away" in stderr
+    names = {e.name for e in MlflowClient(mlflow_server.uri).search_experiments()}
+    assert {"tagifai", "chain", "tagifai-champion-history", "tagifai-predictions"} <= names
