@@ -16,7 +16,6 @@ the server app itself (and needs `mlflow[auth]`), so the paths are spelled here,
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +27,6 @@ from mlflow.utils.rest_utils import http_request
 
 from tagifai.contract.errors import BadInputError, TagifaiError
 from tagifai.contract.settings import Settings
-
-log = logging.getLogger("tagifai")
 
 EXPERIMENT, MODEL = "experiment", "registered_model"
 # Permissions that do not let a login change a resource; any other (EDIT, MANAGE, or one this code does
@@ -185,7 +182,8 @@ def check(*resources: Resource) -> None:
             f"MLflow login {me['username']!r} is not an admin, so it cannot check who else may write "
             f"{resources[0].label}: run the steps as the MLflow admin"
         )
-    for username, permission, resource in auth.writers(list(resources), {me["username"]})[:1]:
+    if found := auth.writers(list(resources), {me["username"]}):
+        username, permission, resource = found[0]
         raise BadInputError(
             f"MLflow login {username!r} holds {permission} on {resource.label}, which only the pipeline may write: "
             "run `tagifai claim` as the MLflow admin (make up does), or revoke it"
