@@ -30,6 +30,7 @@ from tagifai.pipeline import tracking
 log = logging.getLogger("tagifai")
 
 CHALLENGER = "challenger"
+DESCRIPTION = "Tags ML project descriptions (tagifai)."
 # The `tagifai.step` of a history record.
 MOVE = "champion-move"
 # Who moved the alias when tagifai did not: a person in the MLflow UI, or a script.
@@ -112,7 +113,7 @@ def register(client: MlflowClient, name: str, model_uri: str, run_id: str, tags:
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description="Tags ML project descriptions (tagifai).")
+        client.create_registered_model(name, description=DESCRIPTION)
     try:
         versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     except MlflowException:
