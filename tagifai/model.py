@@ -130,8 +130,10 @@ def load_fitted(path: str | Path) -> dict[str, Any]:
     return skops.io.load(path, trusted=list(TRUSTED))
 
 
-# MLflow's answers that mean the model is not there (as opposed to "cannot reach MLflow now").
+# MLflow's answers that mean the model is not there (as opposed to "cannot reach MLflow now"), and how an
+# HTTP artifact store (the server's proxy) says a file is not there, within MLflow's INTERNAL_ERROR.
 MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+NOT_FOUND = "404 Client Error: Not Found"
 
 
 def refusal(uri: str, flavors: dict[str, Any]) -> str | None:
@@ -163,9 +165,12 @@ def load(uri: str, **kwargs: Any) -> Any:
     except UntrustedTypesFoundException as exc:
         reason = f"{uri}: its fitted parts hold types this deployment does not load: {exc}"
     except MlflowException as exc:
-        if exc.error_code not in MISSING:
+        if exc.error_code in MISSING:
+            reason = f"{uri} cannot be loaded: {exc.message}"
+        elif NOT_FOUND in exc.message:
+            reason = f"{uri} cannot be loaded: its files are gone (the artifact store answers {NOT_FOUND})"
+        else:
             raise
-        reason = f"{uri} cannot be loaded: {exc.message}"
     except FileNotFoundError as exc:
         reason = f"{uri} cannot be loaded: its files are gone ({exc})"
     raise UnloadableModelError(reason.splitlines()[0])

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import skops.io
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import SGDClassifier
 from sklearn.preprocessing import FunctionTransformer
@@ -168,3 +170,24 @@ def test_a_model_that_is_not_there_is_unloadable(tmp_path, damage):
     damage(path)
     with pytest.raises(models.UnloadableModelError, match=f"^{tmp_path}/model cannot be loaded: .*MLmodel"):
         models.load(str(path))
+
+
+@pytest.mark.parametrize(
+    ("error", "unloadable"),
+    [
+        (MlflowException("Model Version (name=t, version=9) not found", RESOURCE_DOES_NOT_EXIST), True),
+        (MlflowException("… File MLmodel … 404 Client Error: Not Found for url: …"), True),  # the store's proxy
+        (MlflowException("… File MLmodel … 503 Server Error: Service Unavailable for url: …"), False),  # may pass
+        (MlflowException("API request to … failed with exception Max retries exceeded"), False),  # the network
+    ],
+    ids=["no such version", "files gone", "5xx", "no answer"],
+)
+def test_only_a_definite_answer_makes_a_model_unloadable(monkeypatch, error, unloadable):
+    def fail(uri):
+        raise error
+
+    monkeypatch.setattr(models.Model, "load", fail)
+    with pytest.raises(models.UnloadableModelError if unloadable else MlflowException) as raised:
+        models.load("models:/t/9")
+    assert isinstance(raised.value, models.UnloadableModelError) is unloadable
+    assert str(raised.value).startswith("models:/t/9 cannot be loaded") is unloadable
