@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import mlflow.artifacts
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
@@ -148,10 +149,11 @@ def refusal(uri: str, flavors: dict[str, Any]) -> str | None:
     return None
 
 
-def load(uri: str, **kwargs: Any) -> Any:
-    """The pyfunc model at `uri` (`models:/name/version`, `runs:/...`, a folder); `kwargs` go to MLflow.
+def load(uri: str, dst_path: str | None = None, **kwargs: Any) -> Any:
+    """The pyfunc model at `uri` (`models:/name/version`, `runs:/...`, a folder), downloaded into `dst_path`.
 
-    Its MLmodel is read first: a model that would need pickle to load is refused before anything of it is.
+    The files are downloaded once and their MLmodel read before MLflow loads those very files: a model that
+    would need pickle is refused before anything of it is loaded. `kwargs` go to `mlflow.pyfunc.load_model`.
 
     Raises:
         UnloadableModelError: loading can never succeed (definite): no such model, its files are gone, it
@@ -159,9 +161,11 @@ def load(uri: str, **kwargs: Any) -> Any:
             answering 5xx, a timeout) pass through as they are: they may pass.
     """
     try:
-        reason = refusal(uri, Model.load(uri).flavors)
-        if reason is None:
-            return mlflow.pyfunc.load_model(uri, **kwargs)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst_path)
+        if not (Path(local) / "MLmodel").is_file():
+            reason = f"{uri} cannot be loaded: it has no MLmodel (its files are gone, or it is not a model)"
+        elif (reason := refusal(uri, Model.load(local).flavors)) is None:
+            return mlflow.pyfunc.load_model(local, **kwargs)
     except UntrustedTypesFoundException as exc:
         reason = f"{uri}: its fitted parts hold types this deployment does not load: {exc}"
     except MlflowException as exc:

@@ -169,6 +169,5 @@ def test_a_pickled_version_or_one_whose_files_are_gone_is_unloadable_from_the_se
     ]
     assert missing == [
         "UnloadableModelError",
-        f"models:/tagifai/{gone} cannot be loaded: its files are gone (the artifact store answers 404 Client Error: "
-        "Not Found)",
+        f"models:/tagifai/{gone} cannot be loaded: it has no MLmodel (its files are gone, or it is not a model)",
     ]

@@ -585,7 +585,7 @@ def files_gone(experiment: str) -> tuple[str, str]:
     """A logged model whose files were deleted, and the reason it cannot be loaded."""
     uri = log_model(experiment, "broken")
     shutil.rmtree(urlparse(mlflow.get_logged_model(uri.removeprefix("models:/")).artifact_location).path)
-    return uri, "cannot be loaded: No such artifact: 'MLmodel'"
+    return uri, "cannot be loaded: it has no MLmodel (its files are gone, or it is not a model)"
 
 
 def pickled(experiment: str) -> tuple[str, str]:
