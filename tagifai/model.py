@@ -1,6 +1,8 @@
-"""The model: the MLflow pyfunc that turns raw title/description into a tag, and how to call it.
+"""The model: the MLflow pyfunc that turns raw title/description into a tag, and how to load and call it.
 
-Registered versions unpickle `tagifai.model.TagifaiModel`: this module keeps its import path.
+Logged as MLflow "models from code": `model_code.py` builds an empty `TagifaiModel`, whose `load_context`
+reads the fitted parts from a skops file (`FITTED`) that may hold only the types in `TRUSTED`. Nothing is
+unpickled; `load` refuses a model that would need it (versions logged before tagifai 0.2.0).
 """
 
 from __future__ import annotations
@@ -11,9 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import mlflow.artifacts
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+import skops.io
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+from skops.io.exceptions import UntrustedTypesFoundException
 
 from tagifai.contract.errors import BadInputError
 from tagifai.core.data import clean_text, compose_text
@@ -21,9 +28,23 @@ from tagifai.core.data import clean_text, compose_text
 # What the model reads from each row (`description` may be missing).
 INPUT_COLUMNS = ("title", "description")
 # What it needs to serve, pinned at log time to the versions that trained it.
-REQUIREMENTS = ("mlflow", "cloudpickle", "numpy", "pandas", "scipy", "scikit-learn", "nltk")
+REQUIREMENTS = ("mlflow", "skops", "numpy", "pandas", "scipy", "scikit-learn", "nltk")
 # The code a logged model loads (its `code_paths`): this module and what it imports of tagifai.
 CODE = ("__init__.py", "model.py", "core/__init__.py", "core/data.py", "contract/__init__.py", "contract/errors.py")
+# The file MLflow runs to build the model ("models from code"), and the artifact holding the fitted parts.
+MODEL_CODE = Path(__file__).with_name("model_code.py")
+FITTED = "fitted"
+# The types the fitted parts are made of, besides builtins and numpy arrays: skops loads nothing else.
+# (Its defaults trust scikit-learn's estimators as well; named here so a model's contents are written down.)
+TRUSTED = (
+    "sklearn.pipeline.FeatureUnion",
+    "sklearn.feature_extraction.text.TfidfVectorizer",
+    "sklearn.feature_extraction.text.TfidfTransformer",
+    "sklearn.linear_model._stochastic_gradient.SGDClassifier",
+    "sklearn._loss._loss.CyHalfBinomialLoss",
+)
+# The first version that logs models without pickle, named when an older one is refused.
+NO_PICKLE_SINCE = "0.2.0"
 
 
 def custom_predict(y_prob: np.ndarray, threshold: float, other_index: int) -> np.ndarray:
@@ -36,15 +57,15 @@ class TagifaiModel(mlflow.pyfunc.PythonModel):
 
     def __init__(
         self,
-        vectorizer: Any,
-        classifier: Any,
-        classes: list[str],
-        threshold: float,
-        other_label: str,
-        stopwords: list[str],
-        stem: bool,
+        vectorizer: Any = None,
+        classifier: Any = None,
+        classes: Sequence[str] = (),
+        threshold: float = 0.0,
+        other_label: str = "other",
+        stopwords: Sequence[str] = (),
+        stem: bool = False,
     ) -> None:
-        """Hold the fitted vectorizer and classifier plus everything preprocessing needs."""
+        """Hold the fitted vectorizer and classifier and what preprocessing needs (a logged model: nothing yet)."""
         self.vectorizer = vectorizer
         self.classifier = classifier
         self.classes = list(classes)
@@ -52,6 +73,22 @@ class TagifaiModel(mlflow.pyfunc.PythonModel):
         self.other_label = other_label
         self.stopwords = frozenset(stopwords)
         self.stem = stem
+
+    def parts(self) -> dict[str, Any]:
+        """What `__init__` takes: the fitted parts, as `save_fitted` writes them."""
+        return {
+            "vectorizer": self.vectorizer,
+            "classifier": self.classifier,
+            "classes": self.classes,
+            "threshold": self.threshold,
+            "other_label": self.other_label,
+            "stopwords": sorted(self.stopwords),
+            "stem": self.stem,
+        }
+
+    def load_context(self, context: Any) -> None:
+        """Read the fitted parts of a logged model from its `FITTED` artifact (skops, no pickle)."""
+        self.__init__(**load_fitted(context.artifacts[FITTED]))
 
     def clean(self, df: pd.DataFrame) -> list[str]:
         """Compose and clean the text of each row."""
@@ -79,14 +116,68 @@ class UnloadableModelError(BadInputError):
     """A model version that can never be loaded here: its files are gone, or it is not a model this code loads."""
 
 
-def load(uri: str, **kwargs: Any) -> Any:
-    """The pyfunc model at `uri` (`models:/name/version`, `runs:/...`, a folder); `kwargs` go to MLflow.
+def save_fitted(model: TagifaiModel, path: Path) -> Path:
+    """Write the fitted parts of `model` to `path` with skops (no pickle): the `FITTED` artifact of a logged model."""
+    skops.io.dump(model.parts(), path)
+    return path
+
+
+def load_fitted(path: str | Path) -> dict[str, Any]:
+    """The fitted parts `save_fitted` wrote to `path`, made only of `TRUSTED` types, builtins and numpy arrays.
 
     Raises:
-        UnloadableModelError: loading can never succeed (definite). Other errors (the network, MLflow
+        UntrustedTypesFoundException: the file holds any other type; nothing of it was constructed.
+    """
+    return skops.io.load(path, trusted=list(TRUSTED))
+
+
+# MLflow's answers that mean the model is not there (as opposed to "cannot reach MLflow now"), and how an
+# HTTP artifact store (the server's proxy) says a file is not there, within MLflow's INTERNAL_ERROR.
+MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+NOT_FOUND = "404 Client Error: Not Found"
+
+
+def refusal(uri: str, flavors: dict[str, Any]) -> str | None:
+    """Why the model whose MLmodel has `flavors` cannot be loaded without pickle (None: it can)."""
+    pyfunc = flavors.get(mlflow.pyfunc.FLAVOR_NAME) or {}
+    since = f"this deployment loads only models without pickle (logged by tagifai >= {NO_PICKLE_SINCE})"
+    if "python_model" in pyfunc:
+        return f"{uri} is a pickled model ({pyfunc['python_model']}); {since}"
+    if pyfunc.get("loader_module") != "mlflow.pyfunc.loaders.code_model" or "model_code_path" not in pyfunc:
+        kind = pyfunc.get("loader_module") or "no python_function flavor"
+        return f"{uri} is not a tagifai model from code ({kind}; flavors: {', '.join(flavors)}); {since}"
+    return None
+
+
+def load(uri: str, dst_path: str | None = None, **kwargs: Any) -> Any:
+    """The pyfunc model at `uri` (`models:/name/version`, `runs:/...`, a folder), downloaded into `dst_path`.
+
+    The files are downloaded once and their MLmodel read before MLflow loads those very files: a model that
+    would need pickle is refused before anything of it is loaded. `kwargs` go to `mlflow.pyfunc.load_model`.
+
+    Raises:
+        UnloadableModelError: loading can never succeed (definite): no such model, its files are gone, it
+            needs pickle, its fitted parts hold an untrusted type. Other errors (the network, MLflow
             answering 5xx, a timeout) pass through as they are: they may pass.
     """
-    return mlflow.pyfunc.load_model(uri, **kwargs)
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst_path)
+        if not (Path(local) / "MLmodel").is_file():
+            reason = f"{uri} cannot be loaded: it has no MLmodel (its files are gone, or it is not a model)"
+        elif (reason := refusal(uri, Model.load(local).flavors)) is None:
+            return mlflow.pyfunc.load_model(local, **kwargs)
+    except UntrustedTypesFoundException as exc:
+        reason = f"{uri}: its fitted parts hold types this deployment does not load: {exc}"
+    except MlflowException as exc:
+        if exc.error_code in MISSING:
+            reason = f"{uri} cannot be loaded: {exc.message}"
+        elif NOT_FOUND in exc.message:
+            reason = f"{uri} cannot be loaded: its files are gone (the artifact store answers {NOT_FOUND})"
+        else:
+            raise
+    except FileNotFoundError as exc:
+        reason = f"{uri} cannot be loaded: its files are gone ({exc})"
+    raise UnloadableModelError(reason.splitlines()[0])
 
 
 def predict_tags(model: Any, df: pd.DataFrame) -> list[str]:

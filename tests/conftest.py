@@ -7,11 +7,16 @@ only `dags/` and the Airflow end-to-end tests. Select further by marker (`make h
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
 
 from harness import synthetic
+
+# As in every container that loads a model (images/tagifai/Dockerfile): MLflow unpickles nothing, here
+# and in the processes tests start (they inherit this environment).
+os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
 
 if importlib.util.find_spec("airflow") is None:
     collect_ignore = ["dags"]

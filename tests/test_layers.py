@@ -21,6 +21,7 @@ TAGIFAI_ALLOWED = {
     "orchestration": {"tagifai.contract", "tagifai.orchestration"},
     "core": {"tagifai.contract", "tagifai.core", "tagifai.model"},
     "model": {"tagifai.contract", "tagifai.core.data"},
+    "model_code": {"tagifai.model"},  # what MLflow runs to build a logged model
     "pipeline": {"tagifai", "tagifai.contract", "tagifai.core", "tagifai.model", "tagifai.pipeline"},
     "serving": {"tagifai", "tagifai.contract", "tagifai.model", "tagifai.serving"},
     "operations": {"tagifai.contract", "tagifai.core", "tagifai.pipeline", "tagifai.operations"},

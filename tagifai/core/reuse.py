@@ -39,7 +39,7 @@ HOW_TO_RUN = {
 }
 STEPS = tuple(SETTINGS_READ)
 # The package's files and folders whose code makes what the steps make.
-STEP_CODE = ("__init__.py", "model.py", "contract", "core", "pipeline")
+STEP_CODE = ("__init__.py", "model.py", "model_code.py", "contract", "core", "pipeline")
 PACKAGE = Path(__file__).resolve().parents[1]
 
 

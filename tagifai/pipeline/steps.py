@@ -287,10 +287,11 @@ def train(
         tracking.log_history(result["history"])
         mlflow.log_metrics({**{f"val_{k}": v for k, v in result["val"].items()}, "threshold": result["threshold"]})
         example = val_df[list(models.INPUT_COLUMNS)].head(3).reset_index(drop=True)
-        with tempfile.TemporaryDirectory() as folder:
+        with tempfile.TemporaryDirectory() as folder:  # models from code: the fitted parts in skops, no pickle
             info = mlflow.pyfunc.log_model(
                 name="model",
-                python_model=result["model"],
+                python_model=str(models.MODEL_CODE),
+                artifacts={models.FITTED: str(models.save_fitted(result["model"], Path(folder) / "fitted.skops"))},
                 signature=mlflow.models.infer_signature(example, result["model"].predict(None, example)),
                 input_example=example,
                 code_paths=[str(models.copy_code(Path(folder)))],

@@ -210,3 +210,18 @@ def test_settings_prints_what_the_steps_will_read(small_config):
     assert result.exit_code == 0
     shown = json.loads(result.stdout)
     assert shown["data"]["min_freq"] == 5 and shown["register"]["min_f1"] == 0.6  # the override over the defaults
+
+
+class Pickled(mlflow.pyfunc.PythonModel):
+    """A model logged the old way (cloudpickle, tagifai < 0.2.0)."""
+
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+def test_predict_with_a_pickled_model_fails_with_one_line(tmp_path, small_config):
+    mlflow.pyfunc.save_model(tmp_path / "old", python_model=Pickled(), pip_requirements=["mlflow"])
+    result = CliRunner().invoke(app, ["predict", "yolo on video", "--model-uri", str(tmp_path / "old")])
+    assert result.exit_code == 3
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {tmp_path / 'old'} is a pickled model (python_model.pkl); this deployment loads")

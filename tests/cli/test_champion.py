@@ -3,7 +3,7 @@
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness import Cli, free_port
+from harness import Cli, free_port, tagifai_python
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,29 @@ def test_rollback_refuses_what_it_cannot_do(moves, module_cli):
     assert code == 3 and "v1 is the champion already" in err
     code, _, err = module_cli("rollback", "--to", "99", check=False)
     assert code == 3 and "has no version 99" in err
+
+
+# Logs a model the old way (a cloudpickled PythonModel, as tagifai < 0.2.0 did) and registers it.
+LOG_PICKLED = """
+import json, mlflow
+class Old(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return model_input
+with mlflow.start_run(experiment_id=mlflow.create_experiment("old-models")):
+    info = mlflow.pyfunc.log_model(name="model", python_model=Old(), pip_requirements=["mlflow"])
+print(json.dumps({"version": str(mlflow.register_model(info.model_uri, "tagifai").version)}))
+"""
+
+
+def test_rollback_to_a_pickled_version_says_why_it_cannot(moves, module_cli):
+    version = tagifai_python(LOG_PICKLED, env=module_cli.env)["version"]
+    code, _, err = module_cli("rollback", "--to", version, check=False)
+    assert code == 3
+    last = err.strip().splitlines()[-1]
+    assert f"tagifai v{version} cannot be rolled back to" in last
+    assert f"models:/tagifai/{version} is a pickled model (python_model.pkl); this deployment loads only" in last
+    client = MlflowClient(module_cli.env["MLFLOW_TRACKING_URI"])
+    assert str(client.get_model_version_by_alias("tagifai", "champion").version) == "1"
 
 
 def test_a_rollback_airflow_does_not_hear_of_is_made_and_says_so(moves, module_cli):

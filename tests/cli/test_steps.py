@@ -1,9 +1,17 @@
 """The six steps run one by one, handing run ids over through the last stdout line, as Airflow does."""
 
+import io
+import os
+import subprocess
+import sys
+
 import mlflow
 import pandas as pd
 import pytest
+from mlflow.models import Model
 from mlflow.tracking import MlflowClient
+
+from tagifai import model as models
 
 PIPELINE = "scheduled__2026-11-22T00:00:00+00:00"
 
@@ -129,6 +137,30 @@ def test_registered_version_carries_metrics_and_lineage(chain, store):
     assert version.tags["image"] == "tagifai:test"
     assert version.tags["code_version"]
     assert {"test_precision", "test_recall"} <= set(version.tags)
+
+
+def test_the_registered_model_loads_without_pickle_in_a_fresh_process(chain, store):
+    # Pickle deserialization off (as in the image): the model loads from its code and skops file, and
+    # predicts what this process's load of it does.
+    rows = pd.DataFrame({"title": ["Object detection in photos", "Sentiment of text", "Graphs"], "description": ""})
+    script = (
+        "import sys, pandas as pd\n"
+        "from tagifai import model as models\n"
+        "out = models.load('models:/tagifai@champion').predict(pd.read_json(sys.stdin, orient='split'))\n"
+        "print(out.to_json(orient='split'))\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], input=rows.to_json(orient="split"), capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    mlflow.set_tracking_uri(store)
+    expected = models.load("models:/tagifai@champion").predict(rows)
+    got = pd.read_json(io.StringIO(done.stdout.splitlines()[-1]), orient="split")
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False)
+    pyfunc = Model.load("models:/tagifai@champion").flavors["python_function"]
+    assert pyfunc["loader_module"] == "mlflow.pyfunc.loaders.code_model" and "python_model" not in pyfunc
+    assert pyfunc["artifacts"][models.FITTED]["path"].endswith(".skops")
 
 
 def test_pyfunc_model_takes_raw_text(chain, store):

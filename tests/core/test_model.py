@@ -1,7 +1,23 @@
+import io
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import skops.io
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import SGDClassifier
+from sklearn.preprocessing import FunctionTransformer
+from skops.io.exceptions import UntrustedTypesFoundException
 
+from tagifai import model as models
 from tagifai.model import TagifaiModel, custom_predict
 
 
@@ -54,38 +70,125 @@ def test_model_accepts_title_only_and_rejects_input_without_title():
         model.predict(None, pd.DataFrame({"text": ["x"]}))
 
 
-def test_a_logged_model_loads_from_its_own_code_where_tagifai_is_not_installed(tmp_path):
-    # The model logs only the code it loads (`CODE`); a process without the checkout's tagifai on its path
-    # loads it from that copy and predicts: nothing it needs was left out.
-    import subprocess
-    import sys
-
-    import mlflow
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import SGDClassifier
-
-    from tagifai import model as models
-
+def fitted_model() -> TagifaiModel:
+    """A small fitted TagifaiModel: two classes, real TF-IDF and SGD."""
     texts, labels = ["image pixels", "language words", "image video", "words text"], ["cv", "nlp", "cv", "nlp"]
     vectorizer = TfidfVectorizer().fit(texts)
     classifier = SGDClassifier(loss="log_loss", random_state=0).fit(vectorizer.transform(texts), labels)
-    model = models.TagifaiModel(vectorizer, classifier, ["cv", "nlp"], 0.0, "other", [], False)
-    mlflow.pyfunc.save_model(tmp_path / "model", python_model=model, code_paths=[str(models.copy_code(tmp_path))])
-    logged = {
-        p.relative_to(tmp_path / "model" / "code").as_posix() for p in (tmp_path / "model" / "code").rglob("*.py")
-    }
+    return TagifaiModel(vectorizer, classifier, ["cv", "nlp"], 0.6, "other", ["the"], False)
+
+
+def save_from_code(model: TagifaiModel, folder: Path) -> Path:
+    """Save `model` as `tagifai.pipeline.steps.train` logs it: models from code, fitted parts in skops."""
+    fitted = models.save_fitted(model, folder / "fitted.skops")
+    mlflow.pyfunc.save_model(
+        folder / "model",
+        python_model=str(models.MODEL_CODE),
+        artifacts={models.FITTED: str(fitted)},
+        code_paths=[str(models.copy_code(folder))],
+        pip_requirements=["mlflow"],  # no requirement inference (a slow subprocess)
+    )
+    return folder / "model"
+
+
+def test_a_logged_model_loads_without_pickle_from_its_own_code_where_tagifai_is_not_installed(tmp_path):
+    # The model logs only the code it loads (`CODE`); a process without the checkout's tagifai on its path,
+    # with MLflow's pickle deserialization off, loads it from that copy and predicts what the fitted model did.
+    model = fitted_model()
+    path = save_from_code(model, tmp_path)
+    logged = {p.relative_to(path / "code").as_posix() for p in (path / "code").rglob("*.py")}
     assert logged == {f"tagifai/{name}" for name in models.CODE}
+    assert not [p.name for p in path.rglob("*.pkl")]
+    rows = pd.DataFrame({"title": ["image pixels", "words and text", "the video"], "description": ["", "x", None]})
     script = (
         "import sys; sys.path = [p for p in sys.path if p not in ('', sys.argv[2])]\n"
-        "import mlflow.pyfunc, pandas as pd\n"
-        "out = mlflow.pyfunc.load_model(sys.argv[1]).predict(pd.DataFrame({'title': ['image pixels']}))\n"
-        "print(sys.modules['tagifai.model'].__file__, sys.modules['tagifai.core.data'].__file__, out['tag'][0])\n"
+        "import pandas as pd\n"
+        "from mlflow.pyfunc import load_model\n"
+        "model = load_model(sys.argv[1])\n"
+        "print(model.predict(pd.read_json(sys.stdin, orient='split')).to_json(orient='split'))\n"
+        "print(sys.modules['tagifai.model'].__file__, sys.modules['tagifai.core.data'].__file__)\n"
     )
-    repo = str(models.Path(models.__file__).resolve().parents[1])
+    repo = str(Path(models.__file__).resolve().parents[1])
     done = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "model"), repo], capture_output=True, text=True, cwd=tmp_path
+        [sys.executable, "-c", script, str(path), repo],
+        input=rows.to_json(orient="split"),
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "false", "PYTHONPATH": ""},
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    model_file, data_file, tag = done.stdout.split()
-    assert model_file.startswith(str(tmp_path / "model")) and data_file.startswith(str(tmp_path / "model"))
-    assert tag == "cv"
+    predicted, files = done.stdout.splitlines()[-2:]
+    assert all(file.startswith(str(path)) for file in files.split())
+    expected = model.predict(None, rows)
+    pd.testing.assert_frame_equal(pd.read_json(io.StringIO(predicted), orient="split"), expected, check_dtype=False)
+    assert models.load(str(path)).unwrap_python_model().classes == ["cv", "nlp"]
+
+
+class Unpickled(mlflow.pyfunc.PythonModel):
+    """An old-style model: unpickling it fails loudly, so a refusal proves nothing was unpickled."""
+
+    def __setstate__(self, state):
+        raise AssertionError("unpickled")
+
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+def test_a_pickled_model_is_refused_in_one_line_before_anything_is_unpickled(tmp_path):
+    mlflow.pyfunc.save_model(tmp_path / "old", python_model=Unpickled(), pip_requirements=["mlflow"])
+    uri = str(tmp_path / "old")
+    with pytest.raises(models.UnloadableModelError) as refused:
+        models.load(uri)
+    assert str(refused.value) == (
+        f"{uri} is a pickled model (python_model.pkl); this deployment loads only models without pickle "
+        f"(logged by tagifai >= {models.NO_PICKLE_SINCE})"
+    )
+
+
+def test_a_model_whose_fitted_parts_hold_an_untrusted_type_is_refused(tmp_path):
+    path = save_from_code(fitted_model(), tmp_path)
+    # Tampered: the vectorizer swapped for one that would call `eval` on every text.
+    tampered = {**fitted_model().parts(), "vectorizer": FunctionTransformer(func=eval)}
+    skops.io.dump(tampered, path / "artifacts" / "fitted.skops")
+    with pytest.raises(UntrustedTypesFoundException, match="builtins.eval"):
+        models.load_fitted(path / "artifacts" / "fitted.skops")
+    with pytest.raises(models.UnloadableModelError, match=r"fitted parts hold types .* not load: .*builtins\.eval"):
+        models.load(str(path))
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        (lambda path: shutil.rmtree(path), "No such artifact: 'model'"),  # files gone
+        (lambda path: (path / "MLmodel").unlink(), "it has no MLmodel"),  # not a model
+    ],
+    ids=["files gone", "no MLmodel"],
+)
+def test_a_model_that_is_not_there_is_unloadable(tmp_path, damage, why):
+    path = save_from_code(fitted_model(), tmp_path)
+    damage(path)
+    with pytest.raises(models.UnloadableModelError) as refused:
+        models.load(str(path))
+    assert str(refused.value).startswith(f"{path} cannot be loaded: {why}")
+
+
+@pytest.mark.parametrize(
+    ("error", "unloadable"),
+    [
+        (MlflowException("Model Version (name=t, version=9) not found", RESOURCE_DOES_NOT_EXIST), True),
+        (MlflowException("… File MLmodel … 404 Client Error: Not Found for url: …"), True),  # the store's proxy
+        (MlflowException("… File MLmodel … 503 Server Error: Service Unavailable for url: …"), False),  # may pass
+        (MlflowException("API request to … failed with exception Max retries exceeded"), False),  # the network
+    ],
+    ids=["no such version", "files gone", "5xx", "no answer"],
+)
+def test_only_a_definite_answer_makes_a_model_unloadable(monkeypatch, error, unloadable):
+    def fail(artifact_uri, dst_path=None):
+        raise error
+
+    monkeypatch.setattr(models.mlflow.artifacts, "download_artifacts", fail)
+    with pytest.raises(models.UnloadableModelError if unloadable else MlflowException) as raised:
+        models.load("models:/t/9")
+    assert isinstance(raised.value, models.UnloadableModelError) is unloadable
+    assert str(raised.value).startswith("models:/t/9 cannot be loaded") is unloadable

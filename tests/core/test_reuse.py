@@ -133,6 +133,7 @@ def test_code_version_hashes_the_code_that_makes_what_the_steps_make_and_nothing
         ("core/train.py", True),  # the model's training
         ("pipeline/steps.py", True),  # the steps' shell
         ("model.py", True),
+        ("model_code.py", True),  # logged with every model
         ("contract/settings.py", True),  # how settings are read
     ],
 )

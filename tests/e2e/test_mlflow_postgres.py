@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from harness import MLFLOW, Cli, answers, free_port, stop, synthetic, wait_for
+from harness import MLFLOW, Cli, answers, free_port, stop, synthetic, tagifai_python, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -128,3 +128,46 @@ def test_mlflow_models_serve_answers_on_raw_text(pipeline, tmp_path):
         assert [p["tag"] for p in predictions] == ["natural-language-processing", "computer-vision"]
     finally:
         stop(server)
+
+
+# Logs a model the old way (a cloudpickled PythonModel, as tagifai < 0.2.0 did), registers it, deletes the
+# files of the version named (if any) on the server, then loads both through `tagifai.model.load`.
+UNLOADABLE = """
+import json, shutil, sys, mlflow
+from tagifai import model as models
+class Old(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return model_input
+def log():
+    return mlflow.pyfunc.log_model(name="model", python_model=Old(), pip_requirements=["mlflow"])
+with mlflow.start_run(experiment_id=mlflow.create_experiment("old-models")):
+    kept, deleted = log(), log()
+pickled = mlflow.register_model(kept.model_uri, "tagifai").version
+gone = mlflow.register_model(deleted.model_uri, "tagifai").version
+artifacts = mlflow.get_logged_model(deleted.model_id).artifact_location.removeprefix("mlflow-artifacts:/")
+shutil.rmtree(f"{sys.argv[1]}/{artifacts}")
+out = {}
+for version in (pickled, gone):
+    try:
+        models.load(f"models:/tagifai/{version}")
+    except Exception as exc:
+        out[str(version)] = [type(exc).__name__, str(exc)]
+print(json.dumps(out))
+"""
+
+
+def test_a_pickled_version_or_one_whose_files_are_gone_is_unloadable_from_the_server(pipeline, mlflow_server):
+    from tagifai.model import NO_PICKLE_SINCE
+
+    env = {**pipeline["env"], "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"}  # refused by tagifai, not MLflow
+    out = tagifai_python(UNLOADABLE, str(mlflow_server.artifacts), env=env)
+    (pickled, refused), (gone, missing) = sorted(out.items(), key=lambda item: int(item[0]))
+    assert refused == [
+        "UnloadableModelError",
+        f"models:/tagifai/{pickled} is a pickled model (python_model.pkl); this deployment loads only models "
+        f"without pickle (logged by tagifai >= {NO_PICKLE_SINCE})",
+    ]
+    assert missing == [
+        "UnloadableModelError",
+        f"models:/tagifai/{gone} cannot be loaded: it has no MLmodel (its files are gone, or it is not a model)",
+    ]

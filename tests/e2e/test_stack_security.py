@@ -1,8 +1,8 @@
 """Safe to share: in the running stack, the trigger form cannot reach the host or the stack's own
 services, MLflow needs a login, a trigger cannot loosen the gate, shuffled labels fail validate, no
 secret is on a command line, a champion that cannot be loaded is ignored with a reason, bad input is not
-retried, serve and batch scoring log into MLflow with logins of their own, and each database role reaches
-only its database.
+retried, serve and batch scoring log into MLflow with logins of their own, each database role reaches
+only its database, and nothing that loads a model unpickles.
 """
 
 from __future__ import annotations
@@ -314,3 +314,15 @@ def test_the_stacks_mlflow_names_are_the_deployments(stack, first_run):
     # The trigger form offers only the experiments the deployer lists ([mlflow]).
     with pytest.raises(RuntimeError, match="HTTP 4"):
         stack.airflow().trigger({"experiment_name": "someone-elses", "num_trials": 1, "num_workers": 1})
+
+
+def test_every_container_that_loads_a_model_has_pickle_deserialization_off(stack, first_run):
+    # serve, and every step (the same image): MLflow unpickles nothing, and the champion loads all the same.
+    image = stack.env.get("TAGIFAI_IMAGE") or "tagifai:latest"
+    inspected = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{json .Config.Env}}", image], capture_output=True, text=True
+    )
+    assert inspected.returncode == 0, inspected.stderr
+    assert "MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false" in json.loads(inspected.stdout)
+    assert container_env(stack, "serve")["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"
+    assert first_run[1]["state"] == "success"  # evaluate and register loaded the model in such containers

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import cloudpickle
 import mlflow
 import pandas as pd
 import pytest
@@ -46,20 +45,6 @@ ROWS = [
     {"title": "Graph attention networks", "description": None},
 ]
 TAGS = {"test_f1": "0.9100", "data_sha256": "abc123", "pipeline_run_id": "pipe-1", "code_version": "deadbeef"}
-
-
-class TagModel(mlflow.pyfunc.PythonModel):
-    """Tags every row with its version's label; the probability depends on the title, so rows differ."""
-
-    def __init__(self, tag: str) -> None:
-        self.tag = tag
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        frame = pd.DataFrame(model_input)
-        if "title" not in frame.columns:
-            raise ValueError(f"model input needs a 'title' column (got: {', '.join(map(str, frame.columns))})")
-        titles = frame["title"].fillna("").astype(str)
-        return pd.DataFrame({"tag": [self.tag] * len(frame), "probability": [round(len(t) / 97, 6) for t in titles]})
 
 
 def limits(**overrides: Any) -> Serve:
@@ -90,21 +75,18 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def log_model(experiment: str, tag: str) -> str:
-    """Log a TagModel; return its model URI."""
+    """Log a TagModel from code (`tag_model.py`), as `tagifai train` logs its model; return its model URI."""
     example = pd.DataFrame(ROWS[:2])
-    module = sys.modules[__name__]
-    cloudpickle.register_pickle_by_value(module)  # a server in another process need not import this file
-    try:
-        with mlflow.start_run(experiment_id=experiment):
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=TagModel(tag),
-                signature=infer_signature(example, TagModel(tag).predict(None, example)),
-                input_example=example,
-                pip_requirements=["mlflow"],  # no requirement inference (a slow subprocess)
-            )
-    finally:
-        cloudpickle.unregister_pickle_by_value(module)
+    output = pd.DataFrame({"tag": [tag] * len(example), "probability": [0.5] * len(example)})
+    with mlflow.start_run(experiment_id=experiment):
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(Path(__file__).with_name("tag_model.py")),
+            model_config={"tag": tag},
+            signature=infer_signature(example, output),
+            input_example=example,
+            pip_requirements=["mlflow"],  # no requirement inference (a slow subprocess)
+        )
     return info.model_uri
 
 
@@ -592,17 +574,37 @@ def test_moving_the_alias_swaps_versions_without_failed_or_mixed_requests(store,
         assert changes == ["v1", "v2", "v1"]  # each client sees one swap each way, never a flip-flop
 
 
-def test_unloadable_champion_keeps_the_last_good_version_and_reports_degraded(store, name, start, caplog):
+class Pickled(mlflow.pyfunc.PythonModel):
+    """A model logged the old way (cloudpickle): never loaded, refused from its MLmodel."""
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        return model_input
+
+
+def files_gone(experiment: str) -> tuple[str, str]:
+    """A logged model whose files were deleted, and the reason it cannot be loaded."""
+    uri = log_model(experiment, "broken")
+    shutil.rmtree(urlparse(mlflow.get_logged_model(uri.removeprefix("models:/")).artifact_location).path)
+    return uri, "cannot be loaded: it has no MLmodel (its files are gone, or it is not a model)"
+
+
+def pickled(experiment: str) -> tuple[str, str]:
+    """A model logged as a pickle (tagifai < 0.2.0), and the reason it is refused."""
+    with mlflow.start_run(experiment_id=experiment):
+        uri = mlflow.pyfunc.log_model(name="model", python_model=Pickled(), pip_requirements=["mlflow"]).model_uri
+    return uri, "is a pickled model (python_model.pkl); this deployment loads only models without pickle"
+
+
+@pytest.mark.parametrize("unloadable", [files_gone, pickled], ids=["files gone", "pickled"])
+def test_unloadable_champion_keeps_the_last_good_version_and_reports_degraded(store, name, start, caplog, unloadable):
     client = MlflowClient()
     v1 = register(name, store["models"]["v1"])
     client.set_registered_model_alias(name, "champion", v1)
     server = start(name)
     wait_for(lambda: get(server, "/health")[0] == 200)
 
-    broken_uri = log_model(store["experiment"], "broken")
+    broken_uri, why = unloadable(store["experiment"])
     broken = register(name, broken_uri)
-    model_id = broken_uri.removeprefix("models:/")
-    shutil.rmtree(urlparse(mlflow.get_logged_model(model_id).artifact_location).path)
     client.set_registered_model_alias(name, "champion", broken)
 
     status, health = wait_for(lambda: (r := get(server, "/health"))[1]["status"] == "degraded" and r)
@@ -610,7 +612,8 @@ def test_unloadable_champion_keeps_the_last_good_version_and_reports_degraded(st
     assert health["model_version"] == v1
     assert f"cannot load {name} v{broken}" in health["last_error"]
     assert "serving v1" in health["last_error"]
-    assert "<download dir>" in health["last_error"]  # not a random temporary path
+    assert f"models:/{name}/{broken} {why}" in health["last_error"]
+    assert "tagifai-serve-" not in health["last_error"]  # not a random temporary path
     assert invoke(server, BODIES["dataframe_records"][1])[1]["predictions"][0]["tag"] == "v1"
     assert get(server, "/version")[1]["model_version"] == v1
     time.sleep(3 * POLL)  # a few more failed polls: tried again each time, logged once
