@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from tagifai import model as models
 from tagifai.contract import names
-from tagifai.contract.errors import TagifaiError
+from tagifai.contract.errors import BadInputError, TagifaiError
 from tagifai.contract.settings import Settings
 from tagifai.core import evaluate as evaluation
 from tagifai.pipeline import holdout as holdouts
@@ -85,7 +85,9 @@ def gate(
                             ("best champion ever on the holdout", best_holdout_f1))
         if value is not None
     ]  # fmt: skip
-    compared = f"within {max_regression:.4f} of {', '.join(known)}" if known else "there is no champion yet to compare with"
+    compared = "there is no champion yet to compare with"
+    if known:
+        compared = f"within {max_regression:.4f} of {', '.join(known)}"
     return {"promote": True, "reason": f"{scored} >= {min_f1:.4f} and {compared}"}
 
 
@@ -326,8 +328,10 @@ def judge(
     out.update(holdout_sha256=None, champion_unloadable=None, champion_holdout_recorded=False, stale=False)
     if back := moves_back(version, champion):
         return {**out, "promote": False, "reason": back, "stale": True}
+    out["holdout_sha256"] = tracking.get_run(data_run_id, "validate").data.tags.get(holdouts.SHA_TAG)
+    if not out["holdout_sha256"]:
+        raise BadInputError(f"validate run {data_run_id} has no holdout (it is older than the gate's): run it anew")
     holdout = tracking.load_split(data_run_id, holdouts.SPLIT)
-    out["holdout_sha256"] = tracking.get_run(data_run_id, "validate").data.tags[holdouts.SHA_TAG]
     try:
         out["holdout_f1"] = f1_of(models.load(f"models:/{name}/{version}"), holdout)
         if champion is not None:
