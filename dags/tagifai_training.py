@@ -8,7 +8,7 @@ object last (`{"run_id": ...}`), and the next step gets that MLflow run id as an
 | step | reads | writes (MLflow) |
 | --- | --- | --- |
 | `elt` | projects and tags CSVs (`projects_url`, `tags_url`) | the labelled dataset |
-| `validate` | the `elt` run; the deployment's data | contract + drift report, splits and the gate's holdout |
+| `validate` | the `elt` run; the deployment's data | contract + drift report (bad data fails it); splits, holdout |
 | `optimize` | the `validate` run | trials of one Optuna study, shared by `num_workers` parallel tasks |
 | `train` | the `validate` run, the study's best trial | the model |
 | `evaluate` | the `train` run | test metrics, slices, behavioral checks |

@@ -163,11 +163,14 @@ def rescore_or_reason(model_name: str, version: str, data_run_id: str) -> tuple[
     """
     test_df = tracking.load_split(data_run_id, "test")
     try:
-        model = models.load(f"models:/{model_name}/{version}")
+        return f1_of(models.load(f"models:/{model_name}/{version}"), test_df), None
     except models.UnloadableModelError as exc:
         log.warning("version %s of %s cannot be loaded: %s", version, model_name, one_line(exc))
         return None, one_line(exc)
-    return f1_of(model, test_df), None
+    except TagifaiError:
+        raise
+    except Exception as exc:  # a timeout, MLflow's 5xx, the network: no answer yet
+        raise TagifaiError(f"cannot score version {version} of {model_name} now: {one_line(exc)}") from exc
 
 
 def version_tags(metrics: dict[str, float], trained: Run, registering: Run, evaluate_run_id: str) -> dict[str, str]:
