@@ -27,9 +27,10 @@ workers: `TAGIFAI_IMAGE`, `TAGIFAI_DOCKER_NETWORK`, `TAGIFAI_MLFLOW_TRACKING_URI
 The trigger form is untrusted input. Data sources must pass the deployment's policy before any step
 starts (`tagifai/contract/sources.py`): local files only inside `TAGIFAI_DATA_DIRS` (host paths; the
 folder of `TAGIFAI_PROJECTS_URL`/`TAGIFAI_TAGS_URL` counts), URLs only from
-`TAGIFAI_ALLOWED_URL_HOSTS` (default: the pinned upstream host) and never private addresses. The
-gate's params may only be stricter than `[register]`, and `[limits]` bounds trials, workers, each
-step's time and memory, and the whole run. Bad input fails its task once; it is not retried.
+`TAGIFAI_ALLOWED_URL_HOSTS` (default: the pinned upstream folder) and never private addresses
+(unless in `TAGIFAI_PRIVATE_URL_HOSTS`). The gate's params may only be stricter than `[register]`,
+and `[limits]` bounds trials, workers, each step's time and memory, and the whole run. Bad input
+fails its task once; it is not retried.
 """
 
 from __future__ import annotations

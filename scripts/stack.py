@@ -38,14 +38,22 @@ SECRETS = (
     "AIRFLOW_JWT_SECRET",
     "AIRFLOW_SECRET_KEY",
     "MLFLOW_ADMIN_PASSWORD",
+    "MLFLOW_SERVE_PASSWORD",
+    "MLFLOW_BATCH_PASSWORD",
     "MLFLOW_VIEWER_PASSWORD",
     "MLFLOW_FLASK_SERVER_SECRET_KEY",
     "REDIS_PASSWORD",
     "FLOWER_PASSWORD",
 )
+# The services' own MLflow logins (`tagifai serve`, batch scoring): no person holds them, and every `make up`
+# gives them fresh passwords (`logins`), which MLflow's start sets (images/mlflow/start.py).
+SERVICE_PASSWORDS = ("MLFLOW_SERVE_PASSWORD", "MLFLOW_BATCH_PASSWORD")
+# Secrets that may be left empty: the shared viewer login is optional (empty: none).
+OPTIONAL = ("MLFLOW_VIEWER_PASSWORD",)
 # The subcommands and their line in `--help`.
 COMMANDS = {
     "env": "write .env with fresh secrets (--set KEY=VALUE: also set KEY; empty values are ignored)",
+    "logins": "give the services' own MLflow logins fresh passwords in the settings file (every `make up`)",
     "wait": "wait until compose services are healthy",
     "preflight": "refuse a .env with placeholders, or one the volumes were not made with",
     "get": "print a setting of the stack as compose sees it (the shell's value wins)",
@@ -109,8 +117,10 @@ def write_env(template: Path, target: Path, overrides: dict[str, str]) -> None:
 
 def update_env(path: Path, values: dict[str, str]) -> None:
     """Set KEY=VALUE lines of a settings file (appended when missing), as a person edits .env."""
-    kept = [line for line in path.read_text().splitlines() if line.split("=", 1)[0] not in values]
-    write_private(path, "\n".join([*kept, *(f"{key}={value}" for key, value in values.items())]) + "\n")
+    lines = path.read_text().splitlines()
+    keys = {line.split("=", 1)[0] for line in lines}
+    lines = [f"{key}={values[key]}" if (key := line.split("=", 1)[0]) in values else line for line in lines]
+    write_private(path, "\n".join([*lines, *(f"{k}={v}" for k, v in values.items() if k not in keys)]) + "\n")
 
 
 def write_private(path: Path, text: str) -> None:
@@ -121,10 +131,20 @@ def write_private(path: Path, text: str) -> None:
         file.write(text)
 
 
+def rotate_service_logins(path: Path) -> None:
+    """Give the services' own MLflow logins (`SERVICE_PASSWORDS`) fresh passwords in the settings file `path`."""
+    update_env(path, {key: secrets.token_urlsafe(24) for key in SERVICE_PASSWORDS})
+    print(f"{path}: fresh passwords for the MLflow logins of serve and batch scoring")
+
+
 def placeholders(env: dict[str, str]) -> list[str]:
-    """The secrets of a settings file that are empty or still `change-me`."""
+    """The secrets of a settings file that are empty (unless `OPTIONAL`) or still `change-me`."""
     keys = [*SECRETS, "AIRFLOW_FERNET_KEY"]
-    return [key for key in keys if key in env and env[key].strip() in ("", PLACEHOLDER)]
+    return [
+        key
+        for key in keys
+        if key in env and (env[key].strip() == PLACEHOLDER or (not env[key].strip() and key not in OPTIONAL))
+    ]
 
 
 def executor_mismatch(env: dict[str, str]) -> str | None:
@@ -313,15 +333,16 @@ def scale(env: dict[str, str]) -> list[str]:
 def summary(env: dict[str, str]) -> list[str]:
     """What `make up` ends with: where each UI is, its login, and the data the training runs read."""
     login = env.get("AIRFLOW_ADMIN_USER", "admin")
-    viewer = env.get("MLFLOW_VIEWER_USERNAME") or "viewer"
     lines = [
         f"  Airflow  {published(env, 'AIRFLOW_PORT', '8080')}   login: {login} / {env.get('AIRFLOW_ADMIN_PASSWORD')}",
         f"  Serving  {published(env, 'SERVE_PORT', '5001')}/invocations   (the champion; /health, /version)",
-        f"  MLflow   {published(env, 'MLFLOW_PORT', '5000')}   login: {viewer} / "
-        f"{env.get('MLFLOW_VIEWER_PASSWORD')} (viewer)",
-        f"                                  admin: {env.get('MLFLOW_ADMIN_USERNAME') or 'admin'} / "
+        f"  MLflow   {published(env, 'MLFLOW_PORT', '5000')}   admin: {env.get('MLFLOW_ADMIN_USERNAME') or 'admin'} / "
         f"{env.get('MLFLOW_ADMIN_PASSWORD')}",
     ]
+    if env.get("MLFLOW_VIEWER_PASSWORD"):
+        viewer = env.get("MLFLOW_VIEWER_USERNAME") or "viewer"
+        lines.append(f"                                  {viewer} / {env['MLFLOW_VIEWER_PASSWORD']} (shared viewer)")
+    lines.append("                                  a login of your own: make mlflow-user NAME=you")
     if scale(env):
         lines.append(
             f"  Flower   {published(env, 'FLOWER_PORT', '5555')}   login: {env.get('FLOWER_USER') or 'admin'} / "
@@ -387,6 +408,9 @@ def main() -> int:
         return 0
     if args.command == "wait":
         return wait(args.compose.split(), args.services, args.timeout)
+    if args.command == "logins":
+        rotate_service_logins(args.env_file)
+        return 0
     if args.command == "preflight":
         return preflight(args.env_file)
     if args.command == "settings":

@@ -15,6 +15,9 @@ IMAGE_ENV = "TAGIFAI_IMAGE"
 OPTUNA_STORAGE_ENV = "TAGIFAI_OPTUNA_STORAGE"
 # The PostgreSQL database of the `predictions` table (`tagifai predict-batch`).
 PREDICTIONS_DB_ENV = "TAGIFAI_PREDICTIONS_DB"
+# Batch scoring's own MLflow login on an Airflow worker: its step gets it as MLFLOW_TRACKING_USERNAME/PASSWORD.
+BATCH_USERNAME_ENV = "MLFLOW_BATCH_USERNAME"
+BATCH_PASSWORD_ENV = "MLFLOW_BATCH_PASSWORD"
 # A file the step writes its last JSON line to as well (the docker runner reads it for XCom).
 OUTPUT_ENV = "TAGIFAI_OUTPUT"
 # Rerun a step even when a finished run has its key.
@@ -26,9 +29,12 @@ PREDICT_SOURCE_ENV = "TAGIFAI_PREDICT_SOURCE"
 PROJECTS_URL_ENV = "TAGIFAI_PROJECTS_URL"
 TAGS_URL_ENV = "TAGIFAI_TAGS_URL"
 SOURCE_URL_ENVS = (PROJECTS_URL_ENV, TAGS_URL_ENV)
-# Folders a local source may be in (os.pathsep-separated) and the URL hosts a source may be on.
+# Folders a local source may be in (os.pathsep-separated), the URL hosts (or URL prefixes) a source
+# may be on, and the hosts that may resolve to private addresses.
 DATA_DIRS_ENV = "TAGIFAI_DATA_DIRS"
 ALLOWED_HOSTS_ENV = "TAGIFAI_ALLOWED_URL_HOSTS"
+PRIVATE_HOSTS_ENV = "TAGIFAI_PRIVATE_URL_HOSTS"
+POLICY_ENVS = (DATA_DIRS_ENV, ALLOWED_HOSTS_ENV, PRIVATE_HOSTS_ENV)
 
 # --- Settings ---
 CONFIG_ENV = "TAGIFAI_CONFIG"

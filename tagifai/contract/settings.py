@@ -50,11 +50,15 @@ class Data(Section):
 
 
 class Validate(Section):
-    """`[validate]`: the data contract's sizes and the drift test's significance."""
+    """`[validate]`: the data contract's sizes, the label-signal check and the drift test's significance."""
 
     min_rows: Count
     min_rows_per_class: Count
     min_classes: Annotated[int, Field(ge=2)]
+    signal_check: bool
+    signal_folds: Annotated[int, Field(ge=2)]
+    signal_permutations: Count
+    signal_min_lift: OpenFraction
     drift_alpha: OpenFraction
 
 

@@ -16,19 +16,26 @@ Rules:
   `TAGIFAI_DATA_DIRS` (colon-separated absolute paths) and the folders of `TAGIFAI_PROJECTS_URL` /
   `TAGIFAI_TAGS_URL` when those are local. Paths and folders are resolved (`os.path.realpath`:
   symlinks, `..`) before the check; a relative path is refused; a directory is not a data file.
-- **URLs** are `http` or `https` only. The host must be in `TAGIFAI_ALLOWED_URL_HOSTS`
-  (comma-separated `host` or `host:port`; a bare `host` allows any port); when that variable is
-  unset or empty the hosts of the caller's pinned upstream URLs are allowed instead. The hosts of
-  `TAGIFAI_PROJECTS_URL` / `TAGIFAI_TAGS_URL` (when they are URLs) are allowed too, as the
-  deployer chose them. A host that resolves to any address that is not globally routable
-  (loopback, private, link-local such as 169.254.169.254, shared, reserved, multicast, also
-  inside IPv4-mapped, 6to4 or NAT64 addresses) is refused unless `TAGIFAI_ALLOWED_URL_HOSTS`
-  names it explicitly.
+  The file is then opened one path part at a time following no link, so a link swapped into any
+  part after the check is refused.
+- **URLs** are `http` or `https` only, allowed by `TAGIFAI_ALLOWED_URL_HOSTS` (comma-separated
+  `host`, `host:port` — a bare `host` allows any port — or a URL prefix ending in `/`, such as
+  `https://files.example/data/`). When that variable is unset or empty only URLs in the folders of
+  the caller's pinned upstream URLs are allowed (not their whole host: raw.githubusercontent.com
+  serves anyone's files). URLs in the folders of `TAGIFAI_PROJECTS_URL` / `TAGIFAI_TAGS_URL`
+  (when they are URLs) are allowed too, as the deployer chose them. Under a prefix, a path with a
+  `.` or `..` segment (plain or percent-encoded) is refused: a server would leave the folder.
+- A host that resolves to any address that is not globally routable (loopback, private,
+  link-local such as 169.254.169.254, shared, reserved, multicast, also inside IPv4-mapped, 6to4
+  or NAT64 addresses) is refused, however it is allowed, unless `TAGIFAI_PRIVATE_URL_HOSTS`
+  (comma-separated `host` or `host:port`) names it: the deployer's explicit word that this host
+  is on a private network (such a host is allowed too).
 - The connection goes to the address that was vetted (no DNS rebinding) while the request and TLS
   use the host name. Redirects (at most 5) are followed by hand, each hop checked again.
 - A read stops at `max_bytes`, and the whole fetch (every hop and read) at `deadline_seconds`.
 - The DAG always enforces (`enforce=True`). Elsewhere the policy is enforced only when
-  `TAGIFAI_DATA_DIRS` or `TAGIFAI_ALLOWED_URL_HOSTS` is present in the environment (even empty),
+  `TAGIFAI_DATA_DIRS`, `TAGIFAI_ALLOWED_URL_HOSTS` or `TAGIFAI_PRIVATE_URL_HOSTS` is present in the
+  environment (even empty),
   so the CLI on a person's own machine reads what that person can. The caps apply always.
 
 A refused source raises `SourceRefused` (one line: the source, the rule, the setting that would
@@ -108,15 +115,18 @@ class SourcePolicy:
     Attributes:
         enforced: whether the folder and host rules apply (the size and time caps always do).
         data_dirs: resolved absolute folders local data may be read from.
-        allowed_hosts: lower-case `host` or `host:port` entries URLs may name.
-        explicit_hosts: the entries named in `TAGIFAI_ALLOWED_URL_HOSTS`: only these may resolve
-            to addresses that are not globally routable.
+        allowed_hosts: lower-case `host` or `host:port` entries: any URL on them is allowed.
+        allowed_prefixes: URL prefixes (`scheme://host[:port]/folder/`, the default port unsaid):
+            URLs under them are allowed.
+        private_hosts: the `host` or `host:port` entries of `TAGIFAI_PRIVATE_URL_HOSTS`: allowed, and
+            the only hosts that may resolve to addresses that are not globally routable.
     """
 
     enforced: bool
     data_dirs: tuple[str, ...] = ()
     allowed_hosts: frozenset[str] = frozenset()
-    explicit_hosts: frozenset[str] = frozenset()
+    allowed_prefixes: frozenset[str] = frozenset()
+    private_hosts: frozenset[str] = frozenset()
 
     @classmethod
     def from_environ(
@@ -126,26 +136,29 @@ class SourcePolicy:
 
         Args:
             environ: the environment (`os.environ` or the worker's settings).
-            default_urls: the pinned upstream URLs; their hosts are allowed when
+            default_urls: the pinned upstream URLs; their folders are allowed when
                 `TAGIFAI_ALLOWED_URL_HOSTS` is unset.
-            enforce: True or False to decide; None to enforce exactly when `TAGIFAI_DATA_DIRS` or
-                `TAGIFAI_ALLOWED_URL_HOSTS` is a key of `environ`.
+            enforce: True or False to decide; None to enforce exactly when `TAGIFAI_DATA_DIRS`,
+                `TAGIFAI_ALLOWED_URL_HOSTS` or `TAGIFAI_PRIVATE_URL_HOSTS` is a key of `environ`.
 
         Raises:
-            ValueError: a `TAGIFAI_DATA_DIRS` or `TAGIFAI_ALLOWED_URL_HOSTS` entry is malformed.
+            ValueError: a `TAGIFAI_DATA_DIRS`, `TAGIFAI_ALLOWED_URL_HOSTS` or `TAGIFAI_PRIVATE_URL_HOSTS`
+                entry is malformed.
         """
         if enforce is None:
-            enforce = names.DATA_DIRS_ENV in environ or names.ALLOWED_HOSTS_ENV in environ
+            enforce = any(name in environ for name in names.POLICY_ENVS)
         chosen = [environ[name] for name in names.SOURCE_URL_ENVS if environ.get(name)]
         dirs = [_named_dir(entry) for entry in environ.get(names.DATA_DIRS_ENV, "").split(":") if entry.strip()]
         paths = [path for path in map(_local_path, chosen) if path and os.path.isabs(path)]
         dirs += [os.path.dirname(os.path.realpath(path)) for path in paths]
-        if environ.get(names.ALLOWED_HOSTS_ENV, "").strip():  # empty is unset: a compose file passes it so
-            entries = environ[names.ALLOWED_HOSTS_ENV].split(",")
-            explicit = allowed = frozenset(_host_entry(entry) for entry in entries if entry.strip())
-        else:
-            explicit, allowed = frozenset(), _url_hosts(default_urls)
-        return cls(bool(enforce), tuple(dict.fromkeys(dirs)), allowed | _url_hosts(chosen), explicit)
+        hosts, prefixes = frozenset(), _url_folders(default_urls)
+        if listed := _entries(environ, names.ALLOWED_HOSTS_ENV):  # empty is unset: a compose file passes it so
+            hosts = frozenset(_host_entry(entry, names.ALLOWED_HOSTS_ENV) for entry in listed if "://" not in entry)
+            prefixes = frozenset(_prefix_entry(entry) for entry in listed if "://" in entry)
+        private = frozenset(
+            _host_entry(entry, names.PRIVATE_HOSTS_ENV) for entry in _entries(environ, names.PRIVATE_HOSTS_ENV)
+        )
+        return cls(bool(enforce), tuple(dict.fromkeys(dirs)), hosts, prefixes | _url_folders(chosen), private)
 
     def check(self, source: str) -> str:
         """Check `source` (a path, a `file://` URL or an `http(s)://` URL) against the policy without reading it.
@@ -197,18 +210,27 @@ class SourcePolicy:
         return resolved
 
     def check_url(self, source: str, url: Url) -> None:
-        """Refuse a URL whose host (and port) the deployment does not allow; a literal IP is vetted too."""
+        """Refuse a URL that no allowed host (and port) or prefix covers; a literal IP is vetted too."""
         if not self.enforced:
             return
-        if url.host not in self.allowed_hosts and url.host_port not in self.allowed_hosts:
-            hosts = ", ".join(sorted(self.allowed_hosts)) or "none"
-            raise SourceRefused(f"{shown(source)} is not an allowed host ({names.ALLOWED_HOSTS_ENV}: {hosts})")
+        hosts = self.allowed_hosts | self.private_hosts
+        if url.host not in hosts and url.host_port not in hosts and not self._under_a_prefix(url):
+            on_host = any(_prefix_origin(prefix) == _origin(url) for prefix in self.allowed_prefixes)
+            rule = "is not under an allowed URL prefix" if on_host else "is not an allowed host"
+            raise SourceRefused(f"{shown(source)} {rule} ({self._urls_shown()})")
         if _is_ip(url.host):
             self.check_addresses(source, url, [url.host])
 
+    def _under_a_prefix(self, url: Url) -> bool:
+        path = url.target.partition("?")[0]
+        segments = urllib.parse.unquote(path).replace("\\", "/").split("/")
+        if "." in segments or ".." in segments:  # a server would resolve them: out of the folder
+            return False
+        return any(f"{_origin(url)}{path}".startswith(prefix) for prefix in self.allowed_prefixes)
+
     def check_addresses(self, source: str, url: Url, addresses: Sequence[str]) -> None:
-        """Refuse non-global addresses unless the host is listed explicitly."""
-        if not self.enforced or url.host in self.explicit_hosts or url.host_port in self.explicit_hosts:
+        """Refuse non-global addresses unless the host is listed in `TAGIFAI_PRIVATE_URL_HOSTS`."""
+        if not self.enforced or url.host in self.private_hosts or url.host_port in self.private_hosts:
             return
         for address in addresses:
             kind = _non_global_kind(ipaddress.ip_address(address))
@@ -216,8 +238,16 @@ class SourcePolicy:
                 verb = "is" if _is_ip(url.host) else "resolves to"
                 raise SourceRefused(
                     f"{shown(source)} {verb} {address}, {kind} address: "
-                    f"only hosts listed in {names.ALLOWED_HOSTS_ENV} may be private"
+                    f"only hosts listed in {names.PRIVATE_HOSTS_ENV} may be private"
                 )
+
+    def _urls_shown(self) -> str:
+        shown_urls = (
+            f"{names.ALLOWED_HOSTS_ENV}: {', '.join(sorted(self.allowed_hosts | self.allowed_prefixes)) or 'none'}"
+        )
+        if self.private_hosts:
+            shown_urls += f"; {names.PRIVATE_HOSTS_ENV}: {', '.join(sorted(self.private_hosts))}"
+        return shown_urls
 
     def _dirs_shown(self) -> str:
         name = names.DATA_DIRS_ENV
@@ -325,9 +355,13 @@ def _bracketed(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _host_entry(entry: str) -> str:
-    """Normalise a `TAGIFAI_ALLOWED_URL_HOSTS` entry: `host`, `host:port`, `[v6]:port` or a bare IPv6 address."""
-    entry = entry.strip()
+def _entries(environ: Mapping[str, str], name: str) -> list[str]:
+    """The non-empty comma-separated entries of the variable `name`, stripped."""
+    return [entry.strip() for entry in environ.get(name, "").split(",") if entry.strip()]
+
+
+def _host_entry(entry: str, setting: str) -> str:
+    """Normalise a host entry of `setting`: `host`, `host:port`, `[v6]:port` or a bare IPv6 address."""
     if entry.count(":") > 1 and not entry.startswith("["):
         return _normal_host(entry)
     try:
@@ -337,20 +371,44 @@ def _host_entry(entry: str) -> str:
             raise ValueError(entry)
         host = _normal_host(parts.hostname)
     except ValueError as exc:
-        raise ValueError(f"{names.ALLOWED_HOSTS_ENV} entry {entry!r} is not a host or host:port") from exc
+        raise ValueError(f"{setting} entry {entry!r} is not a host or host:port") from exc
     return f"{_bracketed(host)}:{port}" if port is not None else host
 
 
-def _url_hosts(urls: Sequence[str]) -> frozenset[str]:
-    """The host entries (`host`, or `host:port` with an explicit port) of the http(s) URLs among `urls`."""
-    hosts = set()
-    for url in urls:
-        if scheme(url) in ("http", "https"):
+def _prefix_entry(entry: str) -> str:
+    """Normalise a URL prefix entry of `TAGIFAI_ALLOWED_URL_HOSTS`: an http(s) URL whose path ends in `/`."""
+    try:
+        url = parse_url(entry)
+        if "?" in url.target or "#" in entry or "@" in entry or not url.target.endswith("/"):
+            raise ValueError(entry)
+    except ValueError as exc:  # SourceRefused is one
+        raise ValueError(
+            f"{names.ALLOWED_HOSTS_ENV} entry {entry!r} is not a host, host:port or http(s) URL prefix ending in /"
+        ) from exc
+    return _origin(url) + url.target
+
+
+def _origin(url: Url) -> str:
+    """`scheme://host[:port]`, the scheme's default port unsaid: how prefixes are compared."""
+    default = ":443" if url.scheme == "https" else ":80"
+    return f"{url.scheme}://{url.host_port.removesuffix(default)}"
+
+
+def _prefix_origin(prefix: str) -> str:
+    scheme, _, rest = prefix.partition("://")
+    return f"{scheme}://{rest.partition('/')[0]}"
+
+
+def _url_folders(urls: Sequence[str]) -> frozenset[str]:
+    """The folders (`scheme://host[:port]/path/`) of the http(s) URLs among `urls`."""
+    folders = set()
+    for source in urls:
+        if scheme(source) in ("http", "https"):
             with contextlib.suppress(ValueError):  # not a URL a request could follow
-                parts = urllib.parse.urlsplit(url)
-                host = _normal_host(parts.hostname or "")
-                hosts.add(f"{_bracketed(host)}:{parts.port}" if parts.port is not None else host)
-    return frozenset(hosts)
+                url = parse_url(source)
+                path = url.target.partition("?")[0]
+                folders.add(_origin(url) + path[: path.rindex("/") + 1])
+    return frozenset(folders)
 
 
 def _non_global_kind(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:

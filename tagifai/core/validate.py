@@ -5,8 +5,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from scipy import stats
+from sklearn.dummy import DummyClassifier
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import SGDClassifier
+from sklearn.metrics import f1_score, make_scorer
+from sklearn.model_selection import StratifiedKFold, cross_val_score, permutation_test_score
 
 from tagifai.contract.settings import Data, Settings, Validate
 from tagifai.core.data import PROJECT_COLUMNS, compose_text, model_labels
@@ -86,6 +92,37 @@ def check_size(df: pd.DataFrame, data_settings: Data, validate_settings: Validat
     ]
 
 
+def check_signal(df: pd.DataFrame, data_settings: Data, validate_settings: Validate) -> dict[str, Any]:
+    """The labels can be learned from the text: a quick linear model beats chance by `signal_min_lift`.
+
+    Macro f1 of TF-IDF words + a linear SGD classifier, by stratified k-fold cross-validation, must
+    exceed both the majority-class baseline and the best of the same model on `signal_permutations`
+    random permutations of the labels (seeded by `[data] seed`) by `signal_min_lift`: labels
+    shuffled against their projects score like the permutations and fail.
+    """
+    labels = model_labels(df["tag"], data_settings).to_numpy()
+    folds = min(validate_settings.signal_folds, int(pd.Series(labels).value_counts().min()))
+    cv = StratifiedKFold(folds, shuffle=True, random_state=data_settings.seed)
+    scorer = make_scorer(f1_score, average="macro", pos_label=None, zero_division=0)
+    # Unsupervised, so fitting it on every row leaks no label into the folds.
+    features = TfidfVectorizer(max_features=5000, sublinear_tf=True).fit_transform(compose_text(df))
+    model = SGDClassifier(random_state=data_settings.seed)
+    score, permuted, _ = permutation_test_score(
+        model, features, labels, cv=cv, n_permutations=validate_settings.signal_permutations,
+        scoring=scorer, random_state=data_settings.seed,
+    )  # fmt: skip
+    baseline = float(np.mean(cross_val_score(DummyClassifier(), features, labels, cv=cv, scoring=scorer)))
+    chance, lift = max(baseline, float(np.max(permuted))), validate_settings.signal_min_lift
+    detail = (
+        f"macro f1 {score:.3f} by {folds}-fold cross-validation vs {baseline:.3f} for the majority class and "
+        f"{np.max(permuted):.3f} on permuted labels (best of {len(permuted)})"
+    )
+    passed = score >= chance + lift
+    if not passed:
+        detail += f"; less than {lift:g} above both: the labels do not follow the text (shuffled, or wrong ids?)"
+    return check("label_signal", passed, detail)
+
+
 def profile(df: pd.DataFrame, data_settings: Data) -> dict[str, Any]:
     """Summarise the data for drift checks: label counts and text lengths (words)."""
     labels = model_labels(df["tag"], data_settings)
@@ -147,6 +184,8 @@ def validate(
         check_tags(df, settings.data.known_tags),
         *check_size(df, settings.data, settings.validation),
     ]
+    if settings.validation.signal_check and all(c["passed"] for c in checks):  # it needs clean, sizable data
+        checks.append(check_signal(df, settings.data, settings.validation))
     current = profile(df, settings.data)
     if reference is not None:
         drift = drift_checks(current, reference, settings.validation.drift_alpha)

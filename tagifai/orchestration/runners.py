@@ -20,8 +20,10 @@ wrote) and the next step reads it with the `fromjson` template filter.
 
 `optimize` fans out: `tagifai_workers` renders its command once per worker (the task
 `optimize_workers`, a few milliseconds on the Airflow worker) and maps one task instance over each
-copy. The workers share one Optuna study through `TAGIFAI_OPTUNA_STORAGE`, which every runner
-hands to the steps like a secret.
+copy. The workers share one Optuna study through `TAGIFAI_OPTUNA_STORAGE`, handed over like a secret.
+
+Secrets: a docker step's container gets only its own step's (`STEP_SECRETS`), privately; a local step
+inherits the worker's environment, and every kubernetes pod gets the one Secret `TAGIFAI_K8S_SECRET`.
 
 Only the standard library, Airflow and `tagifai.contract` are imported here: the DAGs never import
 pandas, mlflow or the rest of tagifai. Settings are read when the DAG file calls
@@ -52,22 +54,36 @@ from tagifai.contract.sources import SourcePolicy, SourceRefused
 
 RUNNERS = ("docker", "local", "kubernetes")
 
-# Secrets a step may need (the shared study, the predictions table, MLflow auth, an S3/MinIO artifact
-# store). Forwarded when set in the worker's environment, and to containers only through
-# `private_environment` (never rendered, never stored with the DAG).
-SECRET_ENV = (
-    names.OPTUNA_STORAGE_ENV,
-    names.PREDICTIONS_DB_ENV,
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-)
+# The secrets each step's container gets, as {name in the container: name on the worker}: only those its
+# step uses. Taken from the worker's environment when set there, and handed to containers only through
+# `private_environment` (never rendered, never stored with the DAG). A step not listed gets none.
+ARTIFACT_STORE = {name: name for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")}
+# The pipeline's MLflow login (the admin's in the stack), and an S3/MinIO artifact store's keys.
+PIPELINE_LOGIN = {
+    **{name: name for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")},
+    **ARTIFACT_STORE,
+}
+# Batch scoring's own read-only login (the stack's MLFLOW_BATCH_*), as MLflow's login in its container.
+BATCH_LOGIN = {
+    "MLFLOW_TRACKING_USERNAME": names.BATCH_USERNAME_ENV,
+    "MLFLOW_TRACKING_PASSWORD": names.BATCH_PASSWORD_ENV,
+    **ARTIFACT_STORE,
+}
+STEP_SECRETS: dict[str, dict[str, str]] = {
+    "elt": PIPELINE_LOGIN,
+    "validate": PIPELINE_LOGIN,
+    # The study its parallel workers share.
+    "optimize": {**PIPELINE_LOGIN, names.OPTUNA_STORAGE_ENV: names.OPTUNA_STORAGE_ENV},
+    "train": PIPELINE_LOGIN,
+    "evaluate": PIPELINE_LOGIN,
+    "register": PIPELINE_LOGIN,
+    "predict-batch": {**BATCH_LOGIN, names.PREDICTIONS_DB_ENV: names.PREDICTIONS_DB_ENV},
+    # Reads a data source and prints its sha256: no MLflow, no database.
+    "checksum": {},
+}
 # Plain settings forwarded to containers when set on the worker: the steps obey the same source
-# policy as the DAG's pre-flight (TAGIFAI_DATA_DIRS, TAGIFAI_ALLOWED_URL_HOSTS).
-FORWARDED_ENV = ("MLFLOW_S3_ENDPOINT_URL", names.DATA_DIRS_ENV, names.ALLOWED_HOSTS_ENV, *names.SOURCE_URL_ENVS)
+# policy as the DAG's pre-flight (TAGIFAI_DATA_DIRS, TAGIFAI_ALLOWED_URL_HOSTS, TAGIFAI_PRIVATE_URL_HOSTS).
+FORWARDED_ENV = ("MLFLOW_S3_ENDPOINT_URL", *names.POLICY_ENVS, *names.SOURCE_URL_ENVS)
 # The exit codes of `tagifai` that no retry can fix: bad input or settings (for the local runner, also
 # a `tagifai` that is missing or cannot run: 127, 126). The task fails at once instead of being retried.
 FINAL_EXIT_CODES = (EXIT_BAD_INPUT,)
@@ -376,6 +392,12 @@ def forwarded_env(environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
+def step_secrets(step: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """The secrets of the worker's `environ` that `step`'s container gets (`STEP_SECRETS`), by their name there."""
+    secrets = STEP_SECRETS.get(step, {})
+    return {name: environ[source] for name, source in secrets.items() if source in environ}
+
+
 def k8s_quantity(memory: str) -> str:
     """A Docker-style memory size (`4g`, `512m`: `[limits] step_memory`) as a Kubernetes quantity (`4Gi`, `512Mi`)."""
     units = {"k": "Ki", "m": "Mi", "g": "Gi"}
@@ -459,10 +481,7 @@ class TagifaiDockerOperator(StepMixin, DockerOperator):
         # The data folder of each local source, read-only at the same path.
         folders = sorted({policy.data_dir_of(source) for source in self.data_sources} - mounted - {None})
         self.mounts = [*self.mounts, *({"Target": f, "Source": f, "Type": "bind", "ReadOnly": True} for f in folders)]
-        self._private_environment = {
-            **{name: environ[name] for name in SECRET_ENV if name in environ},
-            **self._private_environment,
-        }
+        self._private_environment = {**step_secrets(self.command[0], environ), **self._private_environment}
         self.remove_earlier_tries()
 
     def remove_earlier_tries(self) -> None:

@@ -12,6 +12,7 @@ trickling a byte at a time resets every socket timeout).
 from __future__ import annotations
 
 import contextlib
+import errno
 import http.client
 import os
 import socket
@@ -101,14 +102,50 @@ def _late(seconds: float) -> str:
     return f"not done within {seconds:g} seconds (the deadline of this fetch)"
 
 
+def _open_without_links(source: str, path: str, flags: int) -> int:
+    """Open the resolved absolute `path` one part at a time from `/`, following no symbolic link in any part.
+
+    The policy checked `path` with every link resolved, so a link met now was swapped in since and
+    could lead out of the data folder (O_NOFOLLOW alone guards only the last part).
+
+    Raises:
+        SourceRefused: a part of `path` is a symbolic link now.
+    """
+
+    def open_part(part: str, part_flags: int, parent: int) -> int:
+        try:
+            return os.open(part, part_flags | os.O_NOFOLLOW, dir_fd=parent)
+        except OSError as exc:  # a link: ELOOP as the last part, ENOTDIR (O_DIRECTORY) before it
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR) and stat.S_ISLNK(os.lstat(part, dir_fd=parent).st_mode):
+                raise SourceRefused(
+                    f"{shown(source)} changed after the policy check: {part!r} in its path is now a symbolic link, "
+                    "which is not followed"
+                ) from None
+            raise
+
+    *folders, name = path.split("/")[1:]
+    folder_flags = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
+    parent = os.open("/", folder_flags)
+    try:
+        for folder in folders:
+            child = open_part(folder, folder_flags, parent)
+            os.close(parent)
+            parent = child
+        return open_part(name, flags, parent)
+    finally:
+        os.close(parent)
+
+
 def _read_file(source: str, path: str, *, max_bytes: int, deadline_seconds: float, strict: bool) -> bytes:
-    """Read at most `max_bytes` of a file; `strict` (enforced): the path's last part is no symlink, a regular file."""
-    # realpath resolved every link: one appearing now is a swap. NONBLOCK: a FIFO cannot hang open().
-    extra = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) if strict else 0
+    """Read at most `max_bytes` of a file; `strict` (enforced): no part of the path is a link, a regular file."""
+
+    def opener(path: str, flags: int) -> int:  # NONBLOCK: a FIFO cannot hang open()
+        return _open_without_links(source, path, flags | os.O_NONBLOCK) if strict else os.open(path, flags)
+
     name, end = shown(source), time.monotonic() + deadline_seconds
     body = bytearray()
     try:
-        with open(path, "rb", opener=lambda path, flags: os.open(path, flags | extra)) as file:  # a directory: EISDIR
+        with open(path, "rb", opener=opener) as file:  # a directory: EISDIR
             info = os.fstat(file.fileno())
             if strict and not stat.S_ISREG(info.st_mode):
                 raise SourceUnavailable(f"cannot read {name}: not a regular file")

@@ -109,3 +109,65 @@ def test_the_celery_executor_and_worker_load_with_the_pinned_packages():
     from airflow.providers.celery.executors.celery_executor import app  # what `airflow celery worker` loads
 
     assert "execute_workload" in app.tasks
+
+
+# What the Airflow worker holds (the stack's scheduler or Celery worker), and what each step's container
+# gets of it: only the secrets that step uses.
+WORKER_SECRETS = {
+    "MLFLOW_TRACKING_USERNAME": "admin",
+    "MLFLOW_TRACKING_PASSWORD": "admin-s3cret",
+    "MLFLOW_BATCH_USERNAME": "tagifai-batch",
+    "MLFLOW_BATCH_PASSWORD": "batch-s3cret",
+    "TAGIFAI_OPTUNA_STORAGE": "postgresql+psycopg2://optuna:optuna-s3cret@postgres/optuna",
+    "TAGIFAI_PREDICTIONS_DB": "postgresql+psycopg2://tagifai:tagifai-s3cret@postgres/tagifai",
+}
+ADMIN = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "admin-s3cret"}
+STEP_SECRETS = [
+    # (DAG, task, the secrets its container gets)
+    ("tagifai_training", "elt", ADMIN),
+    ("tagifai_training", "validate", ADMIN),
+    ("tagifai_training", "optimize", {**ADMIN, "TAGIFAI_OPTUNA_STORAGE": WORKER_SECRETS["TAGIFAI_OPTUNA_STORAGE"]}),
+    ("tagifai_training", "train", ADMIN),
+    ("tagifai_training", "evaluate", ADMIN),
+    ("tagifai_training", "register", ADMIN),
+    # Batch scoring reads MLflow with its own login, not the admin's, and writes the predictions table.
+    (
+        "tagifai_batch_predictions",
+        "predict-batch",
+        {
+            "MLFLOW_TRACKING_USERNAME": "tagifai-batch",
+            "MLFLOW_TRACKING_PASSWORD": "batch-s3cret",
+            "TAGIFAI_PREDICTIONS_DB": WORKER_SECRETS["TAGIFAI_PREDICTIONS_DB"],
+        },
+    ),
+    ("tagifai_watch", "checksum_projects", {}),  # reads a data source: no MLflow, no database
+]
+
+
+@pytest.mark.parametrize(("dag_id", "task_id", "secrets"), STEP_SECRETS, ids=[t for _, t, _ in STEP_SECRETS])
+def test_each_step_container_gets_only_the_secrets_its_step_uses(
+    parse_dags, render, monkeypatch, dag_id, task_id, secrets
+):
+    from airflow.providers.docker.operators.docker import DockerOperator
+
+    from tagifai.orchestration.runners import TagifaiDockerOperator
+
+    seen = {}
+    monkeypatch.setattr(DockerOperator, "execute", lambda self, context: seen.setdefault("task", self))
+    monkeypatch.setattr(TagifaiDockerOperator, "remove_earlier_tries", lambda self: None)  # no Docker engine here
+    bag = parse_dags(
+        TAGIFAI_PROJECTS_URL="/srv/data/projects.csv",
+        TAGIFAI_TAGS_URL="/srv/data/tags.csv",
+        TAGIFAI_DATA_DIRS="/srv/data",
+        **WORKER_SECRETS,
+    )
+    task = bag.dags[dag_id].get_task(task_id)
+    if task_id == "optimize":  # mapped: one worker's copy of the command
+        fan_out = render(bag.dags[dag_id].get_task("optimize_workers"), num_workers=1)
+        [copy] = fan_out.python_callable(*fan_out.op_args, **fan_out.op_kwargs)
+        task = task.unmap({"command": copy})
+        task.dag = bag.dags[dag_id]
+    render(task).execute({})
+    assert seen["task"]._private_environment == secrets
+    rendered = json.dumps(seen["task"].environment)
+    assert not [value for value in WORKER_SECRETS.values() if "s3cret" in value and value in rendered]

@@ -258,10 +258,8 @@ def test_docker_mounts_local_data_read_only_at_the_same_path_and_keeps_secrets_p
     ]
     # The settings override travels as its content: no path of the worker's is needed in the container.
     assert task.environment["TAGIFAI_CONFIG_TOML"] == "[optimize]\nnum_trials = 3\n"
-    assert task._private_environment == {
-        "MLFLOW_TRACKING_PASSWORD": "s3cret",
-        "TAGIFAI_OPTUNA_STORAGE": "postgresql+psycopg2://optuna:s3cret@postgres/optuna",
-    }
+    # elt's own secrets only: the MLflow login, not optimize's study (tests/dags/test_orchestration.py).
+    assert task._private_environment == {"MLFLOW_TRACKING_PASSWORD": "s3cret"}
     assert "s3cret" not in json.dumps(task.environment)
     # The step enforces the same policy inside its container.
     assert task.environment["TAGIFAI_DATA_DIRS"] == "/srv/data:/srv/other data"
@@ -386,6 +384,7 @@ REFUSED_SOURCES = [
     ("file:///etc/shadow", "outside the data folders"),  # a file:// URL
     ("http://mlflow:5000/api/2.0/mlflow/experiments/search", "is not an allowed host"),  # the stack's MLflow
     ("http://169.254.169.254/latest/meta-data/", "is not an allowed host"),  # link-local: cloud metadata
+    ("https://raw.githubusercontent.com/someone/else/main/x.csv", "is not under an allowed URL prefix"),  # anyone's
     ("ftp://example.org/projects.csv", r"is not an http\(s\) URL"),  # another scheme
 ]
 
@@ -544,12 +543,14 @@ def test_kubernetes_pods_get_the_source_policy_and_the_settings_override(load_da
     monkeypatch.setenv("TAGIFAI_CONFIG", str(config))
     monkeypatch.setenv("TAGIFAI_DATA_DIRS", "/srv/data")
     monkeypatch.setenv("TAGIFAI_ALLOWED_URL_HOSTS", "data.example")
+    monkeypatch.setenv("TAGIFAI_PRIVATE_URL_HOSTS", "minio:9000")
     # The deployment's own data (elt reads the gate's holdout from it for its plan), allowed by its policy.
     data = {"TAGIFAI_PROJECTS_URL": "/srv/data/projects.csv", "TAGIFAI_TAGS_URL": "/srv/data/tags.csv"}
     dag = load_dag(TAGIFAI_RUNNER="kubernetes", TAGIFAI_K8S_SECRET="tagifai-secrets", **data)
     render(dag.get_task("elt"), projects_url="/srv/data/projects.csv", tags_url="/srv/data/tags.csv").execute({})
     env = {var.name: var.value for var in seen["task"].build_pod_request_obj(dry_run=True).spec.containers[0].env}
     assert env["TAGIFAI_DATA_DIRS"] == "/srv/data" and env["TAGIFAI_ALLOWED_URL_HOSTS"] == "data.example"
+    assert env["TAGIFAI_PRIVATE_URL_HOSTS"] == "minio:9000"
     assert env["TAGIFAI_CONFIG_TOML"] == "[optimize]\nnum_trials = 3\n"
     assert env["MLFLOW_EXPERIMENT_NAME"] == "tagifai"  # the DAG's own env kept
 

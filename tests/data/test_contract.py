@@ -1,5 +1,6 @@
 """The data contract: each bad input fails the check named after it; good data passes."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -21,9 +22,15 @@ def failed(report):
     return {c["name"]: c["detail"] for c in report["checks"] if not c["passed"]}
 
 
+def shuffled(df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """`df` with its tags dealt out again at random: the same label counts, no link to the text."""
+    return df.assign(tag=np.random.default_rng(seed).permutation(df["tag"].to_numpy()))
+
+
 def test_synthetic_data_passes(settings):
     report = validate.validate(labeled(), settings)
     assert report["passed"], failed(report)
+    assert "label_signal" in {c["name"] for c in report["checks"]}
     assert report["profile"]["label_counts"] == {
         "computer-vision": 30,
         "mlops": 30,
@@ -92,6 +99,39 @@ def test_thin_class_fails_enough_classes(settings):
     assert "need at least 10 rows in every class" in failed(report)["enough_classes"]
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])  # three shuffles of the same projects
+def test_shuffled_labels_fail_label_signal(settings, seed):
+    df = shuffled(labeled(per_tag=40), seed)
+    report = validate.validate(df, settings)
+    assert not report["passed"]
+    assert list(failed(report)) == ["label_signal"]  # every other check passes: counts, ids, text are fine
+    [line] = validate.failed_checks(report)
+    assert "\n" not in line
+    assert line.startswith("label_signal: macro f1 0.")
+    assert "0.100 for the majority class" in line and "on permuted labels (best of 5)" in line
+    assert "less than 0.1 above both: the labels do not follow the text" in line
+
+
+def test_label_signal_needs_the_lift_above_chance(settings):
+    # The same learnable data passes at the default lift and fails when asked to beat chance by 0.95.
+    df = labeled(per_tag=40)
+    assert validate.validate(df, settings)["passed"]
+    strict = synthetic.with_setting(settings, "validate", signal_min_lift=0.95)
+    assert list(failed(validate.validate(df, strict))) == ["label_signal"]
+
+
+def test_label_signal_can_be_switched_off(settings):
+    off = synthetic.with_setting(settings, "validate", signal_check=False)
+    report = validate.validate(shuffled(labeled(per_tag=40)), off)
+    assert report["passed"] and "label_signal" not in {c["name"] for c in report["checks"]}
+
+
+def test_label_signal_runs_only_on_data_that_passed_the_contract(settings):
+    df = shuffled(labeled(per_tag=40))
+    break_duplicate_ids(df)
+    assert list(failed(validate.validate(df, settings))) == ["unique_ids"]
+
+
 def test_drift_in_labels_fails_with_bonferroni_threshold(settings):
     reference = validate.profile(labeled(per_tag=60), settings.data)
     df = labeled(per_tag=60)
@@ -133,6 +173,7 @@ def test_real_dataset_passes_the_contract(monkeypatch):
     tags = data.parse_csv((REAL_DATA / "tags.csv").read_bytes(), "tags.csv", data.TAG_COLUMNS)
     report = validate.validate(data.transform(projects, tags), settings)
     assert report["passed"], failed(report)
+    assert "label_signal" in {c["name"] for c in report["checks"]}
     assert report["profile"]["rows"] == 955
     assert report["profile"]["label_counts"] == {
         "computer-vision": 356,
@@ -140,3 +181,6 @@ def test_real_dataset_passes_the_contract(monkeypatch):
         "natural-language-processing": 388,
         "other": 132,
     }
+    # The same projects with their tags shuffled (the registered-as-v1 case) fail on signal alone.
+    report = validate.validate(shuffled(data.transform(projects, tags)), settings)
+    assert list(failed(report)) == ["label_signal"]

@@ -1,6 +1,8 @@
 """Safe to share: in the running stack, the trigger form cannot reach the host or the stack's own
-services, MLflow needs a login, a trigger cannot loosen the gate, no secret is on a command line,
-a champion that cannot be loaded is ignored with a reason, and bad input is not retried.
+services, MLflow needs a login, a trigger cannot loosen the gate, shuffled labels fail validate, no
+secret is on a command line, a champion that cannot be loaded is ignored with a reason, bad input is not
+retried, serve and batch scoring log into MLflow with logins of their own, and each database role reaches
+only its database.
 """
 
 from __future__ import annotations
@@ -8,12 +10,16 @@ from __future__ import annotations
 import csv
 import json
 import random
+import re
 import subprocess
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from harness import synthetic
 from harness.stack import command_lines
@@ -56,6 +62,7 @@ REFUSED = [
     ("{data}/../../../../etc/passwd", "is outside the data folders"),  # a `..` path out of the data folder
     ("http://mlflow:5000/api/2.0/mlflow/experiments/search", "is not an allowed host"),  # the stack's MLflow
     ("http://169.254.169.254/latest/meta-data/", "is not an allowed host"),  # link-local: cloud metadata
+    ("https://raw.githubusercontent.com/someone/else/main/x.csv", "is not under an allowed URL prefix"),  # anyone's
 ]
 
 
@@ -107,22 +114,23 @@ def shuffled_labels(stack):
     path.unlink()
 
 
-def test_a_trigger_cannot_loosen_the_gate(stack, first_run, shuffled_labels):
+def test_a_trigger_cannot_loosen_the_gate_and_shuffled_labels_fail_validate(stack, first_run, shuffled_labels):
     client = stack.airflow()
     before = stack.mlflow("registered-models/alias", name="tagifai", alias="champion")["model_version"]["version"]
     with pytest.raises(RuntimeError, match="HTTP 4"):  # the form refuses a looser gate
         client.trigger({"tags_url": str(shuffled_labels), "min_f1": 0, "max_regression": 1})
-    # With the deployer's gate, shuffled labels train, score far below it, and move nothing; while the
-    # run goes, no password is on any command line of the host.
+    # Shuffled labels carry no signal: they fail at validate, once, and move nothing; while the run goes,
+    # no password is on any command line of the host.
     with command_lines() as seen:
         run_id = client.trigger({"tags_url": str(shuffled_labels), "num_trials": 1, "num_workers": 1})
-        run = client.wait(run_id, timeout=1800)
-    assert run["state"] == "success", client.task_states(run_id)
-    register = next(r for r in mlflow_runs_of(stack, run_id) if tag(r, "tagifai.step") == "register")
-    assert tag(register, "promoted") == "false" and "below the minimum" in tag(register, "promotion")
+        run = client.wait(run_id, timeout=900)
+    assert run["state"] == "failed", client.task_states(run_id)
+    validate = client.task_instance(run_id, "validate")
+    assert (validate["state"], validate["try_number"]) == ("failed", 1)  # a retry cannot fix the labels
+    assert "validation failed: label_signal: macro f1 " in client.task_log(run_id, "validate")
     after = stack.mlflow("registered-models/alias", name="tagifai", alias="champion")["model_version"]["version"]
     assert after == before
-    assert len(seen) > 20 and stack.leaked(seen) == set()
+    assert len(seen) > 10 and stack.leaked(seen) == set()
 
 
 def tag(run: dict, key: str) -> str | None:
@@ -160,3 +168,120 @@ def test_a_champion_that_cannot_be_loaded_is_not_compared_with_a_reason(stack, c
     )
     assert tag(register, "promoted") == "true"
     assert f"the champion v{unloadable} cannot be loaded, not re-scored" in client.task_log(run_id, "register")
+
+
+def container_env(stack, service: str) -> dict[str, str]:
+    """The environment of the running container of a compose service (docker inspect)."""
+    [container] = stack.compose("ps", "-q", service).stdout.split()
+    inspected = subprocess.run(
+        ["docker", "inspect", "--format", "{{json .Config.Env}}", container], capture_output=True, text=True, check=True
+    )
+    return dict(line.split("=", 1) for line in json.loads(inspected.stdout))
+
+
+def mlflow_status(stack, path: str, login: str | None, body: dict | None = None, method: str | None = None) -> int:
+    """The HTTP status MLflow answers `login` (ADMIN, SERVE, BATCH, VIEWER) with."""
+    request = stack.mlflow_request(path, body, login=login)
+    request.method = method or request.get_method()
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_serve_and_batch_scoring_use_their_own_logins_and_the_viewers_password_changes_nothing_for_them(
+    stack, first_run
+):
+    stack.reread()  # the passwords this `make up` gave the services' logins
+    env = stack.env
+    # serve: its own login, and nobody else's secret.
+    serve = container_env(stack, "serve")
+    assert (serve["MLFLOW_TRACKING_USERNAME"], serve["MLFLOW_TRACKING_PASSWORD"]) == (
+        env["MLFLOW_SERVE_USERNAME"],
+        env["MLFLOW_SERVE_PASSWORD"],
+    )
+    assert not {env["MLFLOW_VIEWER_PASSWORD"], env["MLFLOW_ADMIN_PASSWORD"]} & set(serve.values())
+    # Both service logins read, and cannot move the champion.
+    alias = {"name": "tagifai", "alias": "champion", "version": "1"}
+    for login in ("SERVE", "BATCH"):
+        assert mlflow_status(stack, "/api/2.0/mlflow/registered-models/search?max_results=5", login) == 200
+        assert mlflow_status(stack, "/api/2.0/mlflow/registered-models/alias", login, alias) == 403
+    # Batch scoring (started by first_run's champion event) wrote its run with its own login: that login
+    # may write the predictions experiment (it made it, or the admin let it), where a read-only login may not.
+    client, deadline = stack.airflow(), time.monotonic() + 900
+    while "success" not in (states := [r["state"] for r in client.runs("tagifai_batch_predictions")]):
+        assert time.monotonic() < deadline and "failed" not in states, f"batch runs: {states}"
+        time.sleep(5)
+    experiment = stack.mlflow("experiments/get-by-name", experiment_name="tagifai-predictions")["experiment"]
+    query = urllib.parse.urlencode(
+        {
+            "username": env["MLFLOW_BATCH_USERNAME"],
+            "resource_type": "experiment",
+            "resource_id": experiment["experiment_id"],
+        }
+    )
+    with urllib.request.urlopen(stack.mlflow_request(f"/api/3.0/mlflow/users/permissions/get?{query}")) as answer:
+        assert json.loads(answer.read())["permission"] in ("EDIT", "MANAGE")
+    runs = stack.mlflow_post("runs/search", {"experiment_ids": [experiment["experiment_id"]], "max_results": 5})
+    assert any(tag(r, "tagifai.step") == "predict-batch" for r in runs["runs"])
+    # Whoever holds the viewer login changes its password (MLflow lets a user do that; here the admin does).
+    viewer, password = env["MLFLOW_VIEWER_USERNAME"], env["MLFLOW_VIEWER_PASSWORD"]
+    update = "/api/2.0/mlflow/users/update-password"
+    assert mlflow_status(stack, update, "ADMIN", {"username": viewer, "password": "not-" + password}, "PATCH") == 200
+    try:
+        # Past MLflow's login cache (auth_cache_ttl_seconds = 60, images/mlflow/start.py): the viewer's old
+        # password is refused now, while serve answers and asks MLflow with its own login all along (an
+        # earlier test may have left it a reason to be degraded, but never a refused login).
+        deadline = time.monotonic() + 75
+        while time.monotonic() < deadline:
+            health = stack.serve("/health")  # 200: a model is loaded
+            assert not re.search(r"401|403|[Uu]nauthori[sz]ed|credentials", str(health.get("last_error"))), health
+            time.sleep(5)
+        assert mlflow_status(stack, "/api/2.0/mlflow/experiments/search?max_results=5", "VIEWER") == 401
+        assert mlflow_status(stack, "/api/2.0/mlflow/registered-models/search?max_results=5", "SERVE") == 200
+    finally:  # the other tests browse as the viewer of .env
+        assert mlflow_status(stack, update, "ADMIN", {"username": viewer, "password": password}, "PATCH") == 200
+
+
+def test_each_database_role_reaches_only_its_database_and_the_superuser_and_flower_hold_no_more(stack):
+    import psycopg2
+
+    env = stack.env
+    # Inside the postgres container, over TCP with each role's password (read there from its environment).
+    as_mlflow = 'PGPASSWORD="$MLFLOW_DB_PASSWORD" psql -h 127.0.0.1 -U mlflow -d {db} -Atc "select 1"'
+    own = stack.compose("exec", "-T", "postgres", "sh", "-c", as_mlflow.format(db="mlflow"))
+    assert (own.returncode, own.stdout.strip()) == (0, "1"), own.stderr
+    other = stack.compose("exec", "-T", "postgres", "sh", "-c", as_mlflow.format(db="airflow"))
+    assert other.returncode != 0 and "no pg_hba.conf entry" in other.stderr, other.stderr
+    # Through the published port (for workers on other machines): each role to its own database only,
+    # and never the superuser.
+    published = {
+        "host": env.get("BIND_ADDRESS") or "127.0.0.1",
+        "port": int(env["POSTGRES_PORT"]),
+        "connect_timeout": 10,
+    }
+    if published["host"] == "0.0.0.0":
+        published["host"] = "127.0.0.1"
+    with psycopg2.connect(user="optuna", password=env["OPTUNA_DB_PASSWORD"], dbname="optuna", **published) as conn:
+        with conn.cursor() as cursor:
+            cursor.execute("select 1")
+            assert cursor.fetchone() == (1,)
+    conn.close()
+    for user, password, db in (
+        ("postgres", env["POSTGRES_PASSWORD"], "postgres"),
+        ("postgres", env["POSTGRES_PASSWORD"], "airflow"),
+        ("optuna", env["OPTUNA_DB_PASSWORD"], "tagifai"),
+    ):
+        with pytest.raises(psycopg2.OperationalError, match="no pg_hba.conf entry"):
+            psycopg2.connect(user=user, password=password, dbname=db, **published)
+    # Flower (celery profile) gets its broker and its own login, no other secret.
+    config = stack.compose("--profile", "celery", "config")
+    assert config.returncode == 0, config.stderr
+    flower = yaml.safe_load(config.stdout)["services"]["flower"]["environment"]
+    assert set(flower) == {
+        "AIRFLOW__CORE__EXECUTOR",
+        "AIRFLOW__CORE__LOAD_EXAMPLES",
+        "AIRFLOW__CELERY__BROKER_URL",
+        "AIRFLOW__CELERY__FLOWER_BASIC_AUTH",
+    }

@@ -24,7 +24,8 @@ UPSTREAM = [
     "https://raw.githubusercontent.com/GokuMohandas/Made-With-ML/main/datasets/tags.csv",
 ]
 DATA = b"id,title\n1,a\n"
-PRIVATE_RULE = "only hosts listed in TAGIFAI_ALLOWED_URL_HOSTS may be private"
+PRIVATE_RULE = "only hosts listed in TAGIFAI_PRIVATE_URL_HOSTS may be private"
+FOLDER = "https://raw.githubusercontent.com/GokuMohandas/Made-With-ML/main/datasets/"  # UPSTREAM's
 
 
 def one_line(exc: pytest.ExceptionInfo) -> str:
@@ -209,6 +210,11 @@ def allowing(hosts, **environ):
     return SourcePolicy.from_environ({"TAGIFAI_ALLOWED_URL_HOSTS": hosts, **environ}, UPSTREAM)
 
 
+def private(hosts, **environ):
+    """A policy whose deployer says `hosts` are on a private network (the test servers are on 127.0.0.1)."""
+    return SourcePolicy.from_environ({"TAGIFAI_PRIVATE_URL_HOSTS": hosts, **environ}, UPSTREAM)
+
+
 # Settings → policy
 
 
@@ -217,7 +223,8 @@ def allowing(hosts, **environ):
     [
         ({}, None, False),  # a person's machine: no settings, nothing enforced
         ({"TAGIFAI_DATA_DIRS": ""}, None, True),  # a setting present, even empty, enforces
-        ({"TAGIFAI_ALLOWED_URL_HOSTS": ""}, None, True),  # either setting
+        ({"TAGIFAI_ALLOWED_URL_HOSTS": ""}, None, True),  # any policy setting
+        ({"TAGIFAI_PRIVATE_URL_HOSTS": ""}, None, True),  # any policy setting
         ({"TAGIFAI_PROJECTS_URL": "/srv/p.csv"}, None, False),  # a source setting alone does not
         ({}, True, True),  # the DAG always enforces
         ({"TAGIFAI_DATA_DIRS": "/srv/data"}, False, False),  # the caller may decide
@@ -227,19 +234,21 @@ def test_from_environ_enforces_where_settings_are_present(environ, enforce, expe
     assert SourcePolicy.from_environ(environ, UPSTREAM, enforce=enforce).enforced is expected
 
 
-def test_from_environ_defaults_hosts_to_the_upstream_and_lists_explicit_ones():
+def test_from_environ_defaults_to_the_upstream_folder_and_lists_hosts_prefixes_and_private_hosts():
     default = SourcePolicy.from_environ({}, UPSTREAM, enforce=True)
-    assert default.allowed_hosts == {"raw.githubusercontent.com"}
-    assert default.explicit_hosts == frozenset()
+    assert default.allowed_hosts == default.private_hosts == frozenset()  # not the whole host
+    assert default.allowed_prefixes == {FOLDER}
     # Empty is unset (a compose file passes every setting, set or not).
-    assert (
-        SourcePolicy.from_environ({"TAGIFAI_ALLOWED_URL_HOSTS": " "}, UPSTREAM).allowed_hosts == default.allowed_hosts
-    )
-    listed = allowing(" Files.Example.COM. , 127.0.0.1:8080,[::1]:9000,::1 ,")
-    assert listed.allowed_hosts == listed.explicit_hosts == {"files.example.com", "127.0.0.1:8080", "[::1]:9000", "::1"}
-    chosen = allowing("files.example.com", TAGIFAI_TAGS_URL="http://minio:9000/tags.csv")
-    assert chosen.allowed_hosts == {"files.example.com", "minio:9000"}  # the deployer's own source
-    assert chosen.explicit_hosts == {"files.example.com"}  # ... but not explicitly private
+    blank = SourcePolicy.from_environ({"TAGIFAI_ALLOWED_URL_HOSTS": " "}, UPSTREAM)
+    assert (blank.allowed_hosts, blank.allowed_prefixes) == (frozenset(), {FOLDER})
+    listed = allowing(" Files.Example.COM. , 127.0.0.1:8080,[::1]:9000,::1 , HTTPS://Data.Example:443/a/b/,")
+    assert listed.allowed_hosts == {"files.example.com", "127.0.0.1:8080", "[::1]:9000", "::1"}
+    assert listed.allowed_prefixes == {"https://data.example/a/b/"}  # in place of the upstream folder
+    assert listed.private_hosts == frozenset()  # allowed is not private
+    chosen = allowing("files.example.com", TAGIFAI_TAGS_URL="http://minio:9000/data/tags.csv")
+    assert chosen.allowed_prefixes == {"http://minio:9000/data/"}  # the deployer's own source's folder
+    assert chosen.private_hosts == frozenset()  # ... but not private
+    assert private(" MinIO:9000 ,10.0.0.5").private_hosts == {"minio:9000", "10.0.0.5"}
 
 
 def test_from_environ_counts_the_folders_of_the_source_settings(tree):
@@ -263,6 +272,11 @@ def test_from_environ_counts_the_folders_of_the_source_settings(tree):
         {"TAGIFAI_ALLOWED_URL_HOSTS": "host:port"},  # not a port
         {"TAGIFAI_ALLOWED_URL_HOSTS": "user@host"},  # not a host
         {"TAGIFAI_ALLOWED_URL_HOSTS": "host/path"},  # not a host
+        {"TAGIFAI_ALLOWED_URL_HOSTS": "https://files.example/data"},  # a prefix must end in /
+        {"TAGIFAI_ALLOWED_URL_HOSTS": "https://files.example/data/?x=1"},  # ... and have no query
+        {"TAGIFAI_ALLOWED_URL_HOSTS": "ftp://files.example/data/"},  # ... and be http(s)
+        {"TAGIFAI_ALLOWED_URL_HOSTS": "https://user@files.example/data/"},  # ... with no user info
+        {"TAGIFAI_PRIVATE_URL_HOSTS": "https://files.example/"},  # private: hosts only
     ],
 )
 def test_from_environ_rejects_malformed_settings(environ):
@@ -346,6 +360,40 @@ def test_fetch_names_unreadable_local_sources(tree, enforced, source, message, t
     assert exc.value.transient is transient
 
 
+@pytest.mark.parametrize(
+    ("source", "swapped", "target", "part"),
+    [
+        ("sub/tags.csv", "sub", "outside", "sub"),  # a folder in the path becomes a link out
+        ("projects.csv", "projects.csv", "outside/secret.csv", "projects.csv"),  # the file itself
+    ],
+)
+def test_fetch_refuses_a_path_swapped_for_a_link_after_the_check(
+    tree, enforced, monkeypatch, source, swapped, target, part
+):
+    (tree / "outside" / "tags.csv").write_bytes(b"secret\n")
+    check = SourcePolicy.check
+
+    def check_then_swap(policy, source):
+        resolved = check(policy, source)  # the path as it is: inside, no link
+        victim = tree / "data" / swapped
+        if victim.is_dir():
+            for child in victim.iterdir():
+                child.unlink()
+            victim.rmdir()
+        else:
+            victim.unlink()
+        victim.symlink_to(tree / target)
+        return resolved
+
+    monkeypatch.setattr(SourcePolicy, "check", check_then_swap)
+    source = f"{tree}/data/{source}"
+    with pytest.raises(SourceRefused) as exc:
+        fetch(source, enforced)
+    assert one_line(exc) == (
+        f"{source} changed after the policy check: {part!r} in its path is now a symbolic link, which is not followed"
+    )
+
+
 def test_data_dir_of_names_the_folder_to_mount(tree):
     policy = SourcePolicy.from_environ({"TAGIFAI_DATA_DIRS": f"{tree}/data:{tree}/data/sub"}, UPSTREAM)
     assert policy.data_dir_of(f"{tree}/data/projects.csv") == f"{tree}/data"
@@ -399,8 +447,19 @@ def test_fetch_caps_local_files(tree, enforced, max_bytes, refused):
         ("gopher://127.0.0.1:6379/_INFO", "is not an http(s) URL"),  # gopher
         (
             "http://mlflow:5000/api",
-            "http://mlflow:5000/api is not an allowed host (TAGIFAI_ALLOWED_URL_HOSTS: raw.githubusercontent.com)",
+            f"http://mlflow:5000/api is not an allowed host (TAGIFAI_ALLOWED_URL_HOSTS: {FOLDER})",
         ),  # an internal service
+        (
+            "https://raw.githubusercontent.com/someone/else/main/x.csv",
+            "https://raw.githubusercontent.com/someone/else/main/x.csv is not under an allowed URL prefix "
+            f"(TAGIFAI_ALLOWED_URL_HOSTS: {FOLDER})",
+        ),  # anyone's file on the upstream host
+        (FOLDER + "../../../../../someone/else/main/x.csv", "is not under an allowed URL prefix"),  # `..` out
+        (FOLDER + "%2E%2e/%2e%2E/x.csv", "is not under an allowed URL prefix"),  # `..` encoded
+        (FOLDER + "..%2f..%2fx.csv", "is not under an allowed URL prefix"),  # `..` with an encoded slash
+        (FOLDER + "..%5c..%5cx.csv", "is not under an allowed URL prefix"),  # `..` with an encoded backslash
+        (FOLDER.removesuffix("/") + ".csv", "is not under an allowed URL prefix"),  # the folder's name as a prefix
+        (FOLDER.replace("https:", "http:") + "projects.csv", "is not an allowed host"),  # another scheme
         ("http://169.254.169.254/latest/meta-data/", "is not an allowed host"),  # cloud metadata
         ("http://172.17.0.1:2375/containers/json", "is not an allowed host"),  # the Docker gateway
         ("https://raw.githubusercontent.com.evil.example/x", "is not an allowed host"),  # a suffix
@@ -422,12 +481,20 @@ def test_policy_refuses_urls_outside_the_allowed_hosts(source, message):
     ("hosts", "source", "allowed"),
     [
         (None, UPSTREAM[0], True),  # the pinned upstream, by default
-        (None, "https://RAW.githubusercontent.com./x.csv", True),  # case and a trailing dot
-        ("", UPSTREAM[0], True),  # empty is unset: the upstream host, as by default
+        (None, FOLDER.replace("raw.", "RAW.").replace(".com/", ".com.:443/") + "tags.csv", True),  # the same folder
+        (None, "https://raw.githubusercontent.com/x.csv", False),  # ... not the whole host
+        ("", UPSTREAM[0], True),  # empty is unset: the upstream folder, as by default
+        ("files.example", UPSTREAM[0], False),  # a listed host replaces the default
         ("files.example", "https://files.example:8443/x.csv", True),  # a bare host: any port
         ("files.example:443", "https://files.example/x.csv", True),  # host:port, the default port
         ("files.example:443", "http://files.example/x.csv", False),  # ... and not another
-        ("[::1]:8080", "http://[::1]:8080/x.csv", True),  # an IPv6 entry with a port
+        ("[2606:4700::1111]:8080", "http://[2606:4700::1111]:8080/x.csv", True),  # an IPv6 entry with a port
+        ("https://files.example/data/", "https://files.example/data/sub/x.csv?v=1", True),  # under a prefix
+        ("https://files.example/data/", "https://files.example:443/data/x.csv", True),  # the default port said
+        ("https://files.example/data/", "https://files.example/database.csv", False),  # not the folder
+        ("https://files.example/data/", "http://files.example/data/x.csv", False),  # not its scheme
+        ("https://files.example/data/", "https://files.example:8443/data/x.csv", False),  # not its port
+        ("https://files.example:8443/data/", "https://files.example:8443/data/x.csv", True),  # its port
     ],
 )
 def test_policy_matches_hosts_and_ports(hosts, source, allowed):
@@ -436,16 +503,23 @@ def test_policy_matches_hosts_and_ports(hosts, source, allowed):
     if allowed:
         assert policy.check(source) == source
         return
-    with pytest.raises(SourceRefused, match="is not an allowed host"):
+    with pytest.raises(SourceRefused, match="is not (an allowed host|under an allowed URL prefix)"):
         policy.check(source)
 
 
-def test_policy_refuses_a_literal_private_ip_unless_listed_explicitly():
-    upstream = SourcePolicy.from_environ({}, ["http://10.0.0.5/data.csv"], enforce=True)
+@pytest.mark.parametrize(
+    "policy",
+    [
+        SourcePolicy.from_environ({}, ["http://10.0.0.5/data.csv"], enforce=True),  # the pinned URL's host
+        SourcePolicy.from_environ({"TAGIFAI_ALLOWED_URL_HOSTS": "10.0.0.5"}, UPSTREAM),  # an allowed host
+        SourcePolicy.from_environ({"TAGIFAI_ALLOWED_URL_HOSTS": "http://10.0.0.5/"}, UPSTREAM),  # an allowed prefix
+    ],
+)
+def test_policy_refuses_a_literal_private_ip_unless_listed_as_private(policy):
     with pytest.raises(SourceRefused) as exc:
-        upstream.check("http://10.0.0.5/data.csv")
+        policy.check("http://10.0.0.5/data.csv")
     assert one_line(exc) == f"http://10.0.0.5/data.csv is 10.0.0.5, a private address: {PRIVATE_RULE}"
-    assert allowing("10.0.0.5").check("http://10.0.0.5/data.csv") == "http://10.0.0.5/data.csv"
+    assert private("10.0.0.5").check("http://10.0.0.5/data.csv") == "http://10.0.0.5/data.csv"
 
 
 # URLs: addresses
@@ -478,19 +552,43 @@ def test_fetch_refuses_an_allowed_host_resolving_to_non_global_addresses(dns, co
     assert connects == []
 
 
+@pytest.mark.parametrize("entry", ["files.test", "files.test:{port}", "http://files.test:{port}/"])
+def test_fetch_refuses_an_allowed_host_that_resolves_to_a_private_address(server, dns, connects, entry):
+    # Allowing a host does not vouch for its addresses: only TAGIFAI_PRIVATE_URL_HOSTS does.
+    server.routes["/data.csv"] = body(DATA)
+    dns["files.test"] = ["127.0.0.1"]
+    source = server.url("/data.csv", host="files.test")
+    with pytest.raises(SourceRefused) as exc:
+        fetch(source, allowing(entry.format(port=server.port)))
+    assert one_line(exc) == f"{source} resolves to 127.0.0.1, a loopback address: {PRIVATE_RULE}"
+    assert connects == [] and server.requests == []
+    assert fetch(source, private("files.test")) == DATA
+
+
+def test_a_refused_url_names_the_allowed_hosts_prefixes_and_private_hosts():
+    policy = allowing("files.example,https://data.example/a/", TAGIFAI_PRIVATE_URL_HOSTS="minio:9000")
+    with pytest.raises(SourceRefused) as exc:
+        policy.check("https://data.example/b/x.csv")
+    assert one_line(exc) == (
+        "https://data.example/b/x.csv is not under an allowed URL prefix (TAGIFAI_ALLOWED_URL_HOSTS: "
+        "files.example, https://data.example/a/; TAGIFAI_PRIVATE_URL_HOSTS: minio:9000)"
+    )
+    assert policy.check("http://minio:9000/x.csv") == "http://minio:9000/x.csv"  # a private host is allowed
+
+
 def test_fetch_downloads_from_an_explicitly_listed_private_host(server, connects):
     server.routes["/data.csv"] = body(DATA)
-    assert fetch(server.url("/data.csv"), allowing("127.0.0.1")) == DATA
-    assert fetch(server.url("/data.csv"), allowing(f"127.0.0.1:{server.port}")) == DATA
+    assert fetch(server.url("/data.csv"), private("127.0.0.1")) == DATA
+    assert fetch(server.url("/data.csv"), private(f"127.0.0.1:{server.port}")) == DATA
     with pytest.raises(SourceRefused, match="is not an allowed host"):
-        fetch(server.url("/data.csv"), allowing("127.0.0.1:1"))
+        fetch(server.url("/data.csv"), private("127.0.0.1:1"))
     assert connects == ["127.0.0.1", "127.0.0.1"]
 
 
 def test_fetch_connects_to_the_vetted_address_with_the_host_name_in_the_request(server, dns, connects):
     server.routes["/data.csv"] = body(DATA)
     dns["files.test"] = ["127.0.0.1"]
-    assert fetch(server.url("/data.csv", host="files.test"), allowing("files.test")) == DATA
+    assert fetch(server.url("/data.csv", host="files.test"), private("files.test")) == DATA
     assert connects == ["127.0.0.1"]
     assert server.requests == [("/data.csv", f"files.test:{server.port}")]
 
@@ -526,7 +624,7 @@ def test_fetch_pins_the_vetted_address_against_dns_rebinding(server, dns, connec
 def test_fetch_follows_redirects_to_allowed_places(server, location, code):
     server.routes["/data.csv"] = body(DATA)
     server.routes["/old.csv"] = redirect(location.format(base=server.url("")), code)
-    assert fetch(server.url("/old.csv"), allowing("127.0.0.1")) == DATA
+    assert fetch(server.url("/old.csv"), private("127.0.0.1")) == DATA
     assert [path for path, _ in server.requests] == ["/old.csv", "/data.csv"]
 
 
@@ -543,7 +641,7 @@ def test_fetch_follows_redirects_to_allowed_places(server, location, code):
 )
 def test_fetch_refuses_redirects_to_refused_places(server, dns, connects, tree, location, message):
     dns["upstream.test"] = ["10.0.0.5"]
-    policy = allowing(
+    policy = private(
         f"127.0.0.1:{server.port}",
         TAGIFAI_DATA_DIRS=str(tree / "data"),
         TAGIFAI_PROJECTS_URL="http://upstream.test/p.csv",  # allowed, not explicit
@@ -570,10 +668,10 @@ def test_fetch_follows_at_most_five_redirects(server, hops, followed):
         server.routes[f"/r{hop}"] = redirect(f"/r{hop - 1}")
     source = server.url(f"/r{hops}")
     if followed:
-        assert fetch(source, allowing("127.0.0.1")) == DATA
+        assert fetch(source, private("127.0.0.1")) == DATA
         return
     with pytest.raises(SourceUnavailable) as exc:
-        fetch(source, allowing("127.0.0.1"))
+        fetch(source, private("127.0.0.1"))
     assert one_line(exc) == f"cannot download {source}: more than 5 redirects"
     assert exc.value.transient is False
 
@@ -581,14 +679,14 @@ def test_fetch_follows_at_most_five_redirects(server, hops, followed):
 def test_fetch_names_a_redirect_without_location(server):
     server.routes["/old.csv"] = redirect("")
     with pytest.raises(SourceUnavailable, match="HTTP 302 Found without a Location"):
-        fetch(server.url("/old.csv"), allowing("127.0.0.1"))
+        fetch(server.url("/old.csv"), private("127.0.0.1"))
 
 
 def test_fetch_names_a_redirect_to_a_location_that_is_no_url(server):
     server.routes["/old.csv"] = redirect("http://[::1")
     source = server.url("/old.csv")
     with pytest.raises(SourceUnavailable) as exc:
-        fetch(source, allowing("127.0.0.1"))
+        fetch(source, private("127.0.0.1"))
     assert one_line(exc) == f"cannot download {source}: HTTP 302 Found to a Location that is no URL: http://[::1"
     assert exc.value.transient is False
 
@@ -606,7 +704,7 @@ def test_fetch_names_a_redirect_to_a_location_that_is_no_url(server):
 )
 def test_fetch_caps_downloads(server, route):
     server.routes["/big.csv"] = route
-    policy = allowing("127.0.0.1")
+    policy = private("127.0.0.1")
     assert fetch(server.url("/big.csv"), policy, max_bytes=5000) == b"x" * 5000
     with pytest.raises(SourceRefused) as exc:
         fetch(server.url("/big.csv"), policy, max_bytes=4999)
@@ -627,7 +725,7 @@ def test_fetch_stops_at_the_deadline(server, headers_too):
     server.routes["/slow.csv"] = trickle(headers_too=headers_too)
     started = time.monotonic()
     with pytest.raises(SourceUnavailable) as exc:
-        fetch(server.url("/slow.csv"), allowing("127.0.0.1"), deadline_seconds=0.5, timeout=5)
+        fetch(server.url("/slow.csv"), private("127.0.0.1"), deadline_seconds=0.5, timeout=5)
     assert time.monotonic() - started < 1.5
     assert one_line(exc) == (
         f"cannot download {server.url('/slow.csv')}: not done within 0.5 seconds (the deadline of this fetch)"
@@ -648,7 +746,7 @@ def test_fetch_stops_at_the_deadline(server, headers_too):
 def test_fetch_names_http_errors(server, code, reason, transient):
     server.routes["/x.csv"] = status(code)
     with pytest.raises(SourceUnavailable) as exc:
-        fetch(server.url("/x.csv"), allowing("127.0.0.1"))
+        fetch(server.url("/x.csv"), private("127.0.0.1"))
     assert one_line(exc) == f"cannot download {server.url('/x.csv')}: HTTP {code} {reason}"
     assert exc.value.transient is transient
 
@@ -656,7 +754,7 @@ def test_fetch_names_http_errors(server, code, reason, transient):
 def test_fetch_names_http_errors_after_a_redirect(server):
     server.routes["/old.csv"] = redirect("/gone.csv")
     with pytest.raises(SourceUnavailable) as exc:
-        fetch(server.url("/old.csv"), allowing("127.0.0.1"))
+        fetch(server.url("/old.csv"), private("127.0.0.1"))
     assert (
         one_line(exc) == f"cannot download {server.url('/old.csv')}: HTTP 404 Not Found (at {server.url('/gone.csv')})"
     )
@@ -680,7 +778,7 @@ def test_a_body_shorter_than_its_length_is_not_a_file_and_worth_a_retry(server):
     # 12 of 100 bytes, then the server closes: accepted, elt would parse a truncated CSV.
     server.routes["/cut.csv"] = short(b"id,title\n1,a", 100)
     with pytest.raises(SourceUnavailable) as exc:
-        fetch(server.url("/cut.csv"), allowing("127.0.0.1"))
+        fetch(server.url("/cut.csv"), private("127.0.0.1"))
     assert one_line(exc).startswith(f"cannot download {server.url('/cut.csv')}: ")
     assert "IncompleteRead" in one_line(exc) and "12 bytes read" in one_line(exc)
     assert exc.value.transient is True
@@ -689,7 +787,7 @@ def test_a_body_shorter_than_its_length_is_not_a_file_and_worth_a_retry(server):
 def test_a_chunked_body_is_read_whole(server):
     data = b"id,title\n" + b"".join(b"%d,project %d\n" % (i, i) for i in range(500))
     server.routes["/chunked.csv"] = body(data, length=False, chunked=True)
-    assert fetch(server.url("/chunked.csv"), allowing("127.0.0.1")) == data
+    assert fetch(server.url("/chunked.csv"), private("127.0.0.1")) == data
 
 
 def test_fetch_names_unreachable_servers():
@@ -767,10 +865,10 @@ def test_fetch_checks_tls_against_the_host_name(https_server, dns, connects, hos
     dns[host] = ["127.0.0.1"]
     source = https_server.url("/data.csv", host=host)
     if message is None:
-        assert fetch(source, allowing(host)) == DATA
+        assert fetch(source, private(host)) == DATA
         assert https_server.requests == [("/data.csv", f"{host}:{https_server.port}")]
     else:
         with pytest.raises(SourceUnavailable, match=message) as exc:
-            fetch(source, allowing(host))
+            fetch(source, private(host))
         assert exc.value.transient is False
     assert connects == ["127.0.0.1"]

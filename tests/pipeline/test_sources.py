@@ -8,11 +8,13 @@ from tagifai.contract.errors import EXIT_BAD_INPUT, EXIT_ERROR, TagifaiError
 from tagifai.contract.sources import redact
 from tagifai.pipeline import sources
 
+SOURCE_ENVS = ("TAGIFAI_PROJECTS_URL", "TAGIFAI_TAGS_URL")
+
 
 @pytest.fixture(autouse=True)
 def no_policy(monkeypatch):
     """A person's own machine: no deployment policy in the environment."""
-    for name in ("TAGIFAI_DATA_DIRS", "TAGIFAI_ALLOWED_URL_HOSTS", "TAGIFAI_PROJECTS_URL", "TAGIFAI_TAGS_URL"):
+    for name in ("TAGIFAI_DATA_DIRS", "TAGIFAI_ALLOWED_URL_HOSTS", "TAGIFAI_PRIVATE_URL_HOSTS", *SOURCE_ENVS):
         monkeypatch.delenv(name, raising=False)
 
 

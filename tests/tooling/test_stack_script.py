@@ -43,6 +43,39 @@ def test_the_example_file_is_refused_naming_its_placeholders(tmp_path, capsys):
     assert "\n" not in line and "MLFLOW_ADMIN_PASSWORD" in line and "still empty or 'change-me'" in line
 
 
+def test_every_start_gives_the_services_mlflow_logins_fresh_passwords_and_keeps_the_rest(tmp_path):
+    target = tmp_path / ".env"
+    stack.write_env(REPO / ".env.example", target, {})
+    before, lines = stack.read_env(target, {}), target.read_text().splitlines()
+    stack.rotate_service_logins(target)
+    after = stack.read_env(target, {})
+    assert [line.split("=", 1)[0] for line in target.read_text().splitlines()] == [
+        line.split("=", 1)[0] for line in lines
+    ]  # in place: .env reads as before
+    for key in ("MLFLOW_SERVE_PASSWORD", "MLFLOW_BATCH_PASSWORD"):
+        assert len(after[key]) >= 24 and after[key] != before[key]
+    assert {k: v for k, v in after.items() if k not in stack.SERVICE_PASSWORDS} == {
+        k: v for k, v in before.items() if k not in stack.SERVICE_PASSWORDS
+    }
+    assert oct(target.stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize(
+    ("viewer", "refused"),
+    [
+        ("", []),  # no shared viewer login: allowed
+        ("change-me", ["MLFLOW_VIEWER_PASSWORD"]),  # the example's placeholder: refused
+        ("x" * 24, []),  # a viewer login
+    ],
+)
+def test_the_shared_viewer_login_is_optional(viewer, refused):
+    env = {"MLFLOW_VIEWER_PASSWORD": viewer, "MLFLOW_SERVE_PASSWORD": "y" * 24}
+    assert stack.placeholders(env) == refused
+    assert stack.placeholders({**env, "MLFLOW_SERVE_PASSWORD": ""}) == ["MLFLOW_SERVE_PASSWORD", *refused]
+    shown = "\n".join(stack.summary(env))
+    assert ("shared viewer" in shown) == bool(viewer) and "make mlflow-user NAME=you" in shown
+
+
 @pytest.mark.parametrize(
     ("env", "wrong"),
     [
