@@ -116,7 +116,8 @@ with DAG(
             **FINITE,
             minimum=gate.min_f1,
             maximum=1,
-            description=f"Promotion gate: minimum test F1 (this deployment: at least {gate.min_f1}).",
+            description="Promotion gate: minimum F1, on the test split and the holdout "
+            f"(this deployment: at least {gate.min_f1}).",
         ),
         "max_regression": Param(
             gate.max_regression,
