@@ -23,7 +23,7 @@ from harness import dags as dag_helpers
 
 RUNS = ("inprocess", "local", "docker")
 # Tuning throughput: every trial runs all its folds, so 1 and 2 workers do comparable work.
-NO_PRUNING = "[optimize]\npruner_startup_trials = 100000\n"
+NO_PRUNING = '[optimize]\npruner_startup_trials = 100000\n[mlflow]\nexperiments = ["throughput"]\n'
 
 
 def tagifai(*args: str, env: dict[str, str]) -> dict[str, Any]:

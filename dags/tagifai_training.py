@@ -23,6 +23,7 @@ over it): a param left alone changes nothing. Trigger with a config to override 
 `{"num_trials": 5, "num_workers": 4}`. Deployment settings come from the environment of the Airflow
 workers: `TAGIFAI_IMAGE`, `TAGIFAI_DOCKER_NETWORK`, `TAGIFAI_MLFLOW_TRACKING_URI`,
 `TAGIFAI_OPTUNA_STORAGE`, `DOCKER_HOST`, `TAGIFAI_BIN` (see `tagifai/orchestration/runners.py`).
+`experiment_name` is one of the experiments the deployer lists (`[mlflow]`), never free text.
 
 The trigger form is untrusted input. Data sources must pass the deployment's policy before any step
 starts (`tagifai/contract/sources.py`): local files only inside `TAGIFAI_DATA_DIRS` (host paths; the
@@ -86,11 +87,12 @@ with DAG(
             maximum=limits.max_workers,
             description="Parallel `optimize` tasks sharing one Optuna study (in TAGIFAI_OPTUNA_STORAGE).",
         ),
+        # Only experiments the deployer lists (`[mlflow]`): `make up` made them, and only the pipeline writes them.
         "experiment_name": Param(
             config.mlflow.experiment_name,
             type="string",
-            pattern=r"^[\w .:/-]{1,200}$",
-            description="MLflow experiment of the runs (letters, digits, space, `_ . : / -`).",
+            enum=config.mlflow.choices(),
+            description="MLflow experiment of the runs: one this deployment lists ([mlflow] experiments).",
         ),
         "projects_url": Param(
             data["projects"],

@@ -21,6 +21,7 @@ import glob
 import json
 import multiprocessing
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -164,17 +165,29 @@ def running_postgres(*databases: str) -> Iterator[Postgres]:
 
 @dataclass(frozen=True)
 class MlflowServer:
-    """A running `mlflow server`: its URL, and the folder where it keeps the artifacts it proxies."""
+    """A running `mlflow server`: its URL, the folder where it keeps the artifacts it proxies, its admin login."""
 
     uri: str
     artifacts: Path
+    admin: tuple[str, str] | None = None
+
+
+# MLflow's basic-auth app as the stack configures it (images/mlflow/start.py): people may read everything.
+AUTH_INI = """[mlflow]
+default_permission = READ
+database_uri = sqlite:///{folder}/basic_auth.db
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+"""
 
 
 @contextlib.contextmanager
 def running_mlflow_server(
-    backend_uri: str, folder: Path, env: Mapping[str, str] | None = None
+    backend_uri: str, folder: Path, env: Mapping[str, str] | None = None, auth: bool = False
 ) -> Iterator[MlflowServer]:
-    """Run `mlflow server` on 127.0.0.1 with `backend_uri`, proxying artifacts kept in `folder`."""
+    """Run `mlflow server` on 127.0.0.1 with `backend_uri`, proxying artifacts kept in `folder`.
+
+    With `auth`, MLflow's basic-auth app (as in the stack) with an admin login of its own (`.admin`).
+    """
     require(MLFLOW.exists(), f"tagifai venv not found at {TAGIFAI_VENV} (make install)")
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -188,6 +201,18 @@ def running_mlflow_server(
         "--port", str(port),
         "--workers", "1",
     ]  # fmt: skip
+    admin = None
+    if auth:
+        admin = ("admin", secrets.token_urlsafe(18))
+        (folder / "basic_auth.ini").write_text(AUTH_INI.format(folder=folder), encoding="utf-8")
+        command += ["--app-name", "basic-auth"]
+        env = {
+            **(env or {}),
+            "MLFLOW_AUTH_CONFIG_PATH": str(folder / "basic_auth.ini"),
+            "MLFLOW_AUTH_ADMIN_USERNAME": admin[0],
+            "MLFLOW_AUTH_ADMIN_PASSWORD": admin[1],
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+        }
     with (folder / "mlflow-server.log").open("w") as log:
         server = subprocess.Popen(
             command,
@@ -200,7 +225,7 @@ def running_mlflow_server(
         )
         try:
             wait_for(lambda: answers(f"{url}/health"), "mlflow server", 120, server)
-            yield MlflowServer(url, folder / "artifacts")
+            yield MlflowServer(url, folder / "artifacts", admin)
         finally:
             stop(server)
 

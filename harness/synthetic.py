@@ -156,6 +156,10 @@ ngram_max_range = [3, 5]
 pruner_startup_trials = 1
 pruner_warmup_folds = 1
 cv_folds = 3
+
+[mlflow]
+# The experiments the tests' runs go to (a run may use only a listed one).
+experiments = ["champion", "gate", "reuse", "new-data", "chain", "workers", "e2e"]
 """
 
 

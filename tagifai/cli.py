@@ -41,7 +41,9 @@ def from_env(envvar: str, help: str, shown: str | bool = True, kind: Any = str |
 
 ProjectsUrl = from_env(names.PROJECTS_URL_ENV, "projects.csv: http(s)/file:// URL or path.", "pinned upstream")
 TagsUrl = from_env(names.TAGS_URL_ENV, "tags.csv: http(s)/file:// URL or path.", "pinned upstream")
-ExperimentName = from_env("MLFLOW_EXPERIMENT_NAME", "MLflow experiment for the runs.", "tagifai")
+ExperimentName = from_env(
+    "MLFLOW_EXPERIMENT_NAME", "MLflow experiment for the runs: one of [mlflow] experiments.", "tagifai"
+)
 Storage = from_env(
     names.OPTUNA_STORAGE_ENV, "Optuna RDB storage URL, to share one study between processes.", "in-memory"
 )
@@ -188,7 +190,7 @@ def elt(
         except (ValueError, TypeError) as exc:
             raise BadInputError(f"--plan must be a JSON object of num_trials, min_f1, max_regression: {exc}") from exc
     projects, tags = projects_url or settings.data.projects_url, tags_url or settings.data.tags_url
-    experiment = experiment_name or settings.mlflow.experiment_name
+    experiment = settings.mlflow.experiment(experiment_name)  # only one the deployer listed
     return steps.elt(settings, projects, tags, experiment, force, params)
 
 
@@ -297,7 +299,7 @@ def pipeline(
     gate, count = gate_options(settings, min_f1, max_regression, model_name), trials(settings, num_trials)
     os.environ.setdefault(names.PIPELINE_RUN_ID_ENV, tracking.fresh_pipeline_run_id())
     projects, tags = projects_url or settings.data.projects_url, tags_url or settings.data.tags_url
-    experiment = experiment_name or settings.mlflow.experiment_name
+    experiment = settings.mlflow.experiment(experiment_name)  # only one the deployer listed
     elt_out = steps.elt(settings, projects, tags, experiment, force)
     validate_out = steps.validate(settings, elt_out["run_id"], allow_drift, force=force)
     optimize_out = steps.optimize(settings, validate_out["run_id"], count, storage, force=force)
@@ -434,6 +436,17 @@ def card(
 
     name, version = model_cards.resolve(model_uri)
     typer.echo(cards.render(model_cards.card_of(settings, name, version)), nl=False)
+
+
+@command()
+def claim(settings: Settings) -> dict[str, Any]:
+    """Create the deployment's experiments and registered model, and take EDIT/MANAGE on them from other logins.
+
+    Run as the MLflow admin (`make up` does): the steps refuse names another login may write.
+    """
+    from tagifai.operations import claim as claiming
+
+    return claiming.claim(settings)
 
 
 @command("settings", connect=False)

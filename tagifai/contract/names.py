@@ -23,6 +23,9 @@ OUTPUT_ENV = "TAGIFAI_OUTPUT"
 # Rerun a step even when a finished run has its key.
 FORCE_ENV = "TAGIFAI_FORCE"
 MODEL_NAME_ENV = "TAGIFAI_MODEL_NAME"
+# The MLflow login batch scoring writes its runs with, if not the admin: `tagifai claim` lets it write
+# `[predict] experiment_name` (and no other login but the admin).
+PREDICTIONS_WRITER_ENV = "TAGIFAI_PREDICTIONS_WRITER"
 PREDICT_SOURCE_ENV = "TAGIFAI_PREDICT_SOURCE"
 
 # --- The training data and where it may come from ---

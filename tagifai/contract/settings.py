@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tagifai.contract.errors import BadInputError
+
 Fraction = Annotated[float, Field(ge=0, le=1)]
 OpenFraction = Annotated[float, Field(gt=0, lt=1)]
 Positive = Annotated[float, Field(gt=0)]
@@ -174,10 +176,26 @@ class Watch(Section):
 
 
 class Mlflow(Section):
-    """`[mlflow]`: the experiment, and the embedded store when no tracking URI is set."""
+    """`[mlflow]`: the experiments a training run may use, and the embedded store when no tracking URI is set."""
 
     experiment_name: Name
+    experiments: list[Name] = []
     local_store: Name
+
+    def choices(self) -> list[str]:
+        """The experiments a training run may log to: `experiment_name` (the default) first, then `experiments`."""
+        return list(dict.fromkeys([self.experiment_name, *self.experiments]))
+
+    def experiment(self, name: str | None) -> str:
+        """`name` (None: the default) if the deployer listed it.
+
+        Raises:
+            BadInputError: the deployer did not list `name`.
+        """
+        if name is None or name in self.choices():
+            return name or self.experiment_name
+        listed = ", ".join(map(repr, self.choices()))
+        raise BadInputError(f"experiment {name!r} is not one this deployment lists ([mlflow] experiments: {listed})")
 
 
 # `register` is also ABCMeta's classmethod (pydantic warns of the shadow); on a settings object it is the field.

@@ -20,7 +20,7 @@ from tagifai.contract import names
 from tagifai.contract.errors import BadInputError, TagifaiError
 from tagifai.contract.settings import Settings
 from tagifai.operations.airflow_api import Airflow, AirflowError
-from tagifai.pipeline import registry
+from tagifai.pipeline import ownership, registry, tracking
 
 log = logging.getLogger("tagifai")
 
@@ -53,6 +53,8 @@ def rollback(settings: Settings, name: str, to_version: str | None, reason: str 
         BadInputError: no champion, no earlier version to go back to, or the target cannot be used.
     """
     client = MlflowClient()
+    history = settings.register.history_experiment
+    ownership.check(ownership.model(name), ownership.experiment(tracking.experiment_id(history), history))
     moves = registry.sync_history(settings, name)
     current = registry.version_by_alias(client, name, names.CHAMPION_ALIAS)
     if current is None:

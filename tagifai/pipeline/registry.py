@@ -32,6 +32,7 @@ from tagifai.pipeline import tracking
 log = logging.getLogger("tagifai")
 
 CHALLENGER = "challenger"
+DESCRIPTION = "Tags ML project descriptions (tagifai)."
 # The `tagifai.step` of a history record.
 MOVE = "champion-move"
 # A version's, and a history record's, f1 on the holdout (with the holdout's sha256 beside it).
@@ -130,7 +131,7 @@ def register(client: MlflowClient, name: str, model_uri: str, run_id: str, tags:
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description="Tags ML project descriptions (tagifai).")
+        client.create_registered_model(name, description=DESCRIPTION)
     try:
         versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     except MlflowException:
@@ -308,18 +309,18 @@ def judge(
     name: str,
     version: str,
     champion: ModelVersion | None,
-    data_run_id: str,
+    data_run: tuple[str, str],
     f1: float,
     gate_settings: tuple[float, float],
 ) -> dict[str, Any]:
     """The gate's decision on `version` (test `f1`), with what it compared against.
 
-    The challenger and the champion are scored on the holdout of `data_run_id` (the validate run),
-    the champion also on its test split, and the best holdout f1 of all champions is read from the
-    history. It fails closed: only a champion that can never be loaded (`models.UnloadableModelError`)
-    is not re-scored, and then its recorded holdout f1 stands in (none recorded for this holdout: it
-    is not compared, and the reason says so). Any other error while scoring is raised as a
-    `TagifaiError` (exit 1: try again), before any alias moves.
+    The challenger and the champion are scored on the holdout of `data_run` (the validate run's id,
+    and the pipeline's experiment it must be in), the champion also on its test split, and the best
+    holdout f1 of all champions is read from the history. It fails closed: only a champion that can
+    never be loaded (`models.UnloadableModelError`) is not re-scored, and then its recorded holdout
+    f1 stands in (none recorded for this holdout: it is not compared, and the reason says so). Any
+    other error while scoring is raised as a `TagifaiError` (exit 1: try again), before any alias moves.
 
     Returns:
         `promote`, `reason`, `champion_f1`, `holdout_f1`, `champion_holdout_f1`, `best_holdout_f1`,
@@ -331,7 +332,8 @@ def judge(
     out.update(holdout_sha256=None, champion_unloadable=None, champion_holdout_recorded=False, stale=False)
     if back := moves_back(version, champion):
         return {**out, "promote": False, "reason": back, "stale": True}
-    out["holdout_sha256"] = tracking.get_run(data_run_id, "validate").data.tags.get(holdouts.SHA_TAG)
+    data_run_id, experiment = data_run
+    out["holdout_sha256"] = tracking.get_run(data_run_id, "validate", experiment).data.tags.get(holdouts.SHA_TAG)
     if not out["holdout_sha256"]:
         raise BadInputError(f"validate run {data_run_id} has no holdout (it is older than the gate's): run it anew")
     holdout = tracking.load_split(data_run_id, holdouts.SPLIT)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from tagifai import model as models
@@ -28,7 +29,7 @@ from tagifai.core import train as training
 from tagifai.core import validate as validation
 from tagifai.pipeline import cards as model_cards
 from tagifai.pipeline import holdout as holdouts
-from tagifai.pipeline import predictions, registry, sources, tracking, tuning
+from tagifai.pipeline import ownership, predictions, registry, sources, tracking, tuning
 
 log = logging.getLogger("tagifai")
 
@@ -41,6 +42,17 @@ REQUIRED = {
     "optimize": (tracking.BEST_PARAMS,),
     "evaluate": (tracking.REPORT,),
 }
+
+
+def upstream_run(settings: Settings, run_id: str, step: str, *also: ownership.Resource) -> Run:
+    """The finished `step` run a step follows, in an experiment the deployer lists and only the pipeline writes.
+
+    Checked once per step, with the other names it writes (`also`): every later run it follows must be
+    in that same experiment (`tracking.get_run(..., experiment)`).
+    """
+    upstream = tracking.get_run(run_id, step)
+    ownership.check(ownership.listed_experiment(settings, upstream.info.experiment_id), *also)
+    return upstream
 
 
 def earlier(experiment: str, step: str, key: str, force: bool, **check: Any) -> dict[str, Any] | None:
@@ -73,6 +85,7 @@ def elt(
     """
     shown = {"projects_url": redact(projects_url), "tags_url": redact(tags_url)}
     experiment = tracking.experiment_id(experiment_name)
+    ownership.check(ownership.listed_experiment(settings, experiment))
     raw = {"projects.csv": sources.fetch(projects_url, settings), "tags.csv": sources.fetch(tags_url, settings)}
     projects = data.parse_csv(raw["projects.csv"], f"projects.csv ({shown['projects_url']})", data.PROJECT_COLUMNS)
     tags = data.parse_csv(raw["tags.csv"], f"tags.csv ({shown['tags_url']})", data.TAG_COLUMNS)
@@ -167,7 +180,7 @@ def validate(
     Raises:
         DataValidationError: a check failed; its report is logged before raising.
     """
-    upstream = tracking.get_run(elt_run_id, "elt")
+    upstream = upstream_run(settings, elt_run_id, "elt")
     experiment = upstream.info.experiment_id
     reference_run_id = reference_run_id or drift_reference_run(settings)
     reference = reference_key(reference_run_id, upstream.data.tags["data_sha256"])
@@ -226,7 +239,7 @@ def optimize(
     """
     from threadpoolctl import threadpool_limits
 
-    upstream = tracking.get_run(data_run_id, "validate")
+    upstream = upstream_run(settings, data_run_id, "validate")
     space, experiment = settings.optimize, upstream.info.experiment_id
     key = reuse.optimize_key(data_run_id, num_trials, settings)
     if found := earlier(experiment, "optimize", key, force, other_pipeline_than=tracking.pipeline_run_id(upstream)):
@@ -277,10 +290,10 @@ def train(
     settings: Settings, data_run_id: str, optimize_run_id: str | None = None, force: bool = False
 ) -> dict[str, Any]:
     """Train with the best params of an optimize run (or the `[train]` defaults); log a pyfunc model."""
-    upstream = tracking.get_run(data_run_id, "validate")
+    upstream = upstream_run(settings, data_run_id, "validate")
     params, lineage, tuning_key = settings.train.model_dump(), {}, None
     if optimize_run_id:
-        params, lineage, tuning_key = tuned(optimize_run_id, data_run_id)
+        params, lineage, tuning_key = tuned(optimize_run_id, data_run_id, upstream.info.experiment_id)
     key = reuse.train_key(data_run_id, tuning_key, settings)
     if found := earlier(upstream.info.experiment_id, "train", key, force):
         return found
@@ -300,18 +313,18 @@ def train(
                 code_paths=[str(models.copy_code(Path(folder)))],
                 pip_requirements=models.pinned_requirements(),
             )
-        mlflow.set_tag("model_uri", info.model_uri)
+        mlflow.set_tag("model_uri", info.model_uri)  # for people: evaluate and register find the model by its run
         log.info("train: val_f1 %.4f threshold %.3f -> %s", result["val"]["f1"], result["threshold"], info.model_uri)
         return tracking.record_output({"run_id": run.info.run_id, "model_uri": info.model_uri})
 
 
-def tuned(optimize_run_id: str, data_run_id: str) -> tuple[dict[str, Any], dict[str, str], str]:
+def tuned(optimize_run_id: str, data_run_id: str, experiment: str) -> tuple[dict[str, Any], dict[str, str], str]:
     """The best params an optimize run reported (its study's best, whichever worker ran it), their lineage, its key.
 
     Raises:
         TagifaiError: the run tuned other data.
     """
-    run = tracking.get_run(optimize_run_id, "optimize")
+    run = tracking.get_run(optimize_run_id, "optimize", experiment)
     tags = run.data.tags
     if tags.get("data_run_id") != data_run_id:
         raise TagifaiError(
@@ -327,16 +340,18 @@ def tuned(optimize_run_id: str, data_run_id: str) -> tuple[dict[str, Any], dict[
 
 def evaluate(settings: Settings, train_run_id: str, force: bool = False) -> dict[str, Any]:
     """Score the trained model on the held-out test split: overall, per class, slices, behavior."""
-    upstream = tracking.get_run(train_run_id, "train")
+    upstream = upstream_run(settings, train_run_id, "train")
+    experiment = upstream.info.experiment_id
     key = reuse.evaluate_key(train_run_id, settings)
-    if found := earlier(upstream.info.experiment_id, "evaluate", key, force):
+    if found := earlier(experiment, "evaluate", key, force):
         return found
-    test_df = tracking.load_split(upstream.data.tags["data_run_id"], "test")
-    model = models.load(upstream.data.tags["model_uri"])
+    data_run = tracking.get_run(upstream.data.tags["data_run_id"], "validate", experiment)
+    test_df = tracking.load_split(data_run.info.run_id, "test")
+    model = models.load(tracking.logged_model_uri(upstream))  # the model the train run logged, whatever its tags say
     report = evaluation.evaluate(test_df, models.predict_tags(model, test_df), model.unwrap_python_model().classes)
     behavioral = evaluation.behavioral_tests(lambda texts: models.predict_tags(model, models.texts_frame(texts)))
     overall = report["overall"]
-    with tracking.step_run("evaluate", upstream.info.experiment_id, upstream, key=key) as run:
+    with tracking.step_run("evaluate", experiment, upstream, key=key) as run:
         mlflow.log_metrics({**evaluation.flat_metrics(report), "behavioral_pass_rate": behavioral["pass_rate"]})
         if model_id := model.metadata.model_id:  # also on the logged model, so the Models page shows test scores
             mlflow.log_metrics({f"test_{k}": v for k, v in overall.items()}, model_id=model_id)
@@ -365,22 +380,24 @@ def register(
     A model is never registered twice: its version is reused, and a version not newer than the
     champion moves no alias. The gate scores on the holdout the validate run logged (`registry.judge`).
     """
-    evaluated = tracking.get_run(evaluate_run_id, "evaluate")
+    history = tracking.experiment_id(settings.register.history_experiment)
+    owned = ownership.model(model_name), ownership.experiment(history, settings.register.history_experiment)
+    evaluated = upstream_run(settings, evaluate_run_id, "evaluate", *owned)
     experiment = evaluated.info.experiment_id
     key = reuse.register_key(evaluate_run_id, (min_f1, max_regression, model_name), settings)
     if found := earlier(experiment, "register", key, force, model_name=model_name):
         return found
-    trained = tracking.get_run(evaluated.data.tags["train_run_id"], "train")
+    trained = tracking.get_run(evaluated.data.tags["train_run_id"], "train", experiment)
     client = MlflowClient()
     registry.sync_history(settings, model_name)
     champion = registry.version_by_alias(client, model_name, names.CHAMPION_ALIAS)
     with tracking.step_run("register", experiment, evaluated, key=key) as run:
         tags = registry.version_tags(evaluated.data.metrics, trained, run, evaluate_run_id)
-        version = registry.register(client, model_name, trained.data.tags["model_uri"], trained.info.run_id, tags)
-        gate, data_run_id = (min_f1, max_regression), trained.data.tags["data_run_id"]
+        version = registry.register(client, model_name, tracking.logged_model_uri(trained), trained.info.run_id, tags)
+        gate, data_run = (min_f1, max_regression), (trained.data.tags["data_run_id"], experiment)
         test_f1 = evaluated.data.metrics["test_f1"]
         # Everything is scored before any alias moves: an error here (exit 1) leaves both where they were.
-        judged = registry.judge(settings, model_name, version.version, champion, data_run_id, test_f1, gate)
+        judged = registry.judge(settings, model_name, version.version, champion, data_run, test_f1, gate)
         registry.apply(client, model_name, version.version, judged)
         previous = str(champion.version) if champion else None
         if judged["promote"]:

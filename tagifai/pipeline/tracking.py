@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 import tagifai
 from tagifai.contract import names
-from tagifai.contract.errors import TagifaiError
+from tagifai.contract.errors import BadInputError, TagifaiError
 from tagifai.contract.settings import Settings
 from tagifai.core import data
 
@@ -95,16 +95,20 @@ def fresh_pipeline_run_id() -> str:
     return f"manual__{uuid.uuid4().hex[:12]}"
 
 
-def get_run(run_id: str, step: str) -> Run:
-    """Fetch an upstream run and check it is a finished run of `step`.
+def get_run(run_id: str, step: str, experiment: str | None = None) -> Run:
+    """Fetch an upstream run and check it is a finished run of `step` (in `experiment`, if given).
 
     Raises:
         TagifaiError: the run is missing, of another step, or did not finish.
+        BadInputError: the run is not in `experiment`.
     """
     try:
         run = MlflowClient().get_run(run_id)
     except MlflowException as exc:
         raise TagifaiError(f"no MLflow run {run_id!r} at {mlflow.get_tracking_uri()} (expected a {step} run)") from exc
+    if experiment is not None and run.info.experiment_id != experiment:
+        where = f"experiment {run.info.experiment_id}, not this pipeline's {experiment}"
+        raise BadInputError(f"{step} run {run_id} is in {where}: a pipeline follows only its own runs")
     actual = run.data.tags.get(STEP_TAG)
     if actual != step:
         raise TagifaiError(f"run {run_id} is a {actual or 'non-tagifai'} run, not a {step} run")
@@ -177,7 +181,7 @@ def reusable(
         if other_pipeline_than and run.data.tags.get(PIPELINE_TAG) == other_pipeline_than:
             continue
         if output and all(has_artifact(run.info.run_id, path) for path in artifacts):
-            if "model_uri" in run.data.tags and not model_files_exist(run.data.tags["model_uri"]):
+            if step == "train" and not model_files_exist(run):
                 continue
             return {**json.loads(output), "reused": True}
     return None
@@ -191,12 +195,26 @@ def has_artifact(run_id: str, path: str) -> bool:
         return False
 
 
-def model_files_exist(model_uri: str) -> bool:
-    """Whether a logged model (`models:/m-…`) still has its files."""
+def logged_model_uri(run: Run) -> str:
+    """`models:/<model id>` of the one model the (train) `run` logged: whose source run it is, never a tag's URI.
+
+    Raises:
+        BadInputError: the run logged no model, or more than one.
+    """
+    found = MlflowClient().search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'", max_results=2
+    )
+    if len(found) != 1:
+        raise BadInputError(f"run {run.info.run_id} logged {len(found) or 'no'} model(s), not one")
+    return f"models:/{found[0].model_id}"
+
+
+def model_files_exist(run: Run) -> bool:
+    """Whether the model `run` logged still has its files."""
     try:
-        location = MlflowClient().get_logged_model(model_uri.removeprefix("models:/")).artifact_location
+        location = MlflowClient().get_logged_model(logged_model_uri(run).removeprefix("models:/")).artifact_location
         return any(Path(info.path).name == "MLmodel" for info in mlflow.artifacts.list_artifacts(artifact_uri=location))
-    except (MlflowException, OSError):
+    except (MlflowException, OSError, TagifaiError):
         return False
 
 

@@ -146,6 +146,7 @@ def test_drift_fails_validate_unless_allowed(run, tmp_path):
         (["--num-trials", "100000"], "num_trials 100000 is more than this deployment allows"),
         (["--min-f1", "nan"], "min_f1 must be a finite number, not nan"),  # NaN passes every comparison
         (["--max-regression", "-inf"], "max_regression must be a finite number, not -inf"),
+        (["--experiment-name", "someone-elses"], "experiment 'someone-elses' is not one this deployment lists"),
     ],
 )
 def test_params_may_not_loosen_the_deployers_gate_or_limits(run, tmp_path, mlflow_store, args, message):
@@ -154,6 +155,20 @@ def test_params_may_not_loosen_the_deployers_gate_or_limits(run, tmp_path, mlflo
     assert result.exit_code == 3 and message in result.stderr.strip().splitlines()[-1]
     mlflow.set_tracking_uri(mlflow_store)
     assert MlflowClient().search_runs([e.experiment_id for e in MlflowClient().search_experiments()]) == []
+
+
+def test_elt_refuses_an_experiment_the_deployer_did_not_list(tmp_path, mlflow_store, small_config, monkeypatch):
+    # What a DAG task hands over (MLFLOW_EXPERIMENT_NAME), refused by the step as well as by the trigger form.
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "someone-elses")
+    projects, tags = write(tmp_path / "data")
+    result = CliRunner().invoke(app, ["elt", "--projects-url", str(projects), "--tags-url", str(tags)])
+    assert result.exit_code == 3
+    assert result.stderr.strip().splitlines() == [
+        "error: experiment 'someone-elses' is not one this deployment lists ([mlflow] experiments: 'tagifai', "
+        "'champion', 'gate', 'reuse', 'new-data', 'chain', 'workers', 'e2e')"
+    ]
+    mlflow.set_tracking_uri(mlflow_store)
+    assert [e.name for e in MlflowClient().search_experiments()] in ([], ["Default"])
 
 
 def test_the_plan_a_dag_hands_to_elt_may_not_hold_nan(tmp_path, mlflow_store, small_config):

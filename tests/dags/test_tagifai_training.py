@@ -136,6 +136,18 @@ def test_params_default_to_the_settings_the_steps_read(load_dag, tmp_path):
     assert params["max_regression"] == 0.02  # not overridden: the versioned default
 
 
+def test_the_experiment_is_chosen_from_those_the_deployer_lists(load_dag, tmp_path):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    override = tmp_path / "deploy.toml"
+    override.write_text("[mlflow]\nexperiments = ['team-a', 'team-b']\n")
+    param = load_dag(TAGIFAI_CONFIG=str(override)).params.get_param("experiment_name")
+    assert param.schema["enum"] == ["tagifai", "team-a", "team-b"]  # the form's dropdown, the default first
+    assert param.resolve("team-b") == "team-b"
+    with pytest.raises(ParamValidationError):
+        param.resolve("team-c")
+
+
 def test_data_url_params_default_to_the_environment(load_dag):
     params = load_dag(TAGIFAI_PROJECTS_URL="/data/p.csv", TAGIFAI_TAGS_URL="file:///data/t.csv").params
     assert (params["projects_url"], params["tags_url"]) == ("/data/p.csv", "file:///data/t.csv")
@@ -500,7 +512,8 @@ def test_runs_and_steps_have_time_limits_from_the_settings(load_dag):
         ("max_regression", 1.0),  # looser than [register] max_regression = 0.02
         ("num_trials", 201),  # more than [limits] max_trials
         ("num_workers", 9),  # more than [limits] max_workers
-        ("experiment_name", "x\ny"),  # a control character in a free-text name
+        ("experiment_name", "x\ny"),  # a control character
+        ("experiment_name", "someone-elses"),  # an experiment the deployer did not list ([mlflow])
         ("min_f1", float("nan")),  # NaN passes every bound unless refused as such (runners.FINITE)
         ("max_regression", float("nan")),
         ("min_f1", float("inf")),

@@ -285,3 +285,35 @@ def test_each_database_role_reaches_only_its_database_and_the_superuser_and_flow
         "AIRFLOW__CELERY__BROKER_URL",
         "AIRFLOW__CELERY__FLOWER_BASIC_AUTH",
     }
+
+
+def test_the_stacks_mlflow_names_are_the_deployments(stack, first_run):
+    # `make up` ran `tagifai claim` as the admin: the names exist, and no other login may write them.
+    def viewer(path: str, body: dict) -> int:
+        try:
+            with urllib.request.urlopen(stack.mlflow_request(path, body, login="VIEWER"), timeout=30) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    experiments = ["tagifai", "tagifai-champion-history", "tagifai-predictions"]
+    for name in experiments:
+        assert viewer("/api/2.0/mlflow/experiments/create", {"name": name}) == 400  # exists: not the viewer's
+    assert viewer("/api/2.0/mlflow/registered-models/create", {"name": "tagifai"}) == 400
+    ids = [
+        stack.mlflow("experiments/get-by-name", experiment_name=n)["experiment"]["experiment_id"] for n in experiments
+    ]
+    username = stack.env["MLFLOW_VIEWER_USERNAME"]
+    for kind, key in [*(("experiment", i) for i in ids), ("registered_model", "tagifai")]:
+        query = urllib.parse.urlencode({"username": username, "resource_type": kind, "resource_id": key})
+        with urllib.request.urlopen(stack.mlflow_request(f"/api/3.0/mlflow/users/permissions/get?{query}")) as got:
+            assert json.loads(got.read())["permission"] == "READ", (kind, key)
+    # After a run: the champion the pipeline moved is not the viewer's to move.
+    champion = stack.mlflow("registered-models/alias", name="tagifai", alias="champion")["model_version"]["version"]
+    assert (
+        viewer("/api/2.0/mlflow/registered-models/alias", {"name": "tagifai", "alias": "champion", "version": champion})
+        == 403
+    )
+    # The trigger form offers only the experiments the deployer lists ([mlflow]).
+    with pytest.raises(RuntimeError, match="HTTP 4"):
+        stack.airflow().trigger({"experiment_name": "someone-elses", "num_trials": 1, "num_workers": 1})
