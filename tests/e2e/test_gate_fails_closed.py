@@ -96,7 +96,7 @@ def test_mlflow_failing_while_the_champion_is_rescored_exits_1_and_moves_nothing
     }
     env.pop("TAGIFAI_PIPELINE_RUN_ID", None)
     cli = Cli(env, tmp_path)
-    name, experiment = env["TAGIFAI_MODEL_NAME"], ("--experiment-name", "fails-closed")
+    name, experiment = env["TAGIFAI_MODEL_NAME"], ("--experiment-name", "e2e")
     _, first, _ = cli("pipeline", "--num-trials", "1", *experiment)
     client = MlflowClient(proxy.uri)
     champion = client.get_model_version_by_alias(name, "champion")
