@@ -39,7 +39,10 @@ def data_args(projects: str, tags: str) -> list[str]:
 def client_env(tracking_uri: str, storage: str, pipeline_run_id: str, **extra: str) -> dict[str, str]:
     """The environment of a `tagifai` command against the benchmark's services."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TAGIFAI_", "MLFLOW_"))}
+    # The deployment's data stays: the gate's holdout is read from it (the pinned upstream without it).
+    data = {k: os.environ[k] for k in ("TAGIFAI_PROJECTS_URL", "TAGIFAI_TAGS_URL") if k in os.environ}
     return {
+        **data,
         **env,
         "MLFLOW_TRACKING_URI": tracking_uri,
         "TAGIFAI_OPTUNA_STORAGE": storage,

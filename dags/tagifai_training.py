@@ -8,11 +8,11 @@ object last (`{"run_id": ...}`), and the next step gets that MLflow run id as an
 | step | reads | writes (MLflow) |
 | --- | --- | --- |
 | `elt` | projects and tags CSVs (`projects_url`, `tags_url`) | the labelled dataset |
-| `validate` | the `elt` run | data contract + drift report; fails the run on bad data |
+| `validate` | the `elt` run; the deployment's data | contract + drift report (bad data fails it); splits, holdout |
 | `optimize` | the `validate` run | trials of one Optuna study, shared by `num_workers` parallel tasks |
 | `train` | the `validate` run, the study's best trial | the model |
 | `evaluate` | the `train` run | test metrics, slices, behavioral checks |
-| `register` | the `evaluate` run | a model version; `@champion` when it passes the gate |
+| `register` | the `evaluate` run | a model version; `@champion` when it passes the gate (test split and holdout) |
 
 `optimize_workers` copies the `optimize` command once per worker and `optimize` maps over the
 copies: the workers run the trials of one Optuna study together, stored where
@@ -42,7 +42,7 @@ from functools import partial
 from airflow.sdk import DAG, AssetOrTimeSchedule, Param
 
 from tagifai.contract.config import config_dir, load
-from tagifai.orchestration.assets import DAILY, publish_champion, source_asset, sources
+from tagifai.orchestration.assets import DAILY, holdout, publish_champion, source_asset, sources
 from tagifai.orchestration.runners import (
     FINITE,
     USER_DEFINED_FILTERS,
@@ -55,6 +55,8 @@ from tagifai.orchestration.runners import (
 config = load(config_dir())
 settings = RunnerSettings.from_env(config=config)
 limits, gate, data = config.limits, config.register, sources(config)
+# The gate's holdout: the deployment's, never the trigger's (`tagifai.pipeline.holdout`).
+held = holdout(config)
 
 with DAG(
     dag_id="tagifai_training",
@@ -116,7 +118,8 @@ with DAG(
             **FINITE,
             minimum=gate.min_f1,
             maximum=1,
-            description=f"Promotion gate: minimum test F1 (this deployment: at least {gate.min_f1}).",
+            description="Promotion gate: minimum F1, on the test split and the holdout "
+            f"(this deployment: at least {gate.min_f1}).",
         ),
         "max_regression": Param(
             gate.max_regression,
@@ -124,8 +127,8 @@ with DAG(
             **FINITE,
             minimum=0,
             maximum=gate.max_regression,
-            description="Promotion gate: largest test-F1 drop allowed against the current and recent champions "
-            f"(this deployment: at most {gate.max_regression}).",
+            description="Promotion gate: largest F1 drop allowed against the champion (test split and holdout) "
+            f"and the best champion ever on the holdout (this deployment: at most {gate.max_regression}).",
         ),
     },
     user_defined_filters=USER_DEFINED_FILTERS,
@@ -144,9 +147,9 @@ with DAG(
         "--experiment-name", "{{ params.experiment_name }}",
         "--plan", "{{ {'num_trials': params.num_trials, 'min_f1': params.min_f1, "
                   "'max_regression': params.max_regression} | tojson }}",
-        data_sources=("{{ params.projects_url }}", "{{ params.tags_url }}"),
+        data_sources=("{{ params.projects_url }}", "{{ params.tags_url }}", *held),
     )  # fmt: skip
-    validate = step("validate", "--elt-run", run_id_from("elt"))
+    validate = step("validate", "--elt-run", run_id_from("elt"), data_sources=held)
     optimize_workers, optimize = tagifai_workers(
         settings,
         "optimize", "--data-run", run_id_from("validate"), "--num-trials", "{{ params.num_trials }}",

@@ -133,3 +133,16 @@ def load_settings() -> Settings:
     if not stopwords.exists():
         raise ConfigError(f"stopword list not found: {stopwords}")
     return settings.model_copy(update={"stopwords": tuple(parse_stopwords(stopwords.read_text(encoding="utf-8")))})
+
+
+def holdout_sources(settings: Settings, environ: Mapping[str, str] | None = None) -> tuple[str, str, bool]:
+    """Where the gate's holdout comes from: its projects and tags, and whether it is a golden set used whole.
+
+    `[register] holdout_projects_url`/`holdout_tags_url` (used whole), else the deployment's own data
+    (`TAGIFAI_PROJECTS_URL`/`TAGIFAI_TAGS_URL`, else `[data]`), whose test split it is. Never a trigger's.
+    """
+    env = os.environ if environ is None else environ
+    register, data = settings.register, settings.data
+    if register.holdout_projects_url:
+        return register.holdout_projects_url, register.holdout_tags_url, True
+    return env.get(names.PROJECTS_URL_ENV) or data.projects_url, env.get(names.TAGS_URL_ENV) or data.tags_url, False

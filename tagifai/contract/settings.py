@@ -11,7 +11,7 @@ from __future__ import annotations
 import warnings
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tagifai.contract.errors import BadInputError
 
@@ -119,7 +119,16 @@ class Register(Section):
     min_f1: Fraction
     max_regression: Fraction
     history_experiment: Name
-    history_window: Count
+    # The deployer's golden set (both or neither; empty: the test split of the deployment's own data).
+    holdout_projects_url: str
+    holdout_tags_url: str
+
+    @model_validator(mode="after")
+    def _holdout_pair(self) -> Register:
+        """Both holdout sources, or neither."""
+        if bool(self.holdout_projects_url) != bool(self.holdout_tags_url):
+            raise ValueError("holdout_projects_url and holdout_tags_url name one golden set: set both or neither")
+        return self
 
 
 class Limits(Section):

@@ -144,3 +144,27 @@ def prepare(df: pd.DataFrame, data_settings: Data) -> pd.DataFrame:
         prepared["tag"], data_settings.val_size, data_settings.test_size, data_settings.seed
     )
     return prepared
+
+
+def holdout(labeled: pd.DataFrame, data_settings: Data, whole: bool = False) -> pd.DataFrame:
+    """The gate's golden set made of `labeled`: its test split by `prepare`, or all of it (`whole`).
+
+    Labels are the model's: in a golden set used whole only tags outside `accepted_tags` become `other`
+    (its own counts are not the training data's, so `min_freq` does not apply).
+    """
+    if whole:
+        frame = labeled.reset_index(drop=True).copy()
+        accepted, other = data_settings.accepted_tags, data_settings.other_label
+        frame["tag"] = map_labels(frame["tag"].fillna("").astype(str), accepted, 1, other)
+        return frame
+    prepared = prepare(labeled, data_settings)
+    return prepared[prepared["split"] == "test"].drop(columns="split").reset_index(drop=True)
+
+
+def without_holdout(prepared: pd.DataFrame, holdout: pd.DataFrame, stopwords: Iterable[str]) -> pd.DataFrame:
+    """`prepared` without its train and val rows that are holdout rows: the same id, or the same cleaned text."""
+    stop = frozenset(stopwords)
+    held = {clean_text(text, stop) for text in compose_text(holdout)}
+    texts = pd.Series([clean_text(text, stop) in held for text in compose_text(prepared)], index=prepared.index)
+    same = prepared["id"].astype(str).isin(set(holdout["id"].astype(str))) | texts
+    return prepared[~(same & prepared["split"].isin(("train", "val")))]

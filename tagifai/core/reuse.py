@@ -7,7 +7,8 @@ A step's key is the sha256 of what determines its output, and nothing else:
   operations, the CLI or the Airflow helpers keys nothing anew;
 - the settings it reads (`SETTINGS_READ`): a setting no step reads, or that only says how to run
   (heartbeats, threads, limits), changes no key;
-- its own arguments (e.g. `num_trials`, the gate's params).
+- its own arguments (e.g. `num_trials`, the gate's params), and for `validate` the gate's holdout:
+  a changed holdout makes `validate`, and so every step after it, anew.
 
 Pure: settings and values in, keys out. `tagifai.pipeline.steps` looks the keys up in MLflow.
 """
@@ -119,9 +120,10 @@ def elt_key(raw_sha: str, settings: Settings) -> str:
     return key("elt", raw_sha, settings, {})
 
 
-def validate_key(elt_run_id: str, reference: str | None, allow_drift: bool, settings: Settings) -> str:
-    """`validate`: the extracted data, and what of the drift reference decides (`drift_reference`)."""
-    return key("validate", elt_run_id, settings, {"reference": reference, "allow_drift": allow_drift})
+def validate_key(elt_run_id: str, reference: str | None, allow_drift: bool, holdout: str, settings: Settings) -> str:
+    """`validate`: the extracted data, what of the drift reference decides (`drift_reference`), the holdout's sha256."""
+    args = {"reference": reference, "allow_drift": allow_drift, "holdout": holdout}
+    return key("validate", elt_run_id, settings, args)
 
 
 def optimize_key(validate_run_id: str, num_trials: int, settings: Settings) -> str:

@@ -19,6 +19,7 @@ from airflow.sdk import Asset, CronTriggerTimetable, Variable, task
 from airflow.sdk.exceptions import AirflowSkipException
 
 from tagifai.contract import names
+from tagifai.contract.config import holdout_sources
 from tagifai.contract.settings import Settings
 from tagifai.orchestration.runners import data_url, fromjson
 
@@ -35,6 +36,12 @@ def sources(config: Settings) -> dict[str, str]:
         "projects": data_url(os.environ.get(names.PROJECTS_URL_ENV), config.data.projects_url),
         "tags": data_url(os.environ.get(names.TAGS_URL_ENV), config.data.tags_url),
     }
+
+
+def holdout(config: Settings) -> tuple[str, str]:
+    """The sources of the gate's holdout (`holdout_sources`): `validate` reads them, and `elt` for its plan."""
+    projects, tags, _ = holdout_sources(config)
+    return data_url(projects, projects), data_url(tags, tags)
 
 
 def source_asset(name: str, source: str) -> Asset:

@@ -1,18 +1,18 @@
 """Register model versions, and move the `champion` alias only through the promotion gate.
 
 The gate is the deployer's (`[register]` in config/): a run may make it stricter, never looser. It
-remembers: every move of `champion` is recorded (`record_move`) as a run of the experiment
-`[register] history_experiment`, and a challenger is held against the best of the recent champions
-as well as the current one, each re-scored on the challenger's test data, so that small regressions
-cannot add up. A move made outside tagifai (the MLflow UI, the API) is recorded when tagifai first
-sees it (`sync_history`).
+judges on the deployer's holdout (`tagifai.pipeline.holdout`), which no trigger can change, besides
+the run's own test split. It remembers: every move of `champion` is recorded (`record_move`) as a
+run of the experiment `[register] history_experiment`, a promotion with its holdout f1, and a
+challenger is held against the best holdout f1 any champion ever had as well as the current
+champion's, so that small regressions cannot add up. A move made outside tagifai (the MLflow UI, the
+API) is recorded when tagifai first sees it (`sync_history`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 from typing import Any
 
 import mlflow
@@ -23,8 +23,10 @@ from mlflow.tracking import MlflowClient
 
 from tagifai import model as models
 from tagifai.contract import names
+from tagifai.contract.errors import BadInputError, TagifaiError
 from tagifai.contract.settings import Settings
 from tagifai.core import evaluate as evaluation
+from tagifai.pipeline import holdout as holdouts
 from tagifai.pipeline import tracking
 
 log = logging.getLogger("tagifai")
@@ -33,6 +35,9 @@ CHALLENGER = "challenger"
 DESCRIPTION = "Tags ML project descriptions (tagifai)."
 # The `tagifai.step` of a history record.
 MOVE = "champion-move"
+# A version's, and a history record's, f1 on the holdout (with the holdout's sha256 beside it).
+HOLDOUT_F1 = "holdout_f1"
+HOLDOUT_SCORES = ("holdout_f1", "champion_holdout_f1", "best_holdout_f1")
 # Who moved the alias when tagifai did not: a person in the MLflow UI, or a script.
 OUTSIDE = "outside tagifai (MLflow UI or API)"
 
@@ -42,36 +47,49 @@ def gate(
     champion_f1: float | None,
     min_f1: float,
     max_regression: float,
-    recent_best_f1: float | None = None,
+    holdout_f1: float | None = None,
+    champion_holdout_f1: float | None = None,
+    best_holdout_f1: float | None = None,
 ) -> dict[str, Any]:
-    """Decide whether a challenger with test `f1` replaces the champion.
+    """Decide whether a challenger with test `f1` (and `holdout_f1` on the holdout) replaces the champion.
 
     Args:
-        f1: the challenger's weighted test f1.
-        champion_f1: the current champion's f1 on the same test data, or None without a (loadable) champion.
-        min_f1: the lowest f1 a champion may have.
-        max_regression: how much worse than the champion, and than the best recent champion, it may be.
-        recent_best_f1: the best f1 of the recent champions on the same test data, if any.
+        f1: the challenger's weighted f1 on its own test split.
+        champion_f1: the champion's f1 on that test split, or None (no champion, or it cannot be loaded).
+        min_f1: the lowest f1 a champion may have, on its test split and on the holdout.
+        max_regression: how much worse than the champion, and than the best champion ever on the holdout, it may be.
+        holdout_f1: the challenger's f1 on the deployer's holdout.
+        champion_holdout_f1: the champion's f1 on the holdout (re-scored, or recorded when it cannot be loaded).
+        best_holdout_f1: the best f1 on this holdout any champion ever had (the history), if any.
 
     Returns:
         `promote` (bool) and a human-readable `reason`.
     """
-    scored, margin = f"test_f1 {f1:.4f}", f"on the same test data by more than {max_regression:.4f}"
-    promote = False
-    if f1 < min_f1:
-        reason = f"{scored} is below the minimum {min_f1:.4f}"
-    elif champion_f1 is not None and f1 < champion_f1 - max_regression:
-        reason = f"{scored} is worse than the champion's {champion_f1:.4f} {margin}"
-    elif recent_best_f1 is not None and f1 < recent_best_f1 - max_regression:
-        reason = f"{scored} is worse than the best recent champion's {recent_best_f1:.4f} {margin}"
-        reason += ": regressions do not add up"
-    elif champion_f1 is None:
-        promote, reason = True, f"{scored} >= {min_f1:.4f} and there is no champion yet to compare with"
-    else:
-        best = max(champion_f1, recent_best_f1 or 0.0)
-        within = f"within {max_regression:.4f} of the champion's {champion_f1:.4f} and of the best recent {best:.4f}"
-        promote, reason = True, f"{scored} >= {min_f1:.4f} and {within}"
-    return {"promote": promote, "reason": reason}
+    margin, drop = f"by more than {max_regression:.4f}", max_regression
+    champion, on_holdout, best = (f"{v or 0:.4f}" for v in (champion_f1, champion_holdout_f1, best_holdout_f1))
+    # Each score, the bar it is held to, how far below it may be, and what falling short means.
+    refusals = (
+        ("test_f1", f1, min_f1, 0.0, f"is below the minimum {min_f1:.4f}"),
+        ("holdout_f1", holdout_f1, min_f1, 0.0, f"is below the minimum {min_f1:.4f}"),
+        ("test_f1", f1, champion_f1, drop, f"is worse than the champion's {champion} on the same test data {margin}"),
+        ("holdout_f1", holdout_f1, champion_holdout_f1, drop, f"is worse than the champion's {on_holdout} {margin}"),
+        ("holdout_f1", holdout_f1, best_holdout_f1, drop,
+         f"is worse than the best champion's ever, {best}, {margin}: regressions do not add up"),
+    )  # fmt: skip
+    for name, score, bar, allowed, why in refusals:
+        if score is not None and bar is not None and score < bar - allowed:
+            return {"promote": False, "reason": f"{name} {score:.4f} {why}"}
+    scored = f"test_f1 {f1:.4f}" + ("" if holdout_f1 is None else f", holdout_f1 {holdout_f1:.4f}")
+    known = [
+        f"the {name}'s {value:.4f}"
+        for name, value in (("champion", champion_f1), ("champion on the holdout", champion_holdout_f1),
+                            ("best champion ever on the holdout", best_holdout_f1))
+        if value is not None
+    ]  # fmt: skip
+    compared = "there is no champion yet to compare with"
+    if known:
+        compared = f"within {max_regression:.4f} of {', '.join(known)}"
+    return {"promote": True, "reason": f"{scored} >= {min_f1:.4f} and {compared}"}
 
 
 def moves_back(version: str, champion: ModelVersion | None) -> str | None:
@@ -127,20 +145,33 @@ def register(client: MlflowClient, name: str, model_uri: str, run_id: str, tags:
     return version
 
 
+def f1_of(model: Any, frame: Any) -> float:
+    """The weighted f1 of a loaded model on a labelled frame."""
+    return evaluation.overall_metrics(frame["tag"].to_numpy(), models.predict_tags(model, frame))["f1"]
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one short line."""
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
 def rescore_or_reason(model_name: str, version: str, data_run_id: str) -> tuple[float | None, str | None]:
     """Weighted test f1 of `version` on the test split of `data_run_id` (a comparison on the same data).
 
-    Or None and one line saying why the version could not be loaded and scored: missing artifacts, a
-    model that no longer unpickles.
+    Or None and one line saying why the version can never be loaded (`models.UnloadableModelError`:
+    its files are gone, it is not a model this code loads). Anything else (the network, MLflow
+    answering 5xx, a timeout) is raised: it may pass, and is no answer.
     """
+    test_df = tracking.load_split(data_run_id, "test")
     try:
-        test_df = tracking.load_split(data_run_id, "test")
-        predicted = models.predict_tags(models.load(f"models:/{model_name}/{version}"), test_df)
-        return evaluation.overall_metrics(test_df["tag"].to_numpy(), predicted)["f1"], None
-    except Exception as exc:  # noqa: BLE001 — any failure to load or score means: judge without it
-        reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-        log.warning("register: version %s of %s cannot be scored, ignored: %s", version, model_name, reason)
-        return None, reason
+        return f1_of(models.load(f"models:/{model_name}/{version}"), test_df), None
+    except models.UnloadableModelError as exc:
+        log.warning("version %s of %s cannot be loaded: %s", version, model_name, one_line(exc))
+        return None, one_line(exc)
+    except TagifaiError:
+        raise
+    except Exception as exc:  # a timeout, MLflow's 5xx, the network: no answer yet
+        raise TagifaiError(f"cannot score version {version} of {model_name} now: {one_line(exc)}") from exc
 
 
 def version_tags(metrics: dict[str, float], trained: Run, registering: Run, evaluate_run_id: str) -> dict[str, str]:
@@ -165,6 +196,9 @@ def apply(client: MlflowClient, name: str, version: str, decision: dict[str, Any
         client.set_registered_model_alias(name, names.CHAMPION_ALIAS, version)
     client.set_model_version_tag(name, version, "promotion", decision["reason"])
     client.set_model_version_tag(name, version, "promoted", str(decision["promote"]).lower())
+    # What stands in for a re-score on this holdout once the version can no longer be loaded.
+    client.set_model_version_tag(name, version, HOLDOUT_F1, repr(decision["holdout_f1"]))
+    client.set_model_version_tag(name, version, holdouts.SHA_TAG, decision["holdout_sha256"])
 
 
 def log_decision(
@@ -172,10 +206,8 @@ def log_decision(
 ) -> None:
     """What the gate decided and compared against, on the active (register) run."""
     mlflow.log_params({"min_f1": gate_settings[0], "max_regression": gate_settings[1]})
-    scores = {
-        f"{k}_test_f1": decision[f"{k}_f1"] for k in ("champion", "recent_best") if decision[f"{k}_f1"] is not None
-    }
-    mlflow.log_metrics(scores)
+    scores = {"champion_test_f1": decision["champion_f1"], **{k: decision[k] for k in HOLDOUT_SCORES}}
+    mlflow.log_metrics({k: v for k, v in scores.items() if v is not None})
     mlflow.set_tags(
         {
             "promoted": str(decision["promote"]).lower(),
@@ -183,6 +215,8 @@ def log_decision(
             "model_version": version,
             "previous_champion": str(previous or ""),
             "champion_unloadable": decision["champion_unloadable"] or "",
+            "champion_holdout_f1_recorded": str(decision["champion_holdout_recorded"]).lower(),
+            holdouts.SHA_TAG: decision["holdout_sha256"] or "",
         }
     )
 
@@ -191,9 +225,20 @@ def log_decision(
 
 
 def record_move(
-    settings: Settings, name: str, from_version: str | None, to_version: str, action: str, by: str, reason: str
+    settings: Settings,
+    name: str,
+    from_version: str | None,
+    to_version: str,
+    action: str,
+    by: str,
+    reason: str,
+    holdout: tuple[float, str] | None = None,
 ) -> str:
-    """Record one move of `champion` (promote, rollback, manual) as a finished run; return its id."""
+    """Record one move of `champion` (promote, rollback, manual) as a finished run; return its id.
+
+    `holdout`: the new champion's f1 on the holdout and the holdout's sha256 (a promotion's), kept
+    for `best_holdout_f1`.
+    """
     client = MlflowClient()
     tags = {
         tracking.STEP_TAG: MOVE,
@@ -203,9 +248,12 @@ def record_move(
         "action": action,
         "by": by,
         "reason": reason[:5000],
+        **({holdouts.SHA_TAG: holdout[1]} if holdout else {}),
     }
     run_name = f"{name} champion v{from_version or '-'} → v{to_version}"
     run = client.create_run(tracking.experiment_id(settings.register.history_experiment), run_name=run_name, tags=tags)
+    if holdout:
+        client.log_metric(run.info.run_id, HOLDOUT_F1, holdout[0])
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 
@@ -237,13 +285,23 @@ def sync_history(settings: Settings, name: str) -> list[dict[str, str]]:
     return moves
 
 
-def recent_champions(moves: Sequence[dict[str, str]], window: int, exclude: str | None = None) -> list[str]:
-    """The distinct versions the last `window` moves made champion, newest first (but `exclude`)."""
-    seen: list[str] = []
-    for move in moves[:window]:
-        if move["to_version"] not in seen and move["to_version"] != exclude:
-            seen.append(move["to_version"])
-    return seen
+def best_holdout_f1(settings: Settings, name: str, holdout_sha256: str) -> float | None:
+    """The best f1 any champion of `name` ever had on the holdout `holdout_sha256`: all the history, no window."""
+    runs = MlflowClient().search_runs(
+        [tracking.experiment_id(settings.register.history_experiment)],
+        filter_string=f"tags.`{tracking.STEP_TAG}` = '{MOVE}' and tags.model_name = '{name}' "
+        f"and tags.{holdouts.SHA_TAG} = '{holdout_sha256}'",
+        order_by=[f"metrics.{HOLDOUT_F1} DESC"],
+        max_results=1,
+    )
+    return runs[0].data.metrics.get(HOLDOUT_F1) if runs else None
+
+
+def recorded_holdout_f1(version: ModelVersion, holdout_sha256: str) -> float | None:
+    """The holdout f1 `register` recorded on `version` for the holdout `holdout_sha256`, if any."""
+    if version.tags.get(holdouts.SHA_TAG) != holdout_sha256 or not version.tags.get(HOLDOUT_F1):
+        return None
+    return float(version.tags[HOLDOUT_F1])
 
 
 def judge(
@@ -251,33 +309,58 @@ def judge(
     name: str,
     version: str,
     champion: ModelVersion | None,
-    moves: Sequence[dict[str, str]],
-    data_run_id: str,
+    data_run: tuple[str, str],
     f1: float,
     gate_settings: tuple[float, float],
 ) -> dict[str, Any]:
     """The gate's decision on `version` (test `f1`), with what it compared against.
 
-    The champion and the recent champions are re-scored on `data_run_id`'s test split. A champion
-    that cannot be loaded is reported, and the challenger is then judged by `min_f1` alone.
+    The challenger and the champion are scored on the holdout of `data_run` (the validate run's id,
+    and the pipeline's experiment it must be in), the champion also on its test split, and the best
+    holdout f1 of all champions is read from the history. It fails closed: only a champion that can
+    never be loaded (`models.UnloadableModelError`) is not re-scored, and then its recorded holdout
+    f1 stands in (none recorded for this holdout: it is not compared, and the reason says so). Any
+    other error while scoring is raised as a `TagifaiError` (exit 1: try again), before any alias moves.
 
     Returns:
-        `promote`, `reason`, `champion_f1`, `recent_best_f1`, `champion_unloadable` (why, or None), and
-        `stale`: the version is not newer than the champion, so neither alias may move to it.
+        `promote`, `reason`, `champion_f1`, `holdout_f1`, `champion_holdout_f1`, `best_holdout_f1`,
+        `holdout_sha256`, `champion_unloadable` (why, or None), `champion_holdout_recorded`, and `stale`:
+        the version is not newer than the champion, so neither alias may move to it.
     """
     min_f1, max_regression = gate_settings
-    out: dict[str, Any] = {"champion_f1": None, "recent_best_f1": None, "champion_unloadable": None, "stale": False}
+    out: dict[str, Any] = dict.fromkeys(("champion_f1", "holdout_f1", "champion_holdout_f1", "best_holdout_f1"))
+    out.update(holdout_sha256=None, champion_unloadable=None, champion_holdout_recorded=False, stale=False)
     if back := moves_back(version, champion):
         return {**out, "promote": False, "reason": back, "stale": True}
-    if champion is not None:
-        out["champion_f1"], out["champion_unloadable"] = rescore_or_reason(name, champion.version, data_run_id)
-    if not out["champion_unloadable"]:
-        exclude = str(champion.version) if champion else None
-        recent = recent_champions(moves, settings.register.history_window, exclude)
-        scores = [rescore_or_reason(name, v, data_run_id)[0] for v in recent]
-        out["recent_best_f1"] = max((s for s in scores if s is not None), default=None)
-    decision = gate(f1, out["champion_f1"], min_f1, max_regression, out["recent_best_f1"])
-    if out["champion_unloadable"]:
-        why = out["champion_unloadable"]
-        decision["reason"] += f" (the champion v{champion.version} cannot be loaded, so only min_f1 applies: {why})"
+    data_run_id, experiment = data_run
+    out["holdout_sha256"] = tracking.get_run(data_run_id, "validate", experiment).data.tags.get(holdouts.SHA_TAG)
+    if not out["holdout_sha256"]:
+        raise BadInputError(f"validate run {data_run_id} has no holdout (it is older than the gate's): run it anew")
+    holdout = tracking.load_split(data_run_id, holdouts.SPLIT)
+    try:
+        out["holdout_f1"] = f1_of(models.load(f"models:/{name}/{version}"), holdout)
+        if champion is not None:
+            try:
+                model = models.load(f"models:/{name}/{champion.version}")
+            except models.UnloadableModelError as exc:
+                out["champion_unloadable"] = one_line(exc)
+                out["champion_holdout_f1"] = recorded_holdout_f1(champion, out["holdout_sha256"])
+                out["champion_holdout_recorded"] = out["champion_holdout_f1"] is not None
+                log.warning("register: the champion v%s cannot be loaded, not re-scored: %s", champion.version, exc)
+            else:
+                out["champion_f1"] = f1_of(model, tracking.load_split(data_run_id, "test"))
+                out["champion_holdout_f1"] = f1_of(model, holdout)
+        out["best_holdout_f1"] = best_holdout_f1(settings, name, out["holdout_sha256"])
+    except TagifaiError:
+        raise
+    except Exception as exc:  # a timeout, MLflow's 5xx, the network: no answer, so no decision
+        raise TagifaiError(f"register: cannot score the models now (no decision): {one_line(exc)}") from exc
+    decision = gate(f1, out["champion_f1"], min_f1, max_regression, *(out[k] for k in HOLDOUT_SCORES))
+    if why := out["champion_unloadable"]:
+        stands_in = (
+            f"its recorded holdout f1 {out['champion_holdout_f1']:.4f} stands in"
+            if out["champion_holdout_recorded"]
+            else "it has no recorded f1 on this holdout, so it is not compared"
+        )
+        decision["reason"] += f" (the champion v{champion.version} cannot be loaded: {stands_in}; {why})"
     return {**out, **decision}

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from tagifai import model as models
 from tagifai.contract import names
-from tagifai.contract.errors import DataValidationError, TagifaiError
+from tagifai.contract.errors import BadInputError, DataValidationError, TagifaiError
 from tagifai.contract.settings import Settings
 from tagifai.contract.sources import redact
 from tagifai.core import data, reuse
@@ -28,6 +28,7 @@ from tagifai.core import evaluate as evaluation
 from tagifai.core import train as training
 from tagifai.core import validate as validation
 from tagifai.pipeline import cards as model_cards
+from tagifai.pipeline import holdout as holdouts
 from tagifai.pipeline import ownership, predictions, registry, sources, tracking, tuning
 
 log = logging.getLogger("tagifai")
@@ -37,7 +38,7 @@ REFERENCE_TAG = "tagifai.drift_reference"  # on validate runs: the drift referen
 # What a run must still have to be reused.
 REQUIRED = {
     "elt": (tracking.LABELED,),
-    "validate": (tracking.PROFILE, *map(tracking.split_path, data.SPLITS)),
+    "validate": (tracking.PROFILE, *map(tracking.split_path, (*data.SPLITS, holdouts.SPLIT))),
     "optimize": (tracking.BEST_PARAMS,),
     "evaluate": (tracking.REPORT,),
 }
@@ -105,24 +106,32 @@ def elt(
             log.info("elt: %(projects)d projects, %(tags)d tags -> %(labeled)d labeled rows", counts)
             result = tracking.record_output({"run_id": mlflow.active_run().info.run_id, "data_sha256": digest})
     if plan_params is not None and not force:
-        result["plan"] = plan(settings, experiment, result["run_id"], result["data_sha256"], plan_params)
+        fetched = {projects_url: raw["projects.csv"], tags_url: raw["tags.csv"]}
+        result["plan"] = plan(settings, experiment, result["run_id"], result["data_sha256"], plan_params, fetched)
     return result
 
 
 def plan(
-    settings: Settings, experiment: str, elt_run_id: str, data_sha256: str, params: dict[str, Any]
+    settings: Settings,
+    experiment: str,
+    elt_run_id: str,
+    data_sha256: str,
+    params: dict[str, Any],
+    fetched: dict[str, bytes] | None = None,
 ) -> dict[str, Any]:
     """The later steps of a pipeline with `params` whose runs are made already: step -> that run's output.
 
     It walks the steps as the pipeline will, each key from the run the step before hands on, and stops
-    at the first step that must run: what follows it cannot be the same.
+    at the first step that must run: what follows it cannot be the same. `fetched`: the sources elt
+    read (URL -> bytes), so that the holdout is not read twice when it is the same data.
     """
     found: dict[str, Any] = {}
     keys: dict[str, str] = {}
     gate = (params["min_f1"], params["max_regression"], params["model_name"])
     reference = reference_key(drift_reference_run(settings), data_sha256)
+    holdout_sha = holdouts.fetch(settings, fetched)[1]
     key_of = {
-        "validate": lambda: reuse.validate_key(elt_run_id, reference, False, settings),
+        "validate": lambda: reuse.validate_key(elt_run_id, reference, False, holdout_sha, settings),
         "optimize": lambda: reuse.optimize_key(found["validate"]["run_id"], params["num_trials"], settings),
         "train": lambda: reuse.train_key(found["validate"]["run_id"], keys["optimize"], settings),
         "evaluate": lambda: reuse.evaluate_key(found["train"]["run_id"], settings),
@@ -165,7 +174,8 @@ def validate(
     """Check the data contract, and drift against the data the champion learned from; on success, split it.
 
     The drift reference is the champion's data (its `data_run_id`), else the last data that passed
-    validation anywhere: never something a run's own params choose.
+    validation anywhere: never something a run's own params choose. The gate's holdout
+    (`tagifai.pipeline.holdout`) is logged beside the splits, and its rows are not in train and val.
 
     Raises:
         DataValidationError: a check failed; its report is logged before raising.
@@ -174,7 +184,8 @@ def validate(
     experiment = upstream.info.experiment_id
     reference_run_id = reference_run_id or drift_reference_run(settings)
     reference = reference_key(reference_run_id, upstream.data.tags["data_sha256"])
-    key = reuse.validate_key(elt_run_id, reference, allow_drift, settings)
+    holdout, holdout_sha = holdouts.fetch(settings)
+    key = reuse.validate_key(elt_run_id, reference, allow_drift, holdout_sha, settings)
     if found := earlier(experiment, "validate", key, force):
         return found
     df = data.read_frame(tracking.read_artifact(elt_run_id, tracking.LABELED))
@@ -190,7 +201,13 @@ def validate(
         if not report["passed"]:
             raise DataValidationError(failed)
         tracking.log_json(report["profile"], tracking.PROFILE)
-        prepared = data.prepare(df, settings.data)
+        split_all = data.prepare(df, settings.data)
+        prepared = data.without_holdout(split_all, holdout, settings.stopwords)
+        if prepared["split"].value_counts().reindex(["train", "val"]).fillna(0).min() == 0:
+            raise BadInputError(f"no train or val rows are left once the {len(holdout)} holdout rows are taken out")
+        tracking.log_frame(holdout, tracking.split_path(holdouts.SPLIT), "tagifai-holdout", "holdout", targets="tag")
+        mlflow.set_tag(holdouts.SHA_TAG, holdout_sha)
+        mlflow.log_metrics({"holdout_rows": len(holdout), "holdout_rows_removed": len(split_all) - len(prepared)})
         for split in data.SPLITS:
             part = prepared[prepared["split"] == split].drop(columns="split")
             tracking.log_frame(part, tracking.split_path(split), f"tagifai-{split}", split, targets="tag")
@@ -362,7 +379,7 @@ def register(
     """Register the evaluated model as `challenger`; promote it to `champion` through the gate, and record the move.
 
     A model is never registered twice: its version is reused, and a version not newer than the
-    champion moves no alias.
+    champion moves no alias. The gate scores on the holdout the validate run logged (`registry.judge`).
     """
     history = tracking.experiment_id(settings.register.history_experiment)
     owned = ownership.model(model_name), ownership.experiment(history, settings.register.history_experiment)
@@ -373,19 +390,21 @@ def register(
         return found
     trained = tracking.get_run(evaluated.data.tags["train_run_id"], "train", experiment)
     client = MlflowClient()
-    moves = registry.sync_history(settings, model_name)
+    registry.sync_history(settings, model_name)
     champion = registry.version_by_alias(client, model_name, names.CHAMPION_ALIAS)
     with tracking.step_run("register", experiment, evaluated, key=key) as run:
         tags = registry.version_tags(evaluated.data.metrics, trained, run, evaluate_run_id)
         version = registry.register(client, model_name, tracking.logged_model_uri(trained), trained.info.run_id, tags)
-        gate, data_run_id = (min_f1, max_regression), trained.data.tags["data_run_id"]
+        gate, data_run = (min_f1, max_regression), (trained.data.tags["data_run_id"], experiment)
         test_f1 = evaluated.data.metrics["test_f1"]
-        judged = registry.judge(settings, model_name, version.version, champion, moves, data_run_id, test_f1, gate)
+        # Everything is scored before any alias moves: an error here (exit 1) leaves both where they were.
+        judged = registry.judge(settings, model_name, version.version, champion, data_run, test_f1, gate)
         registry.apply(client, model_name, version.version, judged)
         previous = str(champion.version) if champion else None
         if judged["promote"]:
-            by = run.data.tags[tracking.PIPELINE_TAG]
-            registry.record_move(settings, model_name, previous, version.version, "promote", by, judged["reason"])
+            by, holdout = run.data.tags[tracking.PIPELINE_TAG], (judged["holdout_f1"], judged["holdout_sha256"])
+            reason = judged["reason"]
+            registry.record_move(settings, model_name, previous, version.version, "promote", by, reason, holdout)
         mlflow.log_param("model_name", model_name)
         registry.log_decision(judged, version.version, previous, gate)
         if not judged["stale"]:  # the version's description: its model card, with the gate's decision
@@ -400,6 +419,7 @@ def register(
                 "promoted": judged["promote"],
                 "reason": judged["reason"],
                 "test_f1": test_f1,
+                "holdout_f1": judged["holdout_f1"],
             }
         )
 

@@ -73,7 +73,11 @@ CASES = [
 
 
 @pytest.fixture
-def run(tmp_path, mlflow_store, small_config):
+def run(tmp_path, mlflow_store, small_config, monkeypatch):
+    # The deployment's own data is good (the gate's holdout is its test split); the run's is bad.
+    projects, tags = write(tmp_path / "deployment")
+    monkeypatch.setenv("TAGIFAI_PROJECTS_URL", str(projects))
+    monkeypatch.setenv("TAGIFAI_TAGS_URL", str(tags))
     runner = CliRunner()
 
     def invoke(projects, tags, *extra):

@@ -1,6 +1,7 @@
 import pandas as pd
 import pytest
 
+from harness import synthetic
 from tagifai.contract.errors import TagifaiError
 from tagifai.core import data
 
@@ -86,3 +87,38 @@ def test_csv_round_trip_and_digest_are_stable():
     content = data.to_csv_bytes(df)
     assert data.read_frame(content).equals(df)
     assert data.sha256(content) == data.sha256(data.to_csv_bytes(data.read_frame(content)))
+
+
+def test_the_holdout_of_the_deployments_data_is_its_test_split_and_takes_nothing_from_it(settings):
+    projects, tags = synthetic.make_projects(per_tag=40)
+    labeled = data.transform(pd.DataFrame(projects).astype(str), pd.DataFrame(tags).astype(str))
+    prepared = data.prepare(labeled, settings.data)
+    holdout = data.holdout(labeled, settings.data)
+    test = prepared[prepared["split"] == "test"].drop(columns="split").reset_index(drop=True)
+    pd.testing.assert_frame_equal(holdout, test)
+    pd.testing.assert_frame_equal(data.without_holdout(prepared, holdout, STOPWORDS), prepared)
+
+
+def test_holdout_rows_leave_train_and_val_by_id_or_by_cleaned_text(settings):
+    prepared = pd.DataFrame(
+        {
+            "id": ["1", "2", "3", "4", "5"],
+            "title": ["Kept", "Same id", "THE same text!", "Held test row", "Other val"],
+            "description": ["", "new words", "", "", ""],
+            "tag": ["mlops"] * 5,
+            "split": ["train", "train", "val", "test", "val"],
+        }
+    )
+    holdout = pd.DataFrame(
+        {"id": ["2", "9", "4"], "title": ["x", "same text", "Held test row"], "description": "", "tag": "mlops"}
+    )
+    kept = data.without_holdout(prepared, holdout, STOPWORDS)
+    assert kept["id"].tolist() == ["1", "4", "5"]  # test rows stay: on the deployment's data they are the holdout
+
+
+def test_a_golden_set_is_used_whole_with_the_models_labels(settings):
+    labeled = pd.DataFrame(
+        {"id": ["1", "2", "3"], "title": ["a", "b", "c"], "description": "", "tag": ["mlops", "time-series", "mlops"]}
+    )
+    golden = data.holdout(labeled, settings.data, whole=True)
+    assert golden["tag"].tolist() == ["mlops", "other", "mlops"]  # min_freq is the training data's, not applied

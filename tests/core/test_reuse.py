@@ -14,11 +14,11 @@ def base(settings):
     return copy.deepcopy(settings)
 
 
-def keys(settings, raw=b"projects", num_trials=20, gate=(0.6, 0.02, "tagifai"), reference=None):
+def keys(settings, raw=b"projects", num_trials=20, gate=(0.6, 0.02, "tagifai"), reference=None, holdout="h1"):
     """Every step's key for one pipeline run whose upstream runs keep their ids (as when they are reused)."""
     return {
         "elt": reuse.elt_key(reuse.data_sha(raw, b"tags"), settings),
-        "validate": reuse.validate_key("elt-run", reference, False, settings),
+        "validate": reuse.validate_key("elt-run", reference, False, holdout, settings),
         "optimize": reuse.optimize_key("validate-run", num_trials, settings),
         "train": reuse.train_key("validate-run", "optimize-key", settings),
         "evaluate": reuse.evaluate_key("train-run", settings),
@@ -32,6 +32,11 @@ def changed(before, after):
 
 def test_the_same_inputs_give_the_same_keys(base):
     assert keys(base) == keys(copy.deepcopy(base))
+
+
+def test_another_holdout_changes_validates_key(base):
+    # (and so every key after it: a run keeps no split made with the holdout's rows in train)
+    assert changed(keys(base), keys(base, holdout="h2")) == ["validate"]
 
 
 def test_other_data_changes_elts_key(base):

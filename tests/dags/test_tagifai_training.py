@@ -429,6 +429,20 @@ def test_allowed_sources_pass_and_only_their_data_folder_is_mounted(load_dag, re
     assert seen["task"].mounts == [{"Target": "/srv/data", "Source": "/srv/data", "Type": "bind", "ReadOnly": True}]
 
 
+def test_validate_reads_the_holdout_from_the_deployments_data_never_the_triggers(load_dag, render, monkeypatch):
+    from airflow.providers.docker.operators.docker import DockerOperator
+
+    seen = {}
+    monkeypatch.setattr(DockerOperator, "execute", lambda self, context: seen.setdefault("task", self))
+    deployment = {"TAGIFAI_PROJECTS_URL": "/srv/deploy/projects.csv", "TAGIFAI_TAGS_URL": "/srv/deploy/tags.csv"}
+    dag = load_dag(TAGIFAI_DATA_DIRS="/srv/trigger", **deployment)
+    validate = render(dag.get_task("validate"), projects_url="/srv/trigger/p.csv", tags_url="/srv/trigger/t.csv")
+    assert validate.data_sources == list(deployment.values())
+    validate.execute({})
+    assert seen["task"].mounts == [{"Target": "/srv/deploy", "Source": "/srv/deploy", "Type": "bind", "ReadOnly": True}]
+    assert seen["task"].environment["TAGIFAI_PROJECTS_URL"] == deployment["TAGIFAI_PROJECTS_URL"]
+
+
 @pytest.mark.parametrize(
     ("runner", "exit_code", "final"),
     [
@@ -543,7 +557,9 @@ def test_kubernetes_pods_get_the_source_policy_and_the_settings_override(load_da
     monkeypatch.setenv("TAGIFAI_DATA_DIRS", "/srv/data")
     monkeypatch.setenv("TAGIFAI_ALLOWED_URL_HOSTS", "data.example")
     monkeypatch.setenv("TAGIFAI_PRIVATE_URL_HOSTS", "minio:9000")
-    dag = load_dag(TAGIFAI_RUNNER="kubernetes", TAGIFAI_K8S_SECRET="tagifai-secrets")
+    # The deployment's own data (elt reads the gate's holdout from it for its plan), allowed by its policy.
+    data = {"TAGIFAI_PROJECTS_URL": "/srv/data/projects.csv", "TAGIFAI_TAGS_URL": "/srv/data/tags.csv"}
+    dag = load_dag(TAGIFAI_RUNNER="kubernetes", TAGIFAI_K8S_SECRET="tagifai-secrets", **data)
     render(dag.get_task("elt"), projects_url="/srv/data/projects.csv", tags_url="/srv/data/tags.csv").execute({})
     env = {var.name: var.value for var in seen["task"].build_pod_request_obj(dry_run=True).spec.containers[0].env}
     assert env["TAGIFAI_DATA_DIRS"] == "/srv/data" and env["TAGIFAI_ALLOWED_URL_HOSTS"] == "data.example"

@@ -70,6 +70,9 @@ def test_docker_dag_run_trains_and_promotes_a_champion(tmp_path, host_folder):
                 "TAGIFAI_CONFIG": str(config),
                 # The deployment's data folder, mounted read-only into the elt container.
                 "TAGIFAI_DATA_DIRS": str(host_folder / "data"),
+                # The deployment's data (the gate's holdout is its test split): here the run's too.
+                "TAGIFAI_PROJECTS_URL": str(projects),
+                "TAGIFAI_TAGS_URL": tags.as_uri(),
             },
         )
         assert run.returncode == 0, run.output[-5000:]

@@ -44,7 +44,8 @@ def local_env(tmp_path: Path) -> dict[str, str]:
 
 def local_run(tmp_path: Path, projects: Path, tags: Path):
     """Run the DAG once with the local runner on `projects`/`tags`; return the run and tracking URI."""
-    env = local_env(tmp_path)
+    # The deployment's data (the gate's holdout is its test split): here the run's too.
+    env = local_env(tmp_path) | {"TAGIFAI_PROJECTS_URL": str(projects), "TAGIFAI_TAGS_URL": str(tags)}
     run = dags_test(
         tmp_path / "airflow",
         # One a plain path, one a file:// URL: the DAG hands both forms to `tagifai elt`.

@@ -34,6 +34,9 @@ def pipeline(mlflow_server, postgres, tmp_path_factory):
         "TAGIFAI_OPTUNA_STORAGE": postgres.create_database("optuna"),
         "TAGIFAI_PIPELINE_RUN_ID": "e2e-postgres",
         "TAGIFAI_IMAGE": "tagifai:e2e",
+        # The deployment's data (the gate's holdout is its test split): here the run's too.
+        "TAGIFAI_PROJECTS_URL": str(projects),
+        "TAGIFAI_TAGS_URL": str(tags),
     }
     _, out, _ = Cli(env, root)(
         "pipeline", "--num-trials", "3",

@@ -155,16 +155,19 @@ def test_bad_data_fails_validate_once(stack, first_run):
         duplicated.unlink()
 
 
-def test_a_champion_that_cannot_be_loaded_is_ignored_with_a_reason(stack, changed_data_run):
+def test_a_champion_that_cannot_be_loaded_is_not_compared_with_a_reason(stack, changed_data_run):
     # The champion's model files were gone while new data's run went (tests/e2e/conftest.py): it could
-    # not be re-scored, which the run reports, and the challenger was judged by min_f1 alone.
+    # not be re-scored, which the run reports. The new data is a new holdout, on which it has no recorded
+    # f1: the challenger was judged by min_f1, on its test split and on the holdout.
     client, run_id = stack.airflow(), changed_data_run["run"]["dag_run_id"]
     register = next(r for r in mlflow_runs_of(stack, run_id) if tag(r, "tagifai.step") == "register")
-    assert tag(register, "champion_unloadable")
+    assert tag(register, "champion_unloadable") and tag(register, "champion_holdout_f1_recorded") == "false"
     unloadable = changed_data_run["unloadable_champion"]
-    assert f"the champion v{unloadable} cannot be loaded, so only min_f1 applies" in tag(register, "promotion")
+    assert f"the champion v{unloadable} cannot be loaded: it has no recorded f1 on this holdout" in tag(
+        register, "promotion"
+    )
     assert tag(register, "promoted") == "true"
-    assert "cannot be scored, ignored" in client.task_log(run_id, "register")
+    assert f"the champion v{unloadable} cannot be loaded, not re-scored" in client.task_log(run_id, "register")
 
 
 def container_env(stack, service: str) -> dict[str, str]:
