@@ -55,7 +55,8 @@ def claim(settings: Settings) -> dict[str, Any]:
         return [w for w in auth.writers(resources, {me}) if (w[0], w[2]) != (writer, predictions)]
 
     revoked = [take_away(auth, *found) for found in others()]
-    if writer:
+    if writer:  # its grant made anew: a grant that exists already (an earlier start's) cannot be granted again
+        auth.revoke(writer, predictions)
         auth.grant(writer, predictions, "EDIT")
         log.info("claim: %s may write %s (batch scoring's login)", writer, predictions.label)
     if left := others():

@@ -103,6 +103,11 @@ def test_claim_takes_the_names_and_steps_follow_only_their_own(server, cli, monk
         assert call(server, "2.0/mlflow/experiments/create", {"name": name}, VIEWER)[0] == 400  # exists
     assert call(server, "2.0/mlflow/registered-models/create", {"name": "tagifai"}, VIEWER)[0] == 400
     assert cli("claim")[1]["revoked"] == []  # again: nothing left to take
+    # Batch scoring's login may write its experiment (only that), at every start of the stack.
+    for _ in range(2):
+        assert cli("claim", TAGIFAI_PREDICTIONS_WRITER="viewer")[1]["predictions_writer"] == "viewer"
+        assert permission(server, "viewer", "experiment", experiment_id(server, "tagifai-predictions")) == "EDIT"
+        assert permission(server, "viewer", "experiment", experiment_id(server, "tagifai")) == "READ"
 
     # A step refuses an experiment another login may write, by name, once: exit 3.
     chain = experiment_id(server, "chain")
