@@ -176,6 +176,8 @@ class MlflowServer:
 AUTH_INI = """[mlflow]
 default_permission = READ
 database_uri = sqlite:///{folder}/basic_auth.db
+# A checked login cached for a minute, as in the stack: each check is a scrypt hash (0.35 s of CPU).
+auth_cache_ttl_seconds = 60
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 """
 
