@@ -108,6 +108,8 @@ def test_claim_takes_the_names_and_steps_follow_only_their_own(server, cli, monk
         assert cli("claim", TAGIFAI_PREDICTIONS_WRITER="viewer")[1]["predictions_writer"] == "viewer"
         assert permission(server, "viewer", "experiment", experiment_id(server, "tagifai-predictions")) == "EDIT"
         assert permission(server, "viewer", "experiment", experiment_id(server, "tagifai")) == "READ"
+    # Not named any more: it goes like any other login's.
+    assert cli("claim")[1]["revoked"] == ["viewer: EDIT on experiment 'tagifai-predictions' revoked"]
 
     # A step refuses an experiment another login may write, by name, once: exit 3.
     chain = experiment_id(server, "chain")
