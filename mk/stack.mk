@@ -62,7 +62,9 @@ worker: ## Start a Celery worker on this machine for a stack on another (WORKER_
 	$(MAKE) --no-print-directory image
 	$(call UP,$(WORKER_COMPOSE),600,--build)
 
-worker-down: ## Stop the Celery worker docker-compose.worker.yml started
+worker-down: ## Stop the Celery worker docker-compose.worker.yml started, and the step containers it started
+	$(WORKER_COMPOSE) stop
+	@$(call STOP_STEPS,WORKER_DOCKER_NETWORK,bridge,$(WORKER_ENV))
 	$(WORKER_COMPOSE) down --remove-orphans
 
 mlflow-user: $(STACK_ENV) ## Add an MLflow login for a person (reads everything, changes what it creates): make mlflow-user NAME=alice (prints its password)
@@ -74,20 +76,21 @@ dags-test-stack: $(STACK_ENV) ## airflow dags test tagifai_training in the stack
 		*,celery,*) runs=airflow-worker;; *) runs=airflow-scheduler;; esac; \
 		$(COMPOSE) exec -T $$runs airflow dags test tagifai_training -c '$(CONF)'
 
-# Step containers still running on the stack's network (a run in progress): compose does not know
-# them (the tasks start them), and the network cannot be removed while they are attached.
-STOP_STEPS = net=$$(python3 scripts/stack.py get TAGIFAI_DOCKER_NETWORK --default tagifai --env-file $(STACK_ENV)); \
-	steps=$$(docker ps -q --filter label=org.tagifai.step --filter network=$${net:-tagifai}); \
+# Step containers still running on a network (a run in progress): compose does not know them (the
+# tasks start them), and the network cannot be removed while they are attached. Arguments: the setting
+# naming the network, its default, the env file holding it (the stack's, or a remote worker's).
+STOP_STEPS = net=$$(python3 scripts/stack.py get $(1) --default $(2) --env-file $(3)); \
+	steps=$$(docker ps -q --filter label=org.tagifai.step --filter network=$${net:-$(2)}); \
 	if [ -n "$$steps" ]; then echo "stopping the step containers of runs in progress"; docker stop -t 10 $$steps >/dev/null; fi
 
 down: ## Stop the stack; runs, models and Airflow history stay in the volumes
 	$(COMPOSE) --profile local --profile celery --profile tools stop
-	@$(STOP_STEPS)
+	@$(call STOP_STEPS,TAGIFAI_DOCKER_NETWORK,tagifai,$(STACK_ENV))
 	$(COMPOSE) --profile local --profile celery --profile tools down --remove-orphans
 
 clean: ## Stop the stack and delete its volumes (all runs, models, Airflow history)
 	$(COMPOSE) --profile local --profile celery --profile tools stop
-	@$(STOP_STEPS)
+	@$(call STOP_STEPS,TAGIFAI_DOCKER_NETWORK,tagifai,$(STACK_ENV))
 	$(COMPOSE) --profile local --profile celery --profile tools down --volumes --remove-orphans
 
 logs: ## Follow the stack's logs
