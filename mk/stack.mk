@@ -31,7 +31,7 @@ up: $(STACK_ENV) ## Start the stack (Airflow UI :8080, MLflow UI :5000); writes 
 	@# The settings (config/, TAGIFAI_CONFIG) as the steps will read them: a typo stops here, in one line.
 	@python3 scripts/stack.py settings --env-file $(STACK_ENV)
 	$(COMPOSE) build
-	@# serve's and batch scoring's own MLflow logins: fresh passwords at every start (MLflow's start sets them).
+	@# serve's and batch scoring's own MLflow logins, where an older .env has none (MLflow's start sets them).
 	@python3 scripts/stack.py logins --env-file $(STACK_ENV)
 	@# CELERY_WORKERS Celery workers when COMPOSE_PROFILES=celery (the profile that starts them). Every
 	@# setting is read as compose reads it: a variable exported in the shell wins over .env.

@@ -45,15 +45,16 @@ SECRETS = (
     "REDIS_PASSWORD",
     "FLOWER_PASSWORD",
 )
-# The services' own MLflow logins (`tagifai serve`, batch scoring): no person holds them, and every `make up`
-# gives them fresh passwords (`logins`), which MLflow's start sets (images/mlflow/start.py).
+# The services' own MLflow logins (`tagifai serve`, batch scoring): no person holds them. `make up` gives
+# them passwords where .env has none (`logins`: an .env older than them), and MLflow's start resets them to
+# .env's at every start (images/mlflow/start.py), whatever was changed through the API.
 SERVICE_PASSWORDS = ("MLFLOW_SERVE_PASSWORD", "MLFLOW_BATCH_PASSWORD")
 # Secrets that may be left empty: the shared viewer login is optional (empty: none).
 OPTIONAL = ("MLFLOW_VIEWER_PASSWORD",)
 # The subcommands and their line in `--help`.
 COMMANDS = {
     "env": "write .env with fresh secrets (--set KEY=VALUE: also set KEY; empty values are ignored)",
-    "logins": "give the services' own MLflow logins fresh passwords in the settings file (every `make up`)",
+    "logins": "give the services' own MLflow logins passwords in the settings file where it has none",
     "wait": "wait until compose services are healthy",
     "preflight": "refuse a .env with placeholders, or one the volumes were not made with",
     "get": "print a setting of the stack as compose sees it (the shell's value wins)",
@@ -131,10 +132,12 @@ def write_private(path: Path, text: str) -> None:
         file.write(text)
 
 
-def rotate_service_logins(path: Path) -> None:
-    """Give the services' own MLflow logins (`SERVICE_PASSWORDS`) fresh passwords in the settings file `path`."""
-    update_env(path, {key: secrets.token_urlsafe(24) for key in SERVICE_PASSWORDS})
-    print(f"{path}: fresh passwords for the MLflow logins of serve and batch scoring")
+def service_logins(path: Path) -> None:
+    """Give the services' own MLflow logins (`SERVICE_PASSWORDS`) passwords in the settings file `path`, if none."""
+    env = read_env(path, {})
+    if missing := {key: secrets.token_urlsafe(24) for key in SERVICE_PASSWORDS if not env.get(key)}:
+        update_env(path, missing)
+        print(f"{path}: passwords for the MLflow logins of serve and batch scoring ({', '.join(missing)})")
 
 
 def placeholders(env: dict[str, str]) -> list[str]:
@@ -409,7 +412,7 @@ def main() -> int:
     if args.command == "wait":
         return wait(args.compose.split(), args.services, args.timeout)
     if args.command == "logins":
-        rotate_service_logins(args.env_file)
+        service_logins(args.env_file)
         return 0
     if args.command == "preflight":
         return preflight(args.env_file)

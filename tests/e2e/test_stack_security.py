@@ -194,7 +194,7 @@ def mlflow_status(stack, path: str, login: str | None, body: dict | None = None,
 def test_serve_and_batch_scoring_use_their_own_logins_and_the_viewers_password_changes_nothing_for_them(
     stack, first_run
 ):
-    stack.reread()  # the passwords this `make up` gave the services' logins
+    stack.reread()  # the services' logins as .env holds them
     env = stack.env
     # serve: its own login, and nobody else's secret.
     serve = container_env(stack, "serve")

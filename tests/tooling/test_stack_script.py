@@ -43,12 +43,15 @@ def test_the_example_file_is_refused_naming_its_placeholders(tmp_path, capsys):
     assert "\n" not in line and "MLFLOW_ADMIN_PASSWORD" in line and "still empty or 'change-me'" in line
 
 
-def test_every_start_gives_the_services_mlflow_logins_fresh_passwords_and_keeps_the_rest(tmp_path):
+def test_an_env_without_the_services_mlflow_logins_gets_them_and_keeps_the_rest(tmp_path):
     target = tmp_path / ".env"
     stack.write_env(REPO / ".env.example", target, {})
+    stack.update_env(target, dict.fromkeys(stack.SERVICE_PASSWORDS, ""))  # an .env older than these logins
     before, lines = stack.read_env(target, {}), target.read_text().splitlines()
-    stack.rotate_service_logins(target)
+    stack.service_logins(target)
     after = stack.read_env(target, {})
+    stack.service_logins(target)
+    assert stack.read_env(target, {}) == after  # made once: the next start keeps them
     assert [line.split("=", 1)[0] for line in target.read_text().splitlines()] == [
         line.split("=", 1)[0] for line in lines
     ]  # in place: .env reads as before
