@@ -1,8 +1,9 @@
 """Safe to share: in the running stack, the trigger form cannot reach the host or the stack's own
 services, MLflow needs a login, a trigger cannot loosen the gate, shuffled labels fail validate, no
-secret is on a command line, a champion that cannot be loaded is ignored with a reason, bad input is not
-retried, serve and batch scoring log into MLflow with logins of their own, each database role reaches
-only its database, and nothing that loads a model unpickles.
+secret is on a command line, a champion that cannot be loaded is not compared and the run says why, bad
+input is not retried, serve and batch scoring log into MLflow with logins of their own, each database role
+reaches only its database, the stack's MLflow names are the deployment's, and nothing that loads a model
+unpickles.
 """
 
 from __future__ import annotations
