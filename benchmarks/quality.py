@@ -51,7 +51,7 @@ def _measure(projects: str, tags: str, num_trials: int) -> dict[str, Any]:
 
     settings = load_settings()
     tracking.connect(settings)
-    elt = steps.elt(settings, projects, tags, "benchmark")
+    elt = steps.elt(settings, projects, tags, settings.mlflow.experiment_name)  # in a throwaway store
     data_run = steps.validate(settings, elt["run_id"])["run_id"]
 
     default_train, default_seconds = timed(steps.train, settings, data_run)
