@@ -10,6 +10,7 @@ import base64
 import contextlib
 import fcntl
 import json
+import mailbox
 import os
 import shutil
 import socket
@@ -35,6 +36,8 @@ SERVE_POLL_SECONDS = 2
 # Trials of a run whose trigger does not say (the deployer's setting here: 20 by default).
 STACK_TRIALS = 4
 SCREENSHOTS = REPO / "build" / "screenshots"
+# The test stack's [notify] run_deadline_minutes: shorter than any training run.
+RUN_DEADLINE_MINUTES = 1
 
 
 def make(*targets: str, env_file: Path, timeout: float = 1800) -> subprocess.CompletedProcess:
@@ -179,6 +182,26 @@ class Stack:
         """The names of the stack's secrets that show in any of `snapshots` (of command lines)."""
         return {name for name, secret in self.secrets().items() for snapshot in snapshots if secret in snapshot}
 
+    def mail(self) -> list[str]:
+        """Every message the stack's notifications sent to the mail sink (compose profile `test`), oldest
+        first, as text: its headers, then its text parts decoded."""
+        box = mailbox.Maildir(self.env["SMTP_SINK_DIR"], create=False)
+        messages = sorted((box.get_message(key) for key in box.keys()), key=lambda m: m.get_date())
+        return [mail_text(message) for message in messages]
+
+    def wait_for_mail(self, *texts: str, timeout: float = 300) -> list[str]:
+        """The messages that show every one of `texts`, once there is one; none may hold a secret of `.env`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            messages = self.mail()
+            leaked = self.leaked(messages)
+            assert not leaked, f"a notification holds the value of {sorted(leaked)}"
+            if found := [m for m in messages if all(text in m for text in texts)]:
+                return found
+            subjects = [m.split("\n\n", 1)[0] for m in messages]
+            assert time.monotonic() < deadline, f"no message shows {texts}; the sink holds:\n" + "\n".join(subjects)
+            time.sleep(3)
+
     def compose(self, *args: str) -> subprocess.CompletedProcess:
         """Run a compose command on this stack (v2 plugin, else docker-compose 1.29)."""
         v2 = subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
@@ -186,6 +209,14 @@ class Stack:
         return subprocess.run(
             [*command, "--env-file", str(self.env_file), *args], cwd=REPO, capture_output=True, text=True, timeout=600
         )
+
+
+def mail_text(message: mailbox.MaildirMessage) -> str:
+    """A message as text: its headers, a blank line, its text parts decoded."""
+    parts = [part for part in message.walk() if part.get_content_maintype() == "text"]
+    body = [p.get_payload(decode=True).decode(p.get_content_charset() or "utf-8", "replace") for p in parts]
+    headers = "\n".join(f"{k}: {v}" for k, v in message.items() if k.lower() in ("subject", "from", "to"))
+    return headers + "\n\n" + "\n".join(body)
 
 
 @contextlib.contextmanager
@@ -229,9 +260,14 @@ def running_stack(root: Path) -> Iterator[Stack]:
         f"[watch]\ninterval_seconds = {WATCH_SECONDS}\n[serve]\npoll_seconds = {SERVE_POLL_SECONDS}\n"
         f"[optimize]\nnum_trials = {STACK_TRIALS}\n"
         # A task retried after 10-20 s, not 60-120: the fault tests wait out each retry.
-        "[retry]\ndelay_seconds = 10\n",
+        "[retry]\ndelay_seconds = 10\n"
+        # Every training run outlives its deadline (each takes minutes): each one is a deadline notification.
+        f"[notify]\nrun_deadline_minutes = {RUN_DEADLINE_MINUTES}\n",
         encoding="utf-8",
     )
+    # The mail sink's Maildir (compose profile `test`): every notification the stack sends, as a file.
+    mail = data / "mail"
+    mail.mkdir()
     world_readable(data)
     env_file = root / "e2e.env"
     overrides = {
@@ -241,8 +277,17 @@ def running_stack(root: Path) -> Iterator[Stack]:
         "SERVE_PORT": str(free_port()),
         "TAGIFAI_DOCKER_NETWORK": PROJECT,
         "TAGIFAI_CONFIG": str(override),
+        "COMPOSE_PROFILES": "local,test",
+        "SMTP_SINK_DIR": str(mail),
+        "TAGIFAI_NOTIFY_SMTP_HOST": "smtp-sink",
+        "TAGIFAI_NOTIFY_SMTP_PORT": "1025",
+        "TAGIFAI_NOTIFY_FROM": "tagifai@stack.invalid",
+        "TAGIFAI_NOTIFY_TO": "team@stack.invalid,oncall@stack.invalid",
         **{name: os.environ.get(name, "") for name in ("PYTHON_IMAGE", "POSTGRES_IMAGE", "REDIS_IMAGE")},
     }
+    host = "127.0.0.1"  # the UIs' links, as this machine's people reach them
+    overrides["AIRFLOW_PUBLIC_URL"] = f"http://{host}:{overrides['AIRFLOW_PORT']}"
+    overrides["MLFLOW_PUBLIC_URL"] = f"http://{host}:{overrides['MLFLOW_PORT']}"
     stack_script.write_env(REPO / ".env.example", env_file, overrides)
     # The data is chosen as the README's Quickstart does: exported in the shell, over the generated
     # .env's empty values. Every make and compose command of the session sees the export; a stack

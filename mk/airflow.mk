@@ -29,7 +29,7 @@ AIRFLOW_ENV := AIRFLOW_HOME=$(CURDIR)/.airflow \
 	AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
 	AIRFLOW__CORE__LOAD_EXAMPLES=False
 
-.PHONY: image images image-airflow image-mlflow airflow-install airflow-lock airflow-db dags-test dags-list test-dags
+.PHONY: image images image-airflow image-mlflow image-smtp-sink airflow-install airflow-lock airflow-db dags-test dags-list test-dags
 
 image: ## Build the image tagifai:<version> and tagifai:latest (PYTHON_IMAGE, WHEELHOUSE)
 	rm -rf build/wheelhouse
@@ -43,10 +43,10 @@ image: ## Build the image tagifai:<version> and tagifai:latest (PYTHON_IMAGE, WH
 # The stack's own images too, tagged as docker-compose.yml names them: its `build` then finds every
 # layer cached (`make test` builds them all once, in the background, while the first tiers run).
 # Three builds side by side: each spends most of its time downloading and unpacking packages.
-images: ## Build every image side by side: tagifai, tagifai-airflow, tagifai-mlflow (PYTHON_IMAGE)
-	$(MAKE) --no-print-directory -j3 image image-airflow image-mlflow
+images: ## Build every image side by side: tagifai, tagifai-airflow, tagifai-mlflow, the tests' tagifai-smtp-sink (PYTHON_IMAGE)
+	$(MAKE) --no-print-directory -j3 image image-airflow image-mlflow image-smtp-sink
 
-image-airflow image-mlflow: image-%:
+image-airflow image-mlflow image-smtp-sink: image-%:
 	docker build $(DOCKER_BUILD_FLAGS) --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t tagifai-$*:latest images/$*
 
 # The DAGs import tagifai.contract and tagifai.orchestration (standard library and Airflow only) from the

@@ -15,8 +15,8 @@ COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 UP = $(if $(filter docker,$(firstword $(1))),$(1) up -d --wait --wait-timeout $(2) $(3),\
 	$(1) up -d $(3) && python3 scripts/stack.py wait --timeout $(2) --compose "$(1)")
 # The DAGs `make up` unpauses (new DAGs start paused): training, the watcher that starts it on new
-# data, and the daily batch scoring with the champion.
-STACK_DAGS ?= tagifai_training tagifai_watch tagifai_batch_predictions
+# data, the daily batch scoring with the champion, and the notice of each move of the champion.
+STACK_DAGS ?= tagifai_training tagifai_watch tagifai_batch_predictions tagifai_champion
 
 .PHONY: up down clean logs train dags-test-stack mlflow-user rollback champion-history card worker worker-down
 
@@ -84,14 +84,14 @@ STOP_STEPS = net=$$(python3 scripts/stack.py get $(1) --default $(2) --env-file 
 	if [ -n "$$steps" ]; then echo "stopping the step containers of runs in progress"; docker stop -t 10 $$steps >/dev/null; fi
 
 down: ## Stop the stack; runs, models and Airflow history stay in the volumes
-	$(COMPOSE) --profile local --profile celery --profile tools stop
+	$(COMPOSE) --profile local --profile celery --profile tools --profile test stop
 	@$(call STOP_STEPS,TAGIFAI_DOCKER_NETWORK,tagifai,$(STACK_ENV))
-	$(COMPOSE) --profile local --profile celery --profile tools down --remove-orphans
+	$(COMPOSE) --profile local --profile celery --profile tools --profile test down --remove-orphans
 
 clean: ## Stop the stack and delete its volumes (all runs, models, Airflow history)
-	$(COMPOSE) --profile local --profile celery --profile tools stop
+	$(COMPOSE) --profile local --profile celery --profile tools --profile test stop
 	@$(call STOP_STEPS,TAGIFAI_DOCKER_NETWORK,tagifai,$(STACK_ENV))
-	$(COMPOSE) --profile local --profile celery --profile tools down --volumes --remove-orphans
+	$(COMPOSE) --profile local --profile celery --profile tools --profile test down --volumes --remove-orphans
 
 logs: ## Follow the stack's logs
 	$(COMPOSE) logs --follow --tail=100

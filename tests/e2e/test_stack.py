@@ -123,6 +123,17 @@ def test_mlflow_ui_shows_the_model_card_on_the_version_page(stack, first_run, br
     browser.save_screenshot(str(SCREENSHOTS / "mlflow-model-card.png"))
 
 
+def test_the_first_champion_and_a_run_past_its_deadline_are_told_by_mail(stack, first_run):
+    run_id = first_run[0]
+    # The stack's deadline is RUN_DEADLINE_MINUTES after a run is queued; every training run takes longer.
+    assert stack.wait_for_mail(run_id, "deadline"), "no deadline notification"
+    version = stack.mlflow("registered-models/alias", name="tagifai", alias="champion")["model_version"]["version"]
+    moved = stack.wait_for_mail("champion", f"v{version}", "promote")
+    assert len(moved) == 1
+    # Links to the version's page in MLflow (its description is the model card), as people reach MLflow.
+    assert f"{stack.env['MLFLOW_PUBLIC_URL']}/#/models/tagifai/versions/{version}" in moved[0]
+
+
 def test_run_survives_an_mlflow_restart_and_a_killed_task(changed_data_run):
     """MLflow restarted during `optimize`, the `train` container killed (in the run new data started):
     retries carry the run to success."""

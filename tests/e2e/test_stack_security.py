@@ -153,6 +153,9 @@ def test_bad_data_fails_validate_once(stack, first_run):
         validate = client.task_instance(run_id, "validate")
         assert (validate["state"], validate["try_number"]) == ("failed", 1)  # a retry cannot fix the data
         assert "validation failed: unique_ids" in client.task_log(run_id, "validate")
+        # One message, naming the task and the check, with a link to the task's log.
+        told = stack.wait_for_mail(run_id, "validate", "unique_ids")
+        assert len(told) == 1 and f"{stack.env['AIRFLOW_PUBLIC_URL']}/dags/tagifai_training/runs/" in told[0]
     finally:
         duplicated.unlink()
 

@@ -177,6 +177,12 @@ def test_rollback_swaps_the_served_model_with_no_failed_request(rollback, stack)
     assert answered[-1][0] > rollback["done"] + max(rollback["swapped"], 0)  # requests went on after the swap
 
 
+def test_the_rollback_is_told_by_mail(rollback, stack):
+    out = rollback["out"]
+    told = stack.wait_for_mail("rollback", f"v{out['from_version']}", f"v{out['version']}")
+    assert len(told) == 1
+
+
 def test_the_batch_dag_scores_every_project_once_per_version_after_the_champion_event(rollback, stack):
     client = stack.airflow()
     version = rollback["out"]["version"]
