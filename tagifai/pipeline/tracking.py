@@ -125,7 +125,8 @@ def step_run(
 
     The pipeline id comes from `TAGIFAI_PIPELINE_RUN_ID`, else from the upstream run, else is new.
     Lineage tags of the upstream run are carried over, and the upstream run itself is recorded.
-    A step that raises ends its run FAILED with the error as a tag.
+    A step that raises ends its run FAILED with the error as a tag; a `TagifaiError` also names the
+    run (`run_id`, `experiment_id`), for the failure output (`tagifai.cli`).
     """
     carried = {*UPSTREAM_TAGS.values(), "data_sha256"}
     lineage = {k: v for k, v in (upstream.data.tags.items() if upstream else []) if k in carried}
@@ -148,6 +149,8 @@ def step_run(
             yield run
         except Exception as exc:
             mlflow.set_tag("error", str(exc)[:5000] or type(exc).__name__)
+            if isinstance(exc, TagifaiError) and exc.run_id is None:
+                exc.run_id, exc.experiment_id = run.info.run_id, run.info.experiment_id
             raise  # start_run's context then ends the run FAILED
 
 
