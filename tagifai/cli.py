@@ -293,6 +293,19 @@ def register(
 
 
 @command()
+def decide(
+    settings: Settings,
+    register_run: Annotated[str, typer.Option(help="Run id of a register step that held its promotion.")],
+    choice: Annotated[str, typer.Option(help="Approve or Reject.")],
+    by: Annotated[str, typer.Option(help='Who decided ("": nobody answered in time).')],
+) -> dict[str, Any]:
+    """Apply a person's answer to a held promotion (`[register] approval = "human"`); record who decided."""
+    from tagifai.pipeline import steps
+
+    return steps.decide(settings, register_run, choice, by)
+
+
+@command()
 def pipeline(
     settings: Settings,
     num_trials: NumTrials = None,
@@ -414,11 +427,13 @@ def serve(
 
 @command()
 def champion_history(settings: Settings, model_name: ModelName = None) -> None:
-    """Print every move of `champion`, newest first: from, to, when, by what, and why."""
+    """Print every move of `champion` and every person's decision on one, newest first: from, to, when, by whom, why."""
     from tagifai.operations import champion
     from tagifai.pipeline import registry
 
-    for line in champion.history_table(registry.sync_history(settings, model_name or settings.register.model_name)):
+    name = model_name or settings.register.model_name
+    rows = registry.sync_history(settings, name) + registry.decisions(settings, name)
+    for line in champion.history_table(sorted(rows, key=lambda row: int(row["when"]), reverse=True)):
         typer.echo(line)
 
 

@@ -12,6 +12,11 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Required, TypedDict
 
+import numpy as np
+import pandas as pd
+
+from tagifai.core.data import compose_text
+
 # What the report may hold at most (Airflow shows it as the approval's body, MLflow as an artifact).
 MAX_CHARS = 60_000
 # How much of a project's text a disagreement shows, and how many disagreements.
@@ -289,6 +294,39 @@ def params_section(report: Report) -> list[str]:
         for name in names
     ]  # fmt: skip
     return ["## Training parameters", "", *table(["parameter", *columns(report), ""], rows)]
+
+
+# ---- gathering ----------------------------------------------------------------------------------
+
+
+def disagreements(
+    frames: Mapping[str, pd.DataFrame], challenger: Mapping[str, Any], champion: Mapping[str, Any]
+) -> tuple[list[dict[str, str]], dict[str, list[int]]]:
+    """Rows of each split (`id`, `title`, `description`, `tag`) that the two models tag differently.
+
+    Args:
+        frames: split name -> its rows, in the order shown (a row whose id an earlier split showed is not shown again).
+        challenger: split name -> the challenger's tag of each row.
+        champion: split name -> the champion's.
+
+    Returns:
+        The first `SAMPLE_ROWS` such rows, and split -> [rows where they disagree, rows].
+    """
+    rows: list[dict[str, str]] = []
+    counts: dict[str, list[int]] = {}
+    seen: set[str] = set()
+    for split, frame in frames.items():
+        differ = np.asarray(challenger[split]) != np.asarray(champion[split])
+        counts[split] = [int(differ.sum()), len(frame)]
+        texts = compose_text(frame)
+        for i in np.flatnonzero(differ):
+            row_id = str(frame["id"].iloc[i])
+            if len(rows) < SAMPLE_ROWS and row_id not in seen:
+                seen.add(row_id)
+                rows.append({"split": split, "id": row_id, "text": clip(texts.iloc[i], TEXT_CHARS),
+                             "tag": str(frame["tag"].iloc[i]), "challenger": str(challenger[split][i]),
+                             "champion": str(champion[split][i])})  # fmt: skip
+    return rows, counts
 
 
 # ---- the report ---------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ UPSTREAM_TAGS = {
     "optimize": "optimize_run_id",
     "train": "train_run_id",
     "evaluate": "evaluate_run_id",
+    "register": "register_run_id",
 }
 # Artifacts one step logs and a later step (or a model card) reads.
 LABELED = "data/labeled.csv"
@@ -45,6 +46,8 @@ PROFILE = "validation/profile.json"
 BEST_PARAMS = "best_params.json"
 REPORT = "evaluation/report.json"
 BEHAVIORAL = "evaluation/behavioral.json"
+# The register run's challenger-vs-champion report (`tagifai.core.report`).
+COMPARISON = "report/challenger_vs_champion.md"
 
 
 def connect(settings: Settings) -> None:

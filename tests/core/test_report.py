@@ -136,3 +136,19 @@ def test_without_a_champion_to_score_the_champion_column_says_why(champion, says
     assert "| test f1 | 0.9000 | — | — |" in text  # the challenger's figures all stand
     assert ("| holdout f1 | 0.8800 | 0.7000 (recorded) | +0.1800 |" in text) == (champion is not None)
     assert "## Where they disagree" not in text
+
+
+def test_disagreements_are_the_rows_the_models_tag_differently_each_id_once():
+    import pandas as pd
+
+    test = pd.DataFrame({"id": ["1", "2", "3"], "title": ["a", "b", "c"], "description": ["x", "y", "z"],
+                         "tag": ["mlops", "cv", "nlp"]})  # fmt: skip
+    holdout = test.iloc[[1, 2]].reset_index(drop=True)  # the holdout is the test split, by default
+    mine = {"test": ["mlops", "mlops", "nlp"], "holdout": ["mlops", "cv"]}
+    theirs = {"test": ["mlops", "cv", "nlp"], "holdout": ["cv", "nlp"]}
+    rows, counts = reports.disagreements({"test": test, "holdout": holdout}, mine, theirs)
+    assert counts == {"test": [1, 3], "holdout": [2, 2]}
+    assert rows == [
+        {"split": "test", "id": "2", "text": "b y", "tag": "cv", "challenger": "mlops", "champion": "cv"},
+        {"split": "holdout", "id": "3", "text": "c z", "tag": "nlp", "challenger": "cv", "champion": "nlp"},
+    ]
