@@ -479,7 +479,7 @@ def held_register_run(run_id: str) -> Run:
         raise TagifaiError(f"cannot read run {run_id} now: {registry.one_line(exc)}") from exc
     tags = run.data.tags
     if tags.get(tracking.STEP_TAG) != "register" or run.info.status != "FINISHED" or tags.get("held") != "true":
-        what = f"a {tags.get(tracking.STEP_TAG) or 'non-tagifai'} run ({run.info.status})"
+        what = f"a run of step {tags.get(tracking.STEP_TAG, '')!r} ({run.info.status})"
         if tags.get(tracking.STEP_TAG) == "register" and run.info.status == "FINISHED":
             what = "a register run that did not hold its promotion (approval was auto)"
         raise BadInputError(f"run {run_id} is {what}, not a held register run: there is nothing to decide")
