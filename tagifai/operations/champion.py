@@ -27,7 +27,7 @@ log = logging.getLogger("tagifai")
 
 
 def history_table(moves: list[dict[str, Any]]) -> list[str]:
-    """The moves of `champion`, newest first, as text table lines."""
+    """The moves of `champion` (and people's decisions on promotions), as given, as text table lines."""
     header = ("when (UTC)", "from", "to", "action", "by", "why")
     rows: list[tuple[str, ...]] = [
         (

@@ -55,9 +55,16 @@ def held(mlflow_server, tmp_path_factory) -> dict:
     # And held by a gate made stricter, which refuses it; then approved.
     _, strict, _ = cli("register", "--evaluate-run", second["evaluate_run_id"], "--min-f1", "1.0", "--force")
     _, overruled, _ = cli("decide", "--register-run", strict["run_id"], "--choice", "Approve", "--by", "carol")
+    unmoved = aliases(client)
+    # Two held registers of v2; the first approved (v2 becomes champion), then the second: stale by then.
+    _, pending, _ = cli("register", "--evaluate-run", second["evaluate_run_id"], "--force")
+    _, late, _ = cli("register", "--evaluate-run", second["evaluate_run_id"], "--force")
+    _, promoted, _ = cli("decide", "--register-run", pending["run_id"], "--choice", "Approve", "--by", "dave")
+    _, stale, _ = cli("decide", "--register-run", late["run_id"], "--choice", "Approve", "--by", "erin")
     return {"cli": cli, "client": client, "first": first, "first_held": first_held, "approved": approved,
             "second": second, "second_held": second_held, "register": register, "rejected": rejected,
-            "timed_out": timed_out, "strict": strict, "overruled": overruled}  # fmt: skip
+            "timed_out": timed_out, "strict": strict, "overruled": overruled, "unmoved": unmoved,
+            "promoted": promoted, "stale": stale}  # fmt: skip
 
 
 def aliases(client: MlflowClient) -> dict[str, str]:
@@ -82,11 +89,12 @@ def test_a_held_register_moves_no_champion_and_sets_challenger(held):
         True, "1", "report/challenger_vs_champion.md"
     )  # fmt: skip
     assert isinstance(register["gate_promote"], bool) and register["experiment_id"]
-    # No move was recorded for either held register: only alice's approval moved champion.
+    # No held register recorded a move: only approvals moved champion.
     moves = held["client"].search_runs(
         [held["client"].get_experiment_by_name(HISTORY).experiment_id], "tags.`tagifai.step` = 'champion-move'"
     )
-    assert [(m.data.tags["to_version"], m.data.tags["by"]) for m in moves] == [("1", "approved by alice")]
+    moved = sorted((m.data.tags["to_version"], m.data.tags["by"]) for m in moves)
+    assert moved == [("1", "approved by alice"), ("2", "approved by dave")]
 
 
 def test_the_report_is_the_register_runs_artifact_with_both_models_figures(held, tmp_path):
@@ -126,14 +134,15 @@ def test_reject_leaves_champion_and_the_version_stays_challenger(held):
     rejected = held["rejected"]
     assert (rejected["decision"], rejected["by"], rejected["promoted"]) == ("rejected", "bob", False)
     assert (rejected["version"], rejected["from_version"]) == ("2", "1")
-    assert aliases(held["client"]) == {"champion": "1", "challenger": "2"}
+    assert held["unmoved"] == {"champion": "1", "challenger": "2"}  # after it, a time-out and a gate's refusal
 
 
 def test_a_decision_is_made_once_per_register_run(held):
+    before = aliases(held["client"])
     again = held["cli"]("decide", "--register-run", held["second"]["register_run_id"], "--choice", "Approve",
                         "--by", "mallory")[1]  # fmt: skip
     assert again["reused"] is True and {k: again[k] for k in held["rejected"]} == held["rejected"]
-    assert aliases(held["client"]) == {"champion": "1", "challenger": "2"}
+    assert aliases(held["client"]) == before
 
 
 def test_no_answer_in_time_and_an_approval_the_gate_refused_move_nothing(held):
@@ -142,7 +151,15 @@ def test_no_answer_in_time_and_an_approval_the_gate_refused_move_nothing(held):
     assert "nobody answered within 1.5 hours" in timed_out["reason"]
     assert strict["held"] is True and strict["gate_promote"] is False  # the gate applied: nothing moves
     assert overruled["promoted"] is False and "approved by carol, but the gate did not promote" in overruled["reason"]
-    assert aliases(held["client"]) == {"champion": "1", "challenger": "2"}
+    assert held["unmoved"] == {"champion": "1", "challenger": "2"}
+
+
+def test_an_approval_of_a_version_no_longer_newer_than_the_champion_moves_nothing(held):
+    promoted, stale = held["promoted"], held["stale"]
+    assert (promoted["promoted"], promoted["from_version"], promoted["version"]) == (True, "1", "2")
+    assert (stale["promoted"], stale["from_version"], stale["decision"]) == (False, "2", "approved")
+    assert "approved by erin, but version 2 is the champion already: nothing moves" in stale["reason"]
+    assert aliases(held["client"]) == {"champion": "2", "challenger": "2"}
 
 
 def test_the_history_shows_every_decision_and_who_made_it(held):
@@ -150,13 +167,16 @@ def test_the_history_shows_every_decision_and_who_made_it(held):
     rows = [line.split() for line in history.strip().splitlines()[1:]]
     decided = [(row[2], row[3], row[4], row[5]) for row in rows if row[4] in ("approved", "rejected", "timed")]
     assert decided == [
+        ("v2", "v2", "approved", "erin"),  # stale: recorded as such
+        ("v1", "v2", "approved", "dave"),
         ("v1", "v2", "approved", "carol"),
         ("v1", "v2", "timed", "out"),  # by nobody
         ("v1", "v2", "rejected", "bob"),
         ("-", "v1", "approved", "alice"),
     ]
     assert "nobody" in history
-    assert [row[2:6] for row in rows if row[4] == "promote"] == [["-", "v1", "promote", "approved"]]
+    promotions = [" ".join(row[2:8]) for row in rows if row[4] == "promote"]
+    assert promotions == ["v1 v2 promote approved by dave", "- v1 promote approved by alice"]
 
 
 @pytest.mark.parametrize(
