@@ -537,7 +537,7 @@ def decide(settings: Settings, register_run_id: str, choice: str, by: str) -> di
         outcome = {"decision": decision, "by": by, "reason": reason, "promoted": promoted}
         registry.record_decision(settings, name, version, before, outcome, register_run_id)
         mlflow.set_tags({"decision": decision, "by": by, "model_version": version, "promoted": str(promoted).lower()})
-        if registry.version_exists(client, name, version):
+        if not stale and registry.version_exists(client, name, version):  # a stale one is the champion's, or older
             approval = decision if decision == "timed out" else f"{decision} by {by}"
             client.set_model_version_tag(name, version, registry.APPROVAL, approval)
             client.set_model_version_tag(name, version, "promoted", str(promoted).lower())

@@ -160,6 +160,8 @@ def test_an_approval_of_a_version_no_longer_newer_than_the_champion_moves_nothin
     assert (stale["promoted"], stale["from_version"], stale["decision"]) == (False, "2", "approved")
     assert "approved by erin, but version 2 is the champion already: nothing moves" in stale["reason"]
     assert aliases(held["client"]) == {"champion": "2", "challenger": "2"}
+    tags = held["client"].get_model_version(NAME, "2").tags  # the champion's tags say who made it champion
+    assert (tags["approval"], tags["promoted"]) == ("approved by dave", "true")
 
 
 def test_the_history_shows_every_decision_and_who_made_it(held):
