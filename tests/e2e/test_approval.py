@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 
+import mlflow
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from harness import Cli, synthetic
+from tagifai.contract.config import load_settings
+from tagifai.pipeline import registry
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -59,12 +62,26 @@ def held(mlflow_server, tmp_path_factory) -> dict:
     # Two held registers of v2; the first approved (v2 becomes champion), then the second: stale by then.
     _, pending, _ = cli("register", "--evaluate-run", second["evaluate_run_id"], "--force")
     _, late, _ = cli("register", "--evaluate-run", second["evaluate_run_id"], "--force")
+    # dave's approval as its retry sees it when the first decide died right after moving champion and recording it.
+    crashed_after_the_move(mlflow_server.uri)
     _, promoted, _ = cli("decide", "--register-run", pending["run_id"], "--choice", "Approve", "--by", "dave")
     _, stale, _ = cli("decide", "--register-run", late["run_id"], "--choice", "Approve", "--by", "erin")
     return {"cli": cli, "client": client, "first": first, "first_held": first_held, "approved": approved,
             "second": second, "second_held": second_held, "register": register, "rejected": rejected,
             "timed_out": timed_out, "strict": strict, "overruled": overruled, "unmoved": unmoved,
             "promoted": promoted, "stale": stale}  # fmt: skip
+
+
+def crashed_after_the_move(uri: str) -> None:
+    """What a decide approving v2 by dave had done when it died: champion moved to v2, the move recorded."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        settings = synthetic.with_setting(load_settings(), "register", history_experiment=HISTORY)
+        MlflowClient().set_registered_model_alias(NAME, "champion", "2")
+        registry.record_move(settings, NAME, "1", "2", "promote", "approved by dave", "approved by dave; the gate: …")
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 def aliases(client: MlflowClient) -> dict[str, str]:
@@ -154,9 +171,16 @@ def test_no_answer_in_time_and_an_approval_the_gate_refused_move_nothing(held):
     assert held["unmoved"] == {"champion": "1", "challenger": "2"}
 
 
-def test_an_approval_of_a_version_no_longer_newer_than_the_champion_moves_nothing(held):
-    promoted, stale = held["promoted"], held["stale"]
+def test_a_retried_approval_whose_move_was_made_counts_it_and_records_it_once(held):
+    promoted = held["promoted"]
     assert (promoted["promoted"], promoted["from_version"], promoted["version"]) == (True, "1", "2")
+    experiment = held["client"].get_experiment_by_name(HISTORY).experiment_id
+    moves = held["client"].search_runs([experiment], "tags.`tagifai.step` = 'champion-move' and tags.to_version = '2'")
+    assert [m.data.tags["by"] for m in moves] == ["approved by dave"]
+
+
+def test_an_approval_of_a_version_no_longer_newer_than_the_champion_moves_nothing(held):
+    stale = held["stale"]
     assert (stale["promoted"], stale["from_version"], stale["decision"]) == (False, "2", "approved")
     assert "approved by erin, but version 2 is the champion already: nothing moves" in stale["reason"]
     assert aliases(held["client"]) == {"champion": "2", "challenger": "2"}
