@@ -76,11 +76,24 @@ def emit(result: dict[str, Any]) -> None:
     print(line, flush=True)
 
 
+def write_failure(exc: TagifaiError) -> None:
+    """Write a failed command's error, exit code and failed MLflow run as one JSON object to `TAGIFAI_OUTPUT`.
+
+    The docker runner reads it from the failed container, to name the error in the task's exception.
+    """
+    if path := os.environ.get(names.OUTPUT_ENV):
+        line = " ".join(str(exc).split()) or type(exc).__name__
+        failure = {"error": line, "exit_code": exc.exit_code, "run_id": exc.run_id, "experiment_id": exc.experiment_id}
+        with open(path, "w", encoding="utf-8") as output:
+            output.write(json.dumps(failure) + "\n")
+
+
 def command(name: str | None = None, connect: bool = True) -> Callable[[Callable[..., Any]], Any]:
     """Register `func(settings, ...)` as a command: Typer sees its options, the settings are loaded here.
 
     The command connects to MLflow (if `connect`), prints what `func` returns, if anything, as the
-    hand-off line, and turns a TagifaiError into one line `error: …` and its exit code.
+    hand-off line, and turns a TagifaiError into one line `error: …`, its exit code and the failure
+    output (`write_failure`).
     """
 
     def decorate(func: Callable[..., dict[str, Any] | None]) -> Callable[..., None]:
@@ -95,6 +108,7 @@ def command(name: str | None = None, connect: bool = True) -> Callable[[Callable
                 result = func(settings, *args, **kwargs)
             except TagifaiError as exc:
                 typer.echo(f"error: {exc}", err=True)
+                write_failure(exc)
                 raise typer.Exit(exc.exit_code) from None
             if result is not None:
                 emit(result)
@@ -279,6 +293,19 @@ def register(
 
 
 @command()
+def decide(
+    settings: Settings,
+    register_run: Annotated[str, typer.Option(help="Run id of a register step that held its promotion.")],
+    choice: Annotated[str, typer.Option(help="Approve or Reject.")],
+    by: Annotated[str, typer.Option(help='Who decided ("": nobody answered in time).')],
+) -> dict[str, Any]:
+    """Apply a person's answer to a held promotion (`[register] approval = "human"`); record who decided."""
+    from tagifai.pipeline import steps
+
+    return steps.decide(settings, register_run, choice, by)
+
+
+@command()
 def pipeline(
     settings: Settings,
     num_trials: NumTrials = None,
@@ -400,11 +427,13 @@ def serve(
 
 @command()
 def champion_history(settings: Settings, model_name: ModelName = None) -> None:
-    """Print every move of `champion`, newest first: from, to, when, by what, and why."""
+    """Print every move of `champion` and every person's decision on one, newest first: from, to, when, by whom, why."""
     from tagifai.operations import champion
     from tagifai.pipeline import registry
 
-    for line in champion.history_table(registry.sync_history(settings, model_name or settings.register.model_name)):
+    name = model_name or settings.register.model_name
+    rows = registry.sync_history(settings, name) + registry.decisions(settings, name)
+    for line in champion.history_table(sorted(rows, key=lambda row: int(row["when"]), reverse=True)):
         typer.echo(line)
 
 

@@ -13,6 +13,9 @@ class TagifaiError(Exception):
     """A problem with input, configuration, upstream runs or services that the user can fix."""
 
     exit_code = EXIT_ERROR
+    # The MLflow run (and its experiment) the error failed, when it failed one (`tracking.step_run` sets them).
+    run_id: str | None = None
+    experiment_id: str | None = None
 
 
 class BadInputError(TagifaiError):

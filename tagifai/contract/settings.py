@@ -113,7 +113,7 @@ class Optimize(Section):
 
 
 class Register(Section):
-    """`[register]`: the registered model and the deployer's promotion gate."""
+    """`[register]`: the registered model, the deployer's promotion gate and who approves a promotion."""
 
     model_name: Annotated[str, Field(pattern=r"^[\w.-]{1,100}$")]
     min_f1: Fraction
@@ -122,6 +122,9 @@ class Register(Section):
     # The deployer's golden set (both or neither; empty: the test split of the deployment's own data).
     holdout_projects_url: str
     holdout_tags_url: str
+    # "human": a person approves (or not) each promotion the gate decides; unanswered for so long: not promoted.
+    approval: Literal["auto", "human"] = "auto"
+    approval_timeout_hours: Positive = 72
 
     @model_validator(mode="after")
     def _holdout_pair(self) -> Register:

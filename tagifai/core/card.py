@@ -60,7 +60,9 @@ class Card(TypedDict, total=False):
     confusion matrix is not shown) and `behavioral` is `behavioral_tests()`'s (`results`,
     `pass_rate`). `links` maps a run's role (train, evaluate, validate, register, …) to its MLflow UI
     URL or, without a UI, its run id; they are shown in the order given. `promotion` is the gate's
-    reason, `promoted` whether it made the version champion.
+    reason, `promoted` whether it made the version champion, `approval` who decides it ("auto": the
+    gate; "pending": a person, not yet; or the person's decision). `report` is the challenger-vs-champion
+    report's MLflow UI link (relative: `#/experiments/<id>/runs/<register run>/artifacts/<path>`).
     """
 
     model: Required[ModelInfo]
@@ -73,6 +75,8 @@ class Card(TypedDict, total=False):
     links: dict[str, str]
     promotion: str
     promoted: bool
+    approval: str
+    report: str
 
 
 # ---- formatting ---------------------------------------------------------------------------------
@@ -246,11 +250,16 @@ def links_section(links: Mapping[str, str]) -> list[str]:
 
 
 def promotion_section(card: Card) -> list[str]:
-    """The promotion gate's decision."""
+    """The promotion gate's decision, a person's if one decides, and the report behind them."""
     if not card.get("promotion"):
         return []
     verdict = {True: "**Promoted to champion.** ", False: "**Not promoted.** "}.get(card.get("promoted"), "")
-    return ["## Promotion", "", verdict + one_line(card["promotion"])]
+    lines = ["## Promotion", "", verdict + one_line(card["promotion"])]
+    if card.get("approval") not in (None, "", "auto"):
+        lines += ["", f"Approval by a person: {one_line(card['approval'])}."]
+    if report := card.get("report"):
+        lines += ["", f"Evidence: the [challenger-vs-champion report]({report.replace(')', '%29')})."]
+    return lines
 
 
 # ---- the card -----------------------------------------------------------------------------------

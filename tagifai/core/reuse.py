@@ -36,7 +36,8 @@ SETTINGS_READ: dict[str, tuple[str, ...]] = {
 HOW_TO_RUN = {
     "data": ("projects_url", "tags_url", "max_bytes", "fetch_deadline_seconds"),
     "optimize": ("num_trials", "num_workers", "heartbeat_seconds", "grace_seconds", "threads_per_trial"),
-    "register": ("history_experiment",),
+    # How long a person may take to answer is the DAG's business; `approval` changes what register does.
+    "register": ("history_experiment", "approval_timeout_hours"),
 }
 STEPS = tuple(SETTINGS_READ)
 # The package's files and folders whose code makes what the steps make.

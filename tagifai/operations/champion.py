@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import math
 import os
 import time
 from typing import Any
@@ -26,7 +27,7 @@ log = logging.getLogger("tagifai")
 
 
 def history_table(moves: list[dict[str, Any]]) -> list[str]:
-    """The moves of `champion`, newest first, as text table lines."""
+    """The moves of `champion` (and people's decisions on promotions), as given, as text table lines."""
     header = ("when (UTC)", "from", "to", "action", "by", "why")
     rows: list[tuple[str, ...]] = [
         (
@@ -81,7 +82,7 @@ def rollback(settings: Settings, name: str, to_version: str | None, reason: str 
     log.info("rollback: %s champion v%s -> v%s (test f1 %.4f)", name, current.version, target, f1)
     version = client.get_model_version(name, target)
     try:
-        announced = announce(name, version, f1, record)
+        announced = announce(name, version, f1, record, str(current.version), by)
     except TagifaiError as exc:  # the move is made and recorded: say what did not follow, do not fail it
         log.warning("rollback: no champion event (%s); batch scoring follows at its next daily run", exc)
         announced = False
@@ -104,8 +105,10 @@ def previous_champion(moves: list[dict[str, Any]], current: str) -> str | None:
     return None
 
 
-def announce(name: str, version: ModelVersion, test_f1: float, record_run_id: str) -> bool:
-    """Tell Airflow the champion moved: an event on the champion Asset (batch scoring follows).
+def announce(
+    name: str, version: ModelVersion, test_f1: float, record_run_id: str, from_version: str | None, by: str
+) -> bool:
+    """Tell Airflow the champion moved: an event on the champion Asset (batch scoring follows, people are told).
 
     Needs `TAGIFAI_AIRFLOW_URL` and the login `TAGIFAI_AIRFLOW_USERNAME`/`TAGIFAI_AIRFLOW_PASSWORD`; without
     the URL it says so and returns False (serving follows the alias anyway).
@@ -117,14 +120,7 @@ def announce(name: str, version: ModelVersion, test_f1: float, record_run_id: st
     if not url:
         log.warning("rollback: TAGIFAI_AIRFLOW_URL is not set: no champion event (tagifai serve follows the alias)")
         return False
-    extra = {
-        "model_name": name,
-        "version": str(version.version),
-        "test_f1": test_f1,
-        "pipeline_run_id": version.tags.get("pipeline_run_id", ""),
-        "history_run_id": record_run_id,
-        "action": "rollback",
-    }
+    extra = event_extra(name, version, test_f1, record_run_id, from_version, by)
     login = os.environ.get(names.AIRFLOW_USERNAME_ENV, "admin"), os.environ.get(names.AIRFLOW_PASSWORD_ENV, "")
     try:
         Airflow(url, *login).asset_event(names.CHAMPION_ASSET, extra)
@@ -134,3 +130,27 @@ def announce(name: str, version: ModelVersion, test_f1: float, record_run_id: st
         raise TagifaiError(f"Airflow at {url} did not answer: {exc}") from None
     log.info("rollback: champion event sent to Airflow (%s)", names.CHAMPION_ASSET)
     return True
+
+
+def event_extra(
+    name: str, version: ModelVersion, test_f1: float, record_run_id: str, from_version: str | None, by: str
+) -> dict[str, Any]:
+    """The champion Asset event's `extra` for a rollback to `version`: the same keys as a promotion's.
+
+    `holdout_f1` is the one `register` recorded on the version (None if it recorded none).
+    """
+    try:
+        holdout_f1 = float(version.tags.get(registry.HOLDOUT_F1) or "nan")
+    except ValueError:  # "None": no holdout score was recorded
+        holdout_f1 = math.nan
+    return {
+        "model_name": name,
+        "from_version": from_version,
+        "version": str(version.version),
+        "test_f1": test_f1,
+        "holdout_f1": None if math.isnan(holdout_f1) else holdout_f1,
+        "action": "rollback",
+        "by": by,
+        "pipeline_run_id": version.tags.get("pipeline_run_id", ""),
+        "history_run_id": record_run_id,
+    }

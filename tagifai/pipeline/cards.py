@@ -30,17 +30,17 @@ def card_of(settings: Settings, name: str, version: ModelVersion) -> cards.Card:
         "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(int(version.creation_timestamp) / 1000)),
     }
     card: cards.Card = {"model": model, "other_label": settings.data.other_label}
-    if "promotion" in tags:  # what the gate decided when the version was registered
+    if "promotion" in tags:  # what the gate decided when the version was registered (and a person, if asked)
         card["promotion"] = tags["promotion"]
         card["promoted"] = tags.get("promoted") == "true"
+        card["approval"] = tags.get("approval", "")
     trained = client.get_run(version.run_id)
     card["params"] = dict(trained.data.params)
     if "threshold" in trained.data.metrics:
         card["threshold"] = trained.data.metrics["threshold"]
-    runs = {
-        "train": trained.info.run_id,
-        **{k.removesuffix("_run_id"): tags[k] for k in ("evaluate_run_id", "data_run_id") if tags.get(k)},
-    }
+    # The register run is the one that logged its challenger-vs-champion report.
+    roles = {"evaluate": "evaluate_run_id", "data": "data_run_id", "register": "register_run_id"}
+    runs = {"train": trained.info.run_id, **{role: tags[k] for role, k in roles.items() if tags.get(k)}}
     if evaluate := runs.get("evaluate"):
         card["metrics"] = tracking.read_json_artifact(evaluate, tracking.REPORT)
         card["behavioral"] = tracking.read_json_artifact(evaluate, tracking.BEHAVIORAL)
@@ -48,6 +48,8 @@ def card_of(settings: Settings, name: str, version: ModelVersion) -> cards.Card:
         card["data"] = data_of(client, data_run)
     # Each run's page, relative to the MLflow UI (which shows the card).
     card["links"] = {role: f"#/experiments/{client.get_run(r).info.experiment_id}/runs/{r}" for role, r in runs.items()}
+    if "register" in runs:  # MLflow 3.17's UI opens a run's artifact at <run page>/artifacts/<path>
+        card["report"] = f"{card['links']['register']}/artifacts/{tracking.COMPARISON}"
     return card
 
 

@@ -33,13 +33,17 @@ log = logging.getLogger("tagifai")
 
 CHALLENGER = "challenger"
 DESCRIPTION = "Tags ML project descriptions (tagifai)."
-# The `tagifai.step` of a history record.
+# The `tagifai.step` of a history record: a move of `champion`, and a person's decision on a promotion.
 MOVE = "champion-move"
+DECISION = "champion-decision"
 # A version's, and a history record's, f1 on the holdout (with the holdout's sha256 beside it).
 HOLDOUT_F1 = "holdout_f1"
 HOLDOUT_SCORES = ("holdout_f1", "champion_holdout_f1", "best_holdout_f1")
 # Who moved the alias when tagifai did not: a person in the MLflow UI, or a script.
 OUTSIDE = "outside tagifai (MLflow UI or API)"
+# A version's tag saying who decides its promotion: "auto" (the gate), PENDING (a person, not yet),
+# or the person's decision ("approved", "rejected", "timed out").
+APPROVAL, PENDING = "approval", "pending"
 
 
 def gate(
@@ -175,27 +179,31 @@ def rescore_or_reason(model_name: str, version: str, data_run_id: str) -> tuple[
 
 
 def version_tags(metrics: dict[str, float], trained: Run, registering: Run, evaluate_run_id: str) -> dict[str, str]:
-    """What a model version records: its test scores and where it came from."""
+    """What a model version records: its test scores and where it came from (its report: the register run's)."""
     return {
         **{k: f"{metrics[k]:.4f}" for k in ("test_f1", "test_precision", "test_recall")},
         **{k: trained.data.tags.get(k, "") for k in ("data_sha256", "code_version", "image", "data_run_id")},
         "pipeline_run_id": registering.data.tags[tracking.PIPELINE_TAG],
         "evaluate_run_id": evaluate_run_id,
+        "register_run_id": registering.info.run_id,
     }
 
 
-def apply(client: MlflowClient, name: str, version: str, decision: dict[str, Any]) -> None:
+def apply(client: MlflowClient, name: str, version: str, decision: dict[str, Any], held: bool = False) -> None:
     """Make `version` the challenger, and the champion if the gate said so; record the gate's reason on it.
 
     A stale decision (a version not newer than the champion: a retried or cleared register) moves nothing.
+    `held`: a person decides (`[register] approval = "human"`): the champion does not move here, the
+    version's `approval` tag says it waits (`tagifai decide` applies the answer).
     """
     if decision["stale"]:
         return
     client.set_registered_model_alias(name, CHALLENGER, version)
-    if decision["promote"]:
+    if decision["promote"] and not held:
         client.set_registered_model_alias(name, names.CHAMPION_ALIAS, version)
     client.set_model_version_tag(name, version, "promotion", decision["reason"])
-    client.set_model_version_tag(name, version, "promoted", str(decision["promote"]).lower())
+    client.set_model_version_tag(name, version, "promoted", str(decision["promote"] and not held).lower())
+    client.set_model_version_tag(name, version, APPROVAL, PENDING if held else "auto")
     # What stands in for a re-score on this holdout once the version can no longer be loaded.
     client.set_model_version_tag(name, version, HOLDOUT_F1, repr(decision["holdout_f1"]))
     client.set_model_version_tag(name, version, holdouts.SHA_TAG, decision["holdout_sha256"])
@@ -285,6 +293,74 @@ def sync_history(settings: Settings, name: str) -> list[dict[str, str]]:
     return moves
 
 
+def record_decision(
+    settings: Settings,
+    name: str,
+    version: str,
+    champion: str | None,
+    decision: dict[str, Any],
+    register_run_id: str,
+) -> str:
+    """Record a person's decision on the promotion a held register run asked for; return its run id.
+
+    Kept apart from the moves (`history`, `best_holdout_f1` never see it). Once per register run: a
+    retried `decide` finds the record it made and records nothing twice.
+
+    Args:
+        settings: the settings (the history experiment).
+        name: the registered model.
+        version: the version decided on.
+        champion: the champion at the time, if any.
+        decision: `decision` ("approved", "rejected", "timed out"), `by` (who; "" nobody), `reason`, `promoted`.
+        register_run_id: the held register run.
+    """
+    client = MlflowClient()
+    experiment = tracking.experiment_id(settings.register.history_experiment)
+    found = client.search_runs(
+        [experiment],
+        filter_string=f"tags.`{tracking.STEP_TAG}` = '{DECISION}' and tags.register_run_id = '{register_run_id}'",
+        max_results=1,
+    )
+    if found:
+        return found[0].info.run_id
+    tags = {
+        tracking.STEP_TAG: DECISION,
+        "model_name": name,
+        "version": str(version),
+        "champion": str(champion or ""),
+        "decision": decision["decision"],
+        "by": decision["by"],
+        "reason": decision["reason"][:5000],
+        "promoted": str(decision["promoted"]).lower(),
+        "register_run_id": register_run_id,
+    }
+    run = client.create_run(experiment, run_name=f"{name} v{version} {decision['decision']}", tags=tags)
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+def decisions(settings: Settings, name: str, limit: int = 1000) -> list[dict[str, str]]:
+    """People's decisions on `name`'s promotions, newest first, as `history` rows (from: the champion then)."""
+    runs = MlflowClient().search_runs(
+        [tracking.experiment_id(settings.register.history_experiment)],
+        filter_string=f"tags.`{tracking.STEP_TAG}` = '{DECISION}' and tags.model_name = '{name}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=limit,
+    )
+    return [
+        {
+            "when": run.info.start_time,
+            "run_id": run.info.run_id,
+            "from_version": run.data.tags.get("champion", ""),
+            "to_version": run.data.tags.get("version", ""),
+            "action": run.data.tags.get("decision", ""),
+            "by": run.data.tags.get("by") or "nobody",
+            "reason": run.data.tags.get("reason", ""),
+        }
+        for run in runs
+    ]
+
+
 def best_holdout_f1(settings: Settings, name: str, holdout_sha256: str) -> float | None:
     """The best f1 any champion of `name` ever had on the holdout `holdout_sha256`: all the history, no window."""
     runs = MlflowClient().search_runs(
@@ -324,8 +400,9 @@ def judge(
 
     Returns:
         `promote`, `reason`, `champion_f1`, `holdout_f1`, `champion_holdout_f1`, `best_holdout_f1`,
-        `holdout_sha256`, `champion_unloadable` (why, or None), `champion_holdout_recorded`, and `stale`:
-        the version is not newer than the champion, so neither alias may move to it.
+        `holdout_sha256`, `champion_unloadable` (why, or None), `champion_holdout_recorded`, `stale`:
+        the version is not newer than the champion, so neither alias may move to it, and `models`: the
+        models it loaded (`challenger`, `champion`), for the report (none when stale).
     """
     min_f1, max_regression = gate_settings
     out: dict[str, Any] = dict.fromkeys(("champion_f1", "holdout_f1", "champion_holdout_f1", "best_holdout_f1"))
@@ -337,8 +414,10 @@ def judge(
     if not out["holdout_sha256"]:
         raise BadInputError(f"validate run {data_run_id} has no holdout (it is older than the gate's): run it anew")
     holdout = tracking.load_split(data_run_id, holdouts.SPLIT)
+    loaded = out["models"] = {}
     try:
-        out["holdout_f1"] = f1_of(models.load(f"models:/{name}/{version}"), holdout)
+        loaded["challenger"] = models.load(f"models:/{name}/{version}")
+        out["holdout_f1"] = f1_of(loaded["challenger"], holdout)
         if champion is not None:
             try:
                 model = models.load(f"models:/{name}/{champion.version}")
@@ -348,6 +427,7 @@ def judge(
                 out["champion_holdout_recorded"] = out["champion_holdout_f1"] is not None
                 log.warning("register: the champion v%s cannot be loaded, not re-scored: %s", champion.version, exc)
             else:
+                loaded["champion"] = model
                 out["champion_f1"] = f1_of(model, tracking.load_split(data_run_id, "test"))
                 out["champion_holdout_f1"] = f1_of(model, holdout)
         out["best_holdout_f1"] = best_holdout_f1(settings, name, out["holdout_sha256"])

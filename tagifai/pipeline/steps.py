@@ -8,6 +8,7 @@ run with its artifacts still there does no work: it hands on that run's output, 
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from typing import Any
 
 import mlflow
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tagifai import model as models
@@ -23,13 +25,13 @@ from tagifai.contract import names
 from tagifai.contract.errors import BadInputError, DataValidationError, TagifaiError
 from tagifai.contract.settings import Settings
 from tagifai.contract.sources import redact
-from tagifai.core import data, reuse
+from tagifai.core import data, report, reuse
 from tagifai.core import evaluate as evaluation
 from tagifai.core import train as training
 from tagifai.core import validate as validation
 from tagifai.pipeline import cards as model_cards
 from tagifai.pipeline import holdout as holdouts
-from tagifai.pipeline import ownership, predictions, registry, sources, tracking, tuning
+from tagifai.pipeline import ownership, predictions, registry, reports, sources, tracking, tuning
 
 log = logging.getLogger("tagifai")
 
@@ -380,6 +382,9 @@ def register(
 
     A model is never registered twice: its version is reused, and a version not newer than the
     champion moves no alias. The gate scores on the holdout the validate run logged (`registry.judge`).
+    Its challenger-vs-champion report is logged (`tracking.COMPARISON`) and printed (`report`). With
+    `[register] approval = "human"` the champion does not move here (`held`): `decide` applies a
+    person's answer.
     """
     history = tracking.experiment_id(settings.register.history_experiment)
     owned = ownership.model(model_name), ownership.experiment(history, settings.register.history_experiment)
@@ -392,48 +397,167 @@ def register(
     client = MlflowClient()
     registry.sync_history(settings, model_name)
     champion = registry.version_by_alias(client, model_name, names.CHAMPION_ALIAS)
+    held = settings.register.approval == "human"
     with tracking.step_run("register", experiment, evaluated, key=key) as run:
         tags = registry.version_tags(evaluated.data.metrics, trained, run, evaluate_run_id)
         version = registry.register(client, model_name, tracking.logged_model_uri(trained), trained.info.run_id, tags)
         gate, data_run = (min_f1, max_regression), (trained.data.tags["data_run_id"], experiment)
         test_f1 = evaluated.data.metrics["test_f1"]
-        # Everything is scored before any alias moves: an error here (exit 1) leaves both where they were.
+        # Everything is scored, and the report made, before any alias moves: an error here (exit 1)
+        # leaves both where they were.
         judged = registry.judge(settings, model_name, version.version, champion, data_run, test_f1, gate)
-        registry.apply(client, model_name, version.version, judged)
+        loaded = judged.pop("models", {})
+        verdict = {**{k: judged[k] for k in ("promote", "reason", "stale")}, "min_f1": min_f1,
+                   "max_regression": max_regression, "approval": settings.register.approval}  # fmt: skip
+        text = report.render(reports.gather(model_name, version.version, champion, judged, loaded, trained,
+                                            evaluate_run_id, verdict))  # fmt: skip
+        registry.apply(client, model_name, version.version, judged, held)
         previous = str(champion.version) if champion else None
-        if judged["promote"]:
+        promoted = judged["promote"] and not held
+        if promoted:
             by, holdout = run.data.tags[tracking.PIPELINE_TAG], (judged["holdout_f1"], judged["holdout_sha256"])
             reason = judged["reason"]
             registry.record_move(settings, model_name, previous, version.version, "promote", by, reason, holdout)
         mlflow.log_param("model_name", model_name)
         registry.log_decision(judged, version.version, previous, gate)
+        mlflow.set_tags(
+            {"promoted": str(promoted).lower(), "gate_promote": str(judged["promote"]).lower(),
+             "held": str(held).lower(), "approval": settings.register.approval}
+        )  # fmt: skip
+        mlflow.log_text(text, tracking.COMPARISON)
         if not judged["stale"]:  # the version's description: its model card, with the gate's decision
             model_cards.write_card(settings, model_name, str(version.version))
-        outcome = "champion" if judged["promote"] else "not promoted"
+        outcome = "champion" if promoted else "held for approval" if held and judged["promote"] else "not promoted"
         log.info("register: %s v%s: %s -> %s", model_name, version.version, judged["reason"], outcome)
-        return tracking.record_output(
+        output = tracking.record_output(
             {
                 "run_id": run.info.run_id,
                 "model_name": model_name,
                 "version": str(version.version),
-                "promoted": judged["promote"],
+                "promoted": promoted,
                 "reason": judged["reason"],
                 "test_f1": test_f1,
                 "holdout_f1": judged["holdout_f1"],
+                "held": held,
+                "gate_promote": judged["promote"],
+                "from_version": previous,
+                "experiment_id": experiment,
+                "report_artifact": tracking.COMPARISON,
             }
         )
+        return {**output, "report": text}  # the report is an artifact, too long for the output tag
 
 
 def reusable_register(experiment: str, key: str, model_name: str) -> dict[str, Any] | None:
     """A finished register run with `key` whose version still exists and is not older than the champion."""
-    found = tracking.reusable(experiment, "register", key)
+    found = tracking.reusable(experiment, "register", key, (tracking.COMPARISON,))
     client = MlflowClient()
     if found is None or not registry.version_exists(client, model_name, found["version"]):
         return None
     champion = registry.version_by_alias(client, model_name, names.CHAMPION_ALIAS)
     if champion is not None and int(found["version"]) < int(champion.version):
         return None  # the champion moved on since: judge this old version again (it will not move back)
-    return found
+    return {**found, "report": tracking.read_artifact(found["run_id"], tracking.COMPARISON).decode()}
+
+
+# A person's answer to a held promotion (Airflow's ApprovalOperator's options), and what it is recorded as.
+CHOICES = {"Approve": "approved", "Reject": "rejected"}
+
+
+def held_register_run(run_id: str) -> Run:
+    """The finished register run `run_id` that held its promotion for a person (`[register] approval = "human"`).
+
+    Raises:
+        BadInputError: there is no such run, or it is not a held register run.
+        TagifaiError: MLflow could not be asked for now.
+    """
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise BadInputError(f"no MLflow run {run_id!r}: give a held register run") from None
+        raise TagifaiError(f"cannot read run {run_id} now: {registry.one_line(exc)}") from exc
+    tags = run.data.tags
+    if tags.get(tracking.STEP_TAG) != "register" or run.info.status != "FINISHED" or tags.get("held") != "true":
+        what = f"a run of step {tags.get(tracking.STEP_TAG, '')!r} ({run.info.status})"
+        if tags.get(tracking.STEP_TAG) == "register" and run.info.status == "FINISHED":
+            what = "a register run that did not hold its promotion (approval was auto)"
+        raise BadInputError(f"run {run_id} is {what}, not a held register run: there is nothing to decide")
+    return run
+
+
+def decide(settings: Settings, register_run_id: str, choice: str, by: str) -> dict[str, Any]:
+    """Apply a person's answer to the promotion a held register run asked for, and record it.
+
+    Approve (and the gate said promote, and the version is still newer than the champion): `champion`
+    moves to it, recorded as a move by "approved by <by>". Approve of a version the gate did not
+    promote: nothing moves (the gate's decision is applied). Reject, or no answer (`by` ""): nothing
+    moves, the version stays `challenger`. Every decision is recorded in the history
+    (`registry.record_decision`). Once per register run: a retried or repeated decide hands on the first.
+
+    Raises:
+        BadInputError: an unknown choice, or not a held register run of a listed experiment.
+    """
+    if choice not in CHOICES:
+        raise BadInputError(f"--choice must be one of {', '.join(CHOICES)}, not {choice!r}")
+    held = held_register_run(register_run_id)
+    asked = json.loads(held.data.tags[tracking.OUTPUT_TAG])  # what register printed
+    name, version, experiment = asked["model_name"], asked["version"], held.info.experiment_id
+    history = tracking.experiment_id(settings.register.history_experiment)
+    owned = ownership.model(name), ownership.experiment(history, settings.register.history_experiment)
+    upstream_run(settings, register_run_id, "register", *owned)  # a listed experiment only the pipeline writes
+    if found := tracking.reusable(experiment, "decide", register_run_id):
+        log.info("decide: register run %s was decided already (run %s): %s", register_run_id, found["run_id"],
+                 found["decision"])  # fmt: skip
+        return found
+    client = MlflowClient()
+    moves = registry.sync_history(settings, name)
+    champion = registry.version_by_alias(client, name, names.CHAMPION_ALIAS)
+    decision = CHOICES[choice] if by else "timed out"
+    with tracking.step_run("decide", experiment, held, key=register_run_id) as run:
+        # A retry after the move was made and recorded: it is made.
+        made = bool(moves) and moves[0]["to_version"] == version and moves[0]["by"] == f"approved by {by}"
+        stale = None if made else registry.moves_back(version, champion)
+        gate = asked["reason"]
+        if decision == "approved" and asked["gate_promote"] and not stale:
+            promoted, reason = True, f"approved by {by}; the gate: {gate}"
+        elif decision == "approved":
+            why = f"{stale}: nothing moves" if stale else f"the gate did not promote: {gate}"
+            promoted, reason = False, f"approved by {by}, but {why}"
+        elif decision == "rejected":
+            promoted, reason = False, f"rejected by {by}: v{version} stays challenger"
+        else:
+            hours = settings.register.approval_timeout_hours
+            promoted, reason = False, f"nobody answered within {hours:g} hours: v{version} stays challenger"
+        before = (moves[0]["from_version"] or None) if made else (str(champion.version) if champion else None)
+        if promoted and not made:
+            holdout = (asked["holdout_f1"], held.data.tags[holdouts.SHA_TAG])
+            client.set_registered_model_alias(name, names.CHAMPION_ALIAS, version)
+            registry.record_move(settings, name, before, version, "promote", f"approved by {by}", reason, holdout)
+        outcome = {"decision": decision, "by": by, "reason": reason, "promoted": promoted}
+        registry.record_decision(settings, name, version, before, outcome, register_run_id)
+        mlflow.set_tags({"decision": decision, "by": by, "model_version": version, "promoted": str(promoted).lower()})
+        if not stale and registry.version_exists(client, name, version):  # a stale one is the champion's, or older
+            approval = decision if decision == "timed out" else f"{decision} by {by}"
+            client.set_model_version_tag(name, version, registry.APPROVAL, approval)
+            client.set_model_version_tag(name, version, "promoted", str(promoted).lower())
+            model_cards.write_card(settings, name, version)
+        log.info("decide: %s v%s %s -> %s", name, version, decision, "champion" if promoted else "not promoted")
+        return tracking.record_output(
+            {
+                "run_id": run.info.run_id,
+                "model_name": name,
+                "version": version,
+                "from_version": before,
+                "promoted": promoted,
+                "decision": decision,
+                "by": by,
+                "reason": reason,
+                "test_f1": asked["test_f1"],
+                "holdout_f1": asked["holdout_f1"],
+                "experiment_id": experiment,
+            }
+        )
 
 
 def predict_batch(

@@ -38,6 +38,7 @@ UPSTREAM_TAGS = {
     "optimize": "optimize_run_id",
     "train": "train_run_id",
     "evaluate": "evaluate_run_id",
+    "register": "register_run_id",
 }
 # Artifacts one step logs and a later step (or a model card) reads.
 LABELED = "data/labeled.csv"
@@ -45,6 +46,8 @@ PROFILE = "validation/profile.json"
 BEST_PARAMS = "best_params.json"
 REPORT = "evaluation/report.json"
 BEHAVIORAL = "evaluation/behavioral.json"
+# The register run's challenger-vs-champion report (`tagifai.core.report`).
+COMPARISON = "report/challenger_vs_champion.md"
 
 
 def connect(settings: Settings) -> None:
@@ -125,7 +128,8 @@ def step_run(
 
     The pipeline id comes from `TAGIFAI_PIPELINE_RUN_ID`, else from the upstream run, else is new.
     Lineage tags of the upstream run are carried over, and the upstream run itself is recorded.
-    A step that raises ends its run FAILED with the error as a tag.
+    A step that raises ends its run FAILED with the error as a tag; a `TagifaiError` also names the
+    run (`run_id`, `experiment_id`), for the failure output (`tagifai.cli`).
     """
     carried = {*UPSTREAM_TAGS.values(), "data_sha256"}
     lineage = {k: v for k, v in (upstream.data.tags.items() if upstream else []) if k in carried}
@@ -148,6 +152,8 @@ def step_run(
             yield run
         except Exception as exc:
             mlflow.set_tag("error", str(exc)[:5000] or type(exc).__name__)
+            if isinstance(exc, TagifaiError) and exc.run_id is None:
+                exc.run_id, exc.experiment_id = run.info.run_id, run.info.experiment_id
             raise  # start_run's context then ends the run FAILED
 
 

@@ -229,3 +229,24 @@ def test_predict_with_a_pickled_model_fails_with_one_line(tmp_path, small_config
     assert result.exit_code == 3
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"error: {tmp_path / 'old'} is a pickled model (python_model.pkl); this deployment loads")
+
+
+def test_a_failed_step_writes_its_error_and_the_run_it_failed_to_the_output_file(
+    run, tmp_path, mlflow_store, monkeypatch
+):
+    output = tmp_path / "output.json"
+    monkeypatch.setenv("TAGIFAI_OUTPUT", str(output))
+    projects, tags = write(tmp_path / "bad", projects=duplicate_ids, tags=duplicate_ids)
+    result = run(projects, tags)
+    assert result.exit_code == 3
+    failure = json.loads(output.read_text())
+    assert set(failure) == {"error", "exit_code", "run_id", "experiment_id"}
+    assert failure["exit_code"] == 3 and "unique_ids" in failure["error"] and "\n" not in failure["error"]
+    assert result.stderr.strip().splitlines()[-1] == f"error: {failure['error']}"
+    mlflow.set_tracking_uri(mlflow_store)
+    failed = MlflowClient().get_run(failure["run_id"])  # the validate run that failed
+    assert failed.info.status == "FAILED" and failed.data.tags["tagifai.step"] == "validate"
+    assert failed.info.experiment_id == failure["experiment_id"]
+    # Failing before any run of its own: no run to name.
+    result = CliRunner().invoke(app, ["register", "--evaluate-run", "0" * 32])
+    assert result.exit_code == 1 and json.loads(output.read_text())["run_id"] is None

@@ -85,3 +85,26 @@ def test_a_rollback_airflow_does_not_hear_of_is_made_and_says_so(moves, module_c
     assert "no champion event" in err and "did not answer" in err
     client = MlflowClient(module_cli.env["MLFLOW_TRACKING_URI"])
     assert str(client.get_model_version_by_alias("tagifai", "champion").version) == "2"
+
+
+@pytest.mark.parametrize(
+    ("recorded", "holdout_f1"),
+    [
+        ("0.8125", 0.8125),  # register scored it on the holdout
+        ("None", None),  # register recorded that it had no holdout score
+        (None, None),  # a version registered before the gate recorded any
+    ],
+)
+def test_a_rollbacks_champion_event_names_from_to_scores_and_who(recorded, holdout_f1):
+    from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
+
+    from tagifai.operations import champion
+
+    tags = {"pipeline_run_id": "manual__abc", **({"holdout_f1": recorded} if recorded else {})}
+    version = ModelVersion("tagifai", "3", 0, tags=[ModelVersionTag(k, v) for k, v in tags.items()])
+    extra = champion.event_extra("tagifai", version, 0.9, "h1", "5", "tagifai rollback by alice")
+    assert extra == {
+        "model_name": "tagifai", "from_version": "5", "version": "3", "test_f1": 0.9, "holdout_f1": holdout_f1,
+        "action": "rollback", "by": "tagifai rollback by alice", "pipeline_run_id": "manual__abc",
+        "history_run_id": "h1",
+    }  # fmt: skip

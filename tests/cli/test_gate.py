@@ -26,7 +26,7 @@ def two_pipelines(module_cli: Cli) -> dict:
     return {"first": first, "second": second, "stderr": stderr, "client": client}
 
 
-def test_a_champion_that_cannot_be_loaded_is_judged_by_its_recorded_holdout_score(two_pipelines):
+def test_a_champion_that_cannot_be_loaded_is_judged_by_its_recorded_holdout_score(two_pipelines, tmp_path):
     second, client = two_pipelines["second"], two_pipelines["client"]
     assert second["promoted"] is True and second["version"] == "2"
     register = client.get_run(second["register_run_id"])
@@ -39,6 +39,11 @@ def test_a_champion_that_cannot_be_loaded_is_judged_by_its_recorded_holdout_scor
         in (register.data.tags["promotion"])
     )
     assert "the champion v1 cannot be loaded, not re-scored" in two_pipelines["stderr"]
+    # Its report says so in the champion's column, with the recorded score that stood in.
+    report = Path(client.download_artifacts(register.info.run_id, "report/challenger_vs_champion.md", str(tmp_path)))
+    text = report.read_text(encoding="utf-8")
+    assert "The champion column: unavailable: " in text and f"| {recorded:.4f} (recorded) |" in text
+    assert "## Where they disagree" not in text  # nothing to compare row by row
 
 
 def test_a_retried_register_of_an_older_run_never_moves_champion_back(two_pipelines, module_cli):

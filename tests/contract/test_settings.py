@@ -13,6 +13,7 @@ def test_defaults_hold_the_recipe():
     assert s.data.min_freq == 75
     assert (s.data.val_size, s.data.test_size) == (0.15, 0.15)
     assert len(s.stopwords) == 179 and "the" in s.stopwords and "don't" in s.stopwords
+    assert (s.register.approval, s.register.approval_timeout_hours) == ("auto", 72)  # the gate alone decides
 
 
 def test_override_file_wins_key_by_key(tmp_path, monkeypatch):
@@ -53,6 +54,8 @@ def test_bad_override_is_named(tmp_path, monkeypatch, content, message):
         ("[limits]\nstep_minutes = { train = 0 }\n", r"\[limits\] step_minutes.train: input should be greater than 0"),
         ("[limits]\nstep_minutes = { trian = 5 }\n", r"\[limits\] step_minutes.trian"),
         ("[serve]\nport = true\n", r"\[serve\] port: input should be a valid integer"),
+        ('[register]\napproval = "manual"\n', r"\[register\] approval: input should be 'auto' or 'human'"),
+        ("[register]\napproval_timeout_hours = 0\n", r"\[register\] approval_timeout_hours: input should be greater"),
         ("[trian]\nnum_epochs = 3\n", r"trian: unknown setting"),  # a typo of a section
     ],
 )

@@ -74,6 +74,8 @@ CARD = {
     },
     "promotion": "test_f1 0.8510 >= 0.7000 and there is no champion yet to compare with",
     "promoted": True,
+    "approval": "approved by alice",
+    "report": "#/experiments/1/runs/regrun000/artifacts/report/x.md",
 }
 
 
@@ -127,6 +129,14 @@ RENDERED = card.render(CARD)
         ("Runs", ["- evaluate: `evalrun456`", "- validate: `datarun789`", "- register: [regrun000]("]),
         # the gate's decision
         ("Promotion", ["**Promoted to champion.** test_f1 0.8510 >= 0.7000 and there is no champion yet"]),
+        # a person approved it, and the evidence: the register run's report, a link inside MLflow's UI
+        (
+            "Promotion",
+            [
+                "Approval by a person: approved by alice.",
+                "the [challenger-vs-champion report](#/experiments/1/runs/regrun000/artifacts/report/x.md)",
+            ],
+        ),
     ],
 )
 def test_render_shows_each_section_with_its_numbers(title, expected):
@@ -218,6 +228,8 @@ def test_a_slice_without_samples_shows_no_samples_and_is_never_the_weakest():
         ([("data", k) for k in ("projects_url", "tags_url", "splits")], ["Projects:", "train 668"], ["Rows: 955\n"]),
         # a gate reason without a verdict
         (["promoted"], ["Promoted to champion"], ["## Promotion\n\ntest_f1 0.8510"]),
+        # the gate alone decided, and a version older than the report
+        (["approval", "report"], ["Approval by a person", "challenger-vs-champion"], ["**Promoted to champion.**"]),
     ],
 )
 def test_missing_optional_parts_are_left_out_cleanly(missing, absent, present):

@@ -64,6 +64,7 @@ def test_other_code_changes_every_key(base, monkeypatch):
         ("train", "num_epochs", 3, ["optimize", "train"]),  # the base params are trial 0 of the study
         ("data", "other_label", "misc", ["optimize", "train", "validate"]),
         ("register", "min_f1", 0.7, ["register"]),  # the gate
+        ("register", "approval", "human", ["register"]),  # a held register is not an auto one
     ],
 )
 def test_a_setting_a_step_reads_changes_its_key(base, section, name, value, steps):
@@ -81,6 +82,7 @@ def test_a_setting_a_step_reads_changes_its_key(base, section, name, value, step
         ("data", "projects_url", "https://elsewhere.example/p.csv"),  # the content is the key, not where it was
         ("limits", "max_trials", 5),  # bounds, no step reads them
         ("mlflow", "experiment_name", "other"),
+        ("register", "approval_timeout_hours", 1),  # how long the DAG waits for a person
     ],
 )
 def test_a_setting_no_step_reads_changes_no_key(base, section, name, value):
