@@ -26,8 +26,9 @@ TAGIFAI_ALLOWED = {
     "serving": {"tagifai", "tagifai.contract", "tagifai.model", "tagifai.serving"},
     "operations": {"tagifai.contract", "tagifai.core", "tagifai.pipeline", "tagifai.operations"},
 }
-# The contract and the Airflow helpers: the standard library, and pydantic (Airflow requires it itself).
-OTHERS_ALLOWED = {"contract": {"pydantic"}, "orchestration": {"airflow", "kubernetes", "pydantic"}}
+# The contract and the Airflow helpers: the standard library, and pydantic and urllib3 (Airflow requires both
+# itself; the webhook notifier posts with urllib3).
+OTHERS_ALLOWED = {"contract": {"pydantic"}, "orchestration": {"airflow", "kubernetes", "pydantic", "urllib3"}}
 # Libraries that are I/O: the pure core never imports them.
 IO_LIBRARIES = {"mlflow", "optuna", "optuna_integration", "sqlalchemy", "psycopg", "psycopg2", "urllib3", "typer"}
 IO_STDLIB = {"http", "socket", "subprocess", "urllib", "os"}
