@@ -22,7 +22,7 @@ import os
 import re
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -55,11 +55,11 @@ _off_said = False
 class Channels:
     """Where messages go, read from the environment (`from_env`); links' bases too."""
 
-    webhook_url: str = ""
+    webhook_url: str = field(default="", repr=False)  # a chat webhook's URL embeds its token
     smtp_host: str = ""
     smtp_port: int | None = None
     smtp_user: str = ""
-    smtp_password: str = ""
+    smtp_password: str = field(default="", repr=False)
     smtp_ssl: bool = False
     sender: str = ""
     to: tuple[str, ...] = ()
@@ -197,9 +197,28 @@ class WebhookNotifier(BaseNotifier):
 
 
 class PlainSmtpNotifier(SmtpNotifier):
-    """The SMTP provider's notifier with nothing templated: a message may quote input (`{{ ... }}` included)."""
+    """The SMTP provider's notifier with nothing templated: a message may quote input (`{{ ... }}` included).
+
+    Its connection (`connection`: the JSON of an Airflow connection, with the password) exists only while it
+    sends, as `AIRFLOW_CONN_TAGIFAI_NOTIFY_SMTP` in this process: never stored, rendered, logged, nor left
+    for a step's subprocess to inherit.
+    """
 
     template_fields = ()
+
+    def __init__(self, *, connection: str, **kwargs: Any) -> None:
+        """The provider's notifier on the connection `connection`."""
+        super().__init__(smtp_conn_id=SMTP_CONN_ID, **kwargs)
+        self._connection = connection
+
+    def notify(self, context: Any) -> None:
+        """Send the mail with the connection set for just that long."""
+        variable = f"AIRFLOW_CONN_{SMTP_CONN_ID.upper()}"
+        os.environ[variable] = self._connection
+        try:
+            super().notify(context)
+        finally:
+            os.environ.pop(variable, None)
 
 
 def notifiers(channels: Channels, event: str, text: str, fields: Mapping[str, Any]) -> list[BaseNotifier]:
@@ -208,7 +227,6 @@ def notifiers(channels: Channels, event: str, text: str, fields: Mapping[str, An
     if channels.webhook_url:
         built.append(WebhookNotifier(channels.webhook_url, {"text": text, "event": event, **fields}))
     if channels.smtp_host:
-        os.environ[f"AIRFLOW_CONN_{SMTP_CONN_ID.upper()}"] = channels.smtp_connection()
         subject = f"tagifai: {one_line(text, 150)}"
         body = "<pre>" + html.escape(text) + "</pre>"
         built.append(
@@ -217,7 +235,7 @@ def notifiers(channels: Channels, event: str, text: str, fields: Mapping[str, An
                 from_email=channels.sender,
                 subject=subject,
                 html_content=body,
-                smtp_conn_id=SMTP_CONN_ID,
+                connection=channels.smtp_connection(),
             )
         )
     return built
