@@ -225,7 +225,7 @@ def notifiers(channels: Channels, event: str, text: str, fields: Mapping[str, An
     """One notifier per configured channel for this (already scrubbed) message."""
     built: list[BaseNotifier] = []
     if channels.webhook_url:
-        built.append(WebhookNotifier(channels.webhook_url, {"text": text, "event": event, **fields}))
+        built.append(WebhookNotifier(channels.webhook_url, {**fields, "text": text, "event": event}))
     if channels.smtp_host:
         subject = f"tagifai: {one_line(text, 150)}"
         body = "<pre>" + html.escape(text) + "</pre>"
@@ -275,7 +275,7 @@ def send(event: str, text: str, **fields: Any) -> int:
     channels = channels_or_none()
     if channels is None:
         return 0
-    text = scrub(text[:MAX_TEXT_CHARS])
+    text = scrub(text)[:MAX_TEXT_CHARS]  # scrubbed first: a cut must not leave part of a secret
     fields = scrub(fields)
     sent = 0
     for notifier in notifiers(channels, event, text, fields):
