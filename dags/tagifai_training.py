@@ -203,13 +203,15 @@ with DAG(
         )
         # Skipped when approve's answer is Reject (or none came in time).
         approved = EmptyOperator(task_id="approved")
-        # Runs whatever the answer, so a rejection is recorded too; no answer (approve failed) is a Reject.
+        # Runs whatever the answer (approved skipped: a rejection, or no answer in time), so every decision
+        # is recorded; not when register or approve failed (nothing was asked or answered: nothing moves).
+        # An answer that is missing all the same is a Reject.
         answer = "(ti.xcom_pull(task_ids='approve') or {})"
         decide = step(
             "decide",
             "--register-run", run_id_from("register"),
             "--choice", f"{{{{ ({answer}.get('chosen_options') or ['Reject'])[0] }}}}",
             "--by", f"{{{{ ({answer}.get('responded_by_user') or {{}}).get('name') or '' }}}}",
-            trigger_rule="all_done",
+            trigger_rule="none_failed",
         )  # fmt: skip
         register >> approve >> approved >> decide >> publish_champion(decide.output)

@@ -101,8 +101,8 @@ def test_human_approval_sits_between_register_and_the_alias_move(load_dag, human
     assert approve.defaults == ["Reject"]  # no answer in time: rejected
     assert approve.response_timeout == timedelta(hours=2)
     assert [type(n) for n in approve.notifiers] == [notify.ApprovalRequested]
-    # decide runs whatever the answer (a rejection is recorded too); approved shows it in the graph.
-    assert dag.get_task("decide").trigger_rule == "all_done"
+    # decide runs whatever the answer (approved skipped: a rejection, recorded too), not after a failure.
+    assert dag.get_task("decide").trigger_rule == "none_failed"
     assert type(dag.get_task("approved")).__name__ == "EmptyOperator"
 
 
