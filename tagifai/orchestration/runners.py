@@ -38,7 +38,7 @@ import re
 import shlex
 import tempfile
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -577,15 +577,18 @@ class TagifaiDockerOperator(StepMixin, DockerOperator):
                 self.cli.stop(earlier["Id"], timeout=10)
             self.cli.remove_container(earlier["Id"])
 
-    def failure_output(self) -> dict[str, Any] | None:
-        """The step's `TAGIFAI_OUTPUT` file in its failed container (kept: `auto_remove="success"`), if any."""
-        if not getattr(self, "container", None):
-            return None
+    _failed_output: Any = None
+
+    def keep_failed_output(self, container_id: str) -> None:
+        """Read the step's `TAGIFAI_OUTPUT` file from its failed container, before the operator removes it."""
         try:
-            parsed = self._attempt_to_retrieve_result()
-        except Exception:  # an unreadable file names no error: the log's `error:` line does
-            return None
-        return parsed if isinstance(parsed, dict) else None
+            self._failed_output = self._copy_from_docker(container_id, self.retrieve_output_path)
+        except Exception:  # none written, or unreadable: it names no error; the log's `error:` line does
+            self._failed_output = None
+
+    def failure_output(self) -> dict[str, Any] | None:
+        """The JSON object the failed step wrote (`keep_failed_output`), if any."""
+        return self._failed_output if isinstance(self._failed_output, dict) else None
 
     def failure_lines(self, error: Exception) -> Sequence[str]:
         """The container's log lines, as the operator kept them."""
@@ -593,20 +596,31 @@ class TagifaiDockerOperator(StepMixin, DockerOperator):
 
     @property
     def cli(self) -> Any:
-        """The Docker API client, creating every container with `HARDENING`."""
-        return HardenedClient(self.hook.api_client)
+        """The Docker API client, creating every container with `HARDENING`, keeping a failed step's output."""
+        return HardenedClient(self.hook.api_client, on_failure=self.keep_failed_output)
 
 
 class HardenedClient:
-    """A Docker `APIClient` whose host configs add `HARDENING` (DockerOperator has no such options)."""
+    """A Docker `APIClient` whose host configs add `HARDENING` (DockerOperator has no such options).
 
-    def __init__(self, client: Any) -> None:
+    `on_failure(container_id)` runs when a container exited non-zero, before the operator removes it (the
+    provider removes it whatever its exit code, `auto_remove="success"` included).
+    """
+
+    def __init__(self, client: Any, on_failure: Callable[[str], None] | None = None) -> None:
         """Wrap `client`."""
-        self._client = client
+        self._client, self._on_failure = client, on_failure
 
     def create_host_config(self, **kwargs: Any) -> Any:
         """The host config the operator asks for, hardened."""
         return self._client.create_host_config(**kwargs, **HARDENING)
+
+    def wait(self, container: Any, *args: Any, **kwargs: Any) -> Any:
+        """Wait for the container to exit; a failed one's `on_failure` first."""
+        result = self._client.wait(container, *args, **kwargs)
+        if self._on_failure is not None and result.get("StatusCode"):
+            self._on_failure(container["Id"] if isinstance(container, Mapping) else container)
+        return result
 
     def __getattr__(self, name: str) -> Any:
         """Everything else is the client's."""
