@@ -163,3 +163,44 @@ def test_the_watcher_emits_an_event_only_when_a_source_changed(tmp_path):
         f.write("9999,2020-03-01 10:00:00,A new project,with a description\n")
     # The changed source's task succeeds: its asset event starts tagifai_training.
     assert look() == {**checked, "watch_projects": "success", "watch_tags": "skipped"}
+
+
+def test_a_step_that_fails_after_its_retry_is_told_once_naming_its_last_try(tmp_path):
+    # A stand-in `tagifai` (no MLflow needed): elt hands on a run, validate fails with an error that may pass
+    # (exit 1), so Airflow retries it; only the failure with no retry left is told.
+    tries = tmp_path / "tries"
+    fake = tmp_path / "bin" / "tagifai"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/bash\n"
+        'case "$1" in\n'
+        '  elt) echo \'{"run_id": "elt-run", "plan": {}}\' ;;\n'
+        f'  validate) echo try >> {tries}; echo "error: MLflow at http://mlflow:5000 did not answer" >&2; exit 1 ;;\n'
+        "esac\n",
+        encoding="utf-8",
+    )
+    fake.chmod(0o755)
+    projects, tags = synthetic.write_dataset(tmp_path / "data")
+    config = tmp_path / "retry.toml"
+    config.write_text(f"{synthetic.SMALL_CONFIG}\n[retry]\nretries = 1\ndelay_seconds = 1\nmax_delay_minutes = 1\n")
+    with webhook_sink() as (url, received):
+        env = {
+            "TAGIFAI_RUNNER": "local",
+            "TAGIFAI_BIN": str(fake),
+            "TAGIFAI_CONFIG": str(config),
+            "TAGIFAI_DATA_DIRS": str(tmp_path / "data"),
+            "TAGIFAI_PROJECTS_URL": str(projects),
+            "TAGIFAI_TAGS_URL": str(tags),
+            "TAGIFAI_NOTIFY_WEBHOOK_URL": url,
+            "AIRFLOW__API__BASE_URL": "https://airflow.example",
+        }
+        run = dags_test(tmp_path / "airflow", conf={"num_workers": 1}, extra_env=env, timeout=600)
+    assert run.states["validate"] == "failed", run.output[-5000:]
+    assert tries.read_text().split() == ["try", "try"]  # retried once
+    [told] = received  # the first try's failure is not told
+    assert told["text"].startswith(
+        f"tagifai_training run {run.run_id}: task validate failed: validate: MLflow at http://mlflow:5000 did not "
+        "answer\nlog: https://airflow.example/dags/tagifai_training/runs/"
+    )
+    assert told["log_url"].endswith("/tasks/validate?try_number=2")
+    assert "MLflow run" not in told["text"]  # no public MLflow URL set: no link
