@@ -356,7 +356,7 @@ def upstream_run(context: Mapping[str, Any]) -> str | None:
 
 # ---- (b) the champion moved; (c) a challenger was not promoted --------------------------------------
 
-_PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]{0,200}$")
+_VERSION = re.compile(r"^[0-9]{1,10}$")
 
 
 class BadChampionEvent(ValueError):
@@ -379,7 +379,7 @@ def champion_extra(extra: Any) -> dict[str, Any]:
         value = extra.get(name)
         if value is None and optional:
             return None
-        if not isinstance(value, str) or not _PRINTABLE.match(value):
+        if not isinstance(value, str) or len(value) > 200 or not value.isprintable():
             raise BadChampionEvent(f"champion event: {name} must be a string of at most 200 printable characters")
         return value
 
@@ -387,7 +387,7 @@ def champion_extra(extra: Any) -> dict[str, Any]:
         value = extra.get(name)
         if value is None and optional:
             return None
-        if not (isinstance(value, str | int) and not isinstance(value, bool) and str(value).isdigit()):
+        if isinstance(value, bool) or not isinstance(value, str | int) or not _VERSION.match(str(value)):
             raise BadChampionEvent(f"champion event: {name} must be a version number (digits)")
         return str(value)
 

@@ -298,6 +298,7 @@ GOOD_EXTRA = {
         ({"version": "3; rm"}, "version must be a version number"),  # not digits
         ({"version": None}, "version must be a version number"),  # missing
         ({"from_version": "v2"}, "from_version must be a version number"),
+        ({"version": "\u00b3"}, "version must be a version number"),  # a digit to str.isdigit, not a version
         ({"test_f1": 1.5}, r"test_f1 must be a number in \[0, 1\]"),  # out of range
         ({"test_f1": None}, r"test_f1 must be a number in \[0, 1\]"),  # required
         ({"test_f1": "0.9"}, r"test_f1 must be a number"),  # a string
@@ -305,6 +306,7 @@ GOOD_EXTRA = {
         ({"holdout_f1": True}, "holdout_f1 must be a number"),  # a bool is no f1
         ({"by": "x" * 201}, "by must be a string of at most 200 printable characters"),
         ({"by": "alice\nFAKE: champion rolled back"}, "by must be a string"),  # a forged second line
+        ({"by": "alice\u2028FAKE"}, "by must be a string"),  # a Unicode line separator
         ({"model_name": 3}, "model_name must be a string"),
         ({"action": "delete"}, "action must be promote or rollback"),
     ],
