@@ -237,6 +237,15 @@ def test_training_and_watch_have_deadlines_from_the_settings(parse_dags, tmp_pat
     assert deadline_of(bag.dags["tagifai_watch"]).interval == timedelta(minutes=2)
 
 
+def test_airflow_dags_test_parses_the_dags_without_deadlines(parse_dags, monkeypatch):
+    # No scheduler watches deadlines there, and Airflow 3.3.2 fails its successful runs of a DAG with one
+    # (apache/airflow#73428); tests/e2e/test_dag_local.py runs them.
+    monkeypatch.setattr("sys.argv", ["/venv/bin/airflow", "dags", "test", "tagifai_training"])
+    bag = parse_dags()
+    assert bag.import_errors == {}
+    assert not bag.dags["tagifai_training"].deadline and not bag.dags["tagifai_watch"].deadline
+
+
 @pytest.mark.parametrize("approval", ["auto", "human"])
 def test_the_dags_and_their_deadlines_serialize(parse_dags, request, approval):
     # What the scheduler reads is the serialized DAG: the deadline's callback path must come through, and
