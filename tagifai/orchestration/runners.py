@@ -567,8 +567,8 @@ class TagifaiDockerOperator(StepMixin, DockerOperator):
     def remove_earlier_tries(self) -> None:
         """Remove this task's containers from earlier tries; stop first one still running (its worker died).
 
-        Never two at once, and nothing left behind by a dead worker or a failed try (their logs are in those
-        tries' task logs): only the last try's container is kept, when it fails.
+        Never two at once, and nothing left behind by a dead worker (each try's log is in its task log). The
+        operator itself removes a try's container when it ends, failed or not (docker provider 4.6.1).
         """
         labels = [f"{key}={value}" for key, value in self.labels.items()]
         for earlier in self.cli.containers(all=True, filters={"label": labels}):
