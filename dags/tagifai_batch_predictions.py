@@ -8,7 +8,8 @@ PostgreSQL table `predictions` (`TAGIFAI_PREDICTIONS_DB`, handed to the step pri
 project and model version. It also logs the predictions file and the count of each tag to MLflow.
 
 It runs on an event of the `tagifai_champion` Asset (a promotion in `tagifai_training`, or
-`tagifai rollback`), and daily. A move made in the MLflow UI is scored at the next daily run.
+`tagifai rollback`), and daily. A move made in the MLflow UI is scored at the next daily run. A task
+that fails for good is told (`tagifai/orchestration/notify.py`).
 """
 
 from __future__ import annotations

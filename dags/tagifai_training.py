@@ -14,6 +14,18 @@ object last (`{"run_id": ...}`), and the next step gets that MLflow run id as an
 | `evaluate` | the `train` run | test metrics, slices, behavioral checks |
 | `register` | the `evaluate` run | a model version; `@champion` when it passes the gate (test split and holdout) |
 
+Approval (`[register] approval`): "auto", `register` moves `champion` when the gate says so and
+`publish_champion` tells whoever follows it. "human": `register` holds the move; `approve` (an
+`ApprovalOperator`: its body is register's challenger-vs-champion report) waits, holding no worker slot,
+for a person with the permission to answer in the Airflow UI or REST API, at most
+`[register] approval_timeout_hours` (then: Reject); `approved` shows the outcome (skipped on reject); and
+`decide` (the `tagifai decide` command) applies it: approved, the gate's decision; rejected or timed out,
+the version stays `challenger`. Either way the decision and who made it are in the champion history.
+
+People are told (`tagifai/orchestration/notify.py`, channels from `TAGIFAI_NOTIFY_*`) when a task fails for
+good, when an approval waits, when a challenger is not promoted, when `champion` moves (`tagifai_champion`),
+and when a run is not finished `[notify] run_deadline_minutes` after it was queued.
+
 `optimize_workers` copies the `optimize` command once per worker and `optimize` maps over the
 copies: the workers run the trials of one Optuna study together, stored where
 `TAGIFAI_OPTUNA_STORAGE` says (the stack's PostgreSQL), until it holds `num_trials` of them.
@@ -39,9 +51,12 @@ from __future__ import annotations
 from datetime import timedelta
 from functools import partial
 
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import DAG, AssetOrTimeSchedule, Param
 
 from tagifai.contract.config import config_dir, load
+from tagifai.orchestration import notify
 from tagifai.orchestration.assets import DAILY, holdout, publish_champion, source_asset, sources
 from tagifai.orchestration.runners import (
     FINITE,
@@ -57,6 +72,10 @@ settings = RunnerSettings.from_env(config=config)
 limits, gate, data = config.limits, config.register, sources(config)
 # The gate's holdout: the deployment's, never the trigger's (`tagifai.pipeline.holdout`).
 held = holdout(config)
+# Who approves a promotion: the gate alone ("auto") or a person after it ("human").
+approval = getattr(gate, "approval", "auto")
+approval_timeout = timedelta(hours=getattr(gate, "approval_timeout_hours", 72))
+late = config.notify.run_deadline_minutes
 
 with DAG(
     dag_id="tagifai_training",
@@ -71,6 +90,8 @@ with DAG(
     max_active_runs=1,
     # A stuck run cannot block the next ones for longer than this (each step has its own timeout too).
     dagrun_timeout=timedelta(minutes=limits.run_minutes),
+    # Told before that: a run still going `[notify] run_deadline_minutes` after it was queued.
+    deadline=notify.deadline(timedelta(minutes=late), f"not finished {late:g} minutes after it was queued"),
     default_args=settings.default_args(),
     params={
         "num_trials": Param(
@@ -166,7 +187,31 @@ with DAG(
         "--max-regression", "{{ params.max_regression }}",
     )  # fmt: skip
 
-    # An event on the champion Asset when register moved it: batch scoring and serving follow.
-    champion = publish_champion(register.output)
-
-    elt >> validate >> optimize_workers >> optimize >> train >> evaluate >> register >> champion
+    elt >> validate >> optimize_workers >> optimize >> train >> evaluate >> register
+    # An event on the champion Asset when the run moved it: batch scoring, serving and tagifai_champion follow.
+    if approval == "auto":
+        register >> publish_champion(register.output)
+    else:
+        report = "(ti.xcom_pull(task_ids='register') | fromjson)"
+        approve = ApprovalOperator(
+            task_id="approve",
+            subject=f"tagifai: promote v{{{{ {report}['version'] }}}}?",
+            body=f"{{{{ {report}['report'] }}}}",
+            defaults="Reject",
+            response_timeout=approval_timeout,
+            notifiers=[notify.ApprovalRequested()],
+        )
+        # Skipped when approve's answer is Reject (or none came in time).
+        approved = EmptyOperator(task_id="approved")
+        # Runs whatever the answer (approved skipped: a rejection, or no answer in time), so every decision
+        # is recorded; not when register or approve failed (nothing was asked or answered: nothing moves).
+        # An answer that is missing all the same is a Reject.
+        answer = "(ti.xcom_pull(task_ids='approve') or {})"
+        decide = step(
+            "decide",
+            "--register-run", run_id_from("register"),
+            "--choice", f"{{{{ ({answer}.get('chosen_options') or ['Reject'])[0] }}}}",
+            "--by", f"{{{{ ({answer}.get('responded_by_user') or {{}}).get('name') or '' }}}}",
+            trigger_rule="none_failed",
+        )  # fmt: skip
+        register >> approve >> approved >> decide >> publish_champion(decide.output)

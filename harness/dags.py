@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import http.server
 import json
 import os
 import re
@@ -16,8 +17,9 @@ import shutil
 import sqlite3
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -194,3 +196,29 @@ def instance_name(row: Mapping[str, object]) -> str:
     """A task instance's name: its task id, with `[map index]` for the instances of a mapped task."""
     index = str(row.get("map_index", ""))  # "" or "-1": not mapped
     return f"{row['task_id']}[{index}]" if index not in ("", "-1") else str(row["task_id"])
+
+
+@contextlib.contextmanager
+def webhook_sink(status: int = 200) -> Iterator[tuple[str, list[dict]]]:
+    """A chat webhook on 127.0.0.1 (a real HTTP server in a thread): yields its URL and the JSON bodies it got."""
+    received: list[dict] = []
+
+    class Sink(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 — http.server's name
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            received.append({"path": self.path, "content_type": self.headers.get("Content-Type"), **json.loads(body)})
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hooks/t0ken-in-the-url", received
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -15,7 +15,7 @@ COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 UP = $(if $(filter docker,$(firstword $(1))),$(1) up -d --wait --wait-timeout $(2) $(3),\
 	$(1) up -d $(3) && python3 scripts/stack.py wait --timeout $(2) --compose "$(1)")
 # The DAGs `make up` unpauses (new DAGs start paused): training, the watcher that starts it on new
-# data, the daily batch scoring with the champion, and the notice of each move of the champion.
+# data, the daily batch scoring with the champion, and the champion's messages to people.
 STACK_DAGS ?= tagifai_training tagifai_watch tagifai_batch_predictions tagifai_champion
 
 .PHONY: up down clean logs train dags-test-stack mlflow-user rollback champion-history card worker worker-down

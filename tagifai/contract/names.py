@@ -58,5 +58,20 @@ AIRFLOW_URL_ENV = "TAGIFAI_AIRFLOW_URL"
 AIRFLOW_USERNAME_ENV = "TAGIFAI_AIRFLOW_USERNAME"
 AIRFLOW_PASSWORD_ENV = "TAGIFAI_AIRFLOW_PASSWORD"
 
+# --- Notifications (tagifai.orchestration.notify): unset = notifications off ---
+# An SMTP server (PASSWORD is a secret; SSL "true": implicit TLS) and who gets the mail (TO comma-separated).
+NOTIFY_SMTP_HOST_ENV = "TAGIFAI_NOTIFY_SMTP_HOST"
+NOTIFY_SMTP_PORT_ENV = "TAGIFAI_NOTIFY_SMTP_PORT"
+NOTIFY_SMTP_USER_ENV = "TAGIFAI_NOTIFY_SMTP_USER"
+NOTIFY_SMTP_PASSWORD_ENV = "TAGIFAI_NOTIFY_SMTP_PASSWORD"
+NOTIFY_SMTP_SSL_ENV = "TAGIFAI_NOTIFY_SMTP_SSL"
+NOTIFY_FROM_ENV = "TAGIFAI_NOTIFY_FROM"
+NOTIFY_TO_ENV = "TAGIFAI_NOTIFY_TO"
+# A chat tool's incoming webhook (a secret: such URLs embed tokens); gets one JSON object per event.
+NOTIFY_WEBHOOK_URL_ENV = "TAGIFAI_NOTIFY_WEBHOOK_URL"
+# The MLflow UI and the Airflow UI as people reach them: the links in messages.
+MLFLOW_PUBLIC_URL_ENV = "TAGIFAI_MLFLOW_PUBLIC_URL"
+AIRFLOW_BASE_URL_ENV = "AIRFLOW__API__BASE_URL"
+
 # Where a step container's `tagifai` writes its JSON line (OUTPUT_ENV) for the docker runner.
 CONTAINER_OUTPUT_PATH = "/tmp/tagifai-output.json"

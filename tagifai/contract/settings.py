@@ -178,6 +178,13 @@ class Watch(Section):
     interval_seconds: Positive
 
 
+class Notify(Section):
+    """`[notify]`: when a run is late enough to tell someone (the channels are the environment's)."""
+
+    run_deadline_minutes: Positive
+    watch_missed_intervals: Count
+
+
 class Mlflow(Section):
     """`[mlflow]`: the experiments a training run may use, and the embedded store when no tracking URI is set."""
 
@@ -219,6 +226,7 @@ with warnings.catch_warnings():
         serve: Serve
         predict: Predict
         watch: Watch
+        notify: Notify
         mlflow: Mlflow
         stopwords: tuple[str, ...] = ()
 

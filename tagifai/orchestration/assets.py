@@ -2,8 +2,10 @@
 
 - One Asset per training data source (`tagifai_projects`, `tagifai_tags`): `tagifai_watch` emits an
   event when the source changed, and `tagifai_training` runs on either (or daily).
-- `tagifai_champion`: `tagifai_training` emits an event only when `champion` moved (its `extra`:
-  version, test f1, pipeline run), for whichever DAG follows the champion.
+- `tagifai_champion`: `tagifai_training` (and `tagifai rollback`, through the REST API) emits an event
+  only when `champion` moved (its `extra`: model_name, from_version, version, test_f1, holdout_f1, action,
+  by, pipeline_run_id, history_run_id), for whichever DAG follows the champion (`tagifai_champion` tells
+  people, batch scoring scores).
 
 Standard library and Airflow only.
 """
@@ -16,11 +18,12 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import Asset, CronTriggerTimetable, Variable, task
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from tagifai.contract import names
 from tagifai.contract.config import holdout_sources
 from tagifai.contract.settings import Settings
+from tagifai.orchestration import notify
 from tagifai.orchestration.runners import data_url, fromjson
 
 CHAMPION = Asset(name=names.CHAMPION_ASSET, uri=names.CHAMPION_ASSET_URI)
@@ -75,22 +78,57 @@ def watch(checksum_line: Any, source: str, asset: Asset, **context: Any) -> dict
 
 
 @task(outlets=[CHAMPION])
-def publish_champion(register_line: Any, **context: Any) -> dict[str, Any]:
-    """Emit an event on the champion Asset when `register` moved `champion`; else skip (no event).
+def publish_champion(line: Any, **context: Any) -> dict[str, Any]:
+    """Emit an event on the champion Asset when the run moved `champion`; else tell people why not, and skip.
+
+    `line` is `register`'s output (approval "auto") or `decide`'s ("human"). The event's `extra` is the
+    champion move's contract (`notify.champion_extra`), which `tagifai_champion` reads to tell people.
 
     Raises:
-        AirflowSkipException: the run did not move the champion (not promoted, or a reused register).
+        AirflowSkipException: the run did not move the champion (not promoted, rejected, or a reused register).
     """
-    out = fromjson(register_line)
-    if not out.get("promoted") or out.get("reused"):
-        why = "made already" if out.get("reused") else out.get("reason", "not promoted")
+    out = fromjson(line)
+    if out.get("reused"):
+        raise AirflowSkipException("champion did not move: made already")
+    if not out.get("promoted"):
+        why = out.get("reason") or out.get("decision") or "not promoted"
+        notify.not_promoted(out, context["run_id"])
         raise AirflowSkipException(f"champion did not move: {why}")
-    extra = {
-        "model_name": out["model_name"],
-        "version": out["version"],
-        "test_f1": out.get("test_f1"),
-        "pipeline_run_id": context["run_id"],
-        "register_run_id": out["run_id"],
-    }
+    # decide's `by` is the approver's name; register's promotion is the gate's.
+    by = f"approved by {out['by']}" if out.get("decision") else f"the gate ({context['run_id']})"
+    extra = notify.champion_extra(
+        {
+            "model_name": out["model_name"],
+            "from_version": out.get("from_version"),
+            "version": out["version"],
+            "test_f1": out.get("test_f1"),
+            "holdout_f1": out.get("holdout_f1"),
+            "action": "promote",
+            "by": by[:200],
+            "pipeline_run_id": context["run_id"],
+            "history_run_id": out.get("history_run_id"),
+        }
+    )
     context["outlet_events"][CHAMPION].extra = extra
     return extra
+
+
+@task
+def tell_champion_moved(**context: Any) -> list[dict[str, Any]]:
+    """Tell people of each champion move that started this run (promotions and `tagifai rollback`s).
+
+    Raises:
+        AirflowFailException: an event's extra breaks the contract (one line; nothing sent for it).
+    """
+    moves, bad = [], []
+    for events in context["triggering_asset_events"].values():
+        for event in events:
+            try:
+                moves.append(notify.champion_extra(event.extra))
+            except notify.BadChampionEvent as exc:
+                bad.append(str(exc))
+    for move in moves:
+        notify.champion_moved(move)
+    if bad:
+        raise AirflowFailException(f"{len(bad)} malformed champion event(s): {bad[0]}")
+    return moves

@@ -36,8 +36,9 @@ import json
 import os
 import re
 import shlex
+import tempfile
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -45,12 +46,13 @@ from typing import Any
 from airflow.providers.docker.operators.docker import DockerOperator
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import BaseOperator, task
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 from tagifai.contract import names
 from tagifai.contract.errors import EXIT_BAD_INPUT
 from tagifai.contract.settings import Settings
 from tagifai.contract.sources import SourcePolicy, SourceRefused
+from tagifai.orchestration import notify
 
 RUNNERS = ("docker", "local", "kubernetes")
 
@@ -77,6 +79,8 @@ STEP_SECRETS: dict[str, dict[str, str]] = {
     "train": PIPELINE_LOGIN,
     "evaluate": PIPELINE_LOGIN,
     "register": PIPELINE_LOGIN,
+    # Applies a held register run's approval decision (moves `champion`, records it).
+    "decide": PIPELINE_LOGIN,
     "predict-batch": {**BATCH_LOGIN, names.PREDICTIONS_DB_ENV: names.PREDICTIONS_DB_ENV},
     # Reads a data source and prints its sha256: no MLflow, no database.
     "checksum": {},
@@ -143,6 +147,8 @@ class RunnerSettings:
             "retry_delay": timedelta(seconds=retry.delay_seconds),
             "retry_exponential_backoff": 2.0,
             "max_retry_delay": timedelta(minutes=retry.max_delay_minutes),
+            # Once a task failed with no retry left: tell people (tagifai.orchestration.notify).
+            "on_failure_callback": notify.task_failed,
         }
 
     def timeout(self, step: str) -> timedelta | None:
@@ -229,6 +235,7 @@ def tagifai_step(
     experiment_name: str,
     data_sources: Sequence[str] = (),
     task_id: str | None = None,
+    **options: Any,
 ) -> Any:
     """Return the operator that runs `tagifai <command>` with the runner of `settings`.
 
@@ -239,9 +246,10 @@ def tagifai_step(
         data_sources: templates of the data URLs the step reads: checked against the source policy, and
             their local folders mounted (docker).
         task_id: the task id; the step's name (`command[0]`) when None.
+        **options: more of the operator's arguments (e.g. `trigger_rule`).
     """
     operator, kwargs, _ = _operator(settings, command, experiment_name, data_sources, task_id or command[0])
-    return operator(**kwargs)
+    return operator(**kwargs, **options)
 
 
 def tagifai_workers(settings: RunnerSettings, *command: str, experiment_name: str, num_workers: str) -> tuple[Any, Any]:
@@ -437,13 +445,50 @@ class StepMixin(BaseOperator):
         self.prepare(policy)
         try:
             return super().execute(context)
-        except AirflowSkipException as exc:
-            raise AirflowFailException(
-                f"the step cannot run with this input or setup ({exc}); its `error:` line above says what to fix"
-            ) from None
+        except AirflowSkipException as exc:  # bad input or setup: no retry
+            raise self.failed(exc, final=True) from None
+        except AirflowException as exc:  # may pass: retried
+            raise self.failed(exc, final=False) from exc
 
     def prepare(self, policy: SourcePolicy) -> None:
         """Set up what the runner needs once the params are rendered (nothing by default)."""
+
+    def failure_output(self) -> dict[str, Any] | None:
+        """The JSON object the failed step wrote to `TAGIFAI_OUTPUT` (`error`, `run_id`, ...), if the runner has it."""
+        return None
+
+    def failure_lines(self, error: Exception) -> Sequence[str]:
+        """The failed step's output lines the runner kept (its `error:` line among them)."""
+        return ()
+
+    def failed(self, error: Exception, final: bool) -> AirflowException:
+        """The task's exception for a failed step: `<step>: <its one-line error>`, with `step_output` for notify.
+
+        The error is the step's `TAGIFAI_OUTPUT` JSON `error`, else its last `error:` line. `final`: no retry
+        (AirflowFailException), as for bad input (exit 3).
+        """
+        output = self.failure_output() or {}
+        line = output.get("error") if isinstance(output.get("error"), str) else None
+        line = line or last_error_line(self.failure_lines(error))
+        if line:
+            message = f"{self.task_id}: {notify.one_line(line)}"
+        elif final:
+            message = f"{self.task_id}: the step cannot run with this input or setup ({error}); see its log"
+        else:
+            message = f"{self.task_id}: {notify.one_line(error)}"
+        exc = (AirflowFailException if final else AirflowException)(message)
+        exc.step_output = {"error": line, "run_id": output.get("run_id"), "experiment_id": output.get("experiment_id")}
+        return exc
+
+
+def last_error_line(lines: Sequence[str | bytes]) -> str | None:
+    """The text after `error: ` of the last such line (a `tagifai` command's one-line error), if any."""
+    for raw in reversed(list(lines)):
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        for line in reversed(text.splitlines()):
+            if line.strip().startswith("error: ") and line.strip()[7:].strip():
+                return line.strip()[7:].strip()
+    return None
 
 
 def made_already(context: Any, step: str) -> dict[str, Any] | None:
@@ -459,6 +504,41 @@ class TagifaiBashOperator(StepMixin, BashOperator):
     """`BashOperator` running one step as a local subprocess (the local runner)."""
 
     template_fields: Sequence[str] = (*BashOperator.template_fields, "data_sources")
+    _output_file: str | None = None
+    _result: Any = None
+
+    def prepare(self, policy: SourcePolicy) -> None:
+        """Have the step write its JSON object (or its error's, when it fails) to a file of this try's."""
+        fd, self._output_file = tempfile.mkstemp(prefix="tagifai-output-", suffix=".json")
+        os.close(fd)
+        self.env = {**(self.env or {}), names.OUTPUT_ENV: self._output_file}
+
+    def execute(self, context: Any) -> Any:
+        """Run the step; remove its output file after."""
+        try:
+            return super().execute(context)
+        finally:
+            if self._output_file:
+                os.unlink(self._output_file)
+                self._output_file = None
+
+    def _run_inline_command(self, *args: Any, **kwargs: Any) -> Any:
+        """Keep the subprocess's result: its last output line is the failed step's `error:` line."""
+        self._result = super()._run_inline_command(*args, **kwargs)
+        return self._result
+
+    def failure_output(self) -> dict[str, Any] | None:
+        """The step's `TAGIFAI_OUTPUT` file, if it wrote one."""
+        try:
+            with open(self._output_file or "", encoding="utf-8") as written:
+                parsed = json.load(written)
+        except (OSError, ValueError):
+            return None
+        return parsed if isinstance(parsed, dict) else None
+
+    def failure_lines(self, error: Exception) -> Sequence[str]:
+        """The subprocess's last output line (stdout is held back by the script, so: its stderr's last)."""
+        return [self._result.output] if self._result is not None and self._result.output else []
 
 
 class TagifaiDockerOperator(StepMixin, DockerOperator):
@@ -487,8 +567,8 @@ class TagifaiDockerOperator(StepMixin, DockerOperator):
     def remove_earlier_tries(self) -> None:
         """Remove this task's containers from earlier tries; stop first one still running (its worker died).
 
-        Never two at once, and nothing left behind by a dead worker or a failed try (their logs are in those
-        tries' task logs): only the last try's container is kept, when it fails.
+        Never two at once, and nothing left behind by a dead worker (each try's log is in its task log). The
+        operator itself removes a try's container when it ends, failed or not (docker provider 4.6.1).
         """
         labels = [f"{key}={value}" for key, value in self.labels.items()]
         for earlier in self.cli.containers(all=True, filters={"label": labels}):
@@ -497,22 +577,50 @@ class TagifaiDockerOperator(StepMixin, DockerOperator):
                 self.cli.stop(earlier["Id"], timeout=10)
             self.cli.remove_container(earlier["Id"])
 
+    _failed_output: Any = None
+
+    def keep_failed_output(self, container_id: str) -> None:
+        """Read the step's `TAGIFAI_OUTPUT` file from its failed container, before the operator removes it."""
+        try:
+            self._failed_output = self._copy_from_docker(container_id, self.retrieve_output_path)
+        except Exception:  # none written, or unreadable: it names no error; the log's `error:` line does
+            self._failed_output = None
+
+    def failure_output(self) -> dict[str, Any] | None:
+        """The JSON object the failed step wrote (`keep_failed_output`), if any."""
+        return self._failed_output if isinstance(self._failed_output, dict) else None
+
+    def failure_lines(self, error: Exception) -> Sequence[str]:
+        """The container's log lines, as the operator kept them."""
+        return getattr(error, "logs", None) or []
+
     @property
     def cli(self) -> Any:
-        """The Docker API client, creating every container with `HARDENING`."""
-        return HardenedClient(self.hook.api_client)
+        """The Docker API client, creating every container with `HARDENING`, keeping a failed step's output."""
+        return HardenedClient(self.hook.api_client, on_failure=self.keep_failed_output)
 
 
 class HardenedClient:
-    """A Docker `APIClient` whose host configs add `HARDENING` (DockerOperator has no such options)."""
+    """A Docker `APIClient` whose host configs add `HARDENING` (DockerOperator has no such options).
 
-    def __init__(self, client: Any) -> None:
+    `on_failure(container_id)` runs when a container exited non-zero, before the operator removes it (the
+    provider removes it whatever its exit code, `auto_remove="success"` included).
+    """
+
+    def __init__(self, client: Any, on_failure: Callable[[str], None] | None = None) -> None:
         """Wrap `client`."""
-        self._client = client
+        self._client, self._on_failure = client, on_failure
 
     def create_host_config(self, **kwargs: Any) -> Any:
         """The host config the operator asks for, hardened."""
         return self._client.create_host_config(**kwargs, **HARDENING)
+
+    def wait(self, container: Any, *args: Any, **kwargs: Any) -> Any:
+        """Wait for the container to exit; a failed one's `on_failure` first."""
+        result = self._client.wait(container, *args, **kwargs)
+        if self._on_failure is not None and result.get("StatusCode"):
+            self._on_failure(container["Id"] if isinstance(container, Mapping) else container)
+        return result
 
     def __getattr__(self, name: str) -> Any:
         """Everything else is the client's."""

@@ -81,13 +81,53 @@ def render() -> Callable[..., Any]:
 
 
 class FakeDocker:
-    """Stands in for the Docker API client of the docker runner: its containers, what was stopped and removed."""
+    """Stands in for the Docker API client of the docker runner: its containers, what was stopped and removed.
+
+    A step's container "runs" as the engine would answer the operator: it logs `logs`, exits `exit_code`,
+    and holds `files` (path → bytes) for `get_archive`.
+    """
 
     def __init__(self) -> None:
         self.existing: list[dict] = []
         self.stopped: list[str] = []
         self.removed: list[str] = []
         self.filters: list[dict] = []
+        self.logs: list[bytes] = []
+        self.exit_code = 0
+        self.files: dict[str, bytes] = {}
+
+    def images(self, name: str) -> list[dict]:
+        return [{"Id": name}]  # on the host: nothing is pulled
+
+    def create_host_config(self, **kwargs):
+        return kwargs
+
+    def create_container(self, **kwargs) -> dict:
+        return {"Id": "c0ffee"}
+
+    def attach(self, container: str, **_):
+        return iter(self.logs)
+
+    def start(self, container: str) -> None:
+        pass
+
+    def wait(self, container: str) -> dict:
+        return {"StatusCode": self.exit_code}
+
+    def get_archive(self, container: str, path: str):
+        import io
+        import tarfile
+
+        from docker.errors import NotFound
+
+        if container in self.removed or path not in self.files:
+            raise NotFound(f"no {path} in {container}")
+        data, buffer = self.files[path], io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo(path.rsplit("/", 1)[-1])
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        return [buffer.getvalue()], {"size": len(data), "name": info.name}
 
     def containers(self, all: bool, filters: dict) -> list[dict]:  # noqa: A002 — docker's name
         assert all, "containers of earlier tries that stopped are wanted too"

@@ -52,7 +52,7 @@ def step_operators(dag, render, **params) -> list:
 def test_dagbag_imports_without_errors(parse_dags, runner):
     bag = parse_dags(TAGIFAI_RUNNER=runner)
     assert bag.import_errors == {}
-    assert sorted(bag.dags) == ["tagifai_batch_predictions", "tagifai_training", "tagifai_watch"]
+    assert sorted(bag.dags) == ["tagifai_batch_predictions", "tagifai_champion", "tagifai_training", "tagifai_watch"]
 
 
 def test_unknown_runner_is_an_import_error(parse_dags):
@@ -612,7 +612,7 @@ def test_a_step_elt_found_made_already_is_handed_on_without_starting_anything(lo
 @pytest.mark.parametrize(
     ("register", "emits"),
     [
-        ({"promoted": True, "version": "3", "test_f1": 0.85}, True),  # champion moved: an event
+        ({"promoted": True, "version": "3", "from_version": "2", "test_f1": 0.85, "holdout_f1": 0.8}, True),  # moved
         ({"promoted": False, "version": "3", "reason": "below the minimum"}, False),  # not promoted
         ({"promoted": True, "version": "3", "reused": True}, False),  # made already: it moved nothing now
     ],
@@ -633,10 +633,14 @@ def test_the_champion_event_is_emitted_only_when_champion_moved(load_dag, regist
         task.python_callable(line, **context)
         assert events[CHAMPION].extra == {
             "model_name": "tagifai",
+            "from_version": "2",
             "version": "3",
             "test_f1": 0.85,
+            "holdout_f1": 0.8,
+            "action": "promote",
+            "by": "the gate (manual__1)",
             "pipeline_run_id": "manual__1",
-            "register_run_id": "register-run",
+            "history_run_id": None,
         }
     else:
         with pytest.raises(AirflowSkipException, match="champion did not move"):

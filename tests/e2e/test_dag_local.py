@@ -19,6 +19,7 @@ from harness.dags import (
     pipeline_runs,
     rerun_task,
     study_states,
+    webhook_sink,
     write_config,
 )
 
@@ -42,10 +43,10 @@ def local_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def local_run(tmp_path: Path, projects: Path, tags: Path):
+def local_run(tmp_path: Path, projects: Path, tags: Path, **extra_env: str):
     """Run the DAG once with the local runner on `projects`/`tags`; return the run and tracking URI."""
     # The deployment's data (the gate's holdout is its test split): here the run's too.
-    env = local_env(tmp_path) | {"TAGIFAI_PROJECTS_URL": str(projects), "TAGIFAI_TAGS_URL": str(tags)}
+    env = local_env(tmp_path) | {"TAGIFAI_PROJECTS_URL": str(projects), "TAGIFAI_TAGS_URL": str(tags), **extra_env}
     run = dags_test(
         tmp_path / "airflow",
         # One a plain path, one a file:// URL: the DAG hands both forms to `tagifai elt`.
@@ -92,7 +93,11 @@ def test_local_dag_run_stops_at_validate_on_duplicate_ids(tmp_path):
         rows = list(csv.DictReader(f))
     # Three projects appear twice under the same id.
     synthetic.write_csv(projects, rows + rows[:3])
-    run, tracking_uri = local_run(tmp_path, projects, tags)
+    # People are told, by a chat webhook (a real HTTP server here).
+    with webhook_sink() as (url, received):
+        run, tracking_uri = local_run(
+            tmp_path, projects, tags, TAGIFAI_NOTIFY_WEBHOOK_URL=url, TAGIFAI_MLFLOW_PUBLIC_URL="http://mlflow.example"
+        )
     assert run.returncode != 0
     assert run.states == {
         "elt": "success",
@@ -107,6 +112,16 @@ def test_local_dag_run_stops_at_validate_on_duplicate_ids(tmp_path):
     assert champion(tracking_uri) is None
     # The task log names the failed check.
     assert "error: validation failed: unique_ids" in run.output
+    # One message (the task failed for good: no retry left), naming the task, the check, and where to look.
+    [told] = received
+    assert told["event"] == "task_failed" and told["task_id"] == "validate"
+    first, log, mlflow = told["text"].splitlines()
+    assert first.startswith(f"tagifai_training run {run.run_id}: task validate failed: validate: validation failed")
+    assert "unique_ids" in first
+    assert log.startswith("log: ") and "/dags/tagifai_training/runs/" in log and "/tasks/validate" in log
+    # The failed step's run when it wrote one (TAGIFAI_OUTPUT), else elt's: a run of this pipeline run.
+    assert told["mlflow_run_id"] in {r["run_id"] for r in pipeline_runs(tracking_uri, run.run_id)}
+    assert mlflow.startswith("MLflow run: http://mlflow.example/#/") and mlflow.endswith(told["mlflow_run_id"])
 
 
 def test_a_run_without_params_follows_the_deployers_config(tmp_path):
@@ -148,3 +163,44 @@ def test_the_watcher_emits_an_event_only_when_a_source_changed(tmp_path):
         f.write("9999,2020-03-01 10:00:00,A new project,with a description\n")
     # The changed source's task succeeds: its asset event starts tagifai_training.
     assert look() == {**checked, "watch_projects": "success", "watch_tags": "skipped"}
+
+
+def test_a_step_that_fails_after_its_retry_is_told_once_naming_its_last_try(tmp_path):
+    # A stand-in `tagifai` (no MLflow needed): elt hands on a run, validate fails with an error that may pass
+    # (exit 1), so Airflow retries it; only the failure with no retry left is told.
+    tries = tmp_path / "tries"
+    fake = tmp_path / "bin" / "tagifai"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/bash\n"
+        'case "$1" in\n'
+        '  elt) echo \'{"run_id": "elt-run", "plan": {}}\' ;;\n'
+        f'  validate) echo try >> {tries}; echo "error: MLflow at http://mlflow:5000 did not answer" >&2; exit 1 ;;\n'
+        "esac\n",
+        encoding="utf-8",
+    )
+    fake.chmod(0o755)
+    projects, tags = synthetic.write_dataset(tmp_path / "data")
+    config = tmp_path / "retry.toml"
+    config.write_text(f"{synthetic.SMALL_CONFIG}\n[retry]\nretries = 1\ndelay_seconds = 1\nmax_delay_minutes = 1\n")
+    with webhook_sink() as (url, received):
+        env = {
+            "TAGIFAI_RUNNER": "local",
+            "TAGIFAI_BIN": str(fake),
+            "TAGIFAI_CONFIG": str(config),
+            "TAGIFAI_DATA_DIRS": str(tmp_path / "data"),
+            "TAGIFAI_PROJECTS_URL": str(projects),
+            "TAGIFAI_TAGS_URL": str(tags),
+            "TAGIFAI_NOTIFY_WEBHOOK_URL": url,
+            "AIRFLOW__API__BASE_URL": "https://airflow.example",
+        }
+        run = dags_test(tmp_path / "airflow", conf={"num_workers": 1}, extra_env=env, timeout=600)
+    assert run.states["validate"] == "failed", run.output[-5000:]
+    assert tries.read_text().split() == ["try", "try"]  # retried once
+    [told] = received  # the first try's failure is not told
+    assert told["text"].startswith(
+        f"tagifai_training run {run.run_id}: task validate failed: validate: MLflow at http://mlflow:5000 did not "
+        "answer\nlog: https://airflow.example/dags/tagifai_training/runs/"
+    )
+    assert told["log_url"].endswith("/tasks/validate?try_number=2")
+    assert "MLflow run" not in told["text"]  # no public MLflow URL set: no link
