@@ -73,8 +73,7 @@ limits, gate, data = config.limits, config.register, sources(config)
 # The gate's holdout: the deployment's, never the trigger's (`tagifai.pipeline.holdout`).
 held = holdout(config)
 # Who approves a promotion: the gate alone ("auto") or a person after it ("human").
-approval = getattr(gate, "approval", "auto")
-approval_timeout = timedelta(hours=getattr(gate, "approval_timeout_hours", 72))
+approval, approval_timeout = gate.approval, timedelta(hours=gate.approval_timeout_hours)
 late = config.notify.run_deadline_minutes
 
 with DAG(

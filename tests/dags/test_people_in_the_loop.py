@@ -19,32 +19,11 @@ REPORT = "## challenger v3 vs champion v2\n| | v3 | v2 |\n| test f1 | 0.86 | 0.8
 
 
 @pytest.fixture
-def human(tmp_path, monkeypatch) -> dict[str, str]:
-    """The environment that parses tagifai_training with `[register] approval = "human"` (2 h to answer).
-
-    Through a TAGIFAI_CONFIG override once the schema has `approval`; until then, the same settings with
-    the two fields added to `[register]` (the DAG reads them with getattr defaults).
-    """
-    from tagifai.contract import config as config_module
-    from tagifai.contract import settings as schema
-
+def human(tmp_path) -> dict[str, str]:
+    """The environment that parses tagifai_training with `[register] approval = "human"` (2 h to answer)."""
     override = tmp_path / "human.toml"
     override.write_text('[register]\napproval = "human"\napproval_timeout_hours = 2\n', encoding="utf-8")
-    if "approval" in schema.Register.model_fields:
-        return {"TAGIFAI_CONFIG": str(override)}
-
-    class HumanRegister(schema.Register):
-        approval: str = "human"
-        approval_timeout_hours: float = 2
-
-    load = config_module.load
-
-    def load_human(folder, environ=None):
-        loaded = load(folder, environ)
-        return loaded.model_copy(update={"register": HumanRegister(**loaded.register.model_dump())})
-
-    monkeypatch.setattr(config_module, "load", load_human)
-    return {}
+    return {"TAGIFAI_CONFIG": str(override)}
 
 
 class ApprovalRun:
