@@ -52,11 +52,11 @@ from datetime import timedelta
 from functools import partial
 
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import DAG, AssetOrTimeSchedule, Param
 
 from tagifai.contract.config import config_dir, load
 from tagifai.orchestration import notify
+from tagifai.orchestration.approval import ANSWER, Approval
 from tagifai.orchestration.assets import DAILY, holdout, publish_champion, source_asset, sources
 from tagifai.orchestration.runners import (
     FINITE,
@@ -90,7 +90,7 @@ with DAG(
     # A stuck run cannot block the next ones for longer than this (each step has its own timeout too).
     dagrun_timeout=timedelta(minutes=limits.run_minutes),
     # Told before that: a run still going `[notify] run_deadline_minutes` after it was queued.
-    deadline=notify.deadline(timedelta(minutes=late), f"not finished {late:g} minutes after it was queued"),
+    deadline=notify.deadline(timedelta(minutes=late), f"not finished {late:g} min after it was queued"),
     default_args=settings.default_args(),
     params={
         "num_trials": Param(
@@ -192,7 +192,7 @@ with DAG(
         register >> publish_champion(register.output)
     else:
         report = "(ti.xcom_pull(task_ids='register') | fromjson)"
-        approve = ApprovalOperator(
+        approve = Approval(
             task_id="approve",
             subject=f"tagifai: promote v{{{{ {report}['version'] }}}}?",
             body=f"{{{{ {report}['report'] }}}}",
@@ -205,12 +205,12 @@ with DAG(
         # Runs whatever the answer (approved skipped: a rejection, or no answer in time), so every decision
         # is recorded; not when register or approve failed (nothing was asked or answered: nothing moves).
         # An answer that is missing all the same is a Reject.
-        answer = "(ti.xcom_pull(task_ids='approve') or {})"
+        answer = f"(ti.xcom_pull(task_ids='approve', key='{ANSWER}') or {{}})"
         decide = step(
             "decide",
             "--register-run", run_id_from("register"),
-            "--choice", f"{{{{ ({answer}.get('chosen_options') or ['Reject'])[0] }}}}",
-            "--by", f"{{{{ ({answer}.get('responded_by_user') or {{}}).get('name') or '' }}}}",
+            "--choice", f"{{{{ {answer}.get('choice') or 'Reject' }}}}",
+            "--by", f"{{{{ {answer}.get('by') or '' }}}}",
             trigger_rule="none_failed",
         )  # fmt: skip
         register >> approve >> approved >> decide >> publish_champion(decide.output)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import email.header
 import fcntl
 import json
 import mailbox
@@ -215,7 +216,8 @@ def mail_text(message: mailbox.MaildirMessage) -> str:
     """A message as text: its headers, a blank line, its text parts decoded."""
     parts = [part for part in message.walk() if part.get_content_maintype() == "text"]
     body = [p.get_payload(decode=True).decode(p.get_content_charset() or "utf-8", "replace") for p in parts]
-    headers = "\n".join(f"{k}: {v}" for k, v in message.items() if k.lower() in ("subject", "from", "to"))
+    shown = [(k, str(email.header.make_header(email.header.decode_header(v)))) for k, v in message.items()]
+    headers = "\n".join(f"{k}: {v}" for k, v in shown if k.lower() in ("subject", "from", "to"))
     return headers + "\n\n" + "\n".join(body)
 
 
@@ -278,7 +280,6 @@ def running_stack(root: Path) -> Iterator[Stack]:
         "TAGIFAI_DOCKER_NETWORK": PROJECT,
         "TAGIFAI_CONFIG": str(override),
         "COMPOSE_PROFILES": "local,test",
-        "SMTP_SINK_DIR": str(mail),
         "TAGIFAI_NOTIFY_SMTP_HOST": "smtp-sink",
         "TAGIFAI_NOTIFY_SMTP_PORT": "1025",
         "TAGIFAI_NOTIFY_FROM": "tagifai@stack.invalid",
@@ -289,6 +290,8 @@ def running_stack(root: Path) -> Iterator[Stack]:
     overrides["AIRFLOW_PUBLIC_URL"] = f"http://{host}:{overrides['AIRFLOW_PORT']}"
     overrides["MLFLOW_PUBLIC_URL"] = f"http://{host}:{overrides['MLFLOW_PORT']}"
     stack_script.write_env(REPO / ".env.example", env_file, overrides)
+    # Not a user's setting (.env.example has no line for it): the test profile's mail sink's folder.
+    stack_script.update_env(env_file, {"SMTP_SINK_DIR": str(mail)})
     # The data is chosen as the README's Quickstart does: exported in the shell, over the generated
     # .env's empty values. Every make and compose command of the session sees the export; a stack
     # that ignored it would fetch the upstream data, which is not reachable here.

@@ -26,7 +26,7 @@ SEARCHABLE = (
     "analyzer", "ngram_max_range", "sublinear_tf", "word_features", "stem", "alpha", "learning_rate", "num_epochs",
     "threshold_quantile",
 )  # fmt: skip
-STEPS = ("elt", "validate", "optimize", "train", "evaluate", "register", "predict-batch", "checksum")
+STEPS = ("elt", "validate", "optimize", "train", "evaluate", "register", "decide", "predict-batch", "checksum")
 
 
 class Section(BaseModel):

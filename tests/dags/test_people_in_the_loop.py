@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -34,11 +34,11 @@ class ApprovalRun:
     def __init__(self, answer=None):
         self.answer = answer
 
-    def xcom_pull(self, task_ids, **_):
+    def xcom_pull(self, task_ids, **kwargs):
         if task_ids == "register":
             return json.dumps({"run_id": "register-run-id", "version": "3", "held": True, "report": REPORT})
         if task_ids == "approve":
-            return self.answer
+            return self.answer if kwargs.get("key") == "answer" else None
         return json.dumps({"run_id": f"{task_ids}-run-id"})
 
 
@@ -74,7 +74,7 @@ def test_human_approval_sits_between_register_and_the_alias_move(load_dag, human
     for upstream, downstream in zip(chain, chain[1:], strict=False):
         assert dag.get_task(upstream).downstream_task_ids == {downstream}
     approve = dag.get_task("approve")
-    assert isinstance(approve, ApprovalOperator)
+    assert isinstance(approve, ApprovalOperator)  # the provider's, keeping its answer for decide
     assert approve.defaults == ["Reject"]  # no answer in time: rejected
     assert approve.response_timeout == timedelta(hours=2)
     assert [type(n) for n in approve.notifiers] == [notify.ApprovalRequested]
@@ -89,9 +89,33 @@ def test_the_approval_asks_with_registers_report(load_dag, human):
     assert approve.body == REPORT
 
 
+class AnsweredTI:
+    """The `ti` approve resumes with: keeps what it pushes to XCom."""
+
+    map_index = -1
+
+    def __init__(self):
+        self.pushed = {}
+
+    def xcom_push(self, key, value):
+        self.pushed[key] = value
+
+
+def answered(approve, event) -> dict | None:
+    """What approve's real `execute_complete` keeps of `event` (a Reject skips what follows: it raises)."""
+    from airflow.sdk.exceptions import DownstreamTasksSkipped
+
+    ti = AnsweredTI()
+    try:
+        approve.execute_complete({"ti": ti, "task": approve}, event)
+    except DownstreamTasksSkipped as skipped:  # a Reject: what follows is skipped, nothing is returned
+        assert skipped.tasks == ["approved"]
+    return ti.pushed.get("answer")
+
+
 @pytest.mark.parametrize("runner", ["docker", "local"])
 @pytest.mark.parametrize(
-    ("answer", "choice", "by"),
+    ("event", "choice", "by"),
     [
         ({"chosen_options": ["Approve"], "responded_by_user": {"id": "7", "name": "alice"}}, "Approve", "alice"),
         ({"chosen_options": ["Reject"], "responded_by_user": {"id": "8", "name": "bob"}}, "Reject", "bob"),
@@ -99,8 +123,11 @@ def test_the_approval_asks_with_registers_report(load_dag, human):
         (None, "Reject", ""),  # approve failed or was cleared: never an approval
     ],
 )
-def test_decide_applies_the_answer_of_approve(load_dag, human, runner, answer, choice, by):
-    decide = render_with(load_dag(TAGIFAI_RUNNER=runner, **human).get_task("decide"), ApprovalRun(answer))
+def test_decide_applies_the_answer_of_approve(load_dag, human, runner, event, choice, by):
+    dag = load_dag(TAGIFAI_RUNNER=runner, **human)
+    common = {"params_input": {}, "responded_at": datetime.now(UTC)}
+    answer = answered(dag.get_task("approve"), {**event, **common}) if event else None
+    decide = render_with(dag.get_task("decide"), ApprovalRun(answer))
     assert rendered_command(decide, runner) == [
         "tagifai", "decide", "--register-run", "register-run-id", "--choice", choice, "--by", by,
     ]  # fmt: skip
@@ -204,7 +231,7 @@ def test_training_and_watch_have_deadlines_from_the_settings(parse_dags, tmp_pat
     bag = parse_dags()
     training, watch = deadline_of(bag.dags["tagifai_training"]), deadline_of(bag.dags["tagifai_watch"])
     assert training.interval == timedelta(minutes=240)
-    assert training.callback.kwargs == {"rule": "not finished 240 minutes after it was queued"}
+    assert training.callback.kwargs == {"rule": "not finished 240 min after it was queued"}
     assert watch.interval == 3 * timedelta(seconds=900)
 
     override = tmp_path / "late.toml"

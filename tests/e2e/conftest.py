@@ -89,13 +89,14 @@ def browser() -> Iterator[Any]:
         yield session
 
 
-# Stack tests that change the stack itself run after every other test that uses it: `make down` and
-# `make up` again, then the switch to Celery (which ends with `make down`).
-LAST = ("test_stack_lifecycle", "test_stack_celery")
+# Stack tests that change the stack run after every other test that uses it: human approval (its
+# promotions would make the later runs' registers new), `make down` and `make up` again, then the switch to
+# Celery (which ends with `make down`).
+LAST = ("test_stack_approval", "test_stack_lifecycle", "test_stack_celery")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Order the session: every other test, then the stack's lifecycle, then Celery."""
+    """Order the session: every other test, then `LAST` in its order."""
     rank = {name: index + 1 for index, name in enumerate(LAST)}
     items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], 0))
 

@@ -49,6 +49,15 @@ def set_approval(stack, client: Airflow, mode: str, timeout: float = 240) -> Non
         time.sleep(5)
 
 
+def wait_until_no_run(client: Airflow, timeout: float = 900) -> None:
+    """Wait until no tagifai_training run is queued or running (one an earlier test's new data started):
+    a run that reached `register` after the switch would wait for an answer, and hold back the next."""
+    deadline = time.monotonic() + timeout
+    while going := [r["dag_run_id"] for r in client.runs() if r["state"] in ("queued", "running")]:
+        assert time.monotonic() < deadline, f"runs still going: {going}"
+        time.sleep(5)
+
+
 def wait_for_state(client: Airflow, run_id: str, task_id: str, state: str, timeout: float = 900) -> dict:
     """Poll a task instance until it is in `state` (the run must not end first)."""
     deadline = time.monotonic() + timeout
@@ -104,6 +113,7 @@ def approvals(stack, first_run) -> dict[str, Any]:
     client = stack.airflow()
     # Nothing else runs meanwhile (the watcher looks every minute), so the pool's slots are the approval's.
     client.request("PATCH", "/api/v2/dags/tagifai_watch", {"is_paused": True})
+    wait_until_no_run(client)
     set_approval(stack, client, "human")
     try:
         idle = default_pool(client)
