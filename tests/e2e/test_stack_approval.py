@@ -118,7 +118,8 @@ def approvals(stack, first_run) -> dict[str, Any]:
     try:
         idle = default_pool(client)
         before = champion(stack)
-        approved = held_run(stack, client, {**QUICK, "force": True})
+        # One trial: a tuning no earlier run made (elt and validate are reused), so a new version.
+        approved = held_run(stack, client, QUICK)
         refused = None
         try:
             answer(viewer(stack, client), approved["run_id"], "Approve")
@@ -195,7 +196,13 @@ def test_the_report_opens_in_mlflows_artifact_view(stack, approvals, browser):
     browser.get(stack.mlflow_url.replace("http://", f"http://{login}@") + "/")
     run = f"#/experiments/{register['experiment_id']}/runs/{register['run_id']}"
     browser.get(f"{stack.mlflow_url}/{run}/artifacts/{register['report_artifact']}")
-    body = wait_for_text(browser, "challenger_vs_champion.md", f"v{register['version']}", "holdout", timeout=90)
-    assert f"v{approvals['before']}" in body  # the champion's column
+    shows = ("challenger_vs_champion.md", f"v{register['version']}", "holdout")
+    try:
+        body = wait_for_text(browser, *shows, timeout=90)
+    except AssertionError:  # a blank page (seen once under load): the page once more, then it must show
+        browser.save_screenshot(str(SCREENSHOTS / "mlflow-approval-report-first-try.png"))
+        browser.refresh()
+        body = wait_for_text(browser, *shows, timeout=90)
+    assert f"champion v{register['from_version']}" in body, body[:3000]  # the champion's column
     time.sleep(2)
     browser.save_screenshot(str(SCREENSHOTS / "mlflow-approval-report.png"))
