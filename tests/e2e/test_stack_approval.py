@@ -49,11 +49,16 @@ def set_approval(stack, client: Airflow, mode: str, timeout: float = 240) -> Non
         time.sleep(5)
 
 
+# Every DAG whose tasks take executor slots: nothing of them may run while the slots are compared.
+DAGS = ("tagifai_training", "tagifai_batch_predictions", "tagifai_champion", "tagifai_watch")
+
+
 def wait_until_no_run(client: Airflow, timeout: float = 900) -> None:
-    """Wait until no tagifai_training run is queued or running (one an earlier test's new data started):
-    a run that reached `register` after the switch would wait for an answer, and hold back the next."""
+    """Wait until no run of the stack's DAGs is queued or running: a training run an earlier test's new data
+    started would, once past `register` after the switch, wait for an answer and hold back the next; and
+    batch scoring after a promotion takes a slot."""
     deadline = time.monotonic() + timeout
-    while going := [r["dag_run_id"] for r in client.runs() if r["state"] in ("queued", "running")]:
+    while going := [r["dag_run_id"] for d in DAGS for r in client.runs(d) if r["state"] in ("queued", "running")]:
         assert time.monotonic() < deadline, f"runs still going: {going}"
         time.sleep(5)
 
