@@ -266,14 +266,19 @@ def record_move(
     return run.info.run_id
 
 
-def history(settings: Settings, name: str, limit: int = 1000) -> list[dict[str, str]]:
-    """The recorded moves of `name`'s champion, newest first: from, to, when (ms), action, by, reason."""
-    runs = MlflowClient().search_runs(
+def recorded(settings: Settings, name: str, step: str, limit: int) -> list[Run]:
+    """The history experiment's records of kind `step` (`MOVE`, `DECISION`) for `name`, newest first."""
+    return MlflowClient().search_runs(
         [tracking.experiment_id(settings.register.history_experiment)],
-        filter_string=f"tags.`{tracking.STEP_TAG}` = '{MOVE}' and tags.model_name = '{name}'",
+        filter_string=f"tags.`{tracking.STEP_TAG}` = '{step}' and tags.model_name = '{name}'",
         order_by=["attributes.start_time DESC"],
         max_results=limit,
     )
+
+
+def history(settings: Settings, name: str, limit: int = 1000) -> list[dict[str, str]]:
+    """The recorded moves of `name`'s champion, newest first: from, to, when (ms), action, by, reason."""
+    runs = recorded(settings, name, MOVE, limit)
     keys = ("from_version", "to_version", "action", "by", "reason")
     return [
         {"when": run.info.start_time, "run_id": run.info.run_id, **{k: run.data.tags.get(k, "") for k in keys}}
@@ -341,12 +346,7 @@ def record_decision(
 
 def decisions(settings: Settings, name: str, limit: int = 1000) -> list[dict[str, str]]:
     """People's decisions on `name`'s promotions, newest first, as `history` rows (from: the champion then)."""
-    runs = MlflowClient().search_runs(
-        [tracking.experiment_id(settings.register.history_experiment)],
-        filter_string=f"tags.`{tracking.STEP_TAG}` = '{DECISION}' and tags.model_name = '{name}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=limit,
-    )
+    runs = recorded(settings, name, DECISION, limit)
     return [
         {
             "when": run.info.start_time,
