@@ -34,14 +34,15 @@ lint: install ## Lint and check formatting (ruff)
 	$(BIN)/ruff format --check .
 
 .PHONY: test-unit test-e2e test-stack test
-# Unit tests on every core (pytest-xdist, a module per worker: modules share fixtures), and the DAG tests
-# (test by test, mk/airflow.mk); e2e and stack tests share session services, one process.
+# Unit tests on every core (pytest-xdist, a module per worker: modules share fixtures), the DAG tests
+# (test by test, mk/airflow.mk) and the e2e tests (a file per worker, each worker starting its own PostgreSQL
+# and mlflow server); the stack tests share one stack, one process.
 TEST_WORKERS ?= auto
 test-unit: install ## Unit, data-contract, behavioral and CLI tests: no services (.venv)
 	$(BIN)/pytest -m "not e2e" -n $(TEST_WORKERS) --dist loadscope --durations=10
 
 test-e2e: install ## The steps against a real mlflow server on PostgreSQL, and mlflow models serve (.venv)
-	$(BIN)/pytest -m "e2e and not airflow and not stack"
+	$(BIN)/pytest -m "e2e and not airflow and not stack" -n $(TEST_WORKERS) --dist loadfile --durations=10
 
 test-stack: install ## The compose stack: make up, DAG runs via the REST API, both UIs in Chromium, Celery, make clean
 	$(BIN)/pytest -m stack --durations=15

@@ -334,6 +334,7 @@ def chromium() -> Iterator[Any]:
         "--window-size=1440,900",
     ):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console errors, for failure messages
     session = webdriver.Chrome(service=Service(driver), options=options)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     try:
@@ -357,4 +358,16 @@ def wait_for_text(browser: Any, *texts: str, timeout: float = 60) -> str:
         if all(text in body for text in texts):
             return body
         time.sleep(1)
-    raise AssertionError(f"page {browser.current_url} never showed {texts}; it shows:\n{body[:2000]}")
+    raise AssertionError(
+        f"page {browser.current_url} never showed {texts}; it shows:\n{body[:2000]}\nconsole:\n{console(browser)}"
+    )
+
+
+def console(browser: Any, limit: int = 20) -> str:
+    """The page's last console warnings and errors (what a blank page says about itself)."""
+    try:
+        entries = browser.get_log("browser")
+    except Exception as exc:  # noqa: BLE001 - a driver without logs: say so, do not hide the test's own error
+        return f"(no console log: {exc})"
+    lines = [f"{e['level']} {e['message']}" for e in entries if e.get("level") in ("WARNING", "SEVERE")]
+    return "\n".join(lines[-limit:]) or "(nothing)"

@@ -1,8 +1,12 @@
 """A human in the loop, in the running stack: with `[register] approval = "human"` a run waits at the
-`approve` task (no worker slot held) with the challenger-vs-champion report as its body; approving it
-through Airflow's REST API moves `champion`, rejecting a second run leaves it where it was, the history
-records both decisions and who made them, a user without the permission gets 403, and every step of it
-is told by mail. The report opens in MLflow's artifact view (a screenshot for docs/).
+`approve` task (no worker slot held) with the challenger-vs-champion report as its body; a user without
+the permission gets 403; approving it through Airflow's REST API moves `champion`, the history records
+who approved it, and every step of it is told by mail. The report opens in MLflow's artifact view, in a
+reviewer's fresh browser (a screenshot for docs/).
+
+A rejection takes the same path to `decide` (`tests/dags/test_people_in_the_loop.py` runs approve's real
+`execute_complete` on a Reject; `tests/e2e/test_approval.py` rejects against a real MLflow server): it
+costs the stack suite a second training run, so it is not repeated here.
 
 The deployer's setting is changed in the stack's settings file and Airflow re-parses the DAG; it is put
 back (and the DAG re-parsed) before the module ends.
@@ -18,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from harness.stack import SCREENSHOTS, make, wait_for_text
+from harness.stack import SCREENSHOTS, chromium, make, wait_for_text
 from scripts.stack import Airflow
 from tagifai.operations.airflow_api import AirflowError
 
@@ -114,7 +118,7 @@ def held_run(stack, client: Airflow, conf: dict) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def approvals(stack, first_run) -> dict[str, Any]:
-    """Two runs under approval = "human": the first approved by the admin, the second rejected."""
+    """A run under approval = "human": a Viewer's answer refused, then approved by the admin."""
     client = stack.airflow()
     # Nothing else runs meanwhile (the watcher looks every minute), so the pool's slots are the approval's.
     client.request("PATCH", "/api/v2/dags/tagifai_watch", {"is_paused": True})
@@ -133,17 +137,11 @@ def approvals(stack, first_run) -> dict[str, Any]:
         answer(client, approved["run_id"], "Approve")
         approved["run"] = client.wait(approved["run_id"], timeout=900)
         approved["champion"] = champion(stack)
-        # A second challenger (two trials: its own optimize, train, evaluate), rejected.
-        rejected = held_run(stack, client, {"num_trials": 2, "num_workers": 1})
-        answer(client, rejected["run_id"], "Reject")
-        rejected["run"] = client.wait(rejected["run_id"], timeout=900)
-        rejected["champion"] = champion(stack)
     finally:
         set_approval(stack, client, "auto")
         client.request("PATCH", "/api/v2/dags/tagifai_watch", {"is_paused": False})
     history = make("champion-history", env_file=stack.env_file, timeout=600).stdout
-    return {"idle": idle, "before": before, "approved": approved, "rejected": rejected, "refused": refused,
-            "history": history}  # fmt: skip
+    return {"idle": idle, "before": before, "approved": approved, "refused": refused, "history": history}
 
 
 def test_a_run_waits_for_approval_without_holding_a_worker_slot(approvals):
@@ -165,21 +163,10 @@ def test_approving_through_the_rest_api_moves_champion(approvals):
     assert approved["champion"] == approved["register"]["version"] != approvals["before"]
 
 
-def test_a_rejected_run_leaves_champion_where_it_was(stack, approvals):
-    rejected = approvals["rejected"]
-    assert rejected["run"]["state"] == "success"
-    assert rejected["champion"] == approvals["approved"]["champion"]
-    version = rejected["register"]["version"]
-    challenger = stack.mlflow("registered-models/alias", name="tagifai", alias="challenger")["model_version"]
-    assert challenger["version"] == version
-
-
-def test_the_history_records_both_decisions_and_who_made_them(stack, approvals):
+def test_the_history_records_the_decision_and_who_made_it(stack, approvals):
     admin = stack.env["AIRFLOW_ADMIN_USER"]
-    history = approvals["history"]
-    approved, rejected = (approvals[k]["register"]["version"] for k in ("approved", "rejected"))
-    assert re.search(rf"v{approved}\b.*approved by {admin}", history), history
-    assert re.search(rf"v{rejected}\b.*rejected by {admin}", history), history
+    version = approvals["approved"]["register"]["version"]
+    assert re.search(rf"v{version}\b.*approved by {admin}", approvals["history"]), approvals["history"]
 
 
 def test_a_user_without_the_permission_gets_403(approvals):
@@ -195,19 +182,17 @@ def test_the_approval_request_and_the_approved_move_are_told_by_mail(stack, appr
     stack.wait_for_mail("champion", f"v{version}", f"approved by {stack.env['AIRFLOW_ADMIN_USER']}")
 
 
-def test_the_report_opens_in_mlflows_artifact_view(stack, approvals, browser):
+def test_the_report_opens_in_mlflows_artifact_view(stack, approvals):
     register = approvals["approved"]["register"]
     login = f"{stack.env['MLFLOW_VIEWER_USERNAME']}:{stack.env['MLFLOW_VIEWER_PASSWORD']}"
-    browser.get(stack.mlflow_url.replace("http://", f"http://{login}@") + "/")
     run = f"#/experiments/{register['experiment_id']}/runs/{register['run_id']}"
-    browser.get(f"{stack.mlflow_url}/{run}/artifacts/{register['report_artifact']}")
     shows = ("challenger_vs_champion.md", f"v{register['version']}", "holdout")
-    try:
+    # A reviewer following the link, in a browser of their own: the session's browser has been through both
+    # UIs and an MLflow restart (there, after them, this page once stayed blank).
+    with chromium() as browser:
+        browser.get(stack.mlflow_url.replace("http://", f"http://{login}@") + "/")
+        browser.get(f"{stack.mlflow_url}/{run}/artifacts/{register['report_artifact']}")
         body = wait_for_text(browser, *shows, timeout=90)
-    except AssertionError:  # a blank page (seen once under load): the page once more, then it must show
-        browser.save_screenshot(str(SCREENSHOTS / "mlflow-approval-report-first-try.png"))
-        browser.refresh()
-        body = wait_for_text(browser, *shows, timeout=90)
-    assert f"champion v{register['from_version']}" in body, body[:3000]  # the champion's column
-    time.sleep(2)
-    browser.save_screenshot(str(SCREENSHOTS / "mlflow-approval-report.png"))
+        assert f"champion v{register['from_version']}" in body, body[:3000]  # the champion's column
+        time.sleep(2)
+        browser.save_screenshot(str(SCREENSHOTS / "mlflow-approval-report.png"))
