@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,8 @@ import mlflow.artifacts
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
-import skops.io
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
-from skops.io.exceptions import UntrustedTypesFoundException
 
 from tagifai.contract.errors import BadInputError
 from tagifai.core.data import clean_text, compose_text
@@ -118,6 +117,8 @@ class UnloadableModelError(BadInputError):
 
 def save_fitted(model: TagifaiModel, path: Path) -> Path:
     """Write the fitted parts of `model` to `path` with skops (no pickle): the `FITTED` artifact of a logged model."""
+    import skops.io  # here, not at the top: importing it takes seconds, and most steps save no model
+
     skops.io.dump(model.parts(), path)
     return path
 
@@ -128,7 +129,18 @@ def load_fitted(path: str | Path) -> dict[str, Any]:
     Raises:
         UntrustedTypesFoundException: the file holds any other type; nothing of it was constructed.
     """
+    import skops.io
+
     return skops.io.load(path, trusted=list(TRUSTED))
+
+
+def untrusted_types_error() -> type[Exception] | tuple[()]:
+    """The exception skops refuses an untrusted type with, for an `except` clause.
+
+    Nothing to catch until `load_fitted` imported skops: only skops raises it.
+    """
+    module = sys.modules.get("skops.io.exceptions")
+    return module.UntrustedTypesFoundException if module else ()
 
 
 # MLflow's answers that mean the model is not there (as opposed to "cannot reach MLflow now"), and how an
@@ -166,7 +178,7 @@ def load(uri: str, dst_path: str | None = None, **kwargs: Any) -> Any:
             reason = f"{uri} cannot be loaded: it has no MLmodel (its files are gone, or it is not a model)"
         elif (reason := refusal(uri, Model.load(local).flavors)) is None:
             return mlflow.pyfunc.load_model(local, **kwargs)
-    except UntrustedTypesFoundException as exc:
+    except untrusted_types_error() as exc:
         reason = f"{uri}: its fitted parts hold types this deployment does not load: {exc}"
     except MlflowException as exc:
         if exc.error_code in MISSING:

@@ -157,6 +157,28 @@ def test_a_model_whose_fitted_parts_hold_an_untrusted_type_is_refused(tmp_path):
         models.load(str(path))
 
 
+def test_skops_is_imported_only_to_save_or_read_fitted_parts(tmp_path):
+    # Importing skops takes seconds (it lists every scikit-learn type, and pulls in torch): a step that saves
+    # no model (elt, validate, optimize, decide) does not pay for it, and a tampered model is still refused
+    # by a process that had not imported skops before loading it.
+    path = save_from_code(fitted_model(), tmp_path)
+    tampered = {**fitted_model().parts(), "vectorizer": FunctionTransformer(func=eval)}
+    skops.io.dump(tampered, path / "artifacts" / "fitted.skops")
+    script = (
+        "import sys\n"
+        "import tagifai.cli, tagifai.pipeline.steps\n"
+        "assert not {'skops.io', 'torch'} & set(sys.modules), sorted({'skops.io', 'torch'} & set(sys.modules))\n"
+        "from tagifai import model\n"
+        "try:\n"
+        f"    model.load({str(path)!r})\n"
+        "except model.UnloadableModelError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "fitted parts hold types" in done.stdout and "builtins.eval" in done.stdout, done.stdout
+
+
 @pytest.mark.parametrize(
     ("damage", "why"),
     [
