@@ -1,12 +1,9 @@
 """A human in the loop, in the running stack: with `[register] approval = "human"` a run waits at the
-`approve` task (no worker slot held) with the challenger-vs-champion report as its body; a user without
-the permission gets 403; approving it through Airflow's REST API moves `champion`, the history records
-who approved it, and every step of it is told by mail. The report opens in MLflow's artifact view, in a
-reviewer's fresh browser (a screenshot for docs/).
-
-A rejection takes the same path to `decide` (`tests/dags/test_people_in_the_loop.py` runs approve's real
-`execute_complete` on a Reject; `tests/e2e/test_approval.py` rejects against a real MLflow server): it
-costs the stack suite a second training run, so it is not repeated here.
+`approve` task (no worker slot held) with the challenger-vs-champion report as its body; approving it
+through Airflow's REST API moves `champion`, rejecting a second run leaves it where it was, the history
+records both decisions and who made them, a user without the permission gets 403, and every step of it
+is told by mail. The report opens in MLflow's artifact view, in a reviewer's fresh browser (a screenshot
+for docs/).
 
 The deployer's setting is changed in the stack's settings file and Airflow re-parses the DAG; it is put
 back (and the DAG re-parsed) before the module ends.
@@ -118,7 +115,8 @@ def held_run(stack, client: Airflow, conf: dict) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def approvals(stack, first_run) -> dict[str, Any]:
-    """A run under approval = "human": a Viewer's answer refused, then approved by the admin."""
+    """Two runs under approval = "human": the first approved by the admin (a Viewer's answer refused), the
+    second rejected."""
     client = stack.airflow()
     # Nothing else runs meanwhile (the watcher looks every minute), so the pool's slots are the approval's.
     client.request("PATCH", "/api/v2/dags/tagifai_watch", {"is_paused": True})
@@ -137,11 +135,17 @@ def approvals(stack, first_run) -> dict[str, Any]:
         answer(client, approved["run_id"], "Approve")
         approved["run"] = client.wait(approved["run_id"], timeout=900)
         approved["champion"] = champion(stack)
+        # A second challenger (two trials: its own optimize, train, evaluate), rejected.
+        rejected = held_run(stack, client, {"num_trials": 2, "num_workers": 1})
+        answer(client, rejected["run_id"], "Reject")
+        rejected["run"] = client.wait(rejected["run_id"], timeout=900)
+        rejected["champion"] = champion(stack)
     finally:
         set_approval(stack, client, "auto")
         client.request("PATCH", "/api/v2/dags/tagifai_watch", {"is_paused": False})
     history = make("champion-history", env_file=stack.env_file, timeout=600).stdout
-    return {"idle": idle, "before": before, "approved": approved, "refused": refused, "history": history}
+    return {"idle": idle, "before": before, "approved": approved, "rejected": rejected, "refused": refused,
+            "history": history}  # fmt: skip
 
 
 def test_a_run_waits_for_approval_without_holding_a_worker_slot(approvals):
@@ -163,10 +167,21 @@ def test_approving_through_the_rest_api_moves_champion(approvals):
     assert approved["champion"] == approved["register"]["version"] != approvals["before"]
 
 
-def test_the_history_records_the_decision_and_who_made_it(stack, approvals):
+def test_a_rejected_run_leaves_champion_where_it_was(stack, approvals):
+    rejected = approvals["rejected"]
+    assert rejected["run"]["state"] == "success"
+    assert rejected["champion"] == approvals["approved"]["champion"]
+    version = rejected["register"]["version"]
+    challenger = stack.mlflow("registered-models/alias", name="tagifai", alias="challenger")["model_version"]
+    assert challenger["version"] == version
+
+
+def test_the_history_records_both_decisions_and_who_made_them(stack, approvals):
     admin = stack.env["AIRFLOW_ADMIN_USER"]
-    version = approvals["approved"]["register"]["version"]
-    assert re.search(rf"v{version}\b.*approved by {admin}", approvals["history"]), approvals["history"]
+    history = approvals["history"]
+    approved, rejected = (approvals[k]["register"]["version"] for k in ("approved", "rejected"))
+    assert re.search(rf"v{approved}\b.*approved by {admin}", history), history
+    assert re.search(rf"v{rejected}\b.*rejected by {admin}", history), history
 
 
 def test_a_user_without_the_permission_gets_403(approvals):
