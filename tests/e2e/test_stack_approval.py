@@ -202,8 +202,9 @@ def test_the_report_opens_in_mlflows_artifact_view(stack, approvals):
     login = f"{stack.env['MLFLOW_VIEWER_USERNAME']}:{stack.env['MLFLOW_VIEWER_PASSWORD']}"
     run = f"#/experiments/{register['experiment_id']}/runs/{register['run_id']}"
     shows = ("challenger_vs_champion.md", f"v{register['version']}", "holdout")
-    # A reviewer following the link, in a browser of their own: the session's browser has been through both
-    # UIs and an MLflow restart (there, after them, this page once stayed blank).
+    # A reviewer following the link, in a browser of their own. (In the session's browser, after both UIs and
+    # half an hour, this page stayed blank twice; an MLflow restart and the viewer's password changed and put
+    # back do not blank it in a browser used before and after them.)
     with chromium() as browser:
         browser.get(stack.mlflow_url.replace("http://", f"http://{login}@") + "/")
         browser.get(f"{stack.mlflow_url}/{run}/artifacts/{register['report_artifact']}")
