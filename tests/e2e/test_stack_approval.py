@@ -37,13 +37,15 @@ def dag_tasks(client: Airflow) -> set[str]:
 
 
 def set_approval(stack, client: Airflow, mode: str, timeout: float = 240) -> None:
-    """Write `[register] approval = mode` into the stack's settings file (in place: it is bind-mounted);
-    wait until Airflow parsed the DAG again (the `approve` task is there with "human", gone with "auto")."""
+    """Write `[register] approval = mode` into the stack's settings file (in place: it is bind-mounted), ask
+    Airflow to re-parse the DAG's file now (as the UI's "Reparse" button does; else it waits out its parsing
+    interval), and wait until it has (the `approve` task is there with "human", gone with "auto")."""
     override = Path(stack.env["TAGIFAI_CONFIG"])
     text = re.sub(r'\n\[register\]\napproval = "\w+"\n', "\n", override.read_text(encoding="utf-8"))
     with override.open("r+", encoding="utf-8") as f:  # the same inode: the containers see the change
         f.write(text + f'\n[register]\napproval = "{mode}"\n')
         f.truncate()
+    client.request("PUT", f"/api/v2/parseDagFile/{client.request('GET', f'/api/v2/dags/{DAG}')['file_token']}")
     deadline = time.monotonic() + timeout
     while (APPROVE in dag_tasks(client)) != (mode == "human"):
         assert time.monotonic() < deadline, f"Airflow did not re-parse {DAG} with approval = {mode!r}"
