@@ -106,15 +106,22 @@ def changed_data_run(stack, first_run) -> dict[str, Any]:
     """Rows appended to the stack's data, and the run the watcher's asset event started. While that run
     goes, the champion's model files are gone (put back after it), MLflow restarts (in `optimize`) and
     the `train` container is killed. The run once it ended, how long it took to start after the change,
-    the faults injected, train's try number and the champion that could not be loaded."""
+    the faults injected, train's try number and the champion that could not be loaded.
+
+    The last test of the session that needs the watcher: once the run ended, tagifai_watch is paused. A look
+    every minute is four tasks and two containers; a slow two-core machine needs that CPU for the later tests.
+    """
     client = stack.airflow()
     # The watcher has looked at least once (its first look records the data, and emits nothing).
     deadline = time.monotonic() + 4 * compose.WATCH_SECONDS
     while not any(r["state"] == "success" for r in client.runs("tagifai_watch")):
         assert time.monotonic() < deadline, "tagifai_watch has not run"
         time.sleep(5)
-    with champion_files_moved_aside(stack) as unloadable:
-        return {**run_on_new_data(stack, client), "unloadable_champion": unloadable}
+    try:
+        with champion_files_moved_aside(stack) as unloadable:
+            return {**run_on_new_data(stack, client), "unloadable_champion": unloadable}
+    finally:
+        client.request("PATCH", "/api/v2/dags/tagifai_watch", {"is_paused": True})
 
 
 def run_on_new_data(stack, client) -> dict[str, Any]:

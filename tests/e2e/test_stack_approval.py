@@ -120,7 +120,9 @@ def approvals(stack, first_run) -> dict[str, Any]:
     """Two runs under approval = "human": the first approved by the admin (a Viewer's answer refused), the
     second rejected."""
     client = stack.airflow()
-    # Nothing else runs meanwhile (the watcher looks every minute), so the pool's slots are the approval's.
+    # Nothing else runs meanwhile (the watcher looks every minute), so the pool's slots are the approval's; it
+    # is left as it was found (in the session, paused once the new data's run ended: tests/e2e/conftest.py).
+    watching = not client.request("GET", "/api/v2/dags/tagifai_watch")["is_paused"]
     client.request("PATCH", "/api/v2/dags/tagifai_watch", {"is_paused": True})
     wait_until_no_run(client)
     set_approval(stack, client, "human")
@@ -144,7 +146,7 @@ def approvals(stack, first_run) -> dict[str, Any]:
         rejected["champion"] = champion(stack)
     finally:
         set_approval(stack, client, "auto")
-        client.request("PATCH", "/api/v2/dags/tagifai_watch", {"is_paused": False})
+        client.request("PATCH", "/api/v2/dags/tagifai_watch", {"is_paused": not watching})
     history = make("champion-history", env_file=stack.env_file, timeout=600).stdout
     return {"idle": idle, "before": before, "approved": approved, "rejected": rejected, "refused": refused,
             "history": history}  # fmt: skip

@@ -74,6 +74,8 @@ def celery(stack):
     )
     stack.reread()
     make("up", env_file=stack.env_file)
+    # `make up` unpaused the watcher; nothing here needs its look every minute (tests/e2e/conftest.py).
+    stack.airflow().request("PATCH", "/api/v2/dags/tagifai_watch", {"is_paused": True})
     return {"gateway": gateway}
 
 
