@@ -53,7 +53,7 @@ test-stack: install ## The compose stack: make up, DAG runs via the REST API, bo
 # it takes seconds. The stack tests then run beside the e2e and DAG tests: alone they leave about half the
 # CPU idle, waiting on the stack (its scheduler, its watch interval, retries, `make up`). Cold, on two cores:
 # 18.3 min for the three side by side, 19.9 one after the other. Their output goes to build/test-stack.log,
-# printed when they end; every tier runs to its end before `test` fails.
+# shown from its start once the other two end, then live; every tier runs to its end before `test` fails.
 TIERS_LOG ?= build/tiers.tsv
 TIERS_KEEP ?=
 TIER = mk/tiers.sh $(TIERS_LOG)
@@ -64,11 +64,12 @@ test: ## Everything CI runs: the images, lint, unit, then the stack tests beside
 		echo "building the images (build/images.log)"; \
 		$(TIER) images $(MAKE) --no-print-directory images >build/images.log 2>&1 || { tail -40 build/images.log; false; }; }; \
 	beside_stack() { \
-		echo "the stack tests run beside the e2e and DAG tests (their output: build/test-stack.log, shown when they end)"; \
+		echo "the stack tests run beside the e2e and DAG tests (their output: build/test-stack.log, shown once those end)"; \
 		$(TIER) test-stack $(MAKE) --no-print-directory test-stack >build/test-stack.log 2>&1 & stack=$$!; \
 		$(TIER) test-e2e $(MAKE) --no-print-directory test-e2e; e2e=$$?; \
 		$(TIER) test-dags $(MAKE) --no-print-directory test-dags; dags=$$?; \
-		wait $$stack; stack=$$?; echo; echo "==== the stack tests (build/test-stack.log) ===="; cat build/test-stack.log; \
+		echo; echo "==== the stack tests (build/test-stack.log), from their start, live until they end ===="; \
+		tail -n +1 -f build/test-stack.log & follow=$$!; wait $$stack; stack=$$?; sleep 1; kill $$follow; \
 		[ $$e2e -eq 0 ] && [ $$dags -eq 0 ] && [ $$stack -eq 0 ]; }; \
 	tiers() { \
 		$(TIER) install $(MAKE) --no-print-directory install airflow-install && \
