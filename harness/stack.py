@@ -59,6 +59,14 @@ def running_containers(*, stopped_too: bool = False, **labels: str) -> list[str]
     return out.stdout.split()
 
 
+def pause_watcher(client: stack_script.Airflow, paused: bool = True) -> bool:
+    """Pause (or unpause) the stack's tagifai_watch; return whether it was paused before."""
+    path = "/api/v2/dags/tagifai_watch"
+    was = client.request("GET", path)["is_paused"]
+    client.request("PATCH", path, {"is_paused": paused})
+    return was
+
+
 def task_containers(**labels: str) -> list[str]:
     """Running task containers (labelled `org.tagifai.step` by the DAG), narrowed by `labels`."""
     return running_containers(**{"org.tagifai.step": "", **labels})

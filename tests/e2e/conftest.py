@@ -121,7 +121,7 @@ def changed_data_run(stack, first_run) -> dict[str, Any]:
         with champion_files_moved_aside(stack) as unloadable:
             return {**run_on_new_data(stack, client), "unloadable_champion": unloadable}
     finally:
-        client.request("PATCH", "/api/v2/dags/tagifai_watch", {"is_paused": True})
+        compose.pause_watcher(client)
 
 
 def run_on_new_data(stack, client) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from harness.stack import SCREENSHOTS, chromium, make, wait_for_text
+from harness.stack import SCREENSHOTS, chromium, make, pause_watcher, wait_for_text
 from scripts.stack import Airflow
 from tagifai.operations.airflow_api import AirflowError
 
@@ -122,8 +122,7 @@ def approvals(stack, first_run) -> dict[str, Any]:
     client = stack.airflow()
     # Nothing else runs meanwhile (the watcher looks every minute), so the pool's slots are the approval's; it
     # is left as it was found (in the session, paused once the new data's run ended: tests/e2e/conftest.py).
-    watching = not client.request("GET", "/api/v2/dags/tagifai_watch")["is_paused"]
-    client.request("PATCH", "/api/v2/dags/tagifai_watch", {"is_paused": True})
+    was_paused = pause_watcher(client)
     wait_until_no_run(client)
     set_approval(stack, client, "human")
     try:
@@ -146,7 +145,7 @@ def approvals(stack, first_run) -> dict[str, Any]:
         rejected["champion"] = champion(stack)
     finally:
         set_approval(stack, client, "auto")
-        client.request("PATCH", "/api/v2/dags/tagifai_watch", {"is_paused": not watching})
+        pause_watcher(client, was_paused)
     history = make("champion-history", env_file=stack.env_file, timeout=600).stdout
     return {"idle": idle, "before": before, "approved": approved, "rejected": rejected, "refused": refused,
             "history": history}  # fmt: skip

@@ -26,6 +26,7 @@ from harness.stack import (
     command_lines,
     host_address,
     make,
+    pause_watcher,
     running_containers,
     step_outputs,
     task_containers,
@@ -75,7 +76,7 @@ def celery(stack):
     stack.reread()
     make("up", env_file=stack.env_file)
     # `make up` unpaused the watcher; nothing here needs its look every minute (tests/e2e/conftest.py).
-    stack.airflow().request("PATCH", "/api/v2/dags/tagifai_watch", {"is_paused": True})
+    pause_watcher(stack.airflow())
     return {"gateway": gateway}
 
 
