@@ -13,8 +13,13 @@ PIPELINE_RUN_ID_ENV = "TAGIFAI_PIPELINE_RUN_ID"
 IMAGE_ENV = "TAGIFAI_IMAGE"
 # The Optuna RDB URL that the workers of one study share (it holds the database password).
 OPTUNA_STORAGE_ENV = "TAGIFAI_OPTUNA_STORAGE"
-# The PostgreSQL database of the `predictions` table (`tagifai predict-batch`).
+# The tagifai PostgreSQL database: the `predictions` table (`tagifai predict-batch`) and the inference log
+# (`tagifai serve` writes it, `tagifai monitor` reads it, `tagifai maintain` prunes it).
 PREDICTIONS_DB_ENV = "TAGIFAI_PREDICTIONS_DB"
+PREDICTIONS_TABLE = "predictions"
+INFERENCE_LOG_TABLE = "inference_log"
+# MLflow's own database (`mlflow gc` in `tagifai maintain`: runs deleted for good).
+MLFLOW_BACKEND_STORE_ENV = "TAGIFAI_MLFLOW_BACKEND_STORE_URI"
 # Batch scoring's own MLflow login on an Airflow worker: its step gets it as MLFLOW_TRACKING_USERNAME/PASSWORD.
 BATCH_USERNAME_ENV = "MLFLOW_BATCH_USERNAME"
 BATCH_PASSWORD_ENV = "MLFLOW_BATCH_PASSWORD"
@@ -52,6 +57,18 @@ CHAMPION_ASSET = "tagifai_champion"
 CHAMPION_ASSET_URI = "x-tagifai://champion"
 # The header of every `tagifai serve` /invocations answer that names the version which scored it.
 VERSION_HEADER = "Tagifai-Model-Version"
+
+# The Airflow Asset whose events say the drift monitor found the served inputs or predictions drifted.
+DRIFT_ASSET = "tagifai_drift"
+DRIFT_ASSET_URI = "x-tagifai://drift"
+
+# --- OpenLineage: the run of the task that started a step, recorded on the step's MLflow runs ---
+OPENLINEAGE_RUN_ID_ENV = "TAGIFAI_OPENLINEAGE_RUN_ID"
+# `namespace/job/run id` of that task's OpenLineage run (its parent is the DAG run).
+OPENLINEAGE_JOB_ENV = "TAGIFAI_OPENLINEAGE_JOB"
+# An HTTP collector for the events (.env) instead of the file of `[lineage] file_path`, and its API key.
+LINEAGE_URL_ENV = "TAGIFAI_LINEAGE_URL"
+LINEAGE_API_KEY_ENV = "TAGIFAI_LINEAGE_API_KEY"
 
 # Where `tagifai rollback` tells Airflow that the champion moved, and its login.
 AIRFLOW_URL_ENV = "TAGIFAI_AIRFLOW_URL"

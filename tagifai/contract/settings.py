@@ -26,7 +26,10 @@ SEARCHABLE = (
     "analyzer", "ngram_max_range", "sublinear_tf", "word_features", "stem", "alpha", "learning_rate", "num_epochs",
     "threshold_quantile",
 )  # fmt: skip
-STEPS = ("elt", "validate", "optimize", "train", "evaluate", "register", "decide", "predict-batch", "checksum")
+STEPS = (
+    "elt", "validate", "optimize", "train", "evaluate", "register", "decide", "predict-batch", "checksum", "monitor",
+    "maintain",
+)  # fmt: skip
 
 
 class Section(BaseModel):
@@ -185,6 +188,48 @@ class Notify(Section):
     watch_missed_intervals: Count
 
 
+class Monitor(Section):
+    """`[monitor]`: what `tagifai serve` logs of its requests, and how `tagifai monitor` judges drift."""
+
+    # The inference log (serve): the share of requests logged, rows waiting for the writer at most (more
+    # are dropped and counted), rows per INSERT.
+    sample_rate: Fraction
+    queue_rows: Count
+    batch_rows: Count
+    # The drift monitor: its experiment, the window it judges, and the fewest rows it judges at all.
+    experiment_name: Name
+    window_hours: Positive
+    min_rows: Count
+    # A prediction below this probability is low-confidence.
+    low_confidence: OpenFraction
+    # Drift: a column's distribution differs (Evidently's test, at this significance) in at least
+    # drift_share of the columns it compares, or the low-confidence share grew by more than max_low_confidence_rise.
+    drift_alpha: OpenFraction
+    drift_share: OpenFraction
+    max_low_confidence_rise: Fraction
+    # A drift event (Asset `tagifai_drift`) starts tagifai_training when this is true.
+    retrain_on_drift: bool
+
+
+class Lineage(Section):
+    """`[lineage]`: the OpenLineage namespace of the stack's jobs and datasets, and where events go by default."""
+
+    namespace: Name
+    # In the Airflow containers (the `lineage` volume); TAGIFAI_LINEAGE_URL (.env): an HTTP collector instead.
+    file_path: Name
+
+
+class Retention(Section):
+    """`[retention]`: what `tagifai_maintenance` keeps (days, versions)."""
+
+    deleted_days: Annotated[float, Field(ge=0)]
+    run_days: Annotated[float, Field(ge=0)]
+    keep_versions: Count
+    inference_days: Annotated[float, Field(ge=0)]
+    airflow_days: Annotated[float, Field(ge=0)]
+    log_days: Annotated[float, Field(ge=0)]
+
+
 class Mlflow(Section):
     """`[mlflow]`: the experiments a training run may use, and the embedded store when no tracking URI is set."""
 
@@ -227,6 +272,9 @@ with warnings.catch_warnings():
         predict: Predict
         watch: Watch
         notify: Notify
+        monitor: Monitor
+        lineage: Lineage
+        retention: Retention
         mlflow: Mlflow
         stopwords: tuple[str, ...] = ()
 

@@ -84,6 +84,14 @@ STEP_SECRETS: dict[str, dict[str, str]] = {
     "predict-batch": {**BATCH_LOGIN, names.PREDICTIONS_DB_ENV: names.PREDICTIONS_DB_ENV},
     # Reads a data source and prints its sha256: no MLflow, no database.
     "checksum": {},
+    # Reads the inference log and batch predictions, logs its report to MLflow.
+    "monitor": {**PIPELINE_LOGIN, names.PREDICTIONS_DB_ENV: names.PREDICTIONS_DB_ENV},
+    # Prunes MLflow (runs, versions, and for good, with `mlflow gc`, in its own database) and the inference log.
+    "maintain": {
+        **PIPELINE_LOGIN,
+        names.PREDICTIONS_DB_ENV: names.PREDICTIONS_DB_ENV,
+        names.MLFLOW_BACKEND_STORE_ENV: names.MLFLOW_BACKEND_STORE_ENV,
+    },
 }
 # Plain settings forwarded to containers when set on the worker: the steps obey the same source
 # policy as the DAG's pre-flight (TAGIFAI_DATA_DIRS, TAGIFAI_ALLOWED_URL_HOSTS, TAGIFAI_PRIVATE_URL_HOSTS).
