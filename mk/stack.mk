@@ -15,10 +15,12 @@ COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compos
 UP = $(if $(filter docker,$(firstword $(1))),$(1) up -d --wait --wait-timeout $(2) $(3),\
 	$(1) up -d $(3) && python3 scripts/stack.py wait --timeout $(2) --compose "$(1)")
 # The DAGs `make up` unpauses (new DAGs start paused): training, the watcher that starts it on new
-# data, the daily batch scoring with the champion, and the champion's messages to people.
-STACK_DAGS ?= tagifai_training tagifai_watch tagifai_batch_predictions tagifai_champion
+# data, the daily batch scoring with the champion, the champion's messages to people, the drift monitor
+# (daily, and when the champion moves) and the weekly retention clean-up.
+STACK_DAGS ?= tagifai_training tagifai_watch tagifai_batch_predictions tagifai_champion tagifai_monitor \
+	tagifai_maintenance
 
-.PHONY: up down clean logs train dags-test-stack mlflow-user rollback champion-history card worker worker-down
+.PHONY: up down clean logs train monitor maintain dags-test-stack mlflow-user rollback champion-history card worker worker-down
 
 $(STACK_ENV):
 	python3 scripts/stack.py env --to $@ --set PYTHON_IMAGE=$(PYTHON_IMAGE) --set POSTGRES_IMAGE=$(POSTGRES_IMAGE) \
@@ -43,6 +45,13 @@ up: $(STACK_ENV) ## Start the stack (Airflow UI :8080, MLflow UI :5000); writes 
 
 train: $(STACK_ENV) ## Run tagifai_training in the stack now (REST API), wait, fail if it fails (CONF='{...}')
 	python3 scripts/stack.py trigger --conf '$(CONF)' --env-file $(STACK_ENV)
+
+monitor: $(STACK_ENV) ## Run the drift monitor now: the served and batch-scored inputs against the champion's training data
+	python3 scripts/stack.py trigger --dag tagifai_monitor --env-file $(STACK_ENV)
+
+maintain: $(STACK_ENV) ## Run the retention clean-up now (DRY_RUN=1: only list what it would delete)
+	python3 scripts/stack.py trigger --dag tagifai_maintenance --conf '{"dry_run": $(if $(DRY_RUN),true,false)}' \
+		--env-file $(STACK_ENV)
 
 rollback: $(STACK_ENV) ## Move champion back to the version before (TO=3: to version 3; REASON='...'), recorded and announced
 	$(COMPOSE) --profile tools run --rm --no-deps tagifai rollback $(if $(TO),--to '$(TO)') $(if $(REASON),--reason '$(REASON)')

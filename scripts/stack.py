@@ -62,7 +62,7 @@ COMMANDS = {
     "summary": "print the URLs, logins and data sources",
     "settings": "check config/ and TAGIFAI_CONFIG against the settings schema",
     "mlflow-user": "add an MLflow login (reads everything, changes what it creates); its password is printed once",
-    "trigger": "trigger tagifai_training through the REST API and wait",
+    "trigger": "trigger a DAG (default tagifai_training) through the REST API and wait",
     "unpause": "unpause DAGs through the REST API, each once Airflow has parsed it",
 }
 # Who runs the tasks: the executor and the compose profile that starts it.
@@ -312,17 +312,18 @@ def trigger(env: dict[str, str], args: argparse.Namespace) -> int:
         return 2
     client = airflow_client(env)
     try:
-        run_id = client.trigger(conf)
+        run_id = client.trigger(conf, args.dag)
     except AirflowError as exc:
         print(f"Airflow refused the run: {exc}", file=sys.stderr)
         return 1
-    print(f"triggered {DAG_ID} run {run_id}; waiting (timeout {args.timeout:.0f}s)…", flush=True)
-    run = client.wait(run_id, args.timeout)
-    print(f"run {run_id}: {run['state']}  tasks: {client.task_states(run_id)}")
+    print(f"triggered {args.dag} run {run_id}; waiting (timeout {args.timeout:.0f}s)…", flush=True)
+    run = client.wait(run_id, args.timeout, args.dag)
+    print(f"run {run_id}: {run['state']}  tasks: {client.task_states(run_id, args.dag)}")
     print(
-        f"Airflow: {published(env, 'AIRFLOW_PORT', '8080')}/dags/{DAG_ID}/runs/{urllib.request.quote(run_id, safe='')}"
+        f"Airflow: {published(env, 'AIRFLOW_PORT', '8080')}/dags/{args.dag}/runs/{urllib.request.quote(run_id, safe='')}"
     )
-    print(f"MLflow model: {published(env, 'MLFLOW_PORT', '5000')}/#/models/tagifai")
+    if args.dag == DAG_ID:
+        print(f"MLflow model: {published(env, 'MLFLOW_PORT', '5000')}/#/models/tagifai")
     return 0 if run["state"] == "success" else 1
 
 
@@ -403,6 +404,7 @@ def main() -> int:
     commands["mlflow-user"].add_argument("name")
     commands["trigger"].add_argument("--conf", default="{}", help="DAG params as JSON, e.g. '{\"num_trials\": 5}'")
     commands["trigger"].add_argument("--timeout", type=float, default=3600)
+    commands["trigger"].add_argument("--dag", default=DAG_ID, help=f"the DAG to run (default {DAG_ID})")
     commands["unpause"].add_argument("dags", nargs="+")
     commands["unpause"].add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()

@@ -73,25 +73,25 @@ class Airflow:
         """Let the scheduler run the DAG (a new DAG starts paused)."""
         self.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
 
-    def trigger(self, conf: dict[str, Any]) -> str:
+    def trigger(self, conf: dict[str, Any], dag_id: str = DAG_ID) -> str:
         """Start a run of the DAG now; return its run id."""
-        self.unpause()
-        run = self.request("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
+        self.unpause(dag_id)
+        run = self.request("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf})
         return run["dag_run_id"]
 
-    def wait(self, run_id: str, timeout: float) -> dict[str, Any]:
+    def wait(self, run_id: str, timeout: float, dag_id: str = DAG_ID) -> dict[str, Any]:
         """Poll the run until it ends; return it."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            run = self.request("GET", run_path(run_id))
+            run = self.request("GET", run_path(run_id, dag_id))
             if run["state"] in ("success", "failed"):
                 return run
             time.sleep(5)
         raise TimeoutError(f"run {run_id} still {run['state']} after {timeout:.0f}s")
 
-    def task_instance(self, run_id: str, task_id: str) -> dict[str, Any]:
+    def task_instance(self, run_id: str, task_id: str, dag_id: str = DAG_ID) -> dict[str, Any]:
         """One (unmapped) task instance of a run: state, try_number, hostname, ..."""
-        return self.request("GET", f"{run_path(run_id)}/taskInstances/{task_id}")
+        return self.request("GET", f"{run_path(run_id, dag_id)}/taskInstances/{task_id}")
 
     def xcom(self, run_id: str, task_id: str, map_index: int = -1, dag_id: str = DAG_ID) -> Any:
         """The value a task instance pushed (`return_value`), e.g. a step's JSON line."""
@@ -102,9 +102,9 @@ class Airflow:
         """The runs of a DAG, newest first."""
         return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns?order_by=-start_date&limit=100")["dag_runs"]
 
-    def task_log(self, run_id: str, task_id: str, try_number: int = 1) -> str:
+    def task_log(self, run_id: str, task_id: str, try_number: int = 1, dag_id: str = DAG_ID) -> str:
         """The log of one try of a task, as text."""
-        path = f"{run_path(run_id)}/taskInstances/{task_id}/logs/{try_number}?full_content=true"
+        path = f"{run_path(run_id, dag_id)}/taskInstances/{task_id}/logs/{try_number}?full_content=true"
         lines = []
         for entry in self.request("GET", path).get("content", []):
             if not isinstance(entry, dict):
@@ -115,9 +115,9 @@ class Airflow:
             lines += [f"{e.get('exc_type')}: {e.get('exc_value')}" for e in entry.get("error_detail") or []]
         return "\n".join(lines)
 
-    def task_states(self, run_id: str) -> dict[str, str]:
+    def task_states(self, run_id: str, dag_id: str = DAG_ID) -> dict[str, str]:
         """State of each task instance of a run."""
-        instances = self.request("GET", f"{run_path(run_id)}/taskInstances")["task_instances"]
+        instances = self.request("GET", f"{run_path(run_id, dag_id)}/taskInstances")["task_instances"]
         # Instances of a mapped task (the optimize workers) as optimize[0], optimize[1], ...
         return {
             ti["task_id"] + (f"[{ti['map_index']}]" if ti.get("map_index", -1) >= 0 else ""): ti["state"]
