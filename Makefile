@@ -12,6 +12,9 @@ PYTHON_IMAGE ?= python:3.11-slim-bookworm
 POSTGRES_IMAGE ?= postgres:16
 REDIS_IMAGE ?= redis:7
 CONF ?= {}
+# Evidently (the drift monitor, in .venv too) and its telemetry library send nothing home.
+export DO_NOT_TRACK := 1
+export ITERATIVE_DO_NOT_TRACK := 1
 
 -include mk/*.mk
 
