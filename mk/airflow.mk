@@ -1,7 +1,7 @@
 # The tagifai image and the Airflow DAG that runs it (included from the Makefile).
 #
 #   make image                     build tagifai:<version> and tagifai:latest
-#   make airflow-install           create .venv-airflow (Airflow + Docker/Kubernetes providers)
+#   make airflow-install           create .venv-airflow (Airflow + Docker/Kubernetes/OpenLineage providers)
 #   make dags-test RUNNER=local    one run of the DAG here with `airflow dags test`
 #   make test-dags                 DAG structure tests, then the DAG end to end (local, docker)
 
@@ -20,8 +20,8 @@ RUNNER ?= docker
 # which the celery provider imports, and its executor and workers then fail to load.
 AIRFLOW_PACKAGES := apache-airflow[celery,postgres]==3.3.2 celery==5.6.3 apache-airflow-providers-docker==4.6.1 \
 	apache-airflow-providers-fab==3.10.2 apache-airflow-providers-celery==3.26.0 \
-	apache-airflow-providers-cncf-kubernetes==10.25.0 psycopg2-binary==2.9.13 redis==6.4.0 asyncpg==0.32.0 \
-	pytest==9.2.0 pytest-xdist==3.8.0
+	apache-airflow-providers-cncf-kubernetes==10.25.0 apache-airflow-providers-openlineage==2.20.3 \
+	psycopg2-binary==2.9.13 redis==6.4.0 asyncpg==0.32.0 pytest==9.2.0 pytest-xdist==3.8.0
 AIRFLOW_REQUIREMENTS := images/airflow/requirements.txt
 AIRFLOW := $(AIRFLOW_VENV)/bin/airflow
 # Airflow's config, SQLite metadata DB and logs stay in the project (.airflow/), not ~/airflow.

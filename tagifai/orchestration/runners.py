@@ -52,7 +52,7 @@ from tagifai.contract import names
 from tagifai.contract.errors import EXIT_BAD_INPUT
 from tagifai.contract.settings import Settings
 from tagifai.contract.sources import SourcePolicy, SourceRefused
-from tagifai.orchestration import notify
+from tagifai.orchestration import lineage, notify
 
 RUNNERS = ("docker", "local", "kubernetes")
 
@@ -296,8 +296,10 @@ def _operator(
     data = settings.config.data
     common = {
         "task_id": task_id,
+        "step": command[0],
         "data_sources": list(data_sources),
         "default_urls": (data.projects_url, data.tags_url),
+        "lineage_namespace": settings.config.lineage.namespace,
         "execution_timeout": settings.timeout(command[0]),
     }
     env = {
@@ -367,7 +369,8 @@ def _kubernetes_operator(
 
         def prepare(self, policy: SourcePolicy) -> None:
             """Forward the worker's plain settings, as the docker runner does (the env the DAG set wins)."""
-            forwarded = [k8s.V1EnvVar(name=name, value=value) for name, value in forwarded_env(os.environ).items()]
+            plain = {**forwarded_env(os.environ), **self.openlineage_env}
+            forwarded = [k8s.V1EnvVar(name=name, value=value) for name, value in plain.items()]
             self.env_vars = [*forwarded, *(convert_env_vars(self.env_vars) if self.env_vars else [])]
 
     secret = [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.k8s_secret))]
@@ -427,15 +430,37 @@ class StepMixin(BaseOperator):
     pass the deployment's source policy first (a refused one fails the task at once, naming the rule).
     After, the exit codes that mean bad input or setup (the operator's `skip_on_exit_code`) fail the task
     without a retry, instead of skipping it. A `BaseOperator` itself, so that Airflow knows its arguments.
+
+    OpenLineage (`tagifai.orchestration.lineage`): the step gets its task's OpenLineage run in its environment
+    (`openlineage_env`), and the provider's events name the datasets it read and wrote, and its MLflow run
+    (`get_openlineage_facets_on_start`/`_complete`/`_failure`).
     """
 
-    def __init__(self, *, data_sources: Sequence[str] = (), default_urls: Sequence[str] = (), **kwargs: Any) -> None:
-        """Create the operator; `data_sources` are templates of the URLs the step reads."""
+    # The JSON object the step printed (or wrote when it failed), and the outputs of the tasks its datasets come from.
+    _step_output: dict[str, Any] | None = None
+    _upstream_outputs: Mapping[str, dict[str, Any]] = {}
+    openlineage_env: Mapping[str, str] = {}
+
+    def __init__(
+        self,
+        *,
+        step: str | None = None,
+        data_sources: Sequence[str] = (),
+        default_urls: Sequence[str] = (),
+        lineage_namespace: str = "tagifai",
+        **kwargs: Any,
+    ) -> None:
+        """Create the operator of `step` (the task id when None); `data_sources` are templates of the URLs it reads."""
         super().__init__(**kwargs)
+        self.step = step or self.task_id
         self.data_sources, self.default_urls = list(data_sources), tuple(default_urls)
+        self.lineage_namespace = lineage_namespace
 
     def execute(self, context: Any) -> Any:
         """Hand on the run made already, or check the sources, prepare and run the step."""
+        ti = context.get("ti")
+        self.openlineage_env = lineage.run_env(ti) if ti is not None else {}
+        self._upstream_outputs = upstream_outputs(context, self.step)
         if (made := made_already(context, self.task_id)) is not None:
             self.log.info(
                 "%s: reusing run %s, made already (same data, code, settings and arguments: elt's plan); "
@@ -443,6 +468,7 @@ class StepMixin(BaseOperator):
                 self.task_id,
                 made["run_id"],
             )
+            self._step_output = made
             return json.dumps(made)
         policy = SourcePolicy.from_environ(os.environ, self.default_urls, enforce=True)
         for source in self.data_sources:
@@ -452,11 +478,16 @@ class StepMixin(BaseOperator):
                 raise AirflowFailException(f"refused data source: {exc}") from None
         self.prepare(policy)
         try:
-            return super().execute(context)
+            result = super().execute(context)
         except AirflowSkipException as exc:  # bad input or setup: no retry
             raise self.failed(exc, final=True) from None
         except AirflowException as exc:  # may pass: retried
             raise self.failed(exc, final=False) from exc
+        try:
+            self._step_output = fromjson(result)
+        except ValueError:  # no JSON object: its lineage names no run (the next step's template fails on it)
+            self._step_output = None
+        return result
 
     def prepare(self, policy: SourcePolicy) -> None:
         """Set up what the runner needs once the params are rendered (nothing by default)."""
@@ -475,7 +506,7 @@ class StepMixin(BaseOperator):
         The error is the step's `TAGIFAI_OUTPUT` JSON `error`, else its last `error:` line. `final`: no retry
         (AirflowFailException), as for bad input (exit 3).
         """
-        output = self.failure_output() or {}
+        output = self._step_output = self.failure_output() or {}
         line = output.get("error") if isinstance(output.get("error"), str) else None
         line = line or last_error_line(self.failure_lines(error))
         if line:
@@ -488,6 +519,23 @@ class StepMixin(BaseOperator):
         exc.step_output = {"error": line, "run_id": output.get("run_id"), "experiment_id": output.get("experiment_id")}
         return exc
 
+    def get_openlineage_facets_on_start(self) -> Any:
+        """The datasets known before the step runs: its data sources (and predict-batch's table)."""
+        inputs, outputs = lineage.step_datasets(self.step, self.lineage_namespace, sources=self.data_sources)
+        return lineage.operator_lineage(inputs, outputs, None)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """The datasets the step read and wrote, named from its output and its upstream tasks', and its MLflow run."""
+        output, upstream = self._step_output, self._upstream_outputs
+        inputs, outputs = lineage.step_datasets(self.step, self.lineage_namespace, output, upstream, self.data_sources)
+        return lineage.operator_lineage(inputs, outputs, output)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> Any:
+        """What the failed step read, and the MLflow run it failed in when it wrote one; nothing it wrote counts."""
+        output, upstream = self._step_output, self._upstream_outputs
+        inputs, _ = lineage.step_datasets(self.step, self.lineage_namespace, output, upstream, self.data_sources)
+        return lineage.operator_lineage(inputs, [], output)
+
 
 def last_error_line(lines: Sequence[str | bytes]) -> str | None:
     """The text after `error: ` of the last such line (a `tagifai` command's one-line error), if any."""
@@ -497,6 +545,20 @@ def last_error_line(lines: Sequence[str | bytes]) -> str | None:
             if line.strip().startswith("error: ") and line.strip()[7:].strip():
                 return line.strip()[7:].strip()
     return None
+
+
+def upstream_outputs(context: Any, step: str) -> dict[str, dict[str, Any]]:
+    """The outputs of this DAG run's tasks whose datasets `step` reads (`lineage.UPSTREAM`), those that have one."""
+    ti, dag = context.get("ti"), context.get("dag")
+    found = {}
+    for task_id in lineage.UPSTREAM.get(step, ()):
+        if ti is None or dag is None or not dag.has_task(task_id):
+            continue
+        try:
+            found[task_id] = fromjson(ti.xcom_pull(task_ids=task_id))
+        except ValueError:  # none (a task that did not run): its datasets are not named
+            continue
+    return found
 
 
 def made_already(context: Any, step: str) -> dict[str, Any] | None:
@@ -519,7 +581,7 @@ class TagifaiBashOperator(StepMixin, BashOperator):
         """Have the step write its JSON object (or its error's, when it fails) to a file of this try's."""
         fd, self._output_file = tempfile.mkstemp(prefix="tagifai-output-", suffix=".json")
         os.close(fd)
-        self.env = {**(self.env or {}), names.OUTPUT_ENV: self._output_file}
+        self.env = {**(self.env or {}), names.OUTPUT_ENV: self._output_file, **self.openlineage_env}
 
     def execute(self, context: Any) -> Any:
         """Run the step; remove its output file after."""
@@ -564,7 +626,7 @@ class TagifaiDockerOperator(StepMixin, DockerOperator):
     def prepare(self, policy: SourcePolicy) -> None:
         """Add the mounts and the forwarded environment (secrets only privately)."""
         environ = os.environ
-        self.environment = {**forwarded_env(environ), **self.environment}
+        self.environment = {**forwarded_env(environ), **self.environment, **self.openlineage_env}
         mounted = {mount["Target"] for mount in self.mounts if isinstance(mount, Mapping) and "Target" in mount}
         # The data folder of each local source, read-only at the same path.
         folders = sorted({policy.data_dir_of(source) for source in self.data_sources} - mounted - {None})

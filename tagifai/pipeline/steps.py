@@ -207,12 +207,14 @@ def validate(
         prepared = data.without_holdout(split_all, holdout, settings.stopwords)
         if prepared["split"].value_counts().reindex(["train", "val"]).fillna(0).min() == 0:
             raise BadInputError(f"no train or val rows are left once the {len(holdout)} holdout rows are taken out")
-        tracking.log_frame(holdout, tracking.split_path(holdouts.SPLIT), "tagifai-holdout", "holdout", targets="tag")
+        # Each split's sha256 (its CSV's) is printed: what its OpenLineage dataset is named by.
+        holdout_file = tracking.split_path(holdouts.SPLIT)
+        shas = {holdouts.SPLIT: tracking.log_frame(holdout, holdout_file, "tagifai-holdout", "holdout", targets="tag")}
         mlflow.set_tag(holdouts.SHA_TAG, holdout_sha)
         mlflow.log_metrics({"holdout_rows": len(holdout), "holdout_rows_removed": len(split_all) - len(prepared)})
         for split in data.SPLITS:
             part = prepared[prepared["split"] == split].drop(columns="split")
-            tracking.log_frame(part, tracking.split_path(split), f"tagifai-{split}", split, targets="tag")
+            shas[split] = tracking.log_frame(part, tracking.split_path(split), f"tagifai-{split}", split, targets="tag")
             mlflow.log_metric(f"{split}_rows", len(part))
         mlflow.log_params(
             settings.data.model_dump(include={"accepted_tags", "min_freq", "val_size", "test_size", "seed"})
@@ -220,7 +222,8 @@ def validate(
         log.info(
             "validate: %d checks passed; splits %s", len(report["checks"]), prepared["split"].value_counts().to_dict()
         )
-        return tracking.record_output({"run_id": run.info.run_id})
+        labeled = upstream.data.tags["data_sha256"]
+        return tracking.record_output({"run_id": run.info.run_id, "data_sha256": labeled, "split_sha256": shas})
 
 
 def optimize(
@@ -586,6 +589,8 @@ def predict_batch(
         log.info("predict-batch: %d projects scored by %s v%s: %s", len(scored), model_name, version.version, counts)
         return {
             "run_id": run.info.run_id,
+            "experiment_id": run.info.experiment_id,
+            "model_name": model_name,
             "model_version": str(version.version),
             "rows": len(scored),
             **written,

@@ -32,6 +32,9 @@ STEP_TAG = "tagifai.step"
 KEY_TAG = "tagifai.key"
 OUTPUT_TAG = "tagifai.output"
 PIPELINE_TAG = "pipeline_run_id"
+# The OpenLineage run of the Airflow task that started a step (tagifai.orchestration.lineage), when it has one.
+OPENLINEAGE_RUN_TAG = "openlineage.run_id"
+OPENLINEAGE_JOB_TAG = "openlineage.job"
 UPSTREAM_TAGS = {
     "elt": "elt_run_id",
     "validate": "data_run_id",
@@ -127,7 +130,8 @@ def step_run(
     """Start the MLflow run of one step, tagged with its lineage and its reuse `key`.
 
     The pipeline id comes from `TAGIFAI_PIPELINE_RUN_ID`, else from the upstream run, else is new.
-    Lineage tags of the upstream run are carried over, and the upstream run itself is recorded.
+    Lineage tags of the upstream run are carried over, and the upstream run itself is recorded; so is the
+    OpenLineage run of the task that started the step (`openlineage_tags`).
     A step that raises ends its run FAILED with the error as a tag; a `TagifaiError` also names the
     run (`run_id`, `experiment_id`), for the failure output (`tagifai.cli`).
     """
@@ -143,6 +147,7 @@ def step_run(
         "image": os.environ.get(names.IMAGE_ENV, ""),
         **({KEY_TAG: key} if key else {}),
         **lineage,
+        **openlineage_tags(),
         **tags,
     }
     mlflow.set_experiment(experiment_id=experiment)  # nested runs (Optuna trials) land beside their parent
@@ -157,8 +162,20 @@ def step_run(
             raise  # start_run's context then ends the run FAILED
 
 
+def openlineage_tags() -> dict[str, str]:
+    """The task's OpenLineage run (`TAGIFAI_OPENLINEAGE_RUN_ID`) and job (`namespace/job`), as run tags; {} outside one.
+
+    `TAGIFAI_OPENLINEAGE_JOB` is the provider's parent id, `namespace/job/run id`: the job is it without the run id.
+    """
+    run_id = os.environ.get(names.OPENLINEAGE_RUN_ID_ENV, "")
+    parent = os.environ.get(names.OPENLINEAGE_JOB_ENV, "")
+    tags = {OPENLINEAGE_RUN_TAG: run_id, OPENLINEAGE_JOB_TAG: parent.removesuffix(f"/{run_id}") if run_id else parent}
+    return {tag: value for tag, value in tags.items() if value}
+
+
 def record_output(result: dict[str, Any]) -> dict[str, Any]:
-    """Keep what the active step run prints, for a later run that reuses it; return it."""
+    """Keep what the active step run prints, for a later run that reuses it; return it, with its run's experiment."""
+    result.setdefault("experiment_id", mlflow.active_run().info.experiment_id)
     mlflow.set_tag(OUTPUT_TAG, json.dumps(result, default=str))
     return result
 

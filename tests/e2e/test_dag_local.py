@@ -1,18 +1,22 @@
 """`airflow dags test tagifai_training` with the local runner: the real steps as subprocesses.
 
 Run with the Airflow venv: `.venv-airflow/bin/pytest tests/e2e/test_dag_local.py` (needs .venv too,
-for the `tagifai` executable and MLflow). MLflow is a throwaway SQLite store.
+for the `tagifai` executable and MLflow). MLflow is a throwaway SQLite store. The first run also has
+Airflow's OpenLineage provider configured as the stack's (its file transport, into the test's folder).
 """
 
 from __future__ import annotations
 
 import csv
+import json
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
 
 from harness import TAGIFAI, require, synthetic
 from harness.dags import (
+    STEPS,
     TASKS_WITH_TWO_WORKERS,
     champion,
     dags_test,
@@ -56,9 +60,21 @@ def local_run(tmp_path: Path, projects: Path, tags: Path, **extra_env: str):
     return run, env["MLFLOW_TRACKING_URI"]
 
 
+def lineage_env(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """The OpenLineage provider configured as the stack's (`lineage.provider_env`), its file in `tmp_path`."""
+    from tagifai.contract.config import config_dir, load
+    from tagifai.orchestration.lineage import provider_env
+
+    events = tmp_path / "lineage" / "events.jsonl"
+    events.parent.mkdir()
+    settings = load(config_dir(), {"TAGIFAI_CONFIG_TOML": f'[lineage]\nfile_path = "{events}"\n'})
+    return provider_env(settings, {}), events
+
+
 def test_local_dag_run_trains_and_promotes_a_champion(tmp_path):
     projects, tags = synthetic.write_dataset(tmp_path / "data")
-    run, tracking_uri = local_run(tmp_path, projects, tags)
+    provider, events = lineage_env(tmp_path)
+    run, tracking_uri = local_run(tmp_path, projects, tags, **provider)
     assert run.returncode == 0, run.output[-5000:]
     # The first model is promoted, so publish_champion emits the champion event: every task succeeds.
     assert run.states == dict.fromkeys(TASKS_WITH_TWO_WORKERS, "success")
@@ -85,6 +101,57 @@ def test_local_dag_run_trains_and_promotes_a_champion(tmp_path):
     again = rerun_task(tmp_path / "airflow", local_env(tmp_path), run.run_id, "optimize", map_index=0)
     assert (again["study_name"], again["trials"], again["trials_run"]) == (study, 3, 0)
     assert study_states(f"sqlite:///{tmp_path / 'optuna.db'}", study) == trials
+
+    assert_lineage([json.loads(line) for line in events.read_text().splitlines()], runs, best, projects, tags)
+
+
+def assert_lineage(events: list[dict], runs: list[dict], champion: dict, projects: Path, tags: Path) -> None:
+    """What the run's OpenLineage events say, checked against its MLflow runs and the champion it made."""
+    task_runs = defaultdict(list)  # OpenLineage run id of each task instance -> its events, in order
+    for event in events:
+        if event["job"]["name"] != "tagifai_training":  # the DAG run's own events aside
+            task_runs[event["run"]["runId"]].append(event)
+    # Every task instance (each optimize worker too): a START, then a COMPLETE.
+    jobs = Counter(task_events[0]["job"]["name"] for task_events in task_runs.values())
+    assert jobs == Counter(f"tagifai_training.{name.partition('[')[0]}" for name in TASKS_WITH_TWO_WORKERS)
+    assert {tuple(e["eventType"] for e in task_events) for task_events in task_runs.values()} == {("START", "COMPLETE")}
+    # ... each with the DAG run as its parent (ParentRunFacet).
+    [dag_run] = [e for e in events if e["job"]["name"] == "tagifai_training" and e["eventType"] == "COMPLETE"]
+    parents = [e["run"]["facets"]["parent"] for task_events in task_runs.values() for e in task_events]
+    assert {(p["job"]["namespace"], p["job"]["name"], p["run"]["runId"]) for p in parents} == {
+        ("tagifai", "tagifai_training", dag_run["run"]["runId"])
+    }
+    done = {task_events[-1]["run"]["runId"]: task_events[-1] for task_events in task_runs.values()}
+
+    def datasets(event: dict, side: str) -> list[tuple[str, str]]:
+        return [(d["namespace"], d["name"]) for d in event[side]]
+
+    def completed(task: str) -> list[dict]:
+        return [e for e in done.values() if e["job"]["name"] == f"tagifai_training.{task}"]
+
+    steps = {r["run_id"]: r for r in runs if r["step"] in STEPS}
+    # elt read the two files and wrote the labeled data, named by its sha256; register wrote the champion's version.
+    [elt] = completed("elt")
+    [elt_run] = [r for r in steps.values() if r["step"] == "elt"]
+    assert datasets(elt, "inputs") == [("file", str(projects)), ("file", str(tags))]
+    assert datasets(elt, "outputs") == [("tagifai", f"tagifai-labeled@sha256:{elt_run['tags']['data_sha256']}")]
+    [register] = completed("register")
+    assert datasets(register, "outputs") == [("tagifai", f"models:/tagifai/{champion['version']}")]
+    # One graph: each dataset of tagifai's that a step read, an earlier step wrote.
+    written: set[tuple[str, str]] = set()
+    for step in STEPS:
+        for event in completed(step):
+            assert {d for d in datasets(event, "inputs") if d[0] == "tagifai"} <= written, step
+        written |= {d for event in completed(step) for d in datasets(event, "outputs")}
+    # Both ways: each step's MLflow run names its task's OpenLineage run and job, and that run names the MLflow run.
+    assert len(steps) == 7  # two optimize workers
+    for mlflow_run in steps.values():
+        event = done[mlflow_run["tags"]["openlineage.run_id"]]
+        assert event["job"]["name"] == f"tagifai_training.{mlflow_run['step']}"
+        assert mlflow_run["tags"]["openlineage.job"] == f"tagifai/tagifai_training.{mlflow_run['step']}"
+        facet = event["run"]["facets"]["mlflow"]
+        experiment = json.loads(mlflow_run["tags"]["tagifai.output"])["experiment_id"]
+        assert (facet["runId"], facet["experimentId"], facet["reused"]) == (mlflow_run["run_id"], experiment, False)
 
 
 def test_local_dag_run_stops_at_validate_on_duplicate_ids(tmp_path):
