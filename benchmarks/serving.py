@@ -6,6 +6,10 @@ checks they answer the same bytes, then loads each in turn with `wrk` (a C load 
 threads, 10 connections, POST of a 1-row and a 100-row body of real project texts), a short warm-up
 then a measured run, and reads requests/s and p50/p99 latency.
 
+With a PostgreSQL at hand (Debian's server binaries), a second `tagifai serve` writes the inference log
+to a throwaway database (`[monitor]` defaults: every request) and is loaded the same way: req/s and p99
+with the log on beside the figures with it off, and the rows it wrote and dropped.
+
 Then how fast `tagifai serve` follows the alias: the model is registered once more and the alias
 moved between the two versions a few times, first with nothing else going on, then while wrk sends
 1-row requests. Each swap's figure is the time from the alias move to the first /invocations
@@ -16,6 +20,7 @@ from the server's access log (the stack's MLflow checks a password hash on each)
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -35,7 +40,7 @@ from urllib.parse import urlparse
 
 import harness
 from harness import answers, stop, wait_for
-from tagifai.contract.names import VERSION_HEADER
+from tagifai.contract.names import PREDICTIONS_DB_ENV, VERSION_HEADER
 
 CONNECTIONS = 10
 THREADS = 2
@@ -44,6 +49,14 @@ MEASURE_SECONDS = 10
 BODY_ROWS = (1, 100)
 START_TIMEOUT_SECONDS = 180
 SERVERS = ("tagifai serve", "mlflow models serve")
+# The same `tagifai serve`, writing the inference log (measured when a database is given).
+LOGGED = "tagifai serve, inference log on"
+# Its /metrics samples on the log's rows (dropped: summed over the reasons).
+LOG_ROWS = {
+    "tagifai_inference_log_rows_written_total": "written",
+    "tagifai_inference_log_rows_dropped_total": "dropped",
+    "tagifai_inference_log_rows_waiting": "waiting",
+}
 UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 # Following the alias: serve's poll interval (the stack test's), swaps per load, and how long a swap may take.
 FOLLOW_POLL_SECONDS = 2
@@ -237,7 +250,27 @@ def measure_follow(
     return result
 
 
-def measure(tracking_uri: str, model_uri: str, env: dict[str, str], mlflow_log: Path | None = None) -> dict[str, Any]:
+def log_rows(url: str) -> dict[str, int]:
+    """The rows the inference log of the `tagifai serve` at `url` wrote, dropped and holds now (its /metrics)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    rows = dict.fromkeys(LOG_ROWS.values(), 0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if kind := LOG_ROWS.get(sample.name):
+                rows[kind] += int(sample.value)
+    return rows
+
+
+def measure(
+    tracking_uri: str,
+    model_uri: str,
+    env: dict[str, str],
+    mlflow_log: Path | None = None,
+    log_database: str | None = None,
+) -> dict[str, Any]:
     """Requests/s and p50/p99 latency of both servers for a 1-row and a 100-row request; how fast serve follows.
 
     Args:
@@ -245,9 +278,11 @@ def measure(tracking_uri: str, model_uri: str, env: dict[str, str], mlflow_log: 
         model_uri: `models:/<name>@<alias>`; MLflow's server gets the version the alias points at now.
         env: extra environment for the servers (e.g. MLflow credentials, TAGIFAI_PROJECTS_URL).
         mlflow_log: the access log of the MLflow server at `tracking_uri`, if it is one, to count requests.
+        log_database: a PostgreSQL URL: `tagifai serve` is also measured writing its inference log there.
 
     Returns:
-        Figures per server and body size, whether both servers answered the same bytes, and `follow`.
+        Figures per server and body size, whether both servers answered the same bytes, `follow`, and with
+        `log_database` the figures of `LOGGED` and the rows its log wrote and dropped (`inference_log`).
     """
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed (apt-get install -y wrk)")
@@ -265,23 +300,31 @@ def measure(tracking_uri: str, model_uri: str, env: dict[str, str], mlflow_log: 
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
         "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
     }
+    server_env.pop(PREDICTIONS_DB_ENV, None)  # no inference log but where asked for
     texts = bodies(env)
-    ports = {server: harness.free_port() for server in SERVERS}
+    measured = (*SERVERS, LOGGED) if log_database else SERVERS
+    ports = {server: harness.free_port() for server in measured}
     urls = {server: f"http://127.0.0.1:{port}" for server, port in ports.items()}
     commands = {
-        "tagifai serve": [str(harness.TAGIFAI), "serve", "--model-name", name, "--alias", alias]
-        + ["--host", "127.0.0.1", "--port", str(ports["tagifai serve"])],
-        "mlflow models serve": [str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", f"models:/{name}/{version}"]
-        + ["--env-manager", "local", "--host", "127.0.0.1", "--port", str(ports["mlflow models serve"])],
+        server: [str(harness.TAGIFAI), "serve", "--model-name", name, "--alias", alias]
+        + ["--host", "127.0.0.1", "--port", str(ports[server])]
+        for server in measured
+        if server != "mlflow models serve"
     }
+    commands["mlflow models serve"] = [
+        *(str(Path(bin_dir) / "mlflow"), "models", "serve", "-m", f"models:/{name}/{version}"),
+        *("--env-manager", "local", "--host", "127.0.0.1", "--port", str(ports["mlflow models serve"])),
+    ]
     scratch = Path(tempfile.mkdtemp(prefix="tagifai-bench-serving-"))
     config = scratch / "serve.toml"
     config.write_text(f"[serve]\npoll_seconds = {FOLLOW_POLL_SECONDS}\n", encoding="utf-8")
     envs = {"tagifai serve": {**server_env, "TAGIFAI_CONFIG": str(config)}, "mlflow models serve": server_env}
+    if log_database:
+        envs[LOGGED] = {**envs["tagifai serve"], PREDICTIONS_DB_ENV: log_database}
     processes: dict[str, subprocess.Popen] = {}
     exit_codes: dict[str, int | None] = {}
     try:
-        logs = {server: scratch / f"{server.split()[0]}.log" for server in SERVERS}
+        logs = {server: scratch / f"{i}-{server.split()[0]}.log" for i, server in enumerate(measured)}
         for server, command in commands.items():
             with logs[server].open("w") as log_file:
                 processes[server] = subprocess.Popen(
@@ -296,14 +339,19 @@ def measure(tracking_uri: str, model_uri: str, env: dict[str, str], mlflow_log: 
         replies = {
             n: {server: post(f"{urls[server]}/invocations", body) for server in SERVERS} for n, body in texts.items()
         }
-        figures: dict[str, dict[str, Any]] = {server: {} for server in SERVERS}
+        figures: dict[str, dict[str, Any]] = {server: {} for server in measured}
         for n, body in texts.items():
             script = scratch / f"post-{n}.lua"
             script.write_text(lua_script(body))
-            for server in SERVERS:
+            for server in measured:
                 url = f"{urls[server]}/invocations"
                 run_wrk(url, script, WARMUP_SECONDS, latency=False)
                 figures[server][str(n)] = parse_wrk(run_wrk(url, script, MEASURE_SECONDS, latency=True))
+        logged = None
+        if log_database:
+            time.sleep(2)  # the writer's last batch (it writes at least every second)
+            logged = log_rows(urls[LOGGED])
+            stop(processes[LOGGED])  # it would follow the swaps below too: MLflow requests, loads
         one_row = min(texts)
         script = scratch / f"post-{one_row}.lua"
         serve_log = logs["tagifai serve"]
@@ -327,6 +375,7 @@ def measure(tracking_uri: str, model_uri: str, env: dict[str, str], mlflow_log: 
         "servers": figures,
         "follow": follows,
         "exit_codes": exit_codes,
+        **({"inference_log": logged} if logged is not None else {}),
     }
 
 
@@ -344,6 +393,16 @@ def table(result: dict[str, Any]) -> list[str]:
             )
         ours, theirs = (result["servers"][server][n]["requests_per_second"] for server in SERVERS)
         lines.append(f"    {'throughput, tagifai / mlflow':<38} {ours / theirs:>7.2f}x")
+        if logged := result["servers"].get(LOGGED, {}).get(n):
+            lines.append(
+                f"    {LOGGED:<38} {logged['requests_per_second']:>8.1f} {logged['p50_ms']:>8.1f}"
+                f" {logged['p99_ms']:>8.1f} {logged['errors']:>7d}"
+            )
+            ratio = logged["requests_per_second"] / ours
+            lines.append(f"    {'throughput, inference log on / off':<38} {ratio:>7.2f}x")
+    if rows := result.get("inference_log"):
+        written, dropped, waiting = rows["written"], rows["dropped"], rows["waiting"]
+        lines.append(f"  inference log (on): {written} rows written, {dropped} dropped, {waiting} waiting at the end")
     same = "yes" if result["identical_answers"] else "NO"
     lines.append(f"  same answers from both servers: {same}; model {result['model_uri']} (v{result['version']})")
     if follows := result.get("follow"):
@@ -363,15 +422,22 @@ def table(result: dict[str, Any]) -> list[str]:
 
 
 def measure_trained(projects: str, tags: str) -> dict[str, Any]:
-    """Train and register a model on `projects`/`tags` through a throwaway `mlflow server`; `measure` on it."""
+    """Train and register a model on `projects`/`tags` through a throwaway `mlflow server`; `measure` on it.
+
+    With PostgreSQL's server binaries installed, serve is also measured writing its inference log to a throwaway
+    PostgreSQL; without them, not.
+    """
     root = Path(tempfile.mkdtemp(prefix="tagifai-bench-serving-model-"))
     try:
         folder = root / "mlflow"
-        with harness.running_mlflow_server(f"sqlite:///{root / 'mlflow.db'}", folder) as server:
+        with contextlib.ExitStack() as running:
+            server = running.enter_context(harness.running_mlflow_server(f"sqlite:///{root / 'mlflow.db'}", folder))
+            database = running.enter_context(harness.running_postgres("tagifai")) if harness.postgres_bin() else None
             env = {k: v for k, v in os.environ.items() if not k.startswith(("TAGIFAI_", "MLFLOW_"))}
             env |= {"MLFLOW_TRACKING_URI": server.uri, "TAGIFAI_PROJECTS_URL": projects, "TAGIFAI_TAGS_URL": tags}
             harness.Cli(env, root)("pipeline", "--num-trials", "1")
             log = folder / "mlflow-server.log"  # where harness.running_mlflow_server sends its output
-            return measure(server.uri, "models:/tagifai@champion", {"TAGIFAI_PROJECTS_URL": projects}, log)
+            extra = {"TAGIFAI_PROJECTS_URL": projects}
+            return measure(server.uri, "models:/tagifai@champion", extra, log, database and database["tagifai"])
     finally:
         shutil.rmtree(root, ignore_errors=True)

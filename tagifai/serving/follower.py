@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -89,11 +90,18 @@ def load_version(model_name: str, alias: str, version: Any, directory: str) -> L
 class Champion:
     """Follows `models:/<model_name>@<alias>`: `current` is the loaded version the alias pointed at."""
 
-    def __init__(self, model_name: str, alias: str, poll_seconds: float) -> None:
-        """Nothing is loaded until `start()` (or `poll()`)."""
+    def __init__(
+        self,
+        model_name: str,
+        alias: str,
+        poll_seconds: float,
+        on_load: Callable[[Loaded | None, Loaded], None] | None = None,
+    ) -> None:
+        """Nothing is loaded until `start()` (or `poll()`); `on_load(before, after)` is told of each swap."""
         self.model_name = model_name
         self.alias = alias
         self.poll_seconds = poll_seconds
+        self.on_load = on_load
         self.state = State()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -166,6 +174,8 @@ class Champion:
         log.info("serve: champion %sv%s loaded in %.1f s", before, loaded.version, time.monotonic() - start)
         if current is not None and current.directory:
             shutil.rmtree(current.directory, ignore_errors=True)  # in-flight requests use the model in memory
+        if self.on_load is not None:
+            self.on_load(current, loaded)
 
     def _fail(self, error: str, key: str | None = None) -> None:
         self.state = State(self.state.loaded, error)
