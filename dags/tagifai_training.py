@@ -52,12 +52,12 @@ from datetime import timedelta
 from functools import partial
 
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.sdk import DAG, AssetOrTimeSchedule, Param
+from airflow.sdk import DAG, AssetAny, AssetOrTimeSchedule, Param
 
 from tagifai.contract.config import config_dir, load
 from tagifai.orchestration import notify
 from tagifai.orchestration.approval import ANSWER, Approval
-from tagifai.orchestration.assets import DAILY, holdout, publish_champion, source_asset, sources
+from tagifai.orchestration.assets import DAILY, DRIFT, holdout, publish_champion, source_asset, sources
 from tagifai.orchestration.runners import (
     FINITE,
     USER_DEFINED_FILTERS,
@@ -78,10 +78,14 @@ late = config.notify.run_deadline_minutes
 
 with DAG(
     dag_id="tagifai_training",
-    # Daily, and whenever tagifai_watch saw a data source change.
+    # Daily, and whenever tagifai_watch saw a data source change (and tagifai_monitor found drift, if asked).
     schedule=AssetOrTimeSchedule(
         timetable=DAILY,
-        assets=source_asset("projects", data["projects"]) | source_asset("tags", data["tags"]),
+        assets=AssetAny(
+            source_asset("projects", data["projects"]),
+            source_asset("tags", data["tags"]),
+            *([DRIFT] if config.monitor.retrain_on_drift else []),
+        ),
     ),
     # No start date: the first scheduled run is the next midnight (UTC), not one the moment the DAG is
     # unpaused; `make train` (or the UI) runs it now, and new data does (an asset event).

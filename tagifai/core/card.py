@@ -62,7 +62,8 @@ class Card(TypedDict, total=False):
     URL or, without a UI, its run id; they are shown in the order given. `promotion` is the gate's
     reason, `promoted` whether it made the version champion, `approval` who decides it ("auto": the
     gate; "pending": a person, not yet; or the person's decision). `report` is the challenger-vs-champion
-    report's MLflow UI link (relative: `#/experiments/<id>/runs/<register run>/artifacts/<path>`).
+    report's MLflow UI link (relative: `#/experiments/<id>/runs/<register run>/artifacts/<path>`), and
+    `monitoring` the MLflow UI list of the drift monitor's runs that judged this version (relative too).
     """
 
     model: Required[ModelInfo]
@@ -77,6 +78,7 @@ class Card(TypedDict, total=False):
     promoted: bool
     approval: str
     report: str
+    monitoring: str
 
 
 # ---- formatting ---------------------------------------------------------------------------------
@@ -243,9 +245,11 @@ def weaknesses_section(card: Card) -> list[str]:
     return ["## Known weaknesses", "", *lines] if lines else []
 
 
-def links_section(links: Mapping[str, str]) -> list[str]:
-    """The runs behind the version, as MLflow UI links or run ids."""
+def links_section(links: Mapping[str, str], monitoring: str | None = None) -> list[str]:
+    """The runs behind the version, as MLflow UI links or run ids; and the drift monitor's runs that judged it."""
     rows = [f"- {role}: {link(target)}" for role, target in links.items() if target]
+    if monitoring:
+        rows.append(f"- drift monitor: [its reports on this version]({monitoring.replace(')', '%29')})")
     return ["## Runs", "", *rows] if rows else []
 
 
@@ -276,7 +280,7 @@ def render(card: Card) -> str:
         metrics_section(card.get("metrics") or {}, card.get("behavioral")),
         params_section(card.get("params") or {}),
         weaknesses_section(card),
-        links_section(card.get("links") or {}),
+        links_section(card.get("links") or {}, card.get("monitoring")),
         promotion_section(card),
     ]
     return "\n\n".join("\n".join(section) for section in sections if section) + "\n"

@@ -6,6 +6,8 @@
   only when `champion` moved (its `extra`: model_name, from_version, version, test_f1, holdout_f1, action,
   by, pipeline_run_id, history_run_id), for whichever DAG follows the champion (`tagifai_champion` tells
   people, batch scoring scores).
+- `tagifai_drift`: `tagifai_monitor` emits an event only when it found drift (its `extra`: `notify.drift_extra`);
+  `tagifai_training` runs on it when `[monitor] retrain_on_drift` is true.
 
 Standard library and Airflow only.
 """
@@ -27,6 +29,8 @@ from tagifai.orchestration import notify
 from tagifai.orchestration.runners import data_url, fromjson
 
 CHAMPION = Asset(name=names.CHAMPION_ASSET, uri=names.CHAMPION_ASSET_URI)
+# The drift monitor found the champion's inputs or predictions drifted (`publish_drift`).
+DRIFT = Asset(name=names.DRIFT_ASSET, uri=names.DRIFT_ASSET_URI)
 # Midnight UTC. A DAG without a start date that is unpaused first runs at the next midnight:
 # `run_immediately=False` would still run the past midnight's when it is under 2.4 hours old (Airflow
 # 3.3 treats False like None, "10% of the interval"); a zero timedelta never does.
@@ -132,3 +136,23 @@ def tell_champion_moved(**context: Any) -> list[dict[str, Any]]:
     if bad:
         raise AirflowFailException(f"{len(bad)} malformed champion event(s): {bad[0]}")
     return moves
+
+
+@task(outlets=[DRIFT])
+def publish_drift(line: Any, **context: Any) -> dict[str, Any]:
+    """Emit an event on the drift Asset and tell people when the monitor found drift; else skip, saying why.
+
+    `line` is `tagifai monitor`'s output: `drifted` true (drift), false (no drift) or null (too few rows, or no
+    champion: nothing judged), with its `reasons`.
+
+    Raises:
+        AirflowSkipException: no drift, or nothing judged: no event, no message.
+    """
+    out = fromjson(line)
+    if out.get("drifted") is not True:
+        why = "; ".join(map(str, out.get("reasons") or [])) or "no reasons given"
+        raise AirflowSkipException(f"no drift event ({out.get('status', 'no verdict')}): {why}")
+    extra = notify.drift_extra(out, context["run_id"])
+    context["outlet_events"][DRIFT].extra = extra
+    notify.drift_detected(extra)
+    return extra

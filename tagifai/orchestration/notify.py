@@ -7,9 +7,10 @@ never rendered nor logged) and `WebhookNotifier`, which POSTs `{"text": ..., "ev
 
 Events: a task failed for good (`task_failed`, every tagifai DAG's `on_failure_callback`), the champion moved
 (`champion_moved`), a challenger was not promoted (`not_promoted`), an approval is waiting
-(`ApprovalRequested`), a run missed its deadline (`DeadlineNotifier`, run by the triggerer), and any other
-(`send`, e.g. drift). Every text and field is scrubbed of secret values (`scrub`) before it leaves. A channel
-that fails is logged, never fails the task it reports on. Standard library, Airflow and tagifai.contract only.
+(`ApprovalRequested`), a run missed its deadline (`DeadlineNotifier`, run by the triggerer), the drift monitor
+found drift (`drift_detected`), and any other (`send`). Every text and field is scrubbed of secret values
+(`scrub`) before it leaves. A channel that fails is logged, never fails the task it reports on. Standard
+library, Airflow and tagifai.contract only.
 """
 
 from __future__ import annotations
@@ -518,3 +519,42 @@ def deadline(interval: timedelta, rule: str) -> DeadlineAlert | None:
         return None
     callback = AsyncCallback(DeadlineNotifier, kwargs={"rule": rule})
     return DeadlineAlert(reference=DeadlineReference.DAGRUN_QUEUED_AT, interval=interval, callback=callback)
+
+
+# ---- (f) drift detected ------------------------------------------------------------------------------------
+
+# How many of the monitor's reasons an event and a message carry.
+MAX_REASONS = 10
+
+
+def drift_extra(out: Mapping[str, Any], dag_run_id: str) -> dict[str, Any]:
+    """The drift event's `extra`, from `tagifai monitor`'s output: what was judged, the verdict, where the report is.
+
+    Fields: model_name, model_version, status, reasons (at most `MAX_REASONS` lines), rows, run_id and
+    experiment_id (the monitor's MLflow run), report (its artifact path) and dag_run_id.
+    """
+    reasons = [one_line(reason) for reason in (out.get("reasons") or [])[:MAX_REASONS]]
+    fields = ("model_name", "model_version", "status", "run_id", "experiment_id", "report")
+    extra = {name: None if out.get(name) is None else one_line(out[name], 200) for name in fields}
+    rows = out.get("rows") if isinstance(out.get("rows"), Mapping) else {}
+    return {**extra, "drifted": True, "reasons": reasons, "rows": dict(rows), "dag_run_id": dag_run_id}
+
+
+def drift_detected(extra: Mapping[str, Any]) -> int:
+    """Tell people the monitor found drift (`drift_extra`): its reasons, the rows it judged, its run and report."""
+    channels = channels_or_none()
+    if channels is None:
+        return 0
+    name, version, rows = extra.get("model_name"), extra.get("model_version"), extra.get("rows") or {}
+    judged = ", ".join(f"{source} {n.get('judged')}" for source, n in rows.items() if isinstance(n, Mapping))
+    reference = f" (reference {rows['reference']})" if "reference" in rows else ""
+    url = mlflow_run_url(channels.mlflow_url, extra.get("run_id"), extra.get("experiment_id"))
+    report = f"{url}/artifacts/{extra['report']}" if url and extra.get("report") else ""
+    text = lines(
+        f"{name} v{version}: drift detected in what the champion served or scored (run {extra.get('dag_run_id')})",
+        *(f"- {reason}" for reason in extra.get("reasons") or []),
+        judged and f"rows judged: {judged}{reference}",
+        url and f"MLflow run: {url}",
+        report and f"report: {report}",
+    )
+    return send("drift", text, **extra, mlflow_url=url, report_url=report)

@@ -14,6 +14,7 @@ from tagifai.contract.errors import BadInputError
 from tagifai.contract.settings import Settings
 from tagifai.core import card as cards
 from tagifai.core import data
+from tagifai.pipeline import monitor as monitoring
 from tagifai.pipeline import tracking
 
 
@@ -50,6 +51,8 @@ def card_of(settings: Settings, name: str, version: ModelVersion) -> cards.Card:
     card["links"] = {role: f"#/experiments/{client.get_run(r).info.experiment_id}/runs/{r}" for role, r in runs.items()}
     if "register" in runs:  # MLflow 3.17's UI opens a run's artifact at <run page>/artifacts/<path>
         card["report"] = f"{card['links']['register']}/artifacts/{tracking.COMPARISON}"
+    if monitor := client.get_experiment_by_name(settings.monitor.experiment_name):  # `tagifai claim` makes it
+        card["monitoring"] = monitoring.reports_link(monitor.experiment_id, name, str(version.version))
     return card
 
 
