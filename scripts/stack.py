@@ -319,9 +319,8 @@ def trigger(env: dict[str, str], args: argparse.Namespace) -> int:
     print(f"triggered {args.dag} run {run_id}; waiting (timeout {args.timeout:.0f}s)…", flush=True)
     run = client.wait(run_id, args.timeout, args.dag)
     print(f"run {run_id}: {run['state']}  tasks: {client.task_states(run_id, args.dag)}")
-    print(
-        f"Airflow: {published(env, 'AIRFLOW_PORT', '8080')}/dags/{args.dag}/runs/{urllib.request.quote(run_id, safe='')}"
-    )
+    run_url = f"/dags/{args.dag}/runs/{urllib.request.quote(run_id, safe='')}"
+    print(f"Airflow: {published(env, 'AIRFLOW_PORT', '8080')}{run_url}")
     if args.dag == DAG_ID:
         print(f"MLflow model: {published(env, 'MLFLOW_PORT', '5000')}/#/models/tagifai")
     return 0 if run["state"] == "success" else 1

@@ -411,6 +411,16 @@ def predict_batch(
 
 
 @command()
+def monitor(settings: Settings, model_name: ModelName = None) -> dict[str, Any]:
+    """Judge the champion's recent served and batch-scored rows for drift from its own data; log Evidently's report."""
+    from tagifai.pipeline import monitor as monitoring
+
+    if not (database_url := os.environ.get(names.PREDICTIONS_DB_ENV)):
+        raise BadInputError("set TAGIFAI_PREDICTIONS_DB to the PostgreSQL database of the inference log")
+    return monitoring.monitor(settings, model_name or settings.register.model_name, database_url)
+
+
+@command()
 def serve(
     settings: Settings,
     model_name: ModelName = None,
@@ -418,11 +428,18 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int | None, typer.Option(show_default="[serve] port")] = None,
 ) -> None:
-    """Serve the champion (MLflow's scoring protocol: /invocations, /health, /version), following the alias."""
+    """Serve the champion (MLflow's scoring protocol: /invocations, /health, /version, /metrics), following the alias.
+
+    Answered rows go to the inference log in TAGIFAI_PREDICTIONS_DB (unset: no log).
+    """
     from tagifai.serving import server
 
     options, name = settings.serve, model_name or settings.register.model_name
-    server.run(name, alias or options.alias, host, port or options.port, options.poll_seconds, options)
+    database_url = os.environ.get(names.PREDICTIONS_DB_ENV)
+    server.run(
+        name, alias or options.alias, host, port or options.port, options.poll_seconds, options, settings.monitor,
+        database_url,
+    )  # fmt: skip
 
 
 @command()
@@ -476,6 +493,24 @@ def claim(settings: Settings) -> dict[str, Any]:
     from tagifai.operations import claim as claiming
 
     return claiming.claim(settings)
+
+
+@command()
+def maintain(
+    settings: Settings,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run/--no-dry-run", help="List what it would delete, archive and remove; change nothing."),
+    ] = False,
+) -> dict[str, Any]:
+    """Retention: delete old runs nothing needs, archive never-promoted versions, prune the inference log.
+
+    Also removes for good what was deleted long ago (`mlflow gc`, in TAGIFAI_MLFLOW_BACKEND_STORE_URI). How old
+    and how many: the settings' retention section.
+    """
+    from tagifai.pipeline import retention
+
+    return retention.maintain(settings, dry_run)
 
 
 @command("settings", connect=False)

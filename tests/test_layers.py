@@ -91,6 +91,8 @@ def test_the_dags_folder_holds_dag_files_that_import_only_airflow_and_the_contra
     assert [p.name for p in dags] == [
         "tagifai_batch_predictions.py",
         "tagifai_champion.py",
+        "tagifai_maintenance.py",
+        "tagifai_monitor.py",
         "tagifai_training.py",
         "tagifai_watch.py",
     ]

@@ -20,6 +20,8 @@ PREDICTIONS_TABLE = "predictions"
 INFERENCE_LOG_TABLE = "inference_log"
 # MLflow's own database (`mlflow gc` in `tagifai maintain`: runs deleted for good).
 MLFLOW_BACKEND_STORE_ENV = "TAGIFAI_MLFLOW_BACKEND_STORE_URI"
+# Airflow's own database, for `airflow db clean` in tagifai_maintenance (a task process cannot use Airflow's).
+AIRFLOW_DB_ENV = "TAGIFAI_AIRFLOW_DB"
 # Batch scoring's own MLflow login on an Airflow worker: its step gets it as MLFLOW_TRACKING_USERNAME/PASSWORD.
 BATCH_USERNAME_ENV = "MLFLOW_BATCH_USERNAME"
 BATCH_PASSWORD_ENV = "MLFLOW_BATCH_PASSWORD"

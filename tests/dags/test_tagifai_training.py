@@ -52,7 +52,14 @@ def step_operators(dag, render, **params) -> list:
 def test_dagbag_imports_without_errors(parse_dags, runner):
     bag = parse_dags(TAGIFAI_RUNNER=runner)
     assert bag.import_errors == {}
-    assert sorted(bag.dags) == ["tagifai_batch_predictions", "tagifai_champion", "tagifai_training", "tagifai_watch"]
+    assert sorted(bag.dags) == [
+        "tagifai_batch_predictions",
+        "tagifai_champion",
+        "tagifai_maintenance",
+        "tagifai_monitor",
+        "tagifai_training",
+        "tagifai_watch",
+    ]
 
 
 def test_unknown_runner_is_an_import_error(parse_dags):

@@ -90,9 +90,10 @@ def browser() -> Iterator[Any]:
 
 
 # Stack tests that change the stack run after every other test that uses it: human approval (its
-# promotions would make the later runs' registers new), `make down` and `make up` again, then the switch to
-# Celery (which ends with `make down`).
-LAST = ("test_stack_approval", "test_stack_lifecycle", "test_stack_celery")
+# promotions would make the later runs' registers new), retention (its forced runs would make the later runs'
+# steps new; it deletes old runs), `make down` and `make up` again, then the switch to Celery (which ends with
+# `make down`).
+LAST = ("test_stack_approval", "test_stack_retention", "test_stack_lifecycle", "test_stack_celery")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
