@@ -15,6 +15,10 @@ import sys
 # What `tagifai` imports (`tagifai serve` included), and the backends MLflow, Optuna and SQLAlchemy
 # load on the way.
 MODULES = [
+    "evidently",
+    "evidently.legacy.calculations.stattests.registry",
+    "evidently.metrics",
+    "evidently.tests",
     "h11",
     "imblearn.over_sampling",
     "matplotlib.backends.backend_agg",
@@ -39,6 +43,8 @@ MODULES = [
     "optuna.storages",
     "optuna_integration.mlflow",
     "pandas",
+    "prometheus_client",
+    "prometheus_client.exposition",
     "psycopg2",
     "pyarrow.parquet",
     "scipy.stats",
