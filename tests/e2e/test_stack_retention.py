@@ -1,11 +1,11 @@
 """Retention in the running stack: `tagifai_maintenance` shrinks MLflow and Airflow's history, keeps what is
 needed.
 
-Three cheap training runs of this module's own (one trial, one worker): a forced one that no gate promotes
-(its version is never champion), one on bad data (it fails at validate), and a last forced one like the
-first (its version becomes the challenger). The first two are then made old, as if run 400 days ago (their
-MLflow runs, their Airflow rows and task logs), so that `[retention]` of 30 days finds them and nothing of
-the session's other tests. A dry run of `tagifai_maintenance` lists them and deletes nothing; a run deletes
+Ten cheap forced training runs of this module's own (one trial, one worker, every step anew): eight that no
+gate promotes (their versions are never champion), one on bad data (it fails at validate), and a last one like
+the first (its version becomes the challenger). The first nine are then made old, as if run 400 days ago
+(their MLflow runs, their Airflow rows and task logs), so that `[retention]` of 30 days finds them and nothing
+of the session's other tests. A dry run of `tagifai_maintenance` lists them and deletes nothing; a run deletes
 them for good (`deleted_days` 0: MLflow's rows and artifact files, the model, the archived version; Airflow's
 rows and logs). The champion, the challenger, every version of the champion history and the newest runs are
 whole, and a run like the newest one reuses every step.
@@ -41,6 +41,8 @@ RETENTION = (
     "airflow_days = 30\nlog_days = 30\n"
 )
 AGE_DAYS = 400
+# Forced runs made old besides the failed one; with it and the newest: ten forced runs.
+OLD_RUNS = 8
 STEPS = ("elt", "validate", "optimize", "train", "evaluate", "register")
 
 
@@ -177,7 +179,7 @@ def make_old(stack, run_ids: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def retention(stack, first_run) -> dict[str, Any]:
-    """The three runs, the first two made old, `[retention]` set; a dry run of the maintenance, then a run.
+    """The ten runs, all but the newest made old, `[retention]` set; a dry run of the maintenance, then a run.
 
     Returns what was there before, after the dry run and after the run, and what each task said.
     """
@@ -192,23 +194,24 @@ def retention(stack, first_run) -> dict[str, Any]:
     override = Path(stack.env["TAGIFAI_CONFIG"])
     settings = override.read_text(encoding="utf-8")
     try:
-        old = run_dag(client, FORCED)
-        failed = run_dag(client, {"projects_url": str(bad), "num_trials": 1, "num_workers": 1}, state="failed")
+        olds = [run_dag(client, FORCED) for _ in range(OLD_RUNS)]
+        failed = run_dag(client, {**FORCED, "projects_url": str(bad)}, state="failed")
         newest = run_dag(client, FORCED)
-        outputs = {run_id: step_outputs(client, run_id) for run_id in (old, newest)}
+        old, aged = olds[0], [*olds, failed]
+        outputs = {run_id: step_outputs(client, run_id) for run_id in (*olds, newest)}
         for run_id, out in outputs.items():
             assert out["register"]["promoted"] is False, f"{run_id} was promoted: the stack's data reaches f1 1.0"
-        make_old(stack, [old, failed])
+        make_old(stack, aged)
         experiment = experiment_id(stack)
-        doomed = [r["info"]["run_id"] for run_id in (old, failed) for r in mlflow_runs(stack, run_id)]
+        doomed = [r["info"]["run_id"] for run_id in aged for r in mlflow_runs(stack, run_id)]
         model_id = version(stack, outputs[old]["register"]["version"])["source"].removeprefix("models:/")
         before = {
             "runs": len(mlflow_runs(stack)),
             "store": stored_bytes(stack, "."),
             "doomed_bytes": stored_bytes(stack, *(f"{experiment}/{r}" for r in doomed)),
             "model_bytes": stored_bytes(stack, f"{experiment}/models/{model_id}"),
-            "airflow": airflow_rows(stack, [old, failed]),
-            "logs": log_files(stack, [old, failed]),
+            "airflow": airflow_rows(stack, aged),
+            "logs": log_files(stack, aged),
         }
         with override.open("r+", encoding="utf-8") as f:  # the same inode: the containers see the change
             f.write(settings + RETENTION)
@@ -220,8 +223,8 @@ def retention(stack, first_run) -> dict[str, Any]:
         after_dry = {
             "states": {r: run_state(stack, r) for r in doomed},
             "doomed_bytes": stored_bytes(stack, *(f"{experiment}/{r}" for r in doomed)),
-            "airflow": airflow_rows(stack, [old, failed]),
-            "logs": log_files(stack, [old, failed]),
+            "airflow": airflow_rows(stack, aged),
+            "logs": log_files(stack, aged),
             "version": version(stack, outputs[old]["register"]["version"]),
         }
         done_run = run_dag(client, {}, dag_id=DAG)
@@ -233,8 +236,8 @@ def retention(stack, first_run) -> dict[str, Any]:
             "states": {r: run_state(stack, r) for r in doomed},
             "doomed_bytes": stored_bytes(stack, *(f"{experiment}/{r}" for r in doomed)),
             "model_bytes": stored_bytes(stack, f"{experiment}/models/{model_id}"),
-            "airflow": airflow_rows(stack, [old, failed]),
-            "logs": log_files(stack, [old, failed]),
+            "airflow": airflow_rows(stack, aged),
+            "logs": log_files(stack, aged),
         }
     finally:
         with override.open("r+", encoding="utf-8") as f:
@@ -242,7 +245,7 @@ def retention(stack, first_run) -> dict[str, Any]:
             f.truncate()
         bad.unlink(missing_ok=True)
         pause_watcher(client, was_paused)
-    return {"old": old, "failed": failed, "newest": newest, "outputs": outputs, "doomed": doomed,
+    return {"old": old, "aged": aged, "newest": newest, "outputs": outputs, "doomed": doomed,
             "before": before, "dry": dry, "after_dry": after_dry, "done": done, "after": after}  # fmt: skip
 
 
@@ -259,7 +262,7 @@ def test_a_dry_run_lists_what_would_go_and_deletes_nothing(retention):
     assert retention["outputs"][retention["old"]]["register"]["version"] in maintain["archive"]
     assert set(maintain["purge"]) >= set(retention["doomed"]) and maintain["logged_models_to_delete"] >= 1
     db = parsed(dry["airflow_db_clean"])
-    assert db["dry_run"] is True and db["tables"]["dag_run"] == 2
+    assert db["dry_run"] is True and db["tables"]["dag_run"] == len(retention["aged"]) == 9
     assert db["tables"]["task_instance"] >= before["airflow"]["task_instance"]
     logs = parsed(dry["airflow_logs_clean"])
     assert logs["dry_run"] is True and logs["files"] >= before["logs"] > 0
@@ -285,7 +288,7 @@ def test_a_run_removes_the_old_runs_for_good_and_shrinks_mlflow_and_airflow(rete
     assert version(stack, retention["outputs"][retention["old"]]["register"]["version"]) is None
     # Airflow: the old runs' rows and task logs.
     assert after["airflow"] == {"dag_run": 0, "task_instance": 0, "xcom": 0} != before["airflow"]
-    assert parsed(done["airflow_db_clean"])["tables"]["dag_run"] == 2
+    assert parsed(done["airflow_db_clean"])["tables"]["dag_run"] == len(retention["aged"])
     assert after["logs"] == 0 and parsed(done["airflow_logs_clean"])["files"] >= before["logs"]
     print(f"retention: MLflow store {before['store']} -> {after['store']} bytes, runs {before['runs']} -> "
           f"{after['runs']}, Airflow rows of the old runs {before['airflow']} -> {after['airflow']}")  # fmt: skip
