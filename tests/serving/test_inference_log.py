@@ -8,14 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -34,7 +29,17 @@ from tagifai.serving import inference_log as inference
 from tagifai.serving import server as serve
 from tagifai.serving.metrics import Metrics
 from tagifai.serving.protocol import Payload
-from tests.serving.test_serve import FrameModel, StaticChampion, call, get, invoke, limits, register, wait_for
+from tests.serving.test_serve import (
+    FrameModel,
+    StaticChampion,
+    call,
+    get,
+    invoke,
+    limits,
+    register,
+    serve_process,
+    wait_for,
+)
 
 SECRET = "s3cret-pw"
 LOADED = follower.Loaded(model=None, version="3", info={"model_name": "tagifai"})
@@ -412,31 +417,16 @@ def test_shutdown_writes_what_the_log_holds(url):
 
 
 @pytest.mark.e2e
-def test_tagifai_serve_logs_to_the_database_its_environment_names_and_never_shows_it(registry, model_name, url):
-    version = register(model_name, registry["models"]["v1"])
+def test_tagifai_serve_logs_to_the_database_its_environment_names_and_never_shows_it(store, model_name, url):
+    version = register(model_name, store["models"]["v1"])
     MlflowClient().set_registered_model_alias(model_name, "champion", version)
-    port = free_port()
-    command = [str(Path(sys.executable).with_name("tagifai")), "serve", "--model-name", model_name, "--port", str(port)]
-    env = {**os.environ, names.PREDICTIONS_DB_ENV: url, "TAGIFAI_CONFIG_TOML": "[serve]\npoll_seconds = 1\n"}
-    process = subprocess.Popen(command, cwd=registry["root"], env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        server = type("Remote", (), {"url": f"http://127.0.0.1:{port}"})()
-
-        def ready() -> bool:
-            try:
-                return get(server, "/health")[0] == 200
-            except OSError:
-                return False
-
-        wait_for(ready, timeout=60)
+    with serve_process(store, model_name, **{names.PREDICTIONS_DB_ENV: url}) as (server, ended):
         body = json.dumps({"dataframe_records": [{"title": "YOLO", "description": "detection"}]})
         assert [invoke(server, body)[0] for _ in range(3)] == [200] * 3
-    finally:
-        process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 0
+    assert ended["returncode"] == 0
     # Written at shutdown at the latest: nothing was lost by stopping.
     rows = query(url, "SELECT title, description, tag, model_name, model_version FROM inference_log")
     assert rows == [("YOLO", "detection", "v1", model_name, int(version))] * 3
+    stderr = ended["stderr"]
     assert "serve: inference log on" in stderr and "3 rows written, 0 dropped" in stderr
     assert SECRET not in stderr and url.split("@")[1] not in stderr

@@ -53,10 +53,10 @@ def value(samples: dict, name: str, **labels: str) -> float | None:
 
 
 @pytest.fixture
-def following(registry: dict[str, Any], model_name: str):
+def following(store: dict[str, Any], model_name: str):
     """A server following `model_name@champion` (v1), its metrics wired to the follower as `tagifai serve` does."""
     client = MlflowClient()
-    v1 = register(model_name, registry["models"]["v1"])
+    v1 = register(model_name, store["models"]["v1"])
     client.set_registered_model_alias(model_name, "champion", v1)
     metrics = Metrics()
     champion = follower.Champion(model_name, "champion", POLL, on_load=metrics.loaded)
@@ -67,7 +67,7 @@ def following(registry: dict[str, Any], model_name: str):
     server.stop(grace_seconds=2)
 
 
-def test_metrics_count_requests_errors_latency_rows_and_swaps(registry, model_name, following):
+def test_metrics_count_requests_errors_latency_rows_and_swaps(store, model_name, following):
     server, v1 = following
     ok = json.dumps({"dataframe_records": ROWS})  # 3 rows
     for _ in range(12):
@@ -97,7 +97,7 @@ def test_metrics_count_requests_errors_latency_rows_and_swaps(registry, model_na
     assert all(value(samples, "tagifai_inference_log_rows_dropped_total", reason=r) == 0 for r in DROP_REASONS)
     assert value(samples, "tagifai_inference_log_rows_waiting") == 0
 
-    v2 = register(model_name, registry["models"]["v2"])
+    v2 = register(model_name, store["models"]["v2"])
     MlflowClient().set_registered_model_alias(model_name, "champion", v2)
     wait_for(lambda: get(server, "/version")[1]["model_version"] == v2)
     # Counted once the follower swapped the version in (a moment after /version shows it).

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from io import BytesIO, StringIO
 from pathlib import Path
 from typing import Any
@@ -778,13 +779,18 @@ def test_stop_lets_requests_in_flight_finish_then_refuses_connections():
         call(server, "GET", "/health")
 
 
-def test_tagifai_serve_serves_and_stops_gracefully_on_sigterm(store, name):
-    version = register(name, store["models"]["v2"])
-    MlflowClient().set_registered_model_alias(name, "champion", version)
+@contextmanager
+def serve_process(store: dict[str, Any], name: str, **env: str) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """`tagifai serve` as a process, following `name`'s champion, once it answers /health with 200.
+
+    Yields the server (its `url`) and a dict that holds, once the block ended, the process's `returncode` and
+    `stderr`: it is stopped with SIGTERM (a graceful stop) and waited for.
+    """
     port = free_port()
     command = [str(Path(sys.executable).with_name("tagifai")), "serve", "--model-name", name, "--port", str(port)]
-    env = {**os.environ, "TAGIFAI_CONFIG_TOML": "[serve]\npoll_seconds = 1\n"}
+    env = {**os.environ, "TAGIFAI_CONFIG_TOML": "[serve]\npoll_seconds = 1\n", **env}
     process = subprocess.Popen(command, cwd=store["root"], env=env, stderr=subprocess.PIPE, text=True)
+    ended: dict[str, Any] = {}
     try:
         server = type("Remote", (), {"url": f"http://127.0.0.1:{port}"})()
 
@@ -795,13 +801,21 @@ def test_tagifai_serve_serves_and_stops_gracefully_on_sigterm(store, name):
                 return False
 
         wait_for(ready, timeout=60)
-        assert invoke(server, BODIES["dataframe_records"][1])[1]["predictions"][0]["tag"] == "v2"
+        yield server, ended
     finally:
         process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 0
-    assert f"serve: champion v{version} loaded" in stderr
-    assert "serve: stopping" in stderr
+        ended["stderr"] = process.communicate(timeout=30)[1]
+        ended["returncode"] = process.returncode
+
+
+def test_tagifai_serve_serves_and_stops_gracefully_on_sigterm(store, name):
+    version = register(name, store["models"]["v2"])
+    MlflowClient().set_registered_model_alias(name, "champion", version)
+    with serve_process(store, name) as (server, ended):
+        assert invoke(server, BODIES["dataframe_records"][1])[1]["predictions"][0]["tag"] == "v2"
+    assert ended["returncode"] == 0
+    assert f"serve: champion v{version} loaded" in ended["stderr"]
+    assert "serve: stopping" in ended["stderr"]
 
 
 # ---------------------------------------------------------------------------------------------------
