@@ -164,6 +164,23 @@ def running_postgres(*databases: str) -> Iterator[Postgres]:
 
 
 @dataclass(frozen=True)
+def query(url: str, sql: str, *args: Any, autocommit: bool = False) -> list[tuple]:
+    """Run `sql` with `args` on a connection of its own to the PostgreSQL database at `url` (a SQLAlchemy URL, as
+    tagifai's settings name one); the rows it returns, if any."""
+    import psycopg2  # here: .venv-airflow imports this package too, without tagifai's dependencies
+
+    from tagifai.pipeline import predictions
+
+    connection = psycopg2.connect(predictions.dsn(url))
+    connection.autocommit = autocommit
+    try:
+        with connection, connection.cursor() as cursor:
+            cursor.execute(sql, args)
+            return cursor.fetchall() if cursor.description else []
+    finally:
+        connection.close()
+
+
 class MlflowServer:
     """A running `mlflow server`: its URL, the folder where it keeps the artifacts it proxies, its admin login."""
 

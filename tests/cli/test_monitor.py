@@ -17,7 +17,7 @@ import psycopg2
 import pytest
 
 import harness
-from harness import Cli, synthetic
+from harness import Cli, query, synthetic
 from harness.packages import package_summaries
 from tagifai.pipeline import predictions
 
@@ -80,14 +80,6 @@ def champion(deployment):
         model = models.load(f"models:/{MODEL}/{deployment['version']}")
         train = tracking.load_split(version.tags["data_run_id"], "train")
     return {"model": model, "version": int(deployment["version"]), "train": train}
-
-
-def query(url: str, sql: str, *args) -> list[tuple]:
-    with psycopg2.connect(predictions.dsn(url)) as connection, connection.cursor() as cursor:
-        cursor.execute(sql, args)
-        rows = cursor.fetchall() if cursor.description else []
-    connection.close()
-    return rows
 
 
 @pytest.fixture

@@ -5,6 +5,15 @@ from __future__ import annotations
 import shlex
 
 RUNNERS = ["docker", "local", "kubernetes"]
+# Every DAG in dags/, sorted.
+DAG_IDS = [
+    "tagifai_batch_predictions",
+    "tagifai_champion",
+    "tagifai_maintenance",
+    "tagifai_monitor",
+    "tagifai_training",
+    "tagifai_watch",
+]
 
 
 def rendered_command(task, runner: str) -> list[str]:

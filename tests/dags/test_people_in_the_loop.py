@@ -10,18 +10,10 @@ from types import SimpleNamespace
 import pytest
 
 from harness.dags import webhook_sink
-from tests.dags.helpers import rendered_command
+from tests.dags.helpers import DAG_IDS, rendered_command
 
 pytestmark = pytest.mark.airflow
 
-DAG_IDS = [
-    "tagifai_batch_predictions",
-    "tagifai_champion",
-    "tagifai_maintenance",
-    "tagifai_monitor",
-    "tagifai_training",
-    "tagifai_watch",
-]
 REPORT = "## challenger v3 vs champion v2\n| | v3 | v2 |\n| test f1 | 0.86 | 0.84 |"
 
 

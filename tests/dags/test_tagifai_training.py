@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dags.helpers import RUNNERS, bash_argv, rendered_command
+from tests.dags.helpers import DAG_IDS, RUNNERS, bash_argv, rendered_command
 
 pytestmark = pytest.mark.airflow
 
@@ -52,14 +52,7 @@ def step_operators(dag, render, **params) -> list:
 def test_dagbag_imports_without_errors(parse_dags, runner):
     bag = parse_dags(TAGIFAI_RUNNER=runner)
     assert bag.import_errors == {}
-    assert sorted(bag.dags) == [
-        "tagifai_batch_predictions",
-        "tagifai_champion",
-        "tagifai_maintenance",
-        "tagifai_monitor",
-        "tagifai_training",
-        "tagifai_watch",
-    ]
+    assert sorted(bag.dags) == DAG_IDS
 
 
 def test_unknown_runner_is_an_import_error(parse_dags):

@@ -5,10 +5,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
-import psycopg2
 import pytest
 
-from harness import free_port, running_postgres
+from harness import free_port, query, running_postgres
 from tagifai.contract.errors import TagifaiError
 from tagifai.pipeline import predictions
 
@@ -36,15 +35,6 @@ def url(server_url: str) -> str:
     """The database, without the predictions table."""
     query(server_url, "DROP TABLE IF EXISTS predictions")
     return server_url
-
-
-def query(url: str, sql: str, *args) -> list[tuple]:
-    """Run `sql` in its own transaction; the rows it returns, if any."""
-    with psycopg2.connect(predictions.dsn(url)) as connection, connection.cursor() as cursor:
-        cursor.execute(sql, args)
-        rows = cursor.fetchall() if cursor.description else []
-    connection.close()
-    return rows
 
 
 def table(url: str) -> list[tuple]:

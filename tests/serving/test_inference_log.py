@@ -14,16 +14,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pandas as pd
-import psycopg2
 import pytest
 from mlflow.tracking import MlflowClient
 
-from harness import free_port, running_postgres
+from harness import free_port, query, running_postgres
 from tagifai.contract import names
 from tagifai.contract.config import load_settings
 from tagifai.contract.errors import BadInputError
 from tagifai.contract.settings import Monitor
-from tagifai.pipeline import predictions
 from tagifai.serving import follower
 from tagifai.serving import inference_log as inference
 from tagifai.serving import server as serve
@@ -264,18 +262,6 @@ def url(database: Any) -> str:
     """The database `tagifai` without the inference log, its URL with a password (to show it is never shown)."""
     query(database["tagifai"], f"DROP TABLE IF EXISTS {names.INFERENCE_LOG_TABLE}")
     return database["tagifai"].replace("postgres@", f"postgres:{SECRET}@")
-
-
-def query(url: str, sql: str, *args: Any, autocommit: bool = False) -> list[tuple]:
-    """Run `sql` on its own connection; the rows it returns, if any."""
-    connection = psycopg2.connect(predictions.dsn(url))
-    connection.autocommit = autocommit
-    try:
-        with connection, connection.cursor() as cursor:
-            cursor.execute(sql, args)
-            return cursor.fetchall() if cursor.description else []
-    finally:
-        connection.close()
 
 
 @pytest.mark.e2e
