@@ -163,7 +163,6 @@ def running_postgres(*databases: str) -> Iterator[Postgres]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@dataclass(frozen=True)
 def query(url: str, sql: str, *args: Any, autocommit: bool = False) -> list[tuple]:
     """Run `sql` with `args` on a connection of its own to the PostgreSQL database at `url` (a SQLAlchemy URL, as
     tagifai's settings name one); the rows it returns, if any."""
@@ -181,6 +180,7 @@ def query(url: str, sql: str, *args: Any, autocommit: bool = False) -> list[tupl
         connection.close()
 
 
+@dataclass(frozen=True)
 class MlflowServer:
     """A running `mlflow server`: its URL, the folder where it keeps the artifacts it proxies, its admin login."""
 
