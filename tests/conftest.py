@@ -25,7 +25,7 @@ if importlib.util.find_spec("mlflow") is None:
     collect_ignore = [
         *("contract", "core", "pipeline", "serving", "tooling", "data", "model", "cli", "test_layers.py"),
         *("e2e/test_predictions_postgres.py", "e2e/test_gate_fails_closed.py", "e2e/test_gate_history.py"),
-        *("e2e/test_ownership.py", "e2e/test_approval.py"),
+        *("e2e/test_ownership.py", "e2e/test_approval.py", "e2e/test_retention.py"),
     ]
 
 
