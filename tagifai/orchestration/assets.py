@@ -14,6 +14,7 @@ Standard library and Airflow only.
 
 from __future__ import annotations
 
+import logging
 import os
 import urllib.parse
 from datetime import timedelta
@@ -27,6 +28,8 @@ from tagifai.contract.config import holdout_sources
 from tagifai.contract.settings import Settings
 from tagifai.orchestration import notify
 from tagifai.orchestration.runners import data_url, fromjson
+
+log = logging.getLogger(__name__)
 
 CHAMPION = Asset(name=names.CHAMPION_ASSET, uri=names.CHAMPION_ASSET_URI)
 # The drift monitor found the champion's inputs or predictions drifted (`publish_drift`).
@@ -151,7 +154,9 @@ def publish_drift(line: Any, **context: Any) -> dict[str, Any]:
     out = fromjson(line)
     if out.get("drifted") is not True:
         why = "; ".join(map(str, out.get("reasons") or [])) or "no reasons given"
-        raise AirflowSkipException(f"no drift event ({out.get('status', 'no verdict')}): {why}")
+        message = f"no drift event ({out.get('status', 'no verdict')}): {why}"
+        log.info("%s", message)  # the task log says why (a skip's message is not shown there)
+        raise AirflowSkipException(message)
     extra = notify.drift_extra(out, context["run_id"])
     context["outlet_events"][DRIFT].extra = extra
     notify.drift_detected(extra)

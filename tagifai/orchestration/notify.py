@@ -546,7 +546,9 @@ def drift_detected(extra: Mapping[str, Any]) -> int:
     if channels is None:
         return 0
     name, version, rows = extra.get("model_name"), extra.get("model_version"), extra.get("rows") or {}
-    judged = ", ".join(f"{source} {n.get('judged')}" for source, n in rows.items() if isinstance(n, Mapping))
+    # Served first, then batch, whatever order the rows came in (XCom may sort the keys).
+    sources = sorted((s for s, n in rows.items() if isinstance(n, Mapping)), key=lambda s: (s != "served", s))
+    judged = ", ".join(f"{source} {rows[source].get('judged')}" for source in sources)
     reference = f" (reference {rows['reference']})" if "reference" in rows else ""
     url = mlflow_run_url(channels.mlflow_url, extra.get("run_id"), extra.get("experiment_id"))
     report = f"{url}/artifacts/{extra['report']}" if url and extra.get("report") else ""

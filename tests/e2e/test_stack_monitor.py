@@ -87,12 +87,10 @@ def looks(stack, first_run) -> dict[str, Any]:
     projects = training_projects(stack)
     send(stack, projects + projects, version)
     in_domain = look(stack)
-    mails_before = len(stack.mail())
     packages = package_summaries(PACKAGES, seed=2026)
     send(stack, packages, version)
     drifted = look(stack)
-    return {"version": version, "in_domain": in_domain, "drifted": drifted, "mails_before": mails_before,
-            "projects": len(projects)}  # fmt: skip
+    return {"version": version, "in_domain": in_domain, "drifted": drifted, "projects": len(projects)}
 
 
 def test_the_training_projects_are_no_drift_and_tell_nobody(stack, looks):
@@ -124,9 +122,8 @@ def test_package_summaries_are_drift_an_asset_event_and_a_mail(stack, looks):
     run_page = f"{stack.env['MLFLOW_PUBLIC_URL']}/#/experiments/{out['experiment_id']}/runs/{out['run_id']}"
     assert f"report: {run_page}/artifacts/monitor/report.html" in mail
     assert "rows judged: served " in mail and "columns drifted" in mail
-    # The first look's verdict told nobody: this is the only drift mail since.
-    drift_mails = [m for m in stack.mail()[looks["mails_before"] :] if "drift detected" in m]
-    assert len(drift_mails) == 1
+    # The first look's verdict told nobody (the champion's own events start looks too: count this module's only).
+    assert not [m for m in stack.mail() if looks["in_domain"]["run_id"] in m]
 
 
 def test_the_report_is_an_artifact_of_the_monitor_run(stack, looks):
