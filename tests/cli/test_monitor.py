@@ -56,12 +56,18 @@ def deployment(tmp_path_factory):
 @contextmanager
 def logged_in(env: dict[str, str]):
     """This process talks to the deployment's MLflow as its admin while the block runs."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
     names = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
     before = {name: os.environ.get(name) for name in names}
+    previous = tracking_utils._tracking_uri  # the process-wide URI, which wins over the environment
     os.environ.update({name: env[name] for name in names})
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     try:
         yield
     finally:
+        mlflow.set_tracking_uri(previous)
         for name, value in before.items():
             os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
 
@@ -75,7 +81,6 @@ def champion(deployment):
     from tagifai.pipeline import tracking
 
     with logged_in(deployment["env"]):
-        mlflow.set_tracking_uri(deployment["env"]["MLFLOW_TRACKING_URI"])
         version = mlflow.MlflowClient().get_model_version(MODEL, deployment["version"])
         model = models.load(f"models:/{MODEL}/{deployment['version']}")
         train = tracking.load_split(version.tags["data_run_id"], "train")

@@ -142,7 +142,7 @@ def test_maintain_deletes_what_nothing_needs_and_removes_it_for_good(cli, server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", running.uri)
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", running.admin[0])
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", running.admin[1])
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri=running.uri)  # not the process-wide URI an earlier module may have set
     assert cli("claim")[1]["auth"] is True
 
     # The champion (v1); a failed pipeline on bad data; two held for a person's approval (v2, v3: never promoted).
