@@ -52,8 +52,12 @@ def set_approval(stack, client: Airflow, mode: str, timeout: float = 240) -> Non
         time.sleep(5)
 
 
-# Every DAG whose tasks take executor slots: nothing of them may run while the slots are compared.
-DAGS = ("tagifai_training", "tagifai_batch_predictions", "tagifai_champion", "tagifai_watch")
+# Every DAG whose tasks take executor slots: nothing of them may run while the slots are compared (the
+# champion's event starts batch scoring, its messages and the drift monitor).
+DAGS = (
+    "tagifai_training", "tagifai_batch_predictions", "tagifai_champion", "tagifai_watch", "tagifai_monitor",
+    "tagifai_maintenance",
+)  # fmt: skip
 
 
 def wait_until_no_run(client: Airflow, timeout: float = 900) -> None:
@@ -138,7 +142,9 @@ def approvals(stack, first_run) -> dict[str, Any]:
         answer(client, approved["run_id"], "Approve")
         approved["run"] = client.wait(approved["run_id"], timeout=900)
         approved["champion"] = champion(stack)
-        # A second challenger (two trials: its own optimize, train, evaluate), rejected.
+        # A second challenger (two trials: its own optimize, train, evaluate), rejected; once what the promotion
+        # started (batch scoring, messages, the drift monitor) has ended.
+        wait_until_no_run(client)
         rejected = held_run(stack, client, {"num_trials": 2, "num_workers": 1})
         answer(client, rejected["run_id"], "Reject")
         rejected["run"] = client.wait(rejected["run_id"], timeout=900)
