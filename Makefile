@@ -55,7 +55,9 @@ test-stack: install ## The compose stack: make up, DAG runs via the REST API, bo
 # cores a build beside the unit tests made both slower than one after the other; with their layers cached
 # it takes seconds. The stack tests then run beside the e2e and DAG tests: alone they leave about half the
 # CPU idle, waiting on the stack (its scheduler, its watch interval, retries, `make up`). Cold, on two cores:
-# 18.3 min for the three side by side, 19.9 one after the other. Their output goes to build/test-stack.log,
+# 18.3 min for the three side by side, 19.9 one after the other (2026-11-30; with the inference log, drift,
+# retention and lineage tests since: stack 40.7 min, of it 15 min one test's timeout, beside e2e 8.4 and DAG
+# 5.3). Their output goes to build/test-stack.log,
 # shown from its start once the other two end, then live; every tier runs to its end before `test` fails.
 TIERS_LOG ?= build/tiers.tsv
 TIERS_KEEP ?=
