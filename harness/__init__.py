@@ -188,6 +188,15 @@ class MlflowServer:
     artifacts: Path
     admin: tuple[str, str] | None = None
 
+    def as_admin(self) -> dict[str, str]:
+        """The environment of an MLflow client logged in to this server as its admin (an `auth` server)."""
+        assert self.admin is not None, "this server has no login (started without auth)"
+        return {
+            "MLFLOW_TRACKING_URI": self.uri,
+            "MLFLOW_TRACKING_USERNAME": self.admin[0],
+            "MLFLOW_TRACKING_PASSWORD": self.admin[1],
+        }
+
 
 # MLflow's basic-auth app as the stack configures it (images/mlflow/start.py): people may read everything.
 AUTH_INI = """[mlflow]

@@ -36,9 +36,7 @@ def deployment(tmp_path_factory):
         with harness.running_mlflow_server(postgres["mlflow"], root / "mlflow", auth=True) as server:
             env = {
                 **os.environ,
-                "MLFLOW_TRACKING_URI": server.uri,
-                "MLFLOW_TRACKING_USERNAME": server.admin[0],
-                "MLFLOW_TRACKING_PASSWORD": server.admin[1],
+                **server.as_admin(),
                 "TAGIFAI_CONFIG": str(synthetic.write_small_config(root / "small.toml")),
                 "TAGIFAI_PROJECTS_URL": str(projects),
                 "TAGIFAI_TAGS_URL": str(tags),

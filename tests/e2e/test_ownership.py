@@ -60,9 +60,7 @@ def cli(server, tmp_path_factory):
     projects, tags = synthetic.write_dataset(root / "data")
     env = {
         **os.environ,
-        "MLFLOW_TRACKING_URI": server.uri,
-        "MLFLOW_TRACKING_USERNAME": server.admin[0],
-        "MLFLOW_TRACKING_PASSWORD": server.admin[1],
+        **server.as_admin(),
         "TAGIFAI_CONFIG": str(synthetic.write_small_config(root / "small.toml")),
         "TAGIFAI_PROJECTS_URL": str(projects),
         "TAGIFAI_TAGS_URL": str(tags),

@@ -67,9 +67,7 @@ def cli(server, inference_db, tmp_path_factory):
     projects, tags = synthetic.write_dataset(root / "data")
     env = {
         **os.environ,
-        "MLFLOW_TRACKING_URI": running.uri,
-        "MLFLOW_TRACKING_USERNAME": running.admin[0],
-        "MLFLOW_TRACKING_PASSWORD": running.admin[1],
+        **running.as_admin(),
         "TAGIFAI_CONFIG": config(root, "keep", deleted_days=30),
         "TAGIFAI_PROJECTS_URL": str(projects),
         "TAGIFAI_TAGS_URL": str(tags),
