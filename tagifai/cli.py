@@ -485,6 +485,38 @@ def card(
 
 
 @command()
+def reproduce(
+    settings: Settings,
+    version: Annotated[str, typer.Option(help="The registered version to rebuild.")],
+    on_current_data: Annotated[
+        bool,
+        typer.Option(
+            "--on-current-data",
+            help="Train its recipe on the data the pipeline validated last; score it against the champion (a report).",
+        ),
+    ] = False,
+    recorded_image: Annotated[
+        bool, typer.Option("--recorded-image", help="Only print the image and commit the version was trained with.")
+    ] = False,
+    model_name: ModelName = None,
+) -> dict[str, Any]:
+    """Rebuild a version from its record (split, params, settings) and compare: exit 0 identical, 1 different, 3 cannot.
+
+    Different names the first thing that differs (a package, the code, a setting, a split, the params, the first
+    prediction); cannot names what is missing. Each attempt is a run of the settings' reproduce experiment.
+    """
+    from tagifai.pipeline import rebuild
+    from tagifai.pipeline import reproduce as reproducing
+
+    name = model_name or settings.register.model_name
+    if recorded_image:
+        return rebuild.recorded_image(name, version)
+    if on_current_data:
+        return reproducing.on_current_data(settings, name, version)
+    return reproducing.reproduce(settings, name, version)
+
+
+@command()
 def claim(settings: Settings) -> dict[str, Any]:
     """Create the deployment's experiments and registered model, and take EDIT/MANAGE on them from other logins.
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 # --- What a step reads from its environment (every runner hands these over) ---
 PIPELINE_RUN_ID_ENV = "TAGIFAI_PIPELINE_RUN_ID"
-# The image a step runs in, recorded on its runs.
+# The image a step runs in, recorded on its runs; the docker runner adds its id (and registry digest, if any),
+# which `tagifai reproduce` runs again (`make reproduce`).
 IMAGE_ENV = "TAGIFAI_IMAGE"
+IMAGE_ID_ENV = "TAGIFAI_IMAGE_ID"
+IMAGE_DIGEST_ENV = "TAGIFAI_IMAGE_DIGEST"
 # The Optuna RDB URL that the workers of one study share (it holds the database password).
 OPTUNA_STORAGE_ENV = "TAGIFAI_OPTUNA_STORAGE"
 # The tagifai PostgreSQL database: the `predictions` table (`tagifai predict-batch`) and the inference log

@@ -230,6 +230,12 @@ class Retention(Section):
     log_days: Annotated[float, Field(ge=0)]
 
 
+class Reproduce(Section):
+    """`[reproduce]`: where `tagifai reproduce` logs its attempts."""
+
+    experiment_name: Name
+
+
 class Mlflow(Section):
     """`[mlflow]`: the experiments a training run may use, and the embedded store when no tracking URI is set."""
 
@@ -275,6 +281,7 @@ with warnings.catch_warnings():
         monitor: Monitor
         lineage: Lineage
         retention: Retention
+        reproduce: Reproduce
         mlflow: Mlflow
         stopwords: tuple[str, ...] = ()
 

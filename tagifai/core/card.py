@@ -63,7 +63,8 @@ class Card(TypedDict, total=False):
     reason, `promoted` whether it made the version champion, `approval` who decides it ("auto": the
     gate; "pending": a person, not yet; or the person's decision). `report` is the challenger-vs-champion
     report's MLflow UI link (relative: `#/experiments/<id>/runs/<register run>/artifacts/<path>`), and
-    `monitoring` the MLflow UI list of the drift monitor's runs that judged this version (relative too).
+    `monitoring` the MLflow UI list of the drift monitor's runs that judged this version (relative too), and
+    `reproductions` the list of `tagifai reproduce`'s attempts to rebuild it (relative too).
     """
 
     model: Required[ModelInfo]
@@ -79,6 +80,7 @@ class Card(TypedDict, total=False):
     approval: str
     report: str
     monitoring: str
+    reproductions: str
 
 
 # ---- formatting ---------------------------------------------------------------------------------
@@ -245,11 +247,15 @@ def weaknesses_section(card: Card) -> list[str]:
     return ["## Known weaknesses", "", *lines] if lines else []
 
 
-def links_section(links: Mapping[str, str], monitoring: str | None = None) -> list[str]:
-    """The runs behind the version, as MLflow UI links or run ids; and the drift monitor's runs that judged it."""
+def links_section(
+    links: Mapping[str, str], monitoring: str | None = None, reproductions: str | None = None
+) -> list[str]:
+    """The runs behind the version (MLflow UI links, or run ids), the monitor's runs on it, attempts to rebuild it."""
     rows = [f"- {role}: {link(target)}" for role, target in links.items() if target]
     if monitoring:
         rows.append(f"- drift monitor: [its reports on this version]({monitoring.replace(')', '%29')})")
+    if reproductions:
+        rows.append(f"- reproduce: [attempts to rebuild it]({reproductions.replace(')', '%29')})")
     return ["## Runs", "", *rows] if rows else []
 
 
@@ -280,7 +286,7 @@ def render(card: Card) -> str:
         metrics_section(card.get("metrics") or {}, card.get("behavioral")),
         params_section(card.get("params") or {}),
         weaknesses_section(card),
-        links_section(card.get("links") or {}, card.get("monitoring")),
+        links_section(card.get("links") or {}, card.get("monitoring"), card.get("reproductions")),
         promotion_section(card),
     ]
     return "\n\n".join("\n".join(section) for section in sections if section) + "\n"

@@ -1,10 +1,11 @@
 """`tagifai claim`: the deployment takes its names before anyone else can (`make up` runs it as the MLflow admin).
 
 It creates the experiments a run may use (`[mlflow]`), the champion history's, batch scoring's, the drift
-monitor's (`[monitor] experiment_name`), and the registered model, when missing, and takes away EDIT and
-MANAGE on them from every other non-admin login: a permission granted to the login itself is revoked, a
-role's grant that covers one of them is deleted from the role. The one exception is batch scoring's own
-login (`TAGIFAI_PREDICTIONS_WRITER`), which gets EDIT on batch scoring's experiment. What it does, it says.
+monitor's (`[monitor] experiment_name`), `tagifai reproduce`'s (`[reproduce] experiment_name`), and the
+registered model, when missing, and takes away EDIT and MANAGE on them from every other non-admin login: a
+permission granted to the login itself is revoked, a role's grant that covers one of them is deleted from
+the role. The one exception is batch scoring's own login (`TAGIFAI_PREDICTIONS_WRITER`), which gets EDIT on
+batch scoring's experiment. What it does, it says.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def claim(settings: Settings) -> dict[str, Any]:
             its grants are gone (e.g. `default_permission` is EDIT).
     """
     experiments = [*settings.mlflow.choices(), settings.register.history_experiment, settings.predict.experiment_name]
-    experiments = list(dict.fromkeys([*experiments, settings.monitor.experiment_name]))
+    experiments = list(
+        dict.fromkeys([*experiments, settings.monitor.experiment_name, settings.reproduce.experiment_name])
+    )
     resources = [ownership.experiment(tracking.experiment_id(name), name) for name in experiments]
     predictions = resources[experiments.index(settings.predict.experiment_name)]
     model = registry.model_name(settings)

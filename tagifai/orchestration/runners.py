@@ -632,7 +632,22 @@ class TagifaiDockerOperator(StepMixin, DockerOperator):
         folders = sorted({policy.data_dir_of(source) for source in self.data_sources} - mounted - {None})
         self.mounts = [*self.mounts, *({"Target": f, "Source": f, "Type": "bind", "ReadOnly": True} for f in folders)]
         self._private_environment = {**step_secrets(self.command[0], environ), **self._private_environment}
+        self.environment = {**self.environment, **self.image_identity()}
         self.remove_earlier_tries()
+
+    def image_identity(self) -> dict[str, str]:
+        """The id (and registry digest, if it has one) of the image the step runs in, recorded on its runs.
+
+        Looked up as the container is made: `tagifai reproduce` (`make reproduce`) runs that very image again.
+        An image not here yet (the operator pulls it) is named by its tag only.
+        """
+        try:
+            image = self.cli.inspect_image(self.image)
+        except Exception as exc:  # not pulled yet, or the engine refused: the tag is still recorded
+            self.log.info("image %s not inspected (%s): its id is not recorded", self.image, type(exc).__name__)
+            return {}
+        digests = image.get("RepoDigests") or [""]
+        return {names.IMAGE_ID_ENV: image["Id"], names.IMAGE_DIGEST_ENV: digests[0]}
 
     def remove_earlier_tries(self) -> None:
         """Remove this task's containers from earlier tries; stop first one still running (its worker died).

@@ -15,7 +15,7 @@ from tagifai.contract.settings import Settings
 from tagifai.core import card as cards
 from tagifai.core import data
 from tagifai.pipeline import monitor as monitoring
-from tagifai.pipeline import tracking
+from tagifai.pipeline import rebuild, tracking
 
 
 def card_of(settings: Settings, name: str, version: ModelVersion) -> cards.Card:
@@ -53,6 +53,8 @@ def card_of(settings: Settings, name: str, version: ModelVersion) -> cards.Card:
         card["report"] = f"{card['links']['register']}/artifacts/{tracking.COMPARISON}"
     if monitor := client.get_experiment_by_name(settings.monitor.experiment_name):  # `tagifai claim` makes it
         card["monitoring"] = monitoring.reports_link(monitor.experiment_id, name, str(version.version))
+    if attempts := client.get_experiment_by_name(settings.reproduce.experiment_name):  # `tagifai claim` makes it
+        card["reproductions"] = rebuild.attempts_link(attempts.experiment_id, name, str(version.version))
     return card
 
 

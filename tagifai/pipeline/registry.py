@@ -27,7 +27,7 @@ from tagifai.contract.errors import BadInputError, TagifaiError
 from tagifai.contract.settings import Settings
 from tagifai.core import evaluate as evaluation
 from tagifai.pipeline import holdout as holdouts
-from tagifai.pipeline import tracking
+from tagifai.pipeline import rebuild, tracking
 
 log = logging.getLogger("tagifai")
 
@@ -186,6 +186,7 @@ def version_tags(metrics: dict[str, float], trained: Run, registering: Run, eval
         "pipeline_run_id": registering.data.tags[tracking.PIPELINE_TAG],
         "evaluate_run_id": evaluate_run_id,
         "register_run_id": registering.info.run_id,
+        **rebuild.version_tags(trained.data.tags),  # what rebuilding it needs (`tagifai reproduce`)
     }
 
 

@@ -31,7 +31,7 @@ from tagifai.core import train as training
 from tagifai.core import validate as validation
 from tagifai.pipeline import cards as model_cards
 from tagifai.pipeline import holdout as holdouts
-from tagifai.pipeline import ownership, predictions, registry, reports, sources, tracking, tuning
+from tagifai.pipeline import ownership, predictions, rebuild, registry, reports, sources, tracking, tuning
 
 log = logging.getLogger("tagifai")
 
@@ -302,7 +302,9 @@ def train(
     key = reuse.train_key(data_run_id, tuning_key, settings)
     if found := earlier(upstream.info.experiment_id, "train", key, force):
         return found
-    train_df, val_df = tracking.load_split(data_run_id, "train"), tracking.load_split(data_run_id, "val")
+    # The files as the validate run logged them: their sha256 goes into the rebuild record.
+    raw = {split: tracking.read_artifact(data_run_id, tracking.split_path(split)) for split in data.SPLITS}
+    train_df, val_df = data.read_frame(raw["train"]), data.read_frame(raw["val"])
     with tracking.step_run("train", upstream.info.experiment_id, upstream, key=key, **lineage) as run:
         mlflow.log_params(params)
         result = training.train(params, train_df, val_df, settings.stopwords, settings.data.other_label)
@@ -320,6 +322,9 @@ def train(
                 pip_requirements=models.pinned_requirements(),
             )
         mlflow.set_tag("model_uri", info.model_uri)  # for people: evaluate and register find the model by its run
+        seeds = {"split": settings.data.seed, "train": result["params"]["seed"], "optimize": settings.optimize.seed}
+        recipe = {"params": params, "seeds": seeds, "tuning": {**lineage, "optimize_key": tuning_key}}
+        rebuild.record(settings, recipe, data_run_id, raw, result["model"])
         log.info("train: val_f1 %.4f threshold %.3f -> %s", result["val"]["f1"], result["threshold"], info.model_uri)
         return tracking.record_output({"run_id": run.info.run_id, "model_uri": info.model_uri})
 

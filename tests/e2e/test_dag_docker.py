@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -85,6 +86,11 @@ def test_docker_dag_run_trains_and_promotes_a_champion(tmp_path, host_folder):
 
     assert best is not None, "tagifai@champion was not set"
     assert IMAGE in best["tags"].values(), "the model version does not record the image it was trained in"
+    # ... and its id, which `make reproduce` runs again; the image's lock file and commit came with it.
+    inspect = ["docker", "image", "inspect", "--format", "{{.Id}}", IMAGE]
+    image_id = subprocess.run(inspect, capture_output=True, text=True, check=True).stdout.strip()
+    assert best["tags"]["rebuild.image_id"] == image_id == train["tags"]["rebuild.image_id"]
+    assert len(best["tags"]["rebuild.lock_sha256"]) == 64
     assert run.run_id in best["run_tags"].values()
     # Two optimize containers shared one study in PostgreSQL: 3 trials between them.
     workers = [r for r in runs if r["step"] == "optimize"]
