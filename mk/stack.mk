@@ -20,7 +20,8 @@ UP = $(if $(filter docker,$(firstword $(1))),$(1) up -d --wait --wait-timeout $(
 STACK_DAGS ?= tagifai_training tagifai_watch tagifai_batch_predictions tagifai_champion tagifai_monitor \
 	tagifai_maintenance
 
-.PHONY: up down clean logs train monitor maintain dags-test-stack mlflow-user rollback champion-history card worker worker-down
+.PHONY: up down clean logs train monitor maintain dags-test-stack mlflow-user rollback champion-history card reproduce worker \
+	worker-down
 
 $(STACK_ENV):
 	python3 scripts/stack.py env --to $@ --set PYTHON_IMAGE=$(PYTHON_IMAGE) --set POSTGRES_IMAGE=$(POSTGRES_IMAGE) \
@@ -61,6 +62,11 @@ champion-history: $(STACK_ENV) ## Print every move of champion: from, to, when, 
 
 card: $(STACK_ENV) ## Print a version's model card (VERSION=3; default: the champion)
 	@$(COMPOSE) --profile tools run --rm --no-deps tagifai card --model-uri 'models:/tagifai$(if $(VERSION),/$(VERSION),@champion)'
+
+reproduce: $(STACK_ENV) ## Rebuild a version from its record in the image it was trained in, and compare (VERSION=3; CURRENT_DATA=1: its recipe on the current data)
+	@test -n "$(VERSION)" || { echo "usage: make reproduce VERSION=3 [CURRENT_DATA=1]" >&2; exit 2; }
+	@python3 scripts/stack.py reproduce '$(VERSION)' $(if $(CURRENT_DATA),--on-current-data) --compose "$(COMPOSE)" \
+		--env-file $(STACK_ENV)
 
 # A Celery worker on another machine (docker-compose.worker.yml): its settings file, see that file.
 WORKER_ENV ?= worker.env

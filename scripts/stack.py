@@ -64,6 +64,7 @@ COMMANDS = {
     "mlflow-user": "add an MLflow login (reads everything, changes what it creates); its password is printed once",
     "trigger": "trigger a DAG (default tagifai_training) through the REST API and wait",
     "unpause": "unpause DAGs through the REST API, each once Airflow has parsed it",
+    "reproduce": "run `tagifai reproduce` in the image a version was trained in (else say which commit to build)",
 }
 # Who runs the tasks: the executor and the compose profile that starts it.
 EXECUTOR_PROFILES = {"LocalExecutor": "local", "CeleryExecutor": "celery"}
@@ -385,6 +386,76 @@ def check_settings(env_file: Path) -> int:
     return checked.returncode
 
 
+# The label `make image` gives the commit an image was built from (images/tagifai/Dockerfile).
+REVISION_LABEL = "org.opencontainers.image.revision"
+
+
+def tools(
+    compose: list[str], *command: str, image: str | None = None, capture: bool = False
+) -> subprocess.CompletedProcess:
+    """`tagifai COMMAND` in the compose file's `tagifai` tools service (MLflow as its admin), in `image` if given."""
+    env = {**os.environ, **({names.IMAGE_ENV: image} if image else {})}
+    argv = [*compose, "--profile", "tools", "run", "--rm", "--no-deps", "-T", "tagifai", *command]
+    return subprocess.run(argv, env=env, text=True, capture_output=capture)
+
+
+def image_present(reference: str) -> bool:
+    """Whether the Docker engine has the image `reference` (an id or a tag)."""
+    return subprocess.run(["docker", "image", "inspect", reference], capture_output=True).returncode == 0
+
+
+def rebuilt_image(commit: str) -> str | None:
+    """An image here that `make image` built from `commit` (clean), by its revision label; None if there is none."""
+    if not commit:
+        return None
+    found = subprocess.run(
+        ["docker", "images", "-q", "--filter", f"label={REVISION_LABEL}={commit}"], capture_output=True, text=True
+    ).stdout.split()
+    return found[0] if found else None
+
+
+def reproduce(env: dict[str, str], args: argparse.Namespace) -> int:
+    """`tagifai reproduce --version N` in the image version N was trained in: its id, else one built from its commit.
+
+    Exit 3, saying what to build, when neither is here. A version that recorded no image (trained outside
+    an image) is tried in the stack's image. The image runs under a tag of its own (compose names images
+    by tag): `tagifai:reproduce-<id>`.
+    """
+    compose = args.compose.split()
+    looked = tools(compose, "reproduce", "--version", args.version, "--recorded-image", capture=True)
+    if looked.returncode != 0:
+        sys.stderr.write(looked.stderr)
+        return looked.returncode
+    recorded = json.loads(looked.stdout.strip().splitlines()[-1])
+    image_id, commit = recorded.get("image_id", ""), recorded.get("commit", "")
+    built = f"commit {commit}" + (" with local changes" if recorded.get("dirty") == "true" else "")
+    if image_id and image_present(image_id):
+        image, why = image_id, f"the image it was trained in ({image_id[:19]})"
+    elif (rebuilt := rebuilt_image(commit)) and recorded.get("dirty") != "true":
+        image, why = rebuilt, f"an image built from its {built} ({rebuilt[:12]}; it was trained in {image_id[:19]})"
+    elif image_id or commit:
+        todo = (
+            f"build it from {built}: git checkout {commit} && make image, then make reproduce VERSION={args.version}"
+            if commit
+            else "and the commit it was built from is unknown"
+        )
+        print(
+            f"version {args.version} cannot be reproduced here: the image it was trained in "
+            f"({image_id[:19] or recorded.get('image') or 'unknown'}) is not on this machine; {todo}",
+            file=sys.stderr,
+        )
+        return 3
+    else:
+        image = env.get(names.IMAGE_ENV) or "tagifai:latest"
+        why = f"the stack's image {image}: version {args.version} recorded none (trained outside an image)"
+    tag = f"tagifai:reproduce-{image.removeprefix('sha256:')[:12]}"
+    if image != tag:
+        subprocess.run(["docker", "tag", image, tag], check=True, capture_output=True)
+    print(f"reproducing version {args.version} of {recorded['model_name']} in {why}", file=sys.stderr, flush=True)
+    command = ["reproduce", "--version", args.version, *(["--on-current-data"] if args.on_current_data else [])]
+    return tools(compose, *command, image=tag).returncode
+
+
 def main() -> int:
     """Dispatch the subcommands."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -405,6 +476,11 @@ def main() -> int:
     commands["trigger"].add_argument("--timeout", type=float, default=3600)
     commands["trigger"].add_argument("--dag", default=DAG_ID, help=f"the DAG to run (default {DAG_ID})")
     commands["unpause"].add_argument("dags", nargs="+")
+    commands["reproduce"].add_argument("version")
+    commands["reproduce"].add_argument("--on-current-data", action="store_true")
+    commands["reproduce"].add_argument(
+        "--compose", default="docker compose", help="the compose command, with its options"
+    )
     commands["unpause"].add_argument("--timeout", type=float, default=300)
     args = parser.parse_args()
     if args.command == "env":
@@ -428,7 +504,8 @@ def main() -> int:
     elif args.command == "summary":
         print("\n".join(summary(settings)))
     else:
-        return {"mlflow-user": mlflow_user, "trigger": trigger, "unpause": unpause}[args.command](settings, args)
+        run = {"mlflow-user": mlflow_user, "trigger": trigger, "unpause": unpause, "reproduce": reproduce}
+        return run[args.command](settings, args)
     return 0
 
 
