@@ -3,6 +3,9 @@
 Logged as MLflow "models from code": `model_code.py` builds an empty `TagifaiModel`, whose `load_context`
 reads the fitted parts from a skops file (`FITTED`) that may hold only the types in `TRUSTED`. Nothing is
 unpickled; `load` refuses a model that would need it (versions logged before tagifai 0.2.0).
+
+A logged model carries this module and what it imports (`CODE`), which import one another relatively: a loaded
+version is built with that copy, a package of its own name, not with the running tagifai (see `model_code.py`).
 """
 
 from __future__ import annotations
@@ -21,14 +24,15 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
-from tagifai.contract.errors import BadInputError
-from tagifai.core.data import clean_text, compose_text
+# Relative: a logged model imports its copy of this code as a package of its own name (see model_code.py).
+from .contract.errors import BadInputError
+from .core.data import clean_text, compose_text
 
 # What the model reads from each row (`description` may be missing).
 INPUT_COLUMNS = ("title", "description")
 # What it needs to serve, pinned at log time to the versions that trained it.
 REQUIREMENTS = ("mlflow", "skops", "numpy", "pandas", "scipy", "scikit-learn", "nltk")
-# The code a logged model loads (its `code_paths`): this module and what it imports of tagifai.
+# The code a logged model loads (its `code_paths`): this module and what it imports of tagifai (relatively).
 CODE = ("__init__.py", "model.py", "core/__init__.py", "core/data.py", "contract/__init__.py", "contract/errors.py")
 # The file MLflow runs to build the model ("models from code"), and the artifact holding the fitted parts.
 MODEL_CODE = Path(__file__).with_name("model_code.py")

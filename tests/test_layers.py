@@ -42,6 +42,11 @@ def imports(path: Path) -> set[str]:
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level:  # relative: resolved against the file's package
+            package = path.relative_to(REPO).parent.parts
+            base = ".".join(package[: len(package) - node.level + 1])
+            module = f"{base}.{node.module}" if node.module else base
+            found |= {module} | {f"{module}.{alias.name}" for alias in node.names}
     return found
 
 

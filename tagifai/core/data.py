@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from tagifai.contract.errors import BadInputError
+# Relative: the model's logged copy of this module imports its own copy (tagifai.model.CODE, model_code.py).
+from ..contract.errors import BadInputError
 
 if TYPE_CHECKING:  # the model imports this module: it logs no more code than it runs (tagifai.model.CODE)
     from tagifai.contract.settings import Data
