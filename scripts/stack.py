@@ -26,6 +26,7 @@ from pathlib import Path
 # The Airflow client is the package's (standard library only, like this script).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tagifai.contract import names  # noqa: E402
+from tagifai.contract.sources import SourcePolicy  # noqa: E402
 from tagifai.operations.airflow_api import DAG_ID, Airflow, AirflowError  # noqa: E402
 
 SECRETS = (
@@ -391,11 +392,24 @@ REVISION_LABEL = "org.opencontainers.image.revision"
 
 
 def tools(
-    compose: list[str], *command: str, image: str | None = None, capture: bool = False
+    compose: list[str], *command: str, image: str | None = None, capture: bool = False, sources: dict | None = None
 ) -> subprocess.CompletedProcess:
-    """`tagifai COMMAND` in the compose file's `tagifai` tools service (MLflow as its admin), in `image` if given."""
+    """`tagifai COMMAND` in the compose file's `tagifai` tools service (MLflow as its admin), in `image` if given.
+
+    `sources`: the stack's settings, whose data sources and source policy the command gets (by name: the values
+    travel in the environment), with each local source's data folder mounted read-only, as a step gets them.
+    """
     env = {**os.environ, **({names.IMAGE_ENV: image} if image else {})}
-    argv = [*compose, "--profile", "tools", "run", "--rm", "--no-deps", "-T", "tagifai", *command]
+    options = []
+    if sources is not None:
+        given = (names.PROJECTS_URL_ENV, names.TAGS_URL_ENV, *names.POLICY_ENVS)
+        env.update({name: sources[name] for name in given if sources.get(name)})
+        options += [arg for name in given if sources.get(name) for arg in ("-e", name)]
+        policy = SourcePolicy.from_environ(sources, (), enforce=True)
+        local = [sources[n] for n in (names.PROJECTS_URL_ENV, names.TAGS_URL_ENV) if sources.get(n)]
+        folders = {policy.data_dir_of(source) for source in local}
+        options += [arg for folder in sorted(folders - {None}) for arg in ("-v", f"{folder}:{folder}:ro")]
+    argv = [*compose, "--profile", "tools", "run", "--rm", "--no-deps", "-T", *options, "tagifai", *command]
     return subprocess.run(argv, env=env, text=True, capture_output=capture)
 
 
@@ -452,8 +466,10 @@ def reproduce(env: dict[str, str], args: argparse.Namespace) -> int:
     if image != tag:
         subprocess.run(["docker", "tag", image, tag], check=True, capture_output=True)
     print(f"reproducing version {args.version} of {recorded['model_name']} in {why}", file=sys.stderr, flush=True)
-    command = ["reproduce", "--version", args.version, *(["--on-current-data"] if args.on_current_data else [])]
-    return tools(compose, *command, image=tag).returncode
+    if args.on_current_data:  # today's sources, as the stack's steps read them
+        command = ["reproduce", "--version", args.version, "--on-current-data"]
+        return tools(compose, *command, image=tag, sources=env).returncode
+    return tools(compose, "reproduce", "--version", args.version, image=tag).returncode
 
 
 def main() -> int:

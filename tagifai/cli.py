@@ -498,12 +498,15 @@ def reproduce(
     recorded_image: Annotated[
         bool, typer.Option("--recorded-image", help="Only print the image and commit the version was trained with.")
     ] = False,
+    projects_url: ProjectsUrl = None,
+    tags_url: TagsUrl = None,
     model_name: ModelName = None,
 ) -> dict[str, Any]:
     """Rebuild a version from its record (split, params, settings) and compare: exit 0 identical, 1 different, 3 cannot.
 
     Different names the first thing that differs (a package, the code, a setting, a split, the params, the first
     prediction); cannot names what is missing. Each attempt is a run of the settings' reproduce experiment.
+    With --on-current-data, the sources (--projects-url, --tags-url) go through the pipeline's elt and validate.
     """
     from tagifai.pipeline import rebuild
     from tagifai.pipeline import reproduce as reproducing
@@ -511,8 +514,9 @@ def reproduce(
     name = model_name or settings.register.model_name
     if recorded_image:
         return rebuild.recorded_image(name, version)
-    if on_current_data:
-        return reproducing.on_current_data(settings, name, version)
+    if on_current_data:  # today's sources: the deployment's, as `elt` reads them
+        projects, tags = projects_url or settings.data.projects_url, tags_url or settings.data.tags_url
+        return reproducing.on_current_data(settings, name, version, projects, tags)
     return reproducing.reproduce(settings, name, version)
 
 

@@ -145,55 +145,40 @@ def reproduce(settings: Settings, model_name: str, version: str) -> dict[str, An
     }
 
 
-def newest_validated(experiment_id: str) -> Run:
-    """The newest finished validate run of the training experiment: the data the pipeline validated last.
-
-    Raises:
-        Untestable: there is none.
-    """
-    found = MlflowClient().search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{tracking.STEP_TAG}` = 'validate' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if not found:
-        raise records.Untestable(f"experiment {experiment_id} has no finished validate run: no current data")
-    return found[0]
-
-
 def f1(frame: Any, tags: list[str]) -> float:
     """Weighted f1 of `tags` against the frame's labels."""
     return evaluation.overall_metrics(frame["tag"].to_numpy(), tags)["f1"]
 
 
-def on_current_data(settings: Settings, model_name: str, version: str) -> dict[str, Any]:
-    """Train `version`'s recipe (its params, stopwords and labels) on the current data; score it against the champion.
+def on_current_data(
+    settings: Settings, model_name: str, version: str, projects_url: str, tags_url: str
+) -> dict[str, Any]:
+    """Train `version`'s recipe (its params, stopwords and labels) on today's sources; score it against the champion.
 
-    The current data: the newest finished validate run of the version's experiment (what the pipeline last
-    validated from its sources); both models are scored on that run's holdout (the deployer's) and test split.
-    Nothing is registered and no alias moves.
+    Today's data is what the pipeline's own `elt` and `validate` make of the sources, in the version's
+    experiment: runs the pipeline made of the same data already are reused, not made again. Both models are
+    scored on that validate run's holdout (the deployer's) and test split. Nothing is registered, no alias moves.
 
     Raises:
-        Untestable: the record, the current data or the champion is missing (exit 3).
+        Untestable: the record or the champion is missing (exit 3).
+        BadInputError: today's data is refused (a source, the data contract), as the pipeline would refuse it.
     """
     run = trained_run(settings, model_name, version)
+    experiment_name = MlflowClient().get_experiment(run.info.experiment_id).name
+    made = records.recorded_manifest(run.info.run_id, version)
+    champion_version = registry.version_by_alias(MlflowClient(), model_name, settings.serve.alias)
+    if champion_version is None:
+        raise records.Untestable(f"{model_name} has no {settings.serve.alias!r} version to compare with")
+    extracted = steps.elt(settings, projects_url, tags_url, experiment_name)
+    current = tracking.get_run(steps.validate(settings, extracted["run_id"])["run_id"], "validate")
     with attempt_run(settings, model_name, version, "current-data") as attempt:
-        made = records.recorded_manifest(run.info.run_id, version)
         recorded_config = made["config"]
-        current = newest_validated(run.info.experiment_id)
-        raw = {}
-        for split in (*data.SPLITS, holdouts.SPLIT):
-            try:
-                raw[split] = tracking.read_artifact(current.info.run_id, tracking.split_path(split))
-            except TagifaiError:
-                lost = f"the current data's validate run {current.info.run_id} has lost its {split} split"
-                raise records.Untestable(lost) from None
+        raw = {
+            split: tracking.read_artifact(current.info.run_id, tracking.split_path(split))
+            for split in (*data.SPLITS, holdouts.SPLIT)
+        }
         other_label = recorded_config.get("data.other_label", settings.data.other_label)
         model = retrain(made["recipe"], recorded_config.get("stopwords", ()), other_label, raw)
-        champion_version = registry.version_by_alias(MlflowClient(), model_name, settings.serve.alias)
-        if champion_version is None:
-            raise records.Untestable(f"{model_name} has no {settings.serve.alias!r} version to compare with")
         champion = models.load(f"models:/{model_name}@{settings.serve.alias}")
         scores = {}
         for split in (holdouts.SPLIT, "test"):
@@ -238,9 +223,9 @@ def current_data_report(model_name: str, version: str, champion: str, current: R
         [
             f"# Version {version}'s recipe on the current data",
             "",
-            f"Version {version} of {model_name}: its params, stopwords and labels, trained on validate run "
-            f"{current.info.run_id} (data sha256 {current.data.tags.get('data_sha256', '?')[:12]}…), against "
-            f"the champion (version {champion}). Nothing was registered; no alias moved.",
+            f"Version {version} of {model_name}: its params, stopwords and labels, trained on today's data "
+            f"(validate run {current.info.run_id}, data sha256 {current.data.tags.get('data_sha256', '?')[:12]}…), "
+            f"against the champion (version {champion}). Nothing was registered; no alias moved.",
             "",
             "| split | weighted f1, the old recipe | weighted f1, the champion |",
             "| --- | --- | --- |",

@@ -139,6 +139,13 @@ def test_on_current_data_reports_and_leaves_the_champion_alone(versions, module_
     assert run.data.tags["reproduce.mode"] == "current-data" and run.data.tags["reproduces"] == "1"
     report = Path(mlflow.download_artifacts(out["run_id"], "reproduce/current_data.md")).read_text()
     assert f"against the champion (version {champion})" in report and "no alias moved" in report
+    # Today's sources (the deployment's: TAGIFAI_PROJECTS_URL) went through the pipeline's elt and validate, whose
+    # runs a second look reuses.
+    current = mlflow.get_run(out["data_run_id"])
+    extracted = mlflow.get_run(current.data.tags["elt_run_id"])
+    assert Path(extracted.data.params["projects_url"]) == Path(module_cli.env["TAGIFAI_PROJECTS_URL"])
+    _, again, _ = module_cli("reproduce", "--version", "1", "--on-current-data")
+    assert again["data_run_id"] == out["data_run_id"] and again["run_id"] != out["run_id"]
 
 
 def test_unknown_versions_are_refused(versions, module_cli):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness import REPO, last_json
-from harness.stack import make
+from harness.stack import make, step_outputs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.stack, pytest.mark.slow]
 
@@ -77,7 +77,7 @@ def test_version_1_is_rebuilt_byte_for_byte_in_the_image_it_was_trained_in(three
     assert run_tags(attempt)["reproduce.verdict"] == "identical"
 
 
-def test_the_recipe_on_current_data_is_a_report_that_moves_no_alias(three_datasets, stack):
+def test_the_recipe_on_current_data_is_a_report_that_moves_no_alias(three_datasets, stack, changed_data_run):
     def aliases() -> dict[str, str]:
         model = stack.mlflow("registered-models/get", name="tagifai")["registered_model"]
         return {a["alias"]: a["version"] for a in model.get("aliases", [])}
@@ -90,6 +90,9 @@ def test_the_recipe_on_current_data_is_a_report_that_moves_no_alias(three_datase
     assert aliases() == before and len(versions(stack)) == count
     [attempt] = [r for r in attempts(stack, "1") if r["info"]["run_id"] == out["run_id"]]
     assert run_tags(attempt)["reproduce.mode"] == "current-data"
+    # Today's sources: the stack's data as the watcher's run last changed it (the third dataset was a param).
+    changed = step_outputs(stack.airflow(), changed_data_run["run"]["dag_run_id"])["elt"]["data_sha256"]
+    assert run_tags(stack.mlflow("runs/get", run_id=out["data_run_id"])["run"])["data_sha256"] == changed
     experiment = attempt["info"]["experiment_id"]
     report = stack.artifact(f"{experiment}/{out['run_id']}/artifacts/reproduce/current_data.md").decode()
     assert f"against the champion (version {before['champion']})" in report
