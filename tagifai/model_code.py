@@ -12,8 +12,9 @@ so that changes nothing of it.) Third-party packages (scikit-learn, numpy, panda
 process's own.
 
 When MLflow runs this file to log a model, it runs it from the installed package (no `code/tagifai` beside it):
-the model is the installed `TagifaiModel`. Versions logged before models carried their own code hold a copy of
-this file that imports `tagifai.model`: they load with the running tagifai's code, as they always did.
+the model is the installed `TagifaiModel`. Versions logged before tagifai 0.3.0 (before models carried their own
+code) hold a copy of this file that imports `tagifai.model`: they load with the running tagifai's code, as they
+always did.
 """
 
 import hashlib
