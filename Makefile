@@ -22,10 +22,20 @@ export ITERATIVE_DO_NOT_TRACK := 1
 help: ## List targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | sort | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 
-$(BIN)/tagifai: pyproject.toml
+# Installed as the image is (mk/airflow.mk): CPU torch on its own (PyTorch's CPU index, or WHEELHOUSE), the
+# image's lock with its hashes, tagifai itself (`pip check`: the lock covers its dependencies), then the dev
+# tools, which cannot move a locked package (the lock, hashes stripped, constrains them). The lock's copy in
+# the venv is what a run records.
+$(BIN)/tagifai: pyproject.toml $(IMAGE_LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps $(TORCH_SOURCE) '$(TORCH_REQUIREMENT)'
+	$(BIN)/pip install --quiet --no-deps --require-hashes -r $(IMAGE_LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip check
+	$(BIN)/pip install --quiet --constraint <(sed -e '/--hash=/d' -e 's/ \\$$//' $(IMAGE_LOCK)) -e '.[dev]'
+	$(BIN)/pip check
+	cp $(IMAGE_LOCK) $(VENV)/requirements.lock
 	@touch $@
 
 .PHONY: install

@@ -57,7 +57,8 @@ def wall_times(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The same pipeline (data, trials, one optimize worker) in-process and through Airflow's two runners.
 
-    Then, in-process and with the docker runner, the same once more on the same data (everything reused).
+    Then, in-process and with the docker runner, the same once more on the same data (everything reused); and
+    `tagifai reproduce` of the version the first made (retrained from its record, compared: identical).
     """
     data = {"projects_url": projects, "tags_url": tags}
     conf = {"num_trials": num_trials, "num_workers": 1, **data}
@@ -74,6 +75,12 @@ def wall_times(
             start = time.monotonic()
             tagifai("pipeline", "--num-trials", str(num_trials), *data_args(projects, tags), env=env)
             inprocess_again = time.monotonic() - start
+            # Rebuilding that version from its record (retrain with its params, score, compare): it must match.
+            start = time.monotonic()
+            rebuilt = tagifai("reproduce", "--version", "1", env=env)
+            reproduce = time.monotonic() - start
+            if rebuilt["verdict"] != "identical":
+                raise RuntimeError(f"tagifai reproduce --version 1 did not rebuild it: {rebuilt}")
         with harness.running_mlflow_server(databases["mlflow_local"], root / "local") as server:
             local = dag_helpers.dags_test(
                 root / "airflow-local",
@@ -115,6 +122,8 @@ def wall_times(
     }, {
         "seconds": {"inprocess": inprocess_again, "docker": docker_again.seconds},
         "ratio": {"inprocess": inprocess_again / inprocess, "docker": docker_again.seconds / docker.seconds},
+        "reproduce_seconds": reproduce,
+        "reproduce_ratio": reproduce / inprocess,
     }
 
 

@@ -111,6 +111,9 @@ def report(results: dict[str, Any]) -> list[str]:
             ("docker", "airflow dags test, docker runner"),
         ):
             lines.append(f"  {name:<58} {reuse['seconds'][key]:>7.1f}   {reuse['ratio'][key]:>5.2f}x")
+        if "reproduce_seconds" in reuse:
+            name = "tagifai reproduce --version 1 (retrain, score, compare)"
+            lines.append(f"  {name:<58} {reuse['reproduce_seconds']:>7.1f}   {reuse['reproduce_ratio']:>5.2f}x")
     if tuning := results.get("pipeline", {}).get("throughput"):
         lines += ["", f"3. Tuning throughput ({tuning['num_trials']} trials, no pruning)       trials/min   wall s"]
         for workers, row in tuning["workers"].items():
