@@ -96,3 +96,18 @@ def test_the_recipe_on_current_data_is_a_report_that_moves_no_alias(three_datase
     experiment = attempt["info"]["experiment_id"]
     report = stack.artifact(f"{experiment}/{out['run_id']}/artifacts/reproduce/current_data.md").decode()
     assert f"against the champion (version {before['champion']})" in report
+
+
+def test_a_version_whose_image_is_gone_says_which_commit_to_build(three_datasets, stack):
+    """The third version's recorded image and commit rewritten to ones this machine never had: exit 3, saying
+    which commit to build."""
+    third = three_datasets[2]["version"]
+    image, commit = "sha256:" + "0" * 64, "f" * 40
+    for key, value in (("rebuild.image_id", image), ("rebuild.commit", commit), ("rebuild.dirty", "false")):
+        stack.mlflow_post("model-versions/set-tag", {"name": "tagifai", "version": third, "key": key, "value": value})
+    command = ["make", "--no-print-directory", "reproduce", f"VERSION={third}", f"STACK_ENV={stack.env_file}"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0, done.stdout
+    assert f"version {third} cannot be reproduced here: the image it was trained in ({image[:19]})" in done.stderr
+    assert f"build it from commit {commit}: git checkout {commit} && make image" in done.stderr
+    assert attempts(stack, third) == []  # nothing was tried
