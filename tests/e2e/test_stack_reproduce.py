@@ -5,13 +5,14 @@ its recipe on the current data and reports against the champion without moving i
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from harness import REPO, last_json
+from harness import REPO, last_json, synthetic
 from harness.stack import make, step_outputs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.stack, pytest.mark.slow]
@@ -29,15 +30,17 @@ def tags(version: dict) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def three_datasets(stack, first_run, changed_data_run) -> list[dict]:
     """The versions of the session: the first run's data, the watcher's changed data, and a third dataset
-    (the stack's projects less a fifth of them) trained here, one trial."""
-    projects = Path(stack.env["TAGIFAI_PROJECTS_URL"])
-    lines = projects.read_text(encoding="utf-8").splitlines(keepends=True)
-    header, rows = lines[0], lines[1:]
-    third = projects.with_name("projects-third.csv")
-    third.write_text(header + "".join(row for i, row in enumerate(rows) if i % 5), encoding="utf-8")
-    third.chmod(0o644)
+    (the stack's data less a fifth of its projects) trained here, one trial."""
+    sources = {}
+    for key in ("PROJECTS", "TAGS"):  # every project but each fifth, and their tags (a tag needs its project)
+        path = Path(stack.env[f"TAGIFAI_{key}_URL"])
+        with path.open(newline="", encoding="utf-8") as file:  # descriptions may hold line breaks
+            rows = list(csv.DictReader(file))
+        kept = [row for row in rows if int(row["id"]) % 5]
+        sources[f"{key.lower()}_url"] = str(synthetic.write_csv(path.with_name(f"third-{path.name}"), kept))
+        Path(sources[f"{key.lower()}_url"]).chmod(0o644)
     client = stack.airflow()
-    run_id = client.trigger({"projects_url": str(third), "num_trials": 1, "num_workers": 1})
+    run_id = client.trigger({**sources, "num_trials": 1, "num_workers": 1})
     run = client.wait(run_id, timeout=1800)
     assert run["state"] == "success", client.task_states(run_id)
     return versions(stack)
