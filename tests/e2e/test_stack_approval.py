@@ -29,6 +29,8 @@ DAG = "tagifai_training"
 APPROVE = "approve"
 # Cheap runs: one trial on one worker (the default params: as good as the champion on this data).
 QUICK = {"num_trials": 1, "num_workers": 1}
+# How long after the request the test answers (`held_run`): past the moment the scheduler hears the paused try end.
+ANSWER_AFTER_SECONDS = 10
 
 
 def dag_tasks(client: Airflow) -> set[str]:
@@ -97,6 +99,22 @@ def answer(client: Airflow, run_id: str, choice: str) -> dict:
     return client.request("PATCH", hitl_path(run_id), {"chosen_options": [choice], "params_input": {}})
 
 
+def answered(client: Airflow, held: dict[str, Any], choice: str, timeout: float = 300) -> dict:
+    """Answer a held run's request as the admin; once its try ends with the answer, wait for the run.
+
+    Fails at once, not after the run's timeout, if Airflow asks again (a new try awaits input: the answer was lost).
+    """
+    answer(client, held["run_id"], choice)
+    deadline = time.monotonic() + timeout
+    asked = held["ti"]["try_number"]
+    while (ti := client.task_instance(held["run_id"], APPROVE))["state"] not in ("success", "skipped", "failed"):
+        lost = ti["try_number"] != asked or ti["state"] == "up_for_retry"
+        assert not lost, f"{choice} was lost: {APPROVE} is {ti['state']} in try {ti['try_number']}, asked in {asked}"
+        assert time.monotonic() < deadline, f"{APPROVE} still {ti['state']} {timeout:.0f} s after {choice}"
+        time.sleep(2)
+    return client.wait(held["run_id"], timeout=900)
+
+
 def champion(stack) -> str:
     return stack.mlflow("registered-models/alias", name="tagifai", alias="champion")["model_version"]["version"]
 
@@ -114,6 +132,10 @@ def held_run(stack, client: Airflow, conf: dict) -> dict[str, Any]:
     """Trigger a run; once it waits at `approve`: its id, register's output, the request, the pool then."""
     run_id = client.trigger(conf)
     ti = wait_for_state(client, run_id, APPROVE, "awaiting_input")
+    # A person's answer comes seconds after the request at the soonest. One given at once can be lost in Airflow
+    # 3.3: it queues the paused try again before the executor has reported that try's process as ended, and the
+    # scheduler, seeing "success" for a task it holds as queued, fails the try; the retry asks anew, unanswered.
+    time.sleep(ANSWER_AFTER_SECONDS)
     register = client.xcom(run_id, "register")
     return {"run_id": run_id, "ti": ti, "register": register, "request": client.request("GET", hitl_path(run_id)),
             "pool": default_pool(client)}  # fmt: skip
@@ -139,15 +161,13 @@ def approvals(stack, first_run) -> dict[str, Any]:
             answer(viewer(stack, client), approved["run_id"], "Approve")
         except AirflowError as exc:
             refused = exc
-        answer(client, approved["run_id"], "Approve")
-        approved["run"] = client.wait(approved["run_id"], timeout=900)
+        approved["run"] = answered(client, approved, "Approve")
         approved["champion"] = champion(stack)
         # A second challenger (two trials: its own optimize, train, evaluate), rejected; once what the promotion
         # started (batch scoring, messages, the drift monitor) has ended.
         wait_until_no_run(client)
         rejected = held_run(stack, client, {"num_trials": 2, "num_workers": 1})
-        answer(client, rejected["run_id"], "Reject")
-        rejected["run"] = client.wait(rejected["run_id"], timeout=900)
+        rejected["run"] = answered(client, rejected, "Reject")
         rejected["champion"] = champion(stack)
     finally:
         set_approval(stack, client, "auto")
