@@ -3,9 +3,9 @@
 `reproduce` retrains the version's model from its recorded split and params (no tuning) with the code,
 packages and settings of this process, scores the recorded test split, and compares everything with the
 recorded manifest (`tagifai.core.rebuild`): identical, or the first thing that differs. `on_current_data`
-trains the same recipe on the data the pipeline validated last and scores it against the champion on that
-run's holdout: a report, never a promotion. Each attempt is a run of `[reproduce] experiment_name`, tagged
-`reproduces=<version>`.
+trains the same recipe on today's sources (through the pipeline's own elt and validate) and scores it against
+the champion on the deployer's holdout: a report, never a promotion. Each attempt is a run of `[reproduce]
+experiment_name`, tagged `reproduces=<version>`.
 """
 
 from __future__ import annotations
