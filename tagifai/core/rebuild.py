@@ -239,9 +239,18 @@ def short(value: Any, width: int = 80) -> str:
 
 
 def missing_sections(manifest: Any, sections: Iterable[str] = SECTIONS) -> list[str]:
-    """The sections a manifest read from an artifact lacks (or why it is no manifest of this format)."""
+    """What a manifest read from an artifact lacks for a comparison (or why it is no manifest of this format)."""
     if not isinstance(manifest, Mapping):
         return ["it is not a JSON object"]
     if manifest.get("format") != FORMAT:
         return [f"its format is {manifest.get('format')!r}, not {FORMAT}"]
-    return [name for name in sections if not isinstance(manifest.get(name), Mapping)]
+    if missing := [name for name in sections if not isinstance(manifest.get(name), Mapping)]:
+        return missing
+    # What the comparison reads inside the sections, of the kind it reads.
+    shapes = {
+        "environment.python": (manifest["environment"].get("python"), str),
+        "environment.packages": (manifest["environment"].get("packages"), Mapping),
+        "code.files": (manifest["code"].get("files"), Mapping),
+        "data.splits": (manifest["data"].get("splits"), Mapping),
+    }
+    return [f"{name} is not a {kind.__name__}" for name, (value, kind) in shapes.items() if not isinstance(value, kind)]

@@ -78,7 +78,12 @@ def retrain(recipe: dict[str, Any], stopwords: Any, other_label: str, raw: dict[
     if not isinstance(params, dict):
         raise records.Untestable("the rebuild record holds no params")
     train_df, val_df = data.read_frame(raw["train"]), data.read_frame(raw["val"])
-    return training.train(params, train_df, val_df, list(stopwords), other_label)["model"]
+    try:
+        return training.train(params, train_df, val_df, list(stopwords), other_label)["model"]
+    except (KeyError, TypeError, ValueError) as exc:  # a record no train run of this code wrote
+        raise records.Untestable(
+            f"the recorded params cannot train a model here: {type(exc).__name__}: {exc}"
+        ) from None
 
 
 def compare(settings: Settings, made: dict[str, Any], raw: dict[str, bytes], predictions: bytes | None) -> Any:

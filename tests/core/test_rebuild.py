@@ -125,3 +125,10 @@ def test_a_manifest_missing_a_section_names_it():
     partial = manifest()
     del partial["data"]
     assert rebuild.missing_sections(partial) == ["data"]
+
+
+def test_a_manifest_whose_parts_are_not_what_they_should_be_names_them():
+    broken = manifest()
+    broken["environment"]["packages"] = ["numpy"]
+    broken["data"]["splits"] = None
+    assert rebuild.missing_sections(broken) == ["environment.packages is not a Mapping", "data.splits is not a Mapping"]
