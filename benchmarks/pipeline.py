@@ -62,8 +62,13 @@ def wall_times(
     """
     data = {"projects_url": projects, "tags_url": tags}
     conf = {"num_trials": num_trials, "num_workers": 1, **data}
-    # Local data must lie in a folder the deployment names (the DAG refuses it anywhere else).
-    folders = {"TAGIFAI_DATA_DIRS": ":".join({os.path.dirname(p) for p in (projects, tags) if p.startswith("/")})}
+    # Local data must lie in a folder the deployment names (the DAG refuses it anywhere else); the deployment's
+    # data goes to the DAG runs too: the gate's holdout is read from it (else the pinned upstream, not reachable
+    # everywhere).
+    folders = {
+        "TAGIFAI_DATA_DIRS": ":".join({os.path.dirname(p) for p in (projects, tags) if p.startswith("/")}),
+        **{k: os.environ[k] for k in ("TAGIFAI_PROJECTS_URL", "TAGIFAI_TAGS_URL") if k in os.environ},
+    }
     with harness.running_postgres(*(f"mlflow_{run}" for run in RUNS), "optuna") as databases:
         storage = databases["optuna"]
         with harness.running_mlflow_server(databases["mlflow_inprocess"], root / "inprocess") as server:
