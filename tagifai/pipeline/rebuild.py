@@ -13,7 +13,6 @@ import importlib.metadata
 import os
 import platform
 import re
-import subprocess
 import sys
 import urllib.parse
 from collections.abc import Mapping
@@ -62,23 +61,6 @@ class Untestable(BadInputError):
 # ---- the process running now ---------------------------------------------------------------------------
 
 
-def described_version() -> str:
-    """`TAGIFAI_CODE_VERSION` (the image's), else `git describe --always --dirty` of the checkout, else ""."""
-    if version := os.environ.get("TAGIFAI_CODE_VERSION"):
-        return version
-    try:
-        described = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
-            cwd=Path(tagifai.__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return described.stdout.strip() if described.returncode == 0 else ""
-
-
 def commit_of(described: str) -> tuple[str, bool]:
     """The commit a `git describe --dirty` string names ("" if none) and whether it says the tree was dirty."""
     dirty = described.endswith("-dirty")
@@ -94,7 +76,7 @@ def lock_sha256() -> str:
 
 def environment() -> dict[str, Any]:
     """The manifest's `environment` for this process: Python, packages, lock file, image, commit."""
-    commit, dirty = commit_of(described_version())
+    commit, dirty = commit_of(tracking.described_version())
     packages = {}
     for name in rebuild.PACKAGES:
         try:

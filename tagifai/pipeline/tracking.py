@@ -82,18 +82,28 @@ def experiment_id(name: str) -> str:
 
 
 def code_version() -> str:
-    """`TAGIFAI_CODE_VERSION`, else the git commit of the checkout, else the package version."""
+    """What the code is, for the `code_version` tag: `described_version()`, else the package version."""
+    return described_version() or tagifai.__version__
+
+
+def described_version() -> str:
+    """`TAGIFAI_CODE_VERSION` (an image's: `make image` passes it), else the checkout's `git describe --dirty`.
+
+    A commit, with "-dirty" when the tree had changes; "" outside a checkout.
+    """
     if version := os.environ.get("TAGIFAI_CODE_VERSION"):
         return version
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(tagifai.__file__).parent, capture_output=True, text=True, timeout=5
+        described = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
+            cwd=Path(tagifai.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
-        if sha.returncode == 0 and sha.stdout.strip():
-            return sha.stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        pass
-    return tagifai.__version__
+        return ""
+    return described.stdout.strip() if described.returncode == 0 else ""
 
 
 def fresh_pipeline_run_id() -> str:
