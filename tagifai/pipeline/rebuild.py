@@ -266,9 +266,21 @@ def recorded_image(model_name: str, version: str) -> dict[str, str]:
     Raises:
         BadInputError: no such version.
     """
-    try:
-        tags = MlflowClient().get_model_version(model_name, version).tags
-    except MlflowException:
-        raise BadInputError(f"no version {version} of registered model {model_name!r}") from None
+    tags = registered_version(model_name, version).tags
     keys = ("image", "image_id", "image_digest", "commit", "dirty")
     return {"model_name": model_name, "version": version, **{k: tags.get(f"{TAG_PREFIX}{k}", "") for k in keys}}
+
+
+def registered_version(model_name: str, version: str) -> Any:
+    """Version `version` of `model_name`.
+
+    Raises:
+        BadInputError: there is no such version (exit 3).
+        TagifaiError: MLflow could not answer now (exit 1).
+    """
+    try:
+        return MlflowClient().get_model_version(model_name, version)
+    except MlflowException as exc:
+        if exc.error_code in models.MISSING:
+            raise BadInputError(f"no version {version} of registered model {model_name!r}") from None
+        raise TagifaiError(f"cannot read version {version} of {model_name} now: {exc.message}".splitlines()[0]) from exc

@@ -17,7 +17,6 @@ from typing import Any
 
 import mlflow
 from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from tagifai import model as models
@@ -48,10 +47,7 @@ def trained_run(settings: Settings, model_name: str, version: str) -> Run:
     Raises:
         BadInputError: no such version, or its run is not such a train run.
     """
-    try:
-        registered = MlflowClient().get_model_version(model_name, version)
-    except MlflowException:
-        raise BadInputError(f"no version {version} of registered model {model_name!r}") from None
+    registered = records.registered_version(model_name, version)
     try:
         return steps.upstream_run(settings, registered.run_id, "train")
     except TagifaiError as exc:
