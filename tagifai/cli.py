@@ -375,11 +375,10 @@ def checksum(
 ) -> dict[str, Any]:
     """The sha256 of a data source's content, read as `elt` reads it (what `tagifai_watch` compares)."""
     from tagifai.contract.sources import redact
-    from tagifai.core import data
     from tagifai.pipeline import sources
 
-    content = sources.fetch(source, settings)
-    return {"source": redact(source), "sha256": data.sha256(content), "bytes": len(content)}
+    read = sources.copy(source, settings, None)  # hashed as it streams: nothing is kept
+    return {"source": redact(source), "sha256": read.sha256, "bytes": read.size}
 
 
 @command()

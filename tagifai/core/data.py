@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import pandas as pd
 from sklearn.model_selection import train_test_split
@@ -20,6 +21,9 @@ if TYPE_CHECKING:  # the model imports this module: it logs no more code than it
 PROJECT_COLUMNS = ("id", "title", "description")
 TAG_COLUMNS = ("id", "tag")
 SPLITS = ("train", "val", "test")
+# Rows parsed at a time, and bytes read at a time when checking a file's encoding.
+CSV_CHUNK_ROWS = 50_000
+CHECK_BLOCK_BYTES = 1 << 20
 
 
 def sha256(content: bytes) -> str:
@@ -27,24 +31,25 @@ def sha256(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
-def parse_csv(content: bytes, name: str, required: Iterable[str]) -> pd.DataFrame:
-    """Parse UTF-8 CSV bytes (called `name` in errors) into a frame of text columns that has the `required` ones.
+def parse_csv(content: bytes | BinaryIO, name: str, required: Iterable[str]) -> pd.DataFrame:
+    """Parse UTF-8 CSV (bytes, or a binary file read in chunks; called `name` in errors) into a frame of text columns.
+
+    The frame must have the `required` columns. A file is read twice, a block at a time (first to check its
+    encoding), never whole: memory holds the frame, not the file as well.
 
     Raises:
         BadInputError: the content is empty, not UTF-8, not CSV, or lacks a required column.
     """
-    if not content.strip():
-        raise BadInputError(f"{name} is empty")
+    stream = io.BytesIO(content) if isinstance(content, (bytes, bytearray)) else content
+    check_utf8(stream, name)
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
     try:
-        text = content.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise BadInputError(
-            f"{name} is not valid UTF-8 (byte {exc.start}: {content[exc.start : exc.start + 1]!r})"
-        ) from exc
-    try:
-        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+        chunks = pd.read_csv(text, dtype=str, keep_default_na=False, chunksize=CSV_CHUNK_ROWS)
+        df = pd.concat(list(chunks), ignore_index=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise BadInputError(f"{name} is not a readable CSV file: {exc}".splitlines()[0]) from exc
+    finally:
+        text.detach()  # the caller's file stays open: it closes it
     missing = [column for column in required if column not in df.columns]
     if missing:
         # A wrong file's header is its first line: show a few of its names, each cut short
@@ -54,6 +59,32 @@ def parse_csv(content: bytes, name: str, required: Iterable[str]) -> pd.DataFram
     if df.empty:
         raise BadInputError(f"{name} has a header but no rows")
     return df
+
+
+def check_utf8(stream: BinaryIO, name: str) -> None:
+    """Read `stream` to its end a block at a time, then rewind it.
+
+    Raises:
+        BadInputError: it is empty (or only whitespace), or not valid UTF-8 (naming the first bad byte's offset).
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, blank = 0, True
+    while block := stream.read(CHECK_BLOCK_BYTES):
+        try:
+            decoder.decode(block)
+        except UnicodeDecodeError as exc:  # its offsets count the bytes the decoder held back, then this block
+            start = offset - len(decoder.getstate()[0]) + exc.start
+            bad = (decoder.getstate()[0] + block)[exc.start : exc.start + 1]
+            raise BadInputError(f"{name} is not valid UTF-8 (byte {start}: {bad!r})") from exc
+        blank = blank and not block.strip()
+        offset += len(block)
+    if blank:
+        raise BadInputError(f"{name} is empty")
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:  # cut inside a character
+        raise BadInputError(f"{name} is not valid UTF-8 (it ends inside a character)") from exc
+    stream.seek(0)
 
 
 def transform(projects: pd.DataFrame, tags: pd.DataFrame) -> pd.DataFrame:

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from tagifai.contract.settings import Settings
 
@@ -66,11 +67,21 @@ def key(step: str, upstream: str, settings: Settings, args: dict[str, Any]) -> s
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def data_sha(*contents: bytes) -> str:
-    """One sha256 over several raw files (length-prefixed, so no two splits of the bytes collide)."""
+def data_sha(*contents: bytes | BinaryIO) -> str:
+    """One sha256 over several raw files (length-prefixed, so no two splits of the bytes collide).
+
+    A file is read a block at a time from its start, and left rewound.
+    """
     digest = hashlib.sha256()
     for content in contents:
-        digest.update(len(content).to_bytes(8, "big") + content)
+        if isinstance(content, bytes):
+            digest.update(len(content).to_bytes(8, "big") + content)
+            continue
+        digest.update(content.seek(0, io.SEEK_END).to_bytes(8, "big"))
+        content.seek(0)
+        while block := content.read(1 << 20):
+            digest.update(block)
+        content.seek(0)
     return digest.hexdigest()
 
 

@@ -10,6 +10,7 @@ the reuse keys and in the champion's history.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import pandas as pd
 
@@ -24,8 +25,8 @@ SPLIT = "holdout"
 SHA_TAG = "holdout_sha256"
 
 
-def fetch(settings: Settings, fetched: Mapping[str, bytes] | None = None) -> tuple[pd.DataFrame, str]:
-    """The holdout and its sha256; `fetched` holds sources read already (URL -> bytes).
+def fetch(settings: Settings, fetched: Mapping[str, Path] | None = None) -> tuple[pd.DataFrame, str]:
+    """The holdout and its sha256; `fetched` holds sources read already (URL -> the file holding it).
 
     Raises:
         BadInputError: a holdout source is refused by the source policy, missing or malformed.
@@ -33,7 +34,8 @@ def fetch(settings: Settings, fetched: Mapping[str, bytes] | None = None) -> tup
     """
     projects_url, tags_url, whole = holdout_sources(settings)
     fetched = fetched or {}
-    raw = [fetched[url] if url in fetched else sources.fetch(url, settings) for url in (projects_url, tags_url)]
+    urls = (projects_url, tags_url)
+    raw = [fetched[url].read_bytes() if url in fetched else sources.fetch(url, settings) for url in urls]
     projects = data.parse_csv(raw[0], f"holdout projects ({redact(projects_url)})", data.PROJECT_COLUMNS)
     tags = data.parse_csv(raw[1], f"holdout tags ({redact(tags_url)})", data.TAG_COLUMNS)
     frame = data.holdout(data.transform(projects, tags), settings.data, whole)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import http.client
+import io
 import os
 import socket
 import ssl
@@ -22,7 +24,8 @@ import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO, NamedTuple
 
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -46,12 +49,43 @@ TRANSIENT_HTTP_CODES = frozenset({408, 429})
 CHUNK = 64 * 1024
 
 
+class Read(NamedTuple):
+    """What a read of a source took in: its size and sha256 (the content went to the caller's file)."""
+
+    size: int
+    sha256: str
+
+
 def fetch(source: str, settings: Settings) -> bytes:
-    """Return the bytes behind `source`, under this process's policy and `[data]` caps.
+    """Return the bytes behind `source`, under this process's policy and `[data]` caps (small sources only).
 
     Raises:
         BadInputError: the policy refuses the source, it is too large, missing or not a file.
         TagifaiError: it could not be read for now (network, HTTP 5xx, the deadline, a cut body): worth a retry.
+    """
+    buffer = io.BytesIO()
+    copy(source, settings, buffer)
+    return buffer.getvalue()
+
+
+def download(source: str, settings: Settings, target: Path) -> Read:
+    """Stream the bytes behind `source` into the file `target`, never holding them whole; see `fetch`.
+
+    On any error `target` is removed: nothing half-written is left.
+    """
+    try:
+        with target.open("wb") as out:
+            return copy(source, settings, out)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+
+
+def copy(source: str, settings: Settings, out: BinaryIO | None) -> Read:
+    """Read `source` under this process's policy and `[data]` caps into `out` (None: only count and hash it).
+
+    Raises:
+        BadInputError, TagifaiError: as `fetch`.
     """
     data = settings.data
     try:
@@ -59,7 +93,7 @@ def fetch(source: str, settings: Settings) -> bytes:
     except ValueError as exc:  # a malformed TAGIFAI_DATA_DIRS / TAGIFAI_ALLOWED_URL_HOSTS
         raise BadInputError(str(exc)) from exc
     try:
-        return read(source, policy, max_bytes=data.max_bytes, deadline_seconds=data.fetch_deadline_seconds)
+        return read_into(source, policy, out, max_bytes=data.max_bytes, deadline_seconds=data.fetch_deadline_seconds)
     except SourceRefused as exc:
         raise BadInputError(str(exc)) from exc
     except SourceUnavailable as exc:
@@ -67,7 +101,22 @@ def fetch(source: str, settings: Settings) -> bytes:
 
 
 def read(source: str, policy: SourcePolicy, *, max_bytes: int, deadline_seconds: float, timeout: float = 30.0) -> bytes:
-    """Return the bytes behind `source`, read under `policy`.
+    """Return the bytes behind `source`, read under `policy` (`read_into` memory)."""
+    buffer = io.BytesIO()
+    read_into(source, policy, buffer, max_bytes=max_bytes, deadline_seconds=deadline_seconds, timeout=timeout)
+    return buffer.getvalue()
+
+
+def read_into(
+    source: str,
+    policy: SourcePolicy,
+    out: BinaryIO | None,
+    *,
+    max_bytes: int,
+    deadline_seconds: float,
+    timeout: float = 30.0,
+) -> Read:
+    """Copy the bytes behind `source`, read under `policy`, into `out` as they arrive.
 
     `policy.check(source)` first; then a local file is read at its resolved path, or the URL
     downloaded: every address the host resolves to is vetted and the connection pinned to one of
@@ -76,6 +125,7 @@ def read(source: str, policy: SourcePolicy, *, max_bytes: int, deadline_seconds:
     Args:
         source: a path, a `file://` URL or an `http(s)://` URL.
         policy: the deployment's policy.
+        out: where the bytes go (None: nowhere, they are only counted and hashed).
         max_bytes: the most bytes the source may have.
         deadline_seconds: the time the whole fetch (all hops, all reads) may take.
         timeout: the time one socket operation may take.
@@ -85,9 +135,34 @@ def read(source: str, policy: SourcePolicy, *, max_bytes: int, deadline_seconds:
         SourceUnavailable: the source cannot be read; `.transient` says whether a retry may help.
     """
     path = policy.check(source)  # a local source's resolved path, or the URL
+    sink = _Sink(source, max_bytes, out)
     if is_local(source):
-        return _read_file(source, path, max_bytes=max_bytes, deadline_seconds=deadline_seconds, strict=policy.enforced)
-    return _Download(source, policy, max_bytes, timeout).within(deadline_seconds)
+        _read_file(source, path, sink, deadline_seconds=deadline_seconds, strict=policy.enforced)
+    else:
+        _Download(source, policy, sink, timeout).within(deadline_seconds)
+    return Read(sink.size, sink.digest.hexdigest())
+
+
+class _Sink:
+    """Where a source's bytes go as they are read: counted against the cap, hashed, written to `out`."""
+
+    def __init__(self, source: str, max_bytes: int, out: BinaryIO | None) -> None:
+        """Count, hash and pass on the bytes of `source`, refusing more than `max_bytes`."""
+        self.source, self.max_bytes, self.out = source, max_bytes, out
+        self.size, self.digest = 0, hashlib.sha256()
+
+    def write(self, chunk: bytes) -> None:
+        """Take in the next bytes.
+
+        Raises:
+            SourceRefused: the source has now passed `max_bytes`.
+        """
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise too_big(self.source, self.max_bytes)
+        self.digest.update(chunk)
+        if self.out is not None:
+            self.out.write(chunk)
 
 
 def too_big(source: str, max_bytes: int) -> SourceRefused:
@@ -136,34 +211,30 @@ def _open_without_links(source: str, path: str, flags: int) -> int:
         os.close(parent)
 
 
-def _read_file(source: str, path: str, *, max_bytes: int, deadline_seconds: float, strict: bool) -> bytes:
-    """Read at most `max_bytes` of a file; `strict` (enforced): no part of the path is a link, a regular file."""
+def _read_file(source: str, path: str, sink: _Sink, *, deadline_seconds: float, strict: bool) -> None:
+    """Read a file into `sink` (its cap first); `strict` (enforced): no part of the path is a link, a regular file."""
 
     def opener(path: str, flags: int) -> int:  # NONBLOCK: a FIFO cannot hang open()
         return _open_without_links(source, path, flags | os.O_NONBLOCK) if strict else os.open(path, flags)
 
     name, end = shown(source), time.monotonic() + deadline_seconds
-    body = bytearray()
     try:
         with open(path, "rb", opener=opener) as file:  # a directory: EISDIR
             info = os.fstat(file.fileno())
             if strict and not stat.S_ISREG(info.st_mode):
                 raise SourceUnavailable(f"cannot read {name}: not a regular file")
-            if stat.S_ISREG(info.st_mode) and info.st_size > max_bytes:
-                raise too_big(source, max_bytes)
+            if stat.S_ISREG(info.st_mode) and info.st_size > sink.max_bytes:
+                raise too_big(source, sink.max_bytes)
             while chunk := file.read(CHUNK):
                 if time.monotonic() > end:
                     raise SourceUnavailable(f"cannot read {name}: {_late(deadline_seconds)}", transient=True)
-                body += chunk
-                if len(body) > max_bytes:
-                    raise too_big(source, max_bytes)
+                sink.write(chunk)
     except FileNotFoundError as exc:
         raise SourceUnavailable(f"data file not found: {name}") from exc
     except SourceUnavailable:
         raise
     except OSError as exc:
         raise SourceUnavailable(f"cannot read {name}: {exc.strerror or exc}") from exc
-    return bytes(body)
 
 
 @dataclass
@@ -176,19 +247,19 @@ class _Download:
 
     source: str
     policy: SourcePolicy
-    max_bytes: int
+    sink: _Sink
     timeout: float
     url: str = ""
     sock: socket.socket | None = None
     expired: threading.Event = field(default_factory=threading.Event)
 
-    def within(self, seconds: float) -> bytes:
-        """Download in a thread; if `seconds` pass first, shut its connection down and give up."""
+    def within(self, seconds: float) -> None:
+        """Download into the sink in a thread; if `seconds` pass first, shut its connection down and give up."""
         outcome: dict[str, Any] = {}
 
         def run() -> None:
             try:
-                outcome["body"] = self.follow()
+                self.follow()
             except BaseException as exc:  # raised again in the caller's thread
                 outcome["error"] = exc
 
@@ -203,10 +274,9 @@ class _Download:
             raise self.unavailable(_late(seconds), transient=True)
         if "error" in outcome:
             raise outcome["error"]
-        return outcome["body"]
 
-    def follow(self) -> bytes:
-        """Follow at most MAX_REDIRECTS redirects from the source, vetting every hop, and return the body."""
+    def follow(self) -> None:
+        """Follow at most MAX_REDIRECTS redirects from the source, vetting every hop, and copy the body to the sink."""
         self.url = self.source
         try:
             for hop in range(MAX_REDIRECTS + 1):
@@ -221,10 +291,10 @@ class _Download:
                     if not hop:
                         raise
                     raise SourceRefused(f"{shown(self.source)} redirects to a refused place: {exc}") from None
-                answer = self.get(url, addresses)
-                if isinstance(answer, bytes):
-                    return answer
-                self.url = answer
+                redirect = self.get(url, addresses)
+                if redirect is None:
+                    return
+                self.url = redirect
         except (SourceRefused, SourceUnavailable):
             raise
         except (OSError, urllib3.exceptions.HTTPError, http.client.HTTPException, CertificateError) as exc:
@@ -255,8 +325,8 @@ class _Download:
             return connection
         raise error
 
-    def get(self, url: Url, addresses: list[str]) -> bytes | str:
-        """One GET: the body of a 2xx answer, or the absolute URL a redirect points to."""
+    def get(self, url: Url, addresses: list[str]) -> str | None:
+        """One GET: the absolute URL a redirect points to, or None when a 2xx answer's body went to the sink."""
         connection = self.connect(url, addresses)
         try:
             host = url.host_port.removesuffix(":443" if url.scheme == "https" else ":80")  # the default port unsaid
@@ -277,14 +347,13 @@ class _Download:
                     raise self.unavailable(bad) from None
             if not 200 <= status < 300:
                 raise self.unavailable(f"HTTP {status} {reason}", status >= 500 or status in TRANSIENT_HTTP_CODES)
-            if (response.length_remaining or 0) > self.max_bytes:
-                raise too_big(self.source, self.max_bytes)
-            body = bytearray()
+            if (response.length_remaining or 0) > self.sink.max_bytes:
+                raise too_big(self.source, self.sink.max_bytes)
             for chunk in response.stream(CHUNK):
-                body += chunk
-                if len(body) > self.max_bytes:
-                    raise too_big(self.source, self.max_bytes)
-            return bytes(body)
+                if self.expired.is_set():  # the caller gave up (and may have removed the file)
+                    raise TimeoutError("the fetch's deadline passed")
+                self.sink.write(chunk)
+            return None
         finally:
             connection.close()
 

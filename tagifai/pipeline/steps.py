@@ -88,28 +88,51 @@ def elt(
     shown = {"projects_url": redact(projects_url), "tags_url": redact(tags_url)}
     experiment = tracking.experiment_id(experiment_name)
     ownership.check(ownership.listed_experiment(settings, experiment))
-    raw = {"projects.csv": sources.fetch(projects_url, settings), "tags.csv": sources.fetch(tags_url, settings)}
-    projects = data.parse_csv(raw["projects.csv"], f"projects.csv ({shown['projects_url']})", data.PROJECT_COLUMNS)
-    tags = data.parse_csv(raw["tags.csv"], f"tags.csv ({shown['tags_url']})", data.TAG_COLUMNS)
-    labeled = data.transform(projects, tags)
-    key = reuse.elt_key(reuse.data_sha(raw["projects.csv"], raw["tags.csv"]), settings)
+    with tempfile.TemporaryDirectory(prefix="tagifai-elt-") as folder:
+        # Streamed to files under [data] max_bytes, parsed in chunks: the sources are never held whole.
+        raw = {name: Path(folder) / name for name in ("projects.csv", "tags.csv")}
+        for path, url in zip(raw.values(), (projects_url, tags_url), strict=True):
+            sources.download(url, settings, path)
+        with raw["projects.csv"].open("rb") as projects_file, raw["tags.csv"].open("rb") as tags_file:
+            projects = data.parse_csv(projects_file, f"projects.csv ({shown['projects_url']})", data.PROJECT_COLUMNS)
+            tags = data.parse_csv(tags_file, f"tags.csv ({shown['tags_url']})", data.TAG_COLUMNS)
+            data_sha = reuse.data_sha(projects_file, tags_file)
+        labeled, rows = data.transform(projects, tags), {"projects": len(projects), "tags": len(tags)}
+        del projects, tags
+        result = logged_elt(experiment, reuse.elt_key(data_sha, settings), raw, labeled, rows, shown, force)
+        if plan_params is not None and not force:
+            fetched = {projects_url: raw["projects.csv"], tags_url: raw["tags.csv"]}
+            result["plan"] = plan(settings, experiment, result["run_id"], result["data_sha256"], plan_params, fetched)
+    return result
+
+
+def logged_elt(
+    experiment: str,
+    key: str,
+    raw: dict[str, Path],
+    labeled: Any,
+    rows: dict[str, int],
+    shown: dict[str, str],
+    force: bool,
+) -> dict[str, Any]:
+    """The elt run of `key`: one made already, or a new one logging the raw files and the labeled data.
+
+    `rows`: how many projects and tags the sources had; `shown`: their URLs as logged (redacted).
+    """
     result = earlier(experiment, "elt", key, force)
     if result is None:
         with tracking.step_run("elt", experiment, key=key):
             mlflow.log_params(shown)
             # Raw copies only of what parsed as the data: nothing else a source returned is kept.
-            for name, content in raw.items():
-                tracking.log_bytes(content, f"raw/{name}")
+            for path in raw.values():
+                mlflow.log_artifact(str(path), artifact_path="raw")
             source = shown["projects_url"]
             digest = tracking.log_frame(labeled, tracking.LABELED, "tagifai-labeled", "extracted", source=source)
             mlflow.set_tag("data_sha256", digest)
-            counts = {"projects": len(projects), "tags": len(tags), "labeled": len(labeled)}
-            mlflow.log_metrics({**counts, "untagged_projects": len(projects) - len(labeled)})
+            counts = {"projects": rows["projects"], "tags": rows["tags"], "labeled": len(labeled)}
+            mlflow.log_metrics({**counts, "untagged_projects": counts["projects"] - len(labeled)})
             log.info("elt: %(projects)d projects, %(tags)d tags -> %(labeled)d labeled rows", counts)
             result = tracking.record_output({"run_id": mlflow.active_run().info.run_id, "data_sha256": digest})
-    if plan_params is not None and not force:
-        fetched = {projects_url: raw["projects.csv"], tags_url: raw["tags.csv"]}
-        result["plan"] = plan(settings, experiment, result["run_id"], result["data_sha256"], plan_params, fetched)
     return result
 
 
@@ -119,13 +142,13 @@ def plan(
     elt_run_id: str,
     data_sha256: str,
     params: dict[str, Any],
-    fetched: dict[str, bytes] | None = None,
+    fetched: dict[str, Path] | None = None,
 ) -> dict[str, Any]:
     """The later steps of a pipeline with `params` whose runs are made already: step -> that run's output.
 
     It walks the steps as the pipeline will, each key from the run the step before hands on, and stops
     at the first step that must run: what follows it cannot be the same. `fetched`: the sources elt
-    read (URL -> bytes), so that the holdout is not read twice when it is the same data.
+    read (URL -> its file), so that the holdout is not read twice when it is the same data.
     """
     found: dict[str, Any] = {}
     keys: dict[str, str] = {}
@@ -258,7 +281,15 @@ def optimize(
         mlflow.set_tags({"optuna_study": study_name, "optuna_storage": storage_tag, "optuna_worker": worker})
         mlflow.log_param("num_trials", num_trials)
         callback = tracking.trial_runs(pipeline, data_run_id)
-        score = tuning.objective(tracking.load_split(data_run_id, "train"), settings, tracking.log_trial)
+        # The tuning budget: trials see at most [optimize] max_rows rows; `train` fits the best params on all.
+        train_df = tracking.load_split(data_run_id, "train")
+        rows, folds, budget = training.tuning_budget(
+            train_df, space.max_rows, space.cv_max_rows, space.cv_folds, space.seed
+        )
+        del train_df
+        mlflow.set_tags({"tuning_rows": str(len(rows)), "tuning_folds": str(folds), "tuning_sample": budget})
+        log.info("optimize: trials cross-validate %s", budget)
+        score = tuning.objective(rows, settings, tracking.log_trial, folds)
         # Each trial records which worker and MLflow runs hold it: `train` names them for the best one.
         traced = tuning.traced(
             score, worker=worker, optimize_run_id=run.info.run_id, mlflow_run_id=lambda: mlflow.active_run().info.run_id
@@ -287,6 +318,7 @@ def optimize(
                 "best_value": best.value,
                 "trials": finished,
                 "trials_run": trials_run,
+                "tuning_rows": len(rows),
             }
         )
 
@@ -307,7 +339,10 @@ def train(
     train_df, val_df = data.read_frame(raw["train"]), data.read_frame(raw["val"])
     with tracking.step_run("train", upstream.info.experiment_id, upstream, key=key, **lineage) as run:
         mlflow.log_params(params)
-        result = training.train(params, train_df, val_df, settings.stopwords, settings.data.other_label)
+        # Whatever tuning sampled (its `tuning_sample` tag, carried here), the model learns from every train row.
+        mlflow.set_tag("trained_rows", str(len(train_df)))
+        # Alone in its process: a thread per core fits the one-vs-rest problems (the same model as one thread).
+        result = training.train(params, train_df, val_df, settings.stopwords, settings.data.other_label, n_jobs=-1)
         tracking.log_history(result["history"])
         mlflow.log_metrics({**{f"val_{k}": v for k, v in result["val"].items()}, "threshold": result["threshold"]})
         example = val_df[list(models.INPUT_COLUMNS)].head(3).reset_index(drop=True)
@@ -341,7 +376,7 @@ def tuned(optimize_run_id: str, data_run_id: str, experiment: str) -> tuple[dict
         raise TagifaiError(
             f"optimize run {optimize_run_id} tuned data run {tags.get('data_run_id')}, not {data_run_id}"
         )
-    lineage = {k: tags[k] for k in tuning.LINEAGE_TAGS if k in tags}
+    lineage = {k: tags[k] for k in (*tuning.LINEAGE_TAGS, "tuning_sample") if k in tags}
     # The worker that ran the best trial, which need not be the run given here.
     lineage["optimize_run_id"] = lineage.pop("best_trial_optimize_run_id", optimize_run_id)
     params = tracking.read_json_artifact(optimize_run_id, tracking.BEST_PARAMS)

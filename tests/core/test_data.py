@@ -1,8 +1,10 @@
+import io
+
 import pandas as pd
 import pytest
 
 from harness import synthetic
-from tagifai.contract.errors import TagifaiError
+from tagifai.contract.errors import BadInputError, TagifaiError
 from tagifai.core import data
 
 STOPWORDS = ["the", "a", "is", "for", "of"]
@@ -122,3 +124,22 @@ def test_a_golden_set_is_used_whole_with_the_models_labels(settings):
     )
     golden = data.holdout(labeled, settings.data, whole=True)
     assert golden["tag"].tolist() == ["mlops", "other", "mlops"]  # min_freq is the training data's, not applied
+
+
+def test_parse_csv_reads_a_file_in_chunks_as_it_reads_bytes(monkeypatch):
+    content = b"id,title,description\n" + "".join(f'{i},"café {i}","a, b"\n' for i in range(2_500)).encode()
+    monkeypatch.setattr(data, "CSV_CHUNK_ROWS", 1000)  # three chunks
+    monkeypatch.setattr(data, "CHECK_BLOCK_BYTES", 7)  # é cut across blocks
+    stream = io.BytesIO(content)
+    parsed = data.parse_csv(stream, "projects.csv", data.PROJECT_COLUMNS)
+    pd.testing.assert_frame_equal(parsed, data.parse_csv(content, "projects.csv", data.PROJECT_COLUMNS))
+    assert len(parsed) == 2_500 and parsed.loc[2_499, "title"] == "café 2499"
+    assert not stream.closed  # the caller's file: it closes it
+
+
+def test_a_bad_byte_is_named_by_its_offset_in_the_file(monkeypatch):
+    monkeypatch.setattr(data, "CHECK_BLOCK_BYTES", 5)
+    content = b"id,title,description\n" + b"1,ok,x\n" * 10 + b"2,caf\xe9,x\n"
+    offset = content.index(b"\xe9")
+    with pytest.raises(BadInputError, match=rf"not valid UTF-8 \(byte {offset}: b'\\xe9'\)"):
+        data.parse_csv(io.BytesIO(content), "projects.csv", data.PROJECT_COLUMNS)

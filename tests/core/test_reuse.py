@@ -1,6 +1,7 @@
 """Reuse keys: what changes a step's key, and what does not."""
 
 import copy
+import io
 import shutil
 
 import pytest
@@ -152,3 +153,8 @@ def test_only_code_that_makes_a_steps_output_changes_the_code_version(tmp_path, 
     with (copy / edited).open("a", encoding="utf-8") as f:
         f.write('\n"""An edit."""\n')
     assert (reuse.code_hash(copy) != before) is retrains
+
+
+def test_data_sha_of_files_is_that_of_their_bytes():
+    contents = (b"id,title\n1,a\n" * 100_000, b"id,tag\n")  # the first longer than a block
+    assert reuse.data_sha(*map(io.BytesIO, contents)) == reuse.data_sha(*contents)

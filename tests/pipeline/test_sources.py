@@ -1,3 +1,4 @@
+import hashlib
 import http.server
 import threading
 
@@ -109,3 +110,25 @@ def test_a_source_larger_than_max_bytes_is_refused(tmp_path, settings):
 )
 def test_redact_hides_credentials_in_urls(url, shown):
     assert redact(url) == shown
+
+
+def test_download_streams_a_source_to_a_file_and_says_its_size_and_sha256(tmp_path, http_root, settings):
+    content = b"id,title\n" + b"".join(b"%d,project %d\n" % (i, i) for i in range(20_000))  # several reads
+    (tmp_path / "projects.csv").write_bytes(content)
+    for source in (str(tmp_path / "projects.csv"), f"{http_root}/projects.csv"):
+        target = tmp_path / "copy.csv"
+        read = sources.download(source, settings, target)
+        assert target.read_bytes() == content
+        assert read == sources.Read(len(content), hashlib.sha256(content).hexdigest())
+    assert sources.copy(str(tmp_path / "projects.csv"), settings, None) == read  # only hashed, kept nowhere
+
+
+def test_a_download_past_max_bytes_leaves_no_file(tmp_path, http_root, settings):
+    (tmp_path / "projects.csv").write_bytes(b"x" * 300_000)  # a file is refused after 200 kB were read
+    capped = synthetic.with_setting(settings, "data", max_bytes=200_000)
+    for source in (str(tmp_path / "projects.csv"), f"{http_root}/projects.csv"):
+        target = tmp_path / "copy.csv"
+        with pytest.raises(TagifaiError, match="exceeds 200000 bytes") as raised:
+            sources.download(source, capped, target)
+        assert raised.value.exit_code == EXIT_BAD_INPUT
+        assert not target.exists()
