@@ -10,6 +10,7 @@ version is built with that copy, a package of its own name, not with the running
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import shutil
 import sys
@@ -120,10 +121,15 @@ class UnloadableModelError(BadInputError):
 
 
 def save_fitted(model: TagifaiModel, path: Path) -> Path:
-    """Write the fitted parts of `model` to `path` with skops (no pickle): the `FITTED` artifact of a logged model."""
+    """Write the fitted parts of `model` to `path` with skops (no pickle): the `FITTED` artifact of a logged model.
+
+    Each TF-IDF part's vocabulary goes in packed (`pack_vocabularies`): skops writes a dict entry by entry, a
+    file in its archive for each numpy integer, which took minutes for a vocabulary of a million n-grams.
+    """
     import skops.io  # here, not at the top: importing it takes seconds, and most steps save no model
 
-    skops.io.dump(model.parts(), path)
+    vectorizer, vocabularies = pack_vocabularies(model.vectorizer)
+    skops.io.dump({**model.parts(), "vectorizer": vectorizer, VOCABULARIES: vocabularies}, path)
     return path
 
 
@@ -135,7 +141,40 @@ def load_fitted(path: str | Path) -> dict[str, Any]:
     """
     import skops.io
 
-    return skops.io.load(path, trusted=list(TRUSTED))
+    parts = skops.io.load(path, trusted=list(TRUSTED))
+    vocabularies = parts.pop(VOCABULARIES, {})  # none in a file saved before they were packed
+    for name, part in getattr(parts["vectorizer"], "transformer_list", []):
+        if name in vocabularies:
+            terms, columns = vocabularies[name]["terms"], vocabularies[name]["columns"]
+            part.vocabulary_ = dict(zip(terms.split(TERM_SEPARATOR) if terms else [], columns.tolist(), strict=True))
+    return parts
+
+
+# Where a saved model keeps its vectorizers' vocabularies, and what separates the terms: cleaned text
+# (`clean_text`) has no line breaks.
+VOCABULARIES = "vocabularies"
+TERM_SEPARATOR = "\n"
+
+
+def pack_vocabularies(vectorizer: Any) -> tuple[Any, dict[str, dict[str, Any]]]:
+    """`vectorizer` without its parts' vocabularies (shallow copies: it is not changed), and those vocabularies.
+
+    Each vocabulary is one string of its terms and one array of their columns, two items for skops to write
+    whatever their size. A vocabulary with a term holding `TERM_SEPARATOR` stays where it is.
+    """
+    if not hasattr(vectorizer, "transformer_list"):
+        return vectorizer, {}
+    union, parts, vocabularies = copy.copy(vectorizer), [], {}
+    for name, part in vectorizer.transformer_list:
+        vocabulary = getattr(part, "vocabulary_", None)
+        if isinstance(vocabulary, dict) and not any(TERM_SEPARATOR in term for term in vocabulary):
+            part = copy.copy(part)
+            del part.vocabulary_
+            columns = np.fromiter(vocabulary.values(), dtype=np.int64, count=len(vocabulary))
+            vocabularies[name] = {"terms": TERM_SEPARATOR.join(vocabulary), "columns": columns}
+        parts.append((name, part))
+    union.transformer_list = parts
+    return union, vocabularies
 
 
 def untrusted_types_error() -> type[Exception] | tuple[()]:

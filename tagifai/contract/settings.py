@@ -80,6 +80,8 @@ class Train(Section):
     num_epochs: Count
     threshold_quantile: Fraction
     seed: int
+    # The most n-grams each TF-IDF part keeps (the most frequent): bounds the model and its memory.
+    max_features: Count
 
 
 def _range(kind: type) -> object:
@@ -93,6 +95,10 @@ class Optimize(Section):
     num_trials: Count
     num_workers: Count
     cv_folds: Annotated[int, Field(ge=2)]
+    # The tuning budget: trials cross-validate a stratified sample of at most this many train rows (0: all),
+    # all cv_folds folds up to cv_max_rows rows, only the first above.
+    max_rows: Annotated[int, Field(ge=0)]
+    cv_max_rows: Count
     # The search space: a range [low, high] or a list of choices per `[train]` param it searches.
     analyzer: Annotated[list[Analyzer], Field(min_length=1)] | None = None
     ngram_max_range: _range(Annotated[int, Field(ge=1)]) | None = None  # type: ignore[valid-type]
@@ -173,6 +179,8 @@ class Predict(Section):
 
     source: str
     experiment_name: Name
+    # Rows scored and written at a time: memory stays flat in the number of rows.
+    batch_rows: Count
 
 
 class Watch(Section):

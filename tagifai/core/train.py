@@ -6,6 +6,7 @@ Pure: frames and params in, fitted model and history out. `tagifai.pipeline.step
 from __future__ import annotations
 
 import functools
+import itertools
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +17,7 @@ from imblearn.over_sampling import RandomOverSampler
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import SGDClassifier
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.pipeline import FeatureUnion
 
 from tagifai.core.evaluate import weighted_scores
@@ -36,6 +37,7 @@ PARAM_TYPES = {
     "num_epochs": int,
     "threshold_quantile": float,
     "seed": int,
+    "max_features": int,
 }
 
 
@@ -50,8 +52,14 @@ def coerce_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_vectorizer(params: dict[str, Any]) -> FeatureUnion:
-    """Character n-gram TF-IDF, plus word uni/bi-grams when `word_features` is on."""
-    tfidf = functools.partial(TfidfVectorizer, sublinear_tf=params["sublinear_tf"])
+    """Character n-gram TF-IDF, plus word uni/bi-grams when `word_features` is on.
+
+    Each part keeps at most `max_features` n-grams, the most frequent (params recorded before there was
+    a bound have none: every n-gram, as they were trained).
+    """
+    tfidf = functools.partial(
+        TfidfVectorizer, sublinear_tf=params["sublinear_tf"], max_features=params.get("max_features")
+    )
     parts = [("char", tfidf(analyzer=params["analyzer"], ngram_range=(2, params["ngram_max_range"])))]
     if params.get("word_features"):
         parts.append(("word", tfidf(analyzer="word", ngram_range=(1, 2))))
@@ -82,10 +90,13 @@ def train(
     val_df: pd.DataFrame,
     stopwords: list[str],
     other_label: str = "other",
+    n_jobs: int | None = None,
 ) -> dict[str, Any]:
     """Fit vectorizer and classifier on `train_df`; pick the threshold on, and score, `val_df`.
 
     `params` are the `[train]` settings (`config/tagifai.toml`); the frames have `title`, `description`, `tag`.
+    `n_jobs`: threads fitting the classifier's one-vs-rest problems side by side (-1: a thread per core).
+    Each problem has its own seed, so the model is the same whatever the number, and it is not kept.
 
     Returns:
         `model` (a `TagifaiModel`), `history` (per-epoch train/val loss), `threshold`, `val` scores, `params`.
@@ -110,6 +121,7 @@ def train(
         max_iter=1,
         warm_start=True,
         random_state=params["seed"],
+        n_jobs=n_jobs,
     )
     history = []
     with warnings.catch_warnings():
@@ -120,6 +132,7 @@ def train(
             val_loss = cross_entropy(y_val, classifier.predict_proba(x_val), classifier.classes_)
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
 
+    classifier.n_jobs = None  # how it was fitted, not what it is: the saved model is the same either way
     model.classifier = classifier
     model.classes = [str(c) for c in classifier.classes_]
     y_prob = classifier.predict_proba(x_val)
@@ -133,6 +146,28 @@ def train(
     }
 
 
+def tuning_budget(
+    df: pd.DataFrame, max_rows: int, cv_max_rows: int, num_folds: int, seed: int
+) -> tuple[pd.DataFrame, int, str]:
+    """What each tuning trial of `df` (the train split) costs at most: its rows, its folds, and a line saying so.
+
+    At most `max_rows` rows (0: no limit): a sample stratified by `tag` when `df` is larger, so every class
+    keeps its share. Every one of `num_folds` folds while those rows are at most `cv_max_rows`; above, only
+    the first (trained on the rest, scored on it). So a trial costs the same at 10k or a million projects.
+    """
+    rows, how = df, f"all {len(df)} train rows"
+    if max_rows and len(df) > max_rows:
+        try:
+            rows, _ = train_test_split(df, train_size=max_rows, stratify=df["tag"], random_state=seed)
+        except ValueError:  # a class too small to stratify: a plain sample
+            rows = df.sample(n=max_rows, random_state=seed)
+        rows = rows.sort_index()
+        how = f"a stratified sample of {max_rows} of {len(df)} train rows ([optimize] max_rows)"
+    if len(rows) > cv_max_rows:
+        return rows, 1, f"{how}, one of {num_folds} folds per trial (above [optimize] cv_max_rows)"
+    return rows, num_folds, f"{how}, {num_folds} folds per trial"
+
+
 def cross_validate(
     params: dict[str, Any],
     df: pd.DataFrame,
@@ -140,12 +175,14 @@ def cross_validate(
     other_label: str = "other",
     num_folds: int = 5,
     on_fold: FoldCallback | None = None,
+    folds_run: int | None = None,
 ) -> dict[str, Any]:
     """Score `params` by stratified `num_folds`-fold cross-validation of `train` over `df` (the train split).
 
     Each fold trains on the other folds; its threshold comes from, and it is scored on, its held-out rows,
     as `train` does with the val split. A steadier objective than one small val split. The params' `seed`
     also shuffles the folds; `on_fold` is called after each fold (e.g. to report to Optuna and prune).
+    `folds_run`: only the first so many folds (a tuning budget, `tuning_budget`); None: all.
 
     Returns:
         Mean held-out `precision`, `recall`, `f1`, the standard deviation `f1_std`, `folds` (scores per fold)
@@ -154,7 +191,7 @@ def cross_validate(
     params = coerce_params(params)
     splitter = StratifiedKFold(n_splits=num_folds, shuffle=True, random_state=params["seed"])
     folds, histories = [], []
-    for fold, (train_index, val_index) in enumerate(splitter.split(df, df["tag"])):
+    for fold, (train_index, val_index) in enumerate(itertools.islice(splitter.split(df, df["tag"]), folds_run)):
         result = train(params, df.iloc[train_index], df.iloc[val_index], stopwords, other_label)
         folds.append(result["val"])
         histories.append(result["history"])

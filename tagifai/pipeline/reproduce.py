@@ -75,7 +75,7 @@ def retrain(recipe: dict[str, Any], stopwords: Any, other_label: str, raw: dict[
         raise records.Untestable("the rebuild record holds no params")
     train_df, val_df = data.read_frame(raw["train"]), data.read_frame(raw["val"])
     try:
-        return training.train(params, train_df, val_df, list(stopwords), other_label)["model"]
+        return training.train(params, train_df, val_df, list(stopwords), other_label, n_jobs=-1)["model"]
     except (KeyError, TypeError, ValueError) as exc:  # a record no train run of this code wrote
         raise records.Untestable(
             f"the recorded params cannot train a model here: {type(exc).__name__}: {exc}"

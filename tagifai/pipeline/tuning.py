@@ -75,8 +75,8 @@ def suggest_params(trial: Any, space: Optimize, base: Train) -> dict[str, Any]:
     return params
 
 
-def objective(train_df: Any, settings: Settings, record: TrialRecord) -> Objective:
-    """Score params drawn from `[optimize]` by k-fold cross-validation of `train_df`.
+def objective(train_df: Any, settings: Settings, record: TrialRecord, folds_run: int | None = None) -> Objective:
+    """Score params drawn from `[optimize]` by k-fold cross-validation of `train_df` (its first `folds_run` folds).
 
     Each fold reports the running mean f1, on which the study's pruner may stop the trial early.
     `record` gets what the trial measured, pruned or not.
@@ -96,7 +96,7 @@ def objective(train_df: Any, settings: Settings, record: TrialRecord) -> Objecti
 
         try:
             result = training.cross_validate(
-                params, train_df, settings.stopwords, settings.data.other_label, space.cv_folds, report
+                params, train_df, settings.stopwords, settings.data.other_label, space.cv_folds, report, folds_run
             )
         finally:
             record(running, result)

@@ -4,6 +4,7 @@ import io
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -236,3 +237,30 @@ def test_the_json_line_also_goes_to_the_file_tagifai_output_names(module_cli, tm
     stdout, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0
     assert output.read_text().strip() == stdout.strip().splitlines()[-1]
+
+
+def test_a_tuning_budget_tunes_on_a_sample_and_the_model_learns_from_every_row(module_cli, chain, store, tmp_path):
+    cli = module_cli
+    mlflow.set_tracking_uri(store)
+    client = MlflowClient()
+    # The chain's optimize tuned on every row, with every fold.
+    everything = client.get_run(chain["optimize"]["run_id"]).data.tags
+    train_rows = int(client.get_run(chain["validate"]["run_id"]).data.metrics["train_rows"])
+    assert everything["tuning_sample"] == f"all {train_rows} train rows, 3 folds per trial"
+    budget = Path(cli.env["TAGIFAI_CONFIG"]).read_text(encoding="utf-8")
+    budget = budget.replace("[optimize]\n", "[optimize]\nmax_rows = 40\ncv_max_rows = 30\n")
+    (tmp_path / "budget.toml").write_text(budget, encoding="utf-8")
+    env = {"TAGIFAI_CONFIG": str(tmp_path / "budget.toml"), "TAGIFAI_PIPELINE_RUN_ID": "budget"}
+    data_run = chain["validate"]["run_id"]
+    _, tuned, _ = cli("optimize", "--data-run", data_run, "--num-trials", "2", **env)
+    assert tuned["tuning_rows"] == 40 < train_rows
+    tags = client.get_run(tuned["run_id"]).data.tags
+    assert tags["tuning_folds"] == "1"
+    assert tags["tuning_sample"] == (
+        f"a stratified sample of 40 of {train_rows} train rows ([optimize] max_rows), one of 3 folds per trial "
+        "(above [optimize] cv_max_rows)"
+    )
+    _, trained, _ = cli("train", "--data-run", data_run, "--optimize-run", tuned["run_id"], **env)
+    trained_tags = client.get_run(trained["run_id"]).data.tags
+    assert trained_tags["trained_rows"] == str(train_rows)  # the model learns from every train row
+    assert trained_tags["tuning_sample"] == tags["tuning_sample"]  # and says what tuning saw

@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import mlflow
@@ -14,6 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import SGDClassifier
+from sklearn.pipeline import FeatureUnion
 from sklearn.preprocessing import FunctionTransformer
 from skops.io.exceptions import UntrustedTypesFoundException
 
@@ -217,3 +219,20 @@ def test_only_a_definite_answer_makes_a_model_unloadable(monkeypatch, error, unl
         models.load("models:/t/9")
     assert isinstance(raised.value, models.UnloadableModelError) is unloadable
     assert str(raised.value).startswith("models:/t/9 cannot be loaded") is unloadable
+
+
+def test_vocabularies_are_saved_packed_and_load_as_they_were(tmp_path):
+    texts = [f"project {i} about topic{i % 97} and words{i % 13}" for i in range(3000)]
+    union = FeatureUnion(
+        [("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), max_features=20_000)),
+         ("word", TfidfVectorizer(ngram_range=(1, 2)))]
+    ).fit(texts)  # fmt: skip
+    model = TagifaiModel(union, None, ["a"], 0.5, "other", [], False)
+    before = [dict(part.vocabulary_) for _, part in union.transformer_list]
+    path = models.save_fitted(model, tmp_path / "fitted.skops")
+    assert [part.vocabulary_ for _, part in union.transformer_list] == before  # the model itself is not changed
+    # Two items per vocabulary, not one archive file per entry (thousands of them: minutes for a million).
+    assert len(zipfile.ZipFile(path).namelist()) < 40 < sum(map(len, before))
+    loaded = models.load_fitted(path)["vectorizer"]
+    assert [part.vocabulary_ for _, part in loaded.transformer_list] == before
+    assert (loaded.transform(texts[:50]) != union.transform(texts[:50])).nnz == 0
