@@ -12,7 +12,11 @@
 - `kubernetes`: `KubernetesPodOperator` runs the same image and command in a pod
   (`TAGIFAI_K8S_NAMESPACE`, `TAGIFAI_K8S_IN_CLUSTER`, secrets from the Secret `TAGIFAI_K8S_SECRET`).
 
-Retries, their delay and backoff come from the settings' `[retry]`.
+Retries, their delay and backoff come from the settings' `[retry]`. A step whose container or pod the
+engine killed for memory (`[limits] step_memory`) is not retried: every try would die the same way. The
+docker runner asks the engine (`State.OOMKilled`), the kubernetes runner the pod (reason `OOMKilled`); the
+local runner has no limit of its own, and a subprocess killed by SIGKILL (exit 137) is retried, since
+that signal does not say who sent it.
 
 Every step prints a one-line JSON object as its last stdout line; the operator pushes it to XCom
 (the local runner the line, the docker and kubernetes runners the object, read from a file the step
@@ -99,6 +103,12 @@ FORWARDED_ENV = ("MLFLOW_S3_ENDPOINT_URL", *names.POLICY_ENVS, *names.SOURCE_URL
 # The exit codes of `tagifai` that no retry can fix: bad input or settings (for the local runner, also
 # a `tagifai` that is missing or cannot run: 127, 126). The task fails at once instead of being retried.
 FINAL_EXIT_CODES = (EXIT_BAD_INPUT,)
+# What makes a step's work smaller, named when its container ran out of memory (`out_of_memory_error`).
+OUT_OF_MEMORY_HINTS = {
+    "predict-batch": "lower [predict] batch_rows",
+    "optimize": "lower [optimize] max_rows",
+    **dict.fromkeys(("elt", "validate", "train"), "a smaller data source or [train] max_features"),
+}
 # Every step container: no privilege escalation, no Linux capabilities (the steps need none).
 HARDENING = {"security_opt": ["no-new-privileges"], "cap_drop": ["ALL"]}
 
@@ -301,6 +311,7 @@ def _operator(
         "default_urls": (data.projects_url, data.tags_url),
         "lineage_namespace": settings.config.lineage.namespace,
         "execution_timeout": settings.timeout(command[0]),
+        "step_memory": settings.config.limits.step_memory,
     }
     env = {
         "MLFLOW_EXPERIMENT_NAME": experiment_name,
@@ -373,6 +384,10 @@ def _kubernetes_operator(
             forwarded = [k8s.V1EnvVar(name=name, value=value) for name, value in plain.items()]
             self.env_vars = [*forwarded, *(convert_env_vars(self.env_vars) if self.env_vars else [])]
 
+        def out_of_memory(self) -> bool:
+            """Whether the step's container was terminated for memory, as the finished pod (`remote_pod`) says."""
+            return pod_out_of_memory(self.remote_pod, self.base_container_name)
+
     secret = [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.k8s_secret))]
     memory = {"memory": k8s_quantity(settings.config.limits.step_memory)}
     kwargs = {
@@ -417,6 +432,25 @@ def step_secrets(step: str, environ: Mapping[str, str]) -> dict[str, str]:
     return {name: environ[source] for name, source in secrets.items() if source in environ}
 
 
+def out_of_memory_error(step: str, memory: str | None) -> str:
+    """The one-line error of `step` killed for memory under the limit `memory` (`[limits] step_memory`)."""
+    hint = OUT_OF_MEMORY_HINTS.get(step)
+    return (
+        f"out of memory in {step}: raise [limits] step_memory (now {memory or 'not set'}) "
+        f"or make the step's work smaller{f' ({hint})' if hint else ''}"
+    )
+
+
+def pod_out_of_memory(pod: Any, container: str) -> bool:
+    """Whether the container `container` of `pod` (a `V1Pod`, or None) was terminated for memory (`OOMKilled`)."""
+    statuses = getattr(getattr(pod, "status", None), "container_statuses", None) or []
+    for status in statuses:
+        terminated = getattr(getattr(status, "state", None), "terminated", None)
+        if status.name == container and terminated is not None and terminated.reason == "OOMKilled":
+            return True
+    return False
+
+
 def k8s_quantity(memory: str) -> str:
     """A Docker-style memory size (`4g`, `512m`: `[limits] step_memory`) as a Kubernetes quantity (`4Gi`, `512Mi`)."""
     units = {"k": "Ki", "m": "Mi", "g": "Gi"}
@@ -429,7 +463,8 @@ class StepMixin(BaseOperator):
     A step `elt`'s plan found made already is handed on; nothing starts. Else each data source must
     pass the deployment's source policy first (a refused one fails the task at once, naming the rule).
     After, the exit codes that mean bad input or setup (the operator's `skip_on_exit_code`) fail the task
-    without a retry, instead of skipping it. A `BaseOperator` itself, so that Airflow knows its arguments.
+    without a retry, instead of skipping it, and so does a container or pod the engine killed for memory
+    (`out_of_memory`). A `BaseOperator` itself, so that Airflow knows its arguments.
 
     OpenLineage (`tagifai.orchestration.lineage`): the step gets its task's OpenLineage run in its environment
     (`openlineage_env`), and the provider's events name the datasets it read and wrote, and its MLflow run
@@ -448,13 +483,18 @@ class StepMixin(BaseOperator):
         data_sources: Sequence[str] = (),
         default_urls: Sequence[str] = (),
         lineage_namespace: str = "tagifai",
+        step_memory: str | None = None,
         **kwargs: Any,
     ) -> None:
-        """Create the operator of `step` (the task id when None); `data_sources` are templates of the URLs it reads."""
+        """Create the operator of `step` (the task id when None); `data_sources` are templates of the URLs it reads.
+
+        `step_memory` is the setting its container's memory limit comes from, as the settings spell it: named
+        when the step runs out of memory.
+        """
         super().__init__(**kwargs)
         self.step = step or self.task_id
         self.data_sources, self.default_urls = list(data_sources), tuple(default_urls)
-        self.lineage_namespace = lineage_namespace
+        self.lineage_namespace, self.step_memory = lineage_namespace, step_memory
 
     def execute(self, context: Any) -> Any:
         """Hand on the run made already, or check the sources, prepare and run the step."""
@@ -500,15 +540,22 @@ class StepMixin(BaseOperator):
         """The failed step's output lines the runner kept (its `error:` line among them)."""
         return ()
 
+    def out_of_memory(self) -> bool:
+        """Whether the engine killed the failed step's container or pod for memory (never, by default)."""
+        return False
+
     def failed(self, error: Exception, final: bool) -> AirflowException:
         """The task's exception for a failed step: `<step>: <its one-line error>`, with `step_output` for notify.
 
-        The error is the step's `TAGIFAI_OUTPUT` JSON `error`, else its last `error:` line. `final`: no retry
-        (AirflowFailException), as for bad input (exit 3).
+        The error is the step's `TAGIFAI_OUTPUT` JSON `error`, else its last `error:` line; for a step killed
+        for memory, `out_of_memory_error`'s. `final`: no retry (AirflowFailException), as for bad input
+        (exit 3) and memory (a retry gets the same limit).
         """
         output = self._step_output = self.failure_output() or {}
         line = output.get("error") if isinstance(output.get("error"), str) else None
         line = line or last_error_line(self.failure_lines(error))
+        if self.out_of_memory():
+            line, final = out_of_memory_error(self.step, self.step_memory), True
         if line:
             message = f"{self.task_id}: {notify.one_line(line)}"
         elif final:
@@ -633,6 +680,8 @@ class TagifaiDockerOperator(StepMixin, DockerOperator):
         self.mounts = [*self.mounts, *({"Target": f, "Source": f, "Type": "bind", "ReadOnly": True} for f in folders)]
         self._private_environment = {**step_secrets(self.command[0], environ), **self._private_environment}
         self.environment = {**self.environment, **self.image_identity()}
+        # Nothing kept from an earlier try's container.
+        self._failed_output, self._oom_killed = None, False
         self.remove_earlier_tries()
 
     def image_identity(self) -> dict[str, str]:
@@ -663,6 +712,21 @@ class TagifaiDockerOperator(StepMixin, DockerOperator):
             self.cli.remove_container(earlier["Id"])
 
     _failed_output: Any = None
+    _oom_killed = False
+
+    def keep_failed_container(self, container_id: str) -> None:
+        """What the operator removes with a failed container: its step's output, and whether it ran out of memory."""
+        self.keep_failed_output(container_id)
+        try:
+            state = self.cli.inspect_container(container_id)["State"]
+        except Exception as exc:  # not known to be memory: retried, as any failure that may pass
+            self.log.warning("container %s not inspected (%s): no memory kill seen", container_id[:12], exc)
+            state = {}
+        self._oom_killed = bool(state.get("OOMKilled"))
+
+    def out_of_memory(self) -> bool:
+        """Whether the engine killed the container for memory (`OOMKilled`; an exit 137 from `docker kill` is not)."""
+        return self._oom_killed
 
     def keep_failed_output(self, container_id: str) -> None:
         """Read the step's `TAGIFAI_OUTPUT` file from its failed container, before the operator removes it."""
@@ -681,8 +745,8 @@ class TagifaiDockerOperator(StepMixin, DockerOperator):
 
     @property
     def cli(self) -> Any:
-        """The Docker API client, creating every container with `HARDENING`, keeping a failed step's output."""
-        return HardenedClient(self.hook.api_client, on_failure=self.keep_failed_output)
+        """The Docker API client, creating every container with `HARDENING`, keeping what a failed one tells."""
+        return HardenedClient(self.hook.api_client, on_failure=self.keep_failed_container)
 
 
 class HardenedClient:
