@@ -606,33 +606,49 @@ def decide(settings: Settings, register_run_id: str, choice: str, by: str) -> di
 def predict_batch(
     settings: Settings, source: str, model_name: str, alias: str, experiment_name: str, database_url: str
 ) -> dict[str, Any]:
-    """Score a CSV of projects with the version holding `alias`; upsert them into PostgreSQL's `predictions`.
+    """Score a CSV of projects with the version holding `alias`; write them into PostgreSQL's `predictions`.
 
-    Idempotent per (project id, model version): scoring the same projects with the same version again
-    adds no row. Also logs the predictions file and the count of each tag to MLflow.
+    The source is streamed to a temporary file, then read, scored (in `predictions.SCORING_WORKERS` processes)
+    and COPYed `[predict] batch_rows` rows at a time: memory holds a few batches, whatever the number of
+    projects. The batches reach the table in ONE transaction (`predictions.write`): a bad row in a late
+    batch, the database going away or the process killed leaves it as it was. Idempotent per (project id,
+    model version): the same projects scored by the same version again insert and rewrite nothing. Also logs
+    the predictions file (written a batch at a time), the rows and the count of each tag to MLflow.
     """
+    predictions.dsn(database_url)  # a URL that is not PostgreSQL fails before anything is read
     client = MlflowClient()
     version = registry.version_by_alias(client, model_name, alias)
     if version is None:
         raise TagifaiError(f"{model_name} has no @{alias} to score with yet")
-    projects = data.parse_csv(sources.fetch(source, settings), f"projects ({redact(source)})", ("id", "title"))
-    model = models.load(f"models:/{model_name}/{version.version}")
-    scored = predictions.score(model, projects)
-    with tracking.step_run("predict-batch", tracking.experiment_id(experiment_name)) as run:
-        written = predictions.upsert(
-            database_url, scored, int(version.version), run.data.tags[tracking.PIPELINE_TAG], datetime.now(UTC)
-        )
-        counts = predictions.counts(scored)
-        mlflow.log_params({"source": redact(source), "model_name": model_name, "model_version": version.version})
-        mlflow.log_metrics({"rows": len(scored), **written, **{f"tag_{tag}": n for tag, n in counts.items()}})
-        tracking.log_bytes(data.to_csv_bytes(scored), "predictions/predictions.csv")
-        log.info("predict-batch: %d projects scored by %s v%s: %s", len(scored), model_name, version.version, counts)
-        return {
-            "run_id": run.info.run_id,
-            "experiment_id": run.info.experiment_id,
-            "model_name": model_name,
-            "model_version": str(version.version),
-            "rows": len(scored),
-            **written,
-            "counts": counts,
-        }
+    with tempfile.TemporaryDirectory(prefix="tagifai-predict-") as folder:
+        downloaded, scored_file = Path(folder) / "projects.csv", Path(folder) / "predictions.csv"
+        sources.download(source, settings, downloaded)
+        name, batch_rows = f"projects ({redact(source)})", settings.predict.batch_rows
+        # The file's encoding, header and first batch are checked on entering, before a run starts.
+        with downloaded.open("rb") as file, predictions.read_projects(file, name, batch_rows) as projects:
+            model = models.load(f"models:/{model_name}/{version.version}")
+            params = {"source": redact(source), "model_name": model_name, "model_version": version.version}
+            with (
+                predictions.Scoring(model, scored_file, predictions.scoring_workers()) as scoring,
+                tracking.step_run("predict-batch", tracking.experiment_id(experiment_name)) as run,
+            ):
+                pipeline_run_id = run.data.tags[tracking.PIPELINE_TAG]
+                written = predictions.write(
+                    database_url, scoring(projects), int(version.version), pipeline_run_id, datetime.now(UTC)
+                )
+                counts, rows, batches = scoring.counts(), scoring.rows, scoring.batches
+                mlflow.log_params(params)
+                tag_counts = {f"tag_{tag}": n for tag, n in counts.items()}
+                mlflow.log_metrics({"rows": rows, "batches": batches, **written, **tag_counts})
+                mlflow.log_artifact(str(scored_file), "predictions")
+                log.info("predict-batch: %d projects scored by %s v%s: %s", rows, model_name, version.version, counts)
+                return {
+                    "run_id": run.info.run_id,
+                    "experiment_id": run.info.experiment_id,
+                    "model_name": model_name,
+                    "model_version": str(version.version),
+                    "rows": rows,
+                    "batches": batches,
+                    **written,
+                    "counts": counts,
+                }
