@@ -50,6 +50,16 @@ def parse_csv(content: bytes | BinaryIO, name: str, required: Iterable[str]) -> 
         raise BadInputError(f"{name} is not a readable CSV file: {exc}".splitlines()[0]) from exc
     finally:
         text.detach()  # the caller's file stays open: it closes it
+    check_columns(df, name, required)
+    return df
+
+
+def check_columns(df: pd.DataFrame, name: str, required: Iterable[str]) -> None:
+    """Check that `df` (a whole file, or its first rows) has the `required` columns and a row.
+
+    Raises:
+        BadInputError: a column is missing (naming the file's first few), or there is no row.
+    """
     missing = [column for column in required if column not in df.columns]
     if missing:
         # A wrong file's header is its first line: show a few of its names, each cut short
@@ -58,7 +68,6 @@ def parse_csv(content: bytes | BinaryIO, name: str, required: Iterable[str]) -> 
         raise BadInputError(f"{name} is missing column(s) {', '.join(missing)} (has: {shown})")
     if df.empty:
         raise BadInputError(f"{name} has a header but no rows")
-    return df
 
 
 def check_utf8(stream: BinaryIO, name: str) -> None:

@@ -187,14 +187,7 @@ def read_projects(file: BinaryIO, name: str, batch_rows: int) -> Iterator[Iterat
     with reader:
         with unreadable(name):
             first = next(reader)
-        missing = [column for column in REQUIRED_COLUMNS if column not in first.columns]
-        if missing:
-            # A wrong file's header is its first line: show a few of its names, each cut short (as parse_csv does)
-            names = [c if len(c) <= 24 else c[:23] + "…" for c in map(str, first.columns)]
-            has = ", ".join(names[:8]) + (", …" if len(names) > 8 else "")
-            raise BadInputError(f"{name} is missing column(s) {', '.join(missing)} (has: {has})")
-        if first.empty:
-            raise BadInputError(f"{name} has a header but no rows")
+        data.check_columns(first, name, REQUIRED_COLUMNS)
         yield itertools.chain([first], parsed(reader, name))
 
 
