@@ -33,8 +33,11 @@ CELERY_PROCESSES = (1, 2, 4)
 
 
 @contextlib.contextmanager
-def bench_stack(projects: str, tags: str) -> Iterator[Stack]:
-    """A throwaway stack (LocalExecutor) on copies of the data; deleted, volumes and all, afterwards."""
+def bench_stack(projects: str, tags: str, dags: str = "tagifai_training") -> Iterator[Stack]:
+    """A throwaway stack (LocalExecutor, running `dags`) on copies of the data; deleted, volumes and all, afterwards.
+
+    The copies' folder is the stack's data folder (its files may be read by the DAGs' sources).
+    """
     root = Path(tempfile.mkdtemp(prefix="tagifai-bench-celery-", dir="/tmp"))
     for source, name in ((projects, "projects.csv"), (tags, "tags.csv")):
         shutil.copy(source, root / name)
@@ -53,8 +56,8 @@ def bench_stack(projects: str, tags: str) -> Iterator[Stack]:
     }
     stack_script.write_env(REPO / ".env.example", env_file, overrides)
     try:
-        # Only the training DAG: no watcher or batch scoring in the figures.
-        make("up", "STACK_DAGS=tagifai_training", env_file=env_file)
+        # Only the DAGs measured (by default the training DAG): no watcher or batch scoring in the figures.
+        make("up", f"STACK_DAGS={dags}", env_file=env_file)
         yield Stack(env_file)
     finally:
         make("clean", env_file=env_file, timeout=600)

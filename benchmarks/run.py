@@ -1,6 +1,6 @@
-"""`make benchmark`: model quality, pipeline wall time, tuning throughput and images, measured here.
+"""`make benchmark`: model quality, pipeline wall time, tuning throughput, images and scale, measured here.
 
-    python -m benchmarks.run [--trials 20] [--only quality,pipeline,images]   (from the repo; `make benchmark`)
+    python -m benchmarks.run [--trials 20] [--only quality,pipeline,images,scale]   (from the repo; `make benchmark`)
 
 Data: TAGIFAI_PROJECTS_URL / TAGIFAI_TAGS_URL (default: the pinned upstream URLs). Writes
 benchmarks/results.json and prints a table with each target. Speed targets are reported, never
@@ -30,7 +30,7 @@ from benchmarks import serving as serving_section
 RESULTS = Path(__file__).with_name("results.json")
 # Trials of each run through the stack (the Celery section): two for each of the 4 optimize tasks.
 CELERY_TRIALS = 8
-SECTIONS = ("quality", "pipeline", "serving", "celery", "images")
+SECTIONS = ("quality", "pipeline", "serving", "celery", "images", "scale")
 GB = 1e9
 # The issue's targets: (name, figure, bound, at most?)
 TARGETS = {
@@ -42,13 +42,22 @@ TARGETS = {
     "serving_p99_ms": ("tagifai serve p99, 1 row, 10 connections (ms)", 50.0, True),
     "serving_vs_mlflow": ("tagifai serve / mlflow models serve, req/s (worst)", 1.0, False),
     "serving_follow_seconds": ("alias move -> first answer by the new version, under load (s, max)", 10.0, True),
+    "scale_100k_minutes": ("100k projects, the six steps (min)", 10.0, True),
+    "scale_100k_peak_rss_gb": ("100k projects, highest peak RSS of a step (GB)", 2.0, True),
+    "scale_dag_vs_steps": ("100k through the stack's DAG / the steps", 1.3, True),
+    "scale_f1_vs_all_rows": ("100k test f1, every trial on all rows - budget", 0.02, True),
+    "scale_predict_rows_per_second": ("predict-batch of 1M rows into PostgreSQL (rows/s)", 5000.0, False),
+    "scale_predict_peak_memory_gb": ("predict-batch of 1M rows, peak memory (PSS, GB)", 1.0, True),
+    "scale_predict_second_inserted": ("predict-batch of 1M rows again: rows inserted", 0.0, True),
 }
 
 
 def missing_services(section: str) -> str | None:
     """Why `section` cannot run here, or None."""
-    if section in ("pipeline", "celery", "images") and not harness.docker_ok("info"):
+    if section in ("pipeline", "celery", "images", "scale") and not harness.docker_ok("info"):
         return "no Docker engine"
+    if section == "scale" and harness.postgres_bin() is None:
+        return "no PostgreSQL server binaries (apt-get install postgresql)"
     if section == "serving" and not shutil.which("wrk"):
         return "no wrk (apt-get install wrk)"
     if section == "pipeline":
@@ -74,6 +83,10 @@ def figures(results: dict[str, Any]) -> dict[str, float]:
         out["serving_vs_mlflow"] = min(ours[n]["requests_per_second"] / theirs[n]["requests_per_second"] for n in ours)
         if follow := serving.get("follow"):
             out["serving_follow_seconds"] = follow["requests"]["max_seconds"]
+    if scale := results.get("scale"):
+        from benchmarks import scale as scale_section
+
+        out.update(scale_section.figures(scale))
     if images := results.get("images"):
         out["rebuild_seconds"] = images["rebuild_seconds"]
         if images["bytes"]["tagifai"]:
@@ -136,6 +149,11 @@ def report(results: dict[str, Any]) -> list[str]:
             base = f"{images['base_bytes'] / GB:.2f} GB"
             lines.append(f"    (base image {images['base_image']}: {base}, included above)")
         lines.append(f"  {'rebuild of tagifai after a one-line code change':<58} {images['rebuild_seconds']:>7.1f} s")
+    if scale := results.get("scale"):
+        from benchmarks import scale as scale_section
+
+        head = f"7. Scale: the steps on this machine ({scale['num_trials']} trials, default settings), side by side"
+        lines += ["", head, *scale_section.table(scale)]
     measured = figures(results)
     if measured:
         lines += ["", "Targets"]
@@ -168,6 +186,10 @@ def measure(section: str, projects: str, tags: str, trials: int, image: str) -> 
         from benchmarks import images
 
         return images.measure()
+    if section == "scale":
+        from benchmarks import scale
+
+        return scale.measure(projects, tags, trials)
     raise ValueError(f"unknown section {section!r}: expected one of {SECTIONS}")
 
 
