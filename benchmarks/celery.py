@@ -34,9 +34,10 @@ CELERY_PROCESSES = (1, 2, 4)
 
 @contextlib.contextmanager
 def bench_stack(projects: str, tags: str, dags: str = "tagifai_training") -> Iterator[Stack]:
-    """A throwaway stack (LocalExecutor, running `dags`) on copies of the data; deleted, volumes and all, afterwards.
+    """A throwaway stack (LocalExecutor, running `dags`: space-separated ids) on copies of the data.
 
-    The copies' folder is the stack's data folder (its files may be read by the DAGs' sources).
+    Deleted, volumes and all, afterwards. The copies' folder is the stack's data folder (its files may be
+    read by the DAGs' sources).
     """
     root = Path(tempfile.mkdtemp(prefix="tagifai-bench-celery-", dir="/tmp"))
     for source, name in ((projects, "projects.csv"), (tags, "tags.csv")):

@@ -22,6 +22,8 @@ import harness
 from harness import dags as dag_helpers
 
 RUNS = ("inprocess", "local", "docker")
+# The deployment's data, read by the gate's holdout.
+DATA_ENVS = ("TAGIFAI_PROJECTS_URL", "TAGIFAI_TAGS_URL")
 # Tuning throughput: every trial runs all its folds, so 1 and 2 workers do comparable work.
 NO_PRUNING = '[optimize]\npruner_startup_trials = 100000\n[mlflow]\nexperiments = ["throughput"]\n'
 
@@ -40,7 +42,7 @@ def client_env(tracking_uri: str, storage: str, pipeline_run_id: str, **extra: s
     """The environment of a `tagifai` command against the benchmark's services."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TAGIFAI_", "MLFLOW_"))}
     # The deployment's data stays: the gate's holdout is read from it (the pinned upstream without it).
-    data = {k: os.environ[k] for k in ("TAGIFAI_PROJECTS_URL", "TAGIFAI_TAGS_URL") if k in os.environ}
+    data = {k: os.environ[k] for k in DATA_ENVS if k in os.environ}
     return {
         **data,
         **env,
@@ -67,7 +69,7 @@ def wall_times(
     # everywhere).
     folders = {
         "TAGIFAI_DATA_DIRS": ":".join({os.path.dirname(p) for p in (projects, tags) if p.startswith("/")}),
-        **{k: os.environ[k] for k in ("TAGIFAI_PROJECTS_URL", "TAGIFAI_TAGS_URL") if k in os.environ},
+        **{k: os.environ[k] for k in DATA_ENVS if k in os.environ},
     }
     with harness.running_postgres(*(f"mlflow_{run}" for run in RUNS), "optuna") as databases:
         storage = databases["optuna"]

@@ -195,7 +195,7 @@ def probe(stack: Stack, stop: threading.Event, into: dict[str, Any]) -> None:
 def through_stack(projects: str, tags: str, scored: str, num_trials: int) -> dict[str, Any]:
     """Part 2: the 100k through the stack's training DAG, then the 1M through its batch DAG twice."""
     out: dict[str, Any] = {}
-    with celery.bench_stack(projects, tags, dags="tagifai_training,tagifai_batch_predictions") as stack:
+    with celery.bench_stack(projects, tags, dags="tagifai_training tagifai_batch_predictions") as stack:
         source = Path(stack.env["TAGIFAI_PROJECTS_URL"]).with_name("score.csv")  # in the stack's data folder
         subprocess.run(["cp", scored, str(source)], check=True)
         harness.world_readable(source.parent)
@@ -260,7 +260,13 @@ def measure(projects: str, tags: str, num_trials: int) -> dict[str, Any]:
     if "stack" in parts:
         scored = scale_data.write(root / "1m", SCORED_ROWS, seed=7, labelled=False)
         out["generated"]["1m"] = {k: scored[k] for k in ("rows", "bytes", "seconds")}
-        out["stack"] = through_stack(*data["100k"], str(scored["projects"]), num_trials)
+        # The deployment's data (part 1's 955 rows) must not reach the stack: compose takes a variable of the
+        # shell over its .env, and the stack would train on it instead of the 100k.
+        shell = {name: os.environ.pop(name) for name in pipeline_section.DATA_ENVS if name in os.environ}
+        try:
+            out["stack"] = through_stack(*data["100k"], str(scored["projects"]), num_trials)
+        finally:
+            os.environ.update(shell)
     return out
 
 
