@@ -179,6 +179,8 @@ def latencies(stack: Stack, seconds: float, stop: threading.Event | None = None)
             errors += 1
         time.sleep(0.05)
     times.sort()
+    if not times:  # every request failed: the figures say so instead of the section failing on no data
+        return {"requests": 0, "errors": errors, "p50_ms": float("nan"), "p99_ms": float("nan")}
     return {
         "requests": len(times),
         "errors": errors,
