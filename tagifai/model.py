@@ -28,13 +28,22 @@ from mlflow.models import Model
 # Relative: a logged model imports its copy of this code as a package of its own name (see model_code.py).
 from .contract.errors import BadInputError
 from .core.data import clean_text, compose_text
+from .core.ngrams import features
 
 # What the model reads from each row (`description` may be missing).
 INPUT_COLUMNS = ("title", "description")
 # What it needs to serve, pinned at log time to the versions that trained it.
 REQUIREMENTS = ("mlflow", "skops", "numpy", "pandas", "scipy", "scikit-learn", "nltk")
 # The code a logged model loads (its `code_paths`): this module and what it imports of tagifai (relatively).
-CODE = ("__init__.py", "model.py", "core/__init__.py", "core/data.py", "contract/__init__.py", "contract/errors.py")
+CODE = (
+    "__init__.py",
+    "model.py",
+    "core/__init__.py",
+    "core/data.py",
+    "core/ngrams.py",
+    "contract/__init__.py",
+    "contract/errors.py",
+)
 # The file MLflow runs to build the model ("models from code"), and the artifact holding the fitted parts.
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 FITTED = "fitted"
@@ -100,7 +109,7 @@ class TagifaiModel(mlflow.pyfunc.PythonModel):
 
     def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
         """Class probabilities per row, columns in `self.classes` order."""
-        return self.classifier.predict_proba(self.vectorizer.transform(self.clean(df)))
+        return self.classifier.predict_proba(features(self.vectorizer, self.clean(df)))
 
     def labels(self, y_prob: np.ndarray) -> list[str]:
         """The thresholded tag of each row of class probabilities: below the threshold, `other`."""

@@ -21,6 +21,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.pipeline import FeatureUnion
 
 from tagifai.core.evaluate import weighted_scores
+from tagifai.core.ngrams import features
 from tagifai.model import TagifaiModel
 
 # Called after every cross-validation fold with (fold, mean f1 of the folds so far); may raise to stop.
@@ -104,7 +105,7 @@ def train(
     params = coerce_params(params)
     model = TagifaiModel(build_vectorizer(params), None, [], 0.0, other_label, stopwords, params.get("stem", False))
     x_train = model.vectorizer.fit_transform(model.clean(train_df))
-    x_val = model.vectorizer.transform(model.clean(val_df))
+    x_val = features(model.vectorizer, model.clean(val_df))
     y_train, y_val = train_df["tag"].to_numpy(), val_df["tag"].to_numpy()
 
     # Oversample minority classes. The sampler draws the rows from the labels alone; taking them from the
