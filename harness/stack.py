@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from harness import REPO, docker_ok, free_port, require, synthetic, world_readable
+from harness import REPO, docker_ok, free_port, require, synthetic, wait_for, world_readable
 from harness.dags import STEPS
 from scripts import stack as stack_script
 
@@ -59,12 +59,27 @@ def running_containers(*, stopped_too: bool = False, **labels: str) -> list[str]
     return out.stdout.split()
 
 
-def pause_watcher(client: stack_script.Airflow, paused: bool = True) -> bool:
-    """Pause (or unpause) the stack's tagifai_watch; return whether it was paused before."""
+def pause_watcher(client: stack_script.Airflow, paused: bool = True, timeout: float = 600) -> bool:
+    """Pause (or unpause) the stack's tagifai_watch between two of its runs; return whether it was paused before.
+
+    The scheduler does not go on with a run of a paused DAG: paused mid-run, the watcher's run would stay
+    "running" for good (and a test waiting for no active run would wait out its timeout). So when a run is
+    under way once paused, the watcher is unpaused until that run ends, then paused again.
+    """
     path = "/api/v2/dags/tagifai_watch"
+    active = "/api/v2/dags/tagifai_watch/dagRuns?state=queued&state=running&limit=1"
     was = client.request("GET", path)["is_paused"]
-    client.request("PATCH", path, {"is_paused": paused})
-    return was
+    deadline = time.monotonic() + timeout
+    while True:
+        client.request("PATCH", path, {"is_paused": paused})
+        if not paused or not client.request("GET", active)["dag_runs"]:
+            return was
+        client.request("PATCH", path, {"is_paused": False})
+        wait_for(
+            lambda: not client.request("GET", active)["dag_runs"],
+            "tagifai_watch's run under way to end before it is paused",
+            max(deadline - time.monotonic(), 1),
+        )
 
 
 def task_containers(**labels: str) -> list[str]:
