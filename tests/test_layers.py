@@ -20,7 +20,7 @@ TAGIFAI_ALLOWED = {
     "contract": {"tagifai.contract"},
     "orchestration": {"tagifai.contract", "tagifai.orchestration"},
     "core": {"tagifai.contract", "tagifai.core", "tagifai.model"},
-    "model": {"tagifai.contract", "tagifai.core.data"},
+    "model": {"tagifai.contract", "tagifai.core.data", "tagifai.core.ngrams"},
     "model_code": {"tagifai.model"},  # what MLflow runs to build a logged model
     "pipeline": {"tagifai", "tagifai.contract", "tagifai.core", "tagifai.model", "tagifai.pipeline"},
     "serving": {"tagifai", "tagifai.contract", "tagifai.model", "tagifai.serving"},
