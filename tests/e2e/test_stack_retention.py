@@ -1,15 +1,16 @@
 """Retention in the running stack: `tagifai_maintenance` shrinks MLflow and Airflow's history, keeps what is
 needed.
 
-Five cheap forced training runs of this module's own (one trial, one worker, every step anew): three that no
-gate promotes (their versions are never champion), one on bad data (it fails at validate), and a last one like
-the first (its version becomes the challenger). The first four are then made old, as if run 400 days ago
+Three cheap forced training runs of this module's own (one trial, one worker, every step anew): one that no
+gate promotes (its version is never champion), one on bad data (it fails at validate), and a last one like
+the first (its version becomes the challenger). The first two are then made old, as if run 400 days ago
 (their MLflow runs, their Airflow rows and task logs), so that `[retention]` of 30 days finds them and nothing
-of the session's other tests. (Each forced run costs the session about 70 s: five, not the ten of the issue,
-keep CI under its bound.) A dry run of `tagifai_maintenance` lists them and deletes nothing; a run deletes
-them for good (`deleted_days` 0: MLflow's rows and artifact files, the model, the archived version; Airflow's
-rows and logs). The champion, the challenger, every version of the champion history and the newest runs are
-whole, and a run like the newest one reuses every step.
+of the session's other tests. (Each forced run costs the session 60-70 s: three, not the ten of the issue,
+keep CI under its bound: a retired pipeline, a failed one and the newest, each kind once.) A dry run of
+`tagifai_maintenance` lists them and deletes nothing; a run deletes them for good (`deleted_days` 0: MLflow's
+rows and artifact files, the model, the archived version; Airflow's rows and logs). The champion, the
+challenger, every version of the champion history and the newest runs are whole, and a run like the newest
+one reuses every step.
 
 The deployer's settings are changed in the stack's settings file (read by each task when it runs: no
 re-parse) and put back before the module ends. It changes the session's stack (it deletes): it runs after the
@@ -42,8 +43,8 @@ RETENTION = (
     "airflow_days = 30\nlog_days = 30\n"
 )
 AGE_DAYS = 400
-# Forced runs made old besides the failed one; with it and the newest: five forced runs.
-OLD_RUNS = 3
+# Forced runs made old besides the failed one; with it and the newest: three forced runs.
+OLD_RUNS = 1
 STEPS = ("elt", "validate", "optimize", "train", "evaluate", "register")
 
 
@@ -180,7 +181,7 @@ def make_old(stack, run_ids: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def retention(stack, first_run) -> dict[str, Any]:
-    """The five runs, all but the newest made old, `[retention]` set; a dry run of the maintenance, then a run.
+    """The three runs, all but the newest made old, `[retention]` set; a dry run of the maintenance, then a run.
 
     Returns what was there before, after the dry run and after the run, and what each task said.
     """
