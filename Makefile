@@ -63,35 +63,35 @@ test-stack: install ## The compose stack: make up, DAG runs via the REST API, bo
 # Each tier's wall time goes to TIERS_LOG, printed at the end (also when a tier fails); TIERS_KEEP=1 adds
 # to a log that .ci/run began. The images are built first, on their own (log in build/images.log): on two
 # cores a build beside the unit tests made both slower than one after the other; with their layers cached
-# it takes seconds. The stack tests then start, and the unit, e2e and DAG tests run beside them, one tier
-# after the other: alone the stack tests leave about half the CPU idle, waiting on the stack (its scheduler,
-# its watch interval, retries, `make up`), and they are the longest tier, so they start first. Cold, on two
-# cores: 18.3 min for stack, e2e and DAG side by side, 19.9 one after the other (2026-11-30); at 9637046 the
-# stack tier took 44 min (8 of them a stalled run, since fixed) beside e2e 9.0 and DAG 7.8, after unit 5.5
-# (2026-12-01). Their output goes to build/test-stack.log, shown from its start once the other tiers end,
-# then live; every tier runs to its end before `test` fails.
+# it takes seconds. Then lint and the unit tests, alone, and then the stack tests beside the e2e and DAG
+# tests. On two cores (2026-12-02), alone: unit 4.5 min, e2e 3.8, DAG 5.8, stack 30; the stack tests leave
+# half the CPU idle, waiting on the stack (its scheduler, its watch interval, retries, `make up`), and take
+# e2e and DAG in that half for about 5 min more (2026-12-01: stack 44 min, 8 of them a stalled run since
+# fixed, beside e2e 9.0 and DAG 7.8). With the unit tests beside them too, every tier took two to three
+# times as long (stack 65.6 min, 2026-12-01). The stack tests' output goes to build/test-stack.log, shown
+# from its start once the other two end, then live; each of the three runs to its end before `test` fails.
 TIERS_LOG ?= build/tiers.tsv
 TIERS_KEEP ?=
 TIER = mk/tiers.sh $(TIERS_LOG)
-test: ## Everything CI runs: the images, lint, then the stack tests beside unit, e2e and DAG tests; each tier's time
+test: ## Everything CI runs: the images, lint, unit, then the stack tests beside e2e and DAG tests; each tier's time
 	@$(if $(TIERS_KEEP),,rm -f $(TIERS_LOG);) mkdir -p build; \
 	images() { \
 		if ! docker info >/dev/null 2>&1; then echo "no Docker engine: no images built"; return 0; fi; \
 		echo "building the images (build/images.log)"; \
 		$(TIER) images $(MAKE) --no-print-directory images >build/images.log 2>&1 || { tail -40 build/images.log; false; }; }; \
 	beside_stack() { \
-		echo "the stack tests run beside the unit, e2e and DAG tests (their output: build/test-stack.log, shown once those end)"; \
+		echo "the stack tests run beside the e2e and DAG tests (their output: build/test-stack.log, shown once those end)"; \
 		$(TIER) test-stack $(MAKE) --no-print-directory test-stack >build/test-stack.log 2>&1 & stack=$$!; \
-		$(TIER) test-unit $(MAKE) --no-print-directory test-unit; unit=$$?; \
 		$(TIER) test-e2e $(MAKE) --no-print-directory test-e2e; e2e=$$?; \
 		$(TIER) test-dags $(MAKE) --no-print-directory test-dags; dags=$$?; \
 		echo; echo "==== the stack tests (build/test-stack.log), from their start, live until they end ===="; \
 		tail -n +1 -f build/test-stack.log & follow=$$!; wait $$stack; stack=$$?; sleep 1; kill $$follow; \
-		[ $$unit -eq 0 ] && [ $$e2e -eq 0 ] && [ $$dags -eq 0 ] && [ $$stack -eq 0 ]; }; \
+		[ $$e2e -eq 0 ] && [ $$dags -eq 0 ] && [ $$stack -eq 0 ]; }; \
 	tiers() { \
 		$(TIER) install $(MAKE) --no-print-directory install airflow-install && \
 		images && \
 		$(TIER) lint $(MAKE) --no-print-directory lint && \
+		$(TIER) test-unit $(MAKE) --no-print-directory test-unit && \
 		beside_stack; }; \
 	tiers; status=$$?; $(TIER) --print; exit $$status
 

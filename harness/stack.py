@@ -380,6 +380,8 @@ def wait_for_text(browser: Any, *texts: str, timeout: float = 60) -> str:
             continue
         if all(text in body for text in texts):
             return body
+        if "ERR_NETWORK_CHANGED" in body:  # Chromium aborts its loads when an interface comes or goes (a
+            browser.refresh()  # container starting on this host): what a person would do, reload
         time.sleep(1)
     raise AssertionError(
         f"page {browser.current_url} never showed {texts}; it shows:\n{body[:2000]}\nconsole:\n{console(browser)}"
