@@ -28,7 +28,7 @@ from mlflow.models import Model
 # Relative: a logged model imports its copy of this code as a package of its own name (see model_code.py).
 from .contract.errors import BadInputError
 from .core.data import clean_text, compose_text
-from .core.ngrams import features
+from .core.ngrams import features, prepare
 
 # What the model reads from each row (`description` may be missing).
 INPUT_COLUMNS = ("title", "description")
@@ -102,6 +102,7 @@ class TagifaiModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         """Read the fitted parts of a logged model from its `FITTED` artifact (skops, no pickle)."""
         self.__init__(**load_fitted(context.artifacts[FITTED]))
+        prepare(self.vectorizer)  # before batch scoring forks: its processes share what this makes
 
     def clean(self, df: pd.DataFrame) -> list[str]:
         """Compose and clean the text of each row."""

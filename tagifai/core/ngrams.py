@@ -46,6 +46,20 @@ def features(vectorizer: Any, texts: Sequence[str]) -> Any:
     return vectorizer.transform(texts)
 
 
+def prepare(vectorizer: Any) -> None:
+    """Make the numbers of each character-analyzer TF-IDF part of `vectorizer` now, not at its first texts.
+
+    A model loaded once and then forked (batch scoring's processes) shares them with every fork: made in each
+    fork instead, they would cost a fork a walk of the whole vocabulary, whose pages it then copies.
+    """
+    parts = [("", vectorizer)] if isinstance(vectorizer, TfidfVectorizer) else []
+    if isinstance(vectorizer, FeatureUnion):
+        parts = vectorizer.transformer_list
+    for _, part in parts:
+        if isinstance(part, TfidfVectorizer) and part.analyzer in ("char", "char_wb"):
+            vocabulary_numbers(part)
+
+
 def tfidf(vectorizer: TfidfVectorizer, texts: Sequence[str]) -> Any:
     """`vectorizer.transform(texts)`, its counts made by `counts` where it can."""
     matrix = counts(vectorizer, texts)

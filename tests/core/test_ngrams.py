@@ -126,3 +126,21 @@ def test_the_vocabulary_is_numbered_once_per_vectorizer(monkeypatch):
     assert ngrams.vocabulary_numbers(vectorizer) is first
     assert np.all(np.diff(first[0]) > 0)  # sorted, distinct: binary search finds each n-gram
     assert sorted(first[1].tolist()) == sorted(vectorizer.vocabulary_.values())
+
+
+def test_prepare_numbers_each_character_part_before_its_first_texts():
+    union = FeatureUnion(
+        [
+            ("char", TfidfVectorizer(analyzer="char", ngram_range=(1, 4))),
+            ("char_wb", TfidfVectorizer(analyzer="char_wb")),
+            ("word", TfidfVectorizer()),
+        ]
+    ).fit(texts(100))
+    parts = dict(union.transformer_list)
+    assert not any(part in ngrams._VOCABULARIES for part in parts.values())
+    ngrams.prepare(union)
+    made = {name: ngrams._VOCABULARIES.get(part) for name, part in parts.items()}
+    assert made["char"] is not None and made["char_wb"] is not None and made["word"] is None
+    ngrams.features(union, texts(5, seed=6))
+    # Scoring uses what `prepare` made (a forked scorer shares it) and makes none of its own.
+    assert all(ngrams._VOCABULARIES[parts[name]] is made[name] for name in ("char", "char_wb"))
