@@ -148,20 +148,9 @@ def running_postgres(*databases: str) -> Iterator[Postgres]:
     port = free_port()
     # A cluster thrown away at the end: nothing waits for the disk (what PostgreSQL's docs suggest for one).
     unsynced = ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+    listen = [bindir / "postgres", "-D", data, "-p", str(port), "-k", folder, "-c", "listen_addresses=127.0.0.1"]
     server = subprocess.Popen(
-        [
-            *run_as,
-            bindir / "postgres",
-            "-D",
-            data,
-            "-p",
-            str(port),
-            "-k",
-            folder,
-            "-c",
-            "listen_addresses=127.0.0.1",
-            *unsynced,
-        ],
+        [*run_as, *listen, *unsynced],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
