@@ -39,25 +39,37 @@ def features(vectorizer: Any, texts: Sequence[str]) -> Any:
     """`vectorizer.transform(texts)`: a TF-IDF vectorizer, or an unweighted union of them, by `tfidf`; else as it is."""
     if isinstance(vectorizer, TfidfVectorizer):
         return tfidf(vectorizer, texts)
-    if isinstance(vectorizer, FeatureUnion) and not vectorizer.transformer_weights:
-        parts = [part for _, part in vectorizer.transformer_list]
-        if all(isinstance(part, TfidfVectorizer) for part in parts):
-            return sp.hstack([tfidf(part, texts) for part in parts]).tocsr()
+    if parts := tfidf_parts(vectorizer):
+        return sp.hstack([tfidf(part, texts) for part in parts]).tocsr()
     return vectorizer.transform(texts)
 
 
+def tfidf_parts(vectorizer: Any) -> list[TfidfVectorizer]:
+    """The TF-IDF vectorizers `features` counts for `vectorizer` (itself, or an unweighted union's parts); else none."""
+    if isinstance(vectorizer, TfidfVectorizer):
+        return [vectorizer]
+    if isinstance(vectorizer, FeatureUnion) and not vectorizer.transformer_weights:
+        parts = [part for _, part in vectorizer.transformer_list]
+        if all(isinstance(part, TfidfVectorizer) for part in parts):
+            return parts
+    return []
+
+
 def prepare(vectorizer: Any) -> None:
-    """Make the numbers of each character-analyzer TF-IDF part of `vectorizer` now, not at its first texts.
+    """Make the numbers of each character n-gram part of `vectorizer` now, not at its first texts.
 
     A model loaded once and then forked (batch scoring's processes) shares them with every fork: made in each
     fork instead, they would cost a fork a walk of the whole vocabulary, whose pages it then copies.
     """
-    parts = [("", vectorizer)] if isinstance(vectorizer, TfidfVectorizer) else []
-    if isinstance(vectorizer, FeatureUnion):
-        parts = vectorizer.transformer_list
-    for _, part in parts:
-        if isinstance(part, TfidfVectorizer) and part.analyzer in ("char", "char_wb"):
+    for part in tfidf_parts(vectorizer):
+        if numbered(part):
             vocabulary_numbers(part)
+
+
+def numbered(vectorizer: TfidfVectorizer) -> bool:
+    """Whether `counts` finds the vectorizer's n-grams as numbers: character n-grams of content, at most MAX_N long."""
+    low, high = vectorizer.ngram_range
+    return vectorizer.input == "content" and vectorizer.analyzer in ("char", "char_wb") and 1 <= low <= high <= MAX_N
 
 
 def tfidf(vectorizer: TfidfVectorizer, texts: Sequence[str]) -> Any:
@@ -72,12 +84,11 @@ def tfidf(vectorizer: TfidfVectorizer, texts: Sequence[str]) -> Any:
 
 def counts(vectorizer: TfidfVectorizer, texts: Sequence[str]) -> Any | None:
     """The n-gram count matrix `vectorizer` makes of `texts`, or None where this module cannot make it."""
-    low, high = vectorizer.ngram_range
     if vectorizer.input != "content" or not all(isinstance(text, str) for text in texts):
         return None
     if vectorizer.analyzer == "word":
         return canonical(word_counts(vectorizer, texts))
-    if vectorizer.analyzer not in ("char", "char_wb") or not 1 <= low <= high <= MAX_N:
+    if not numbered(vectorizer):
         return None
     preprocess = vectorizer.build_preprocessor()
     documents = [WHITE_SPACES.sub(" ", preprocess(text)) for text in texts]

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import numpy as np
@@ -20,6 +21,7 @@ from sklearn.preprocessing import FunctionTransformer
 from skops.io.exceptions import UntrustedTypesFoundException
 
 from tagifai import model as models
+from tagifai.core import ngrams
 from tagifai.model import TagifaiModel, custom_predict
 
 
@@ -128,6 +130,17 @@ def test_a_logged_model_loads_without_pickle_from_its_own_code_where_tagifai_is_
     expected = model.predict(None, rows)
     pd.testing.assert_frame_equal(pd.read_json(io.StringIO(predicted), orient="split"), expected, check_dtype=False)
     assert models.load(str(path)).unwrap_python_model().classes == ["cv", "nlp"]
+
+
+def test_a_loaded_model_has_its_character_ngrams_numbered_before_any_text(tmp_path):
+    # Batch scoring forks once the model is loaded: the forks share the numbers instead of each making them.
+    texts, labels = ["image pixels", "language words", "image video", "words text"], ["cv", "nlp", "cv", "nlp"]
+    vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4)).fit(texts)
+    classifier = SGDClassifier(loss="log_loss", random_state=0).fit(vectorizer.transform(texts), labels)
+    fitted = models.save_fitted(TagifaiModel(vectorizer, classifier, ["cv", "nlp"]), tmp_path / "fitted.skops")
+    loaded = TagifaiModel()
+    loaded.load_context(SimpleNamespace(artifacts={models.FITTED: str(fitted)}))
+    assert loaded.vectorizer in ngrams._VOCABULARIES
 
 
 class Unpickled(mlflow.pyfunc.PythonModel):
