@@ -151,6 +151,7 @@ class Limits(Section):
     step_minutes: dict[Literal[STEPS], Positive]  # type: ignore[valid-type]
     run_minutes: Positive
     step_memory: Annotated[str, Field(pattern=r"^[1-9][0-9]*[kmg]?$")]
+    step_cpu_request: Annotated[float, Field(ge=0.01, le=64)]
 
 
 class Retry(Section):

@@ -352,6 +352,8 @@ def _operator(
         # Pull only what is not on the host: local builds (`make image`) are never pulled.
         "force_pull": False,
         "mem_limit": settings.config.limits.step_memory,
+        # A weight under contention, not a cap: the operator's `cpus` becomes the container's CPU shares (x 1024).
+        "cpus": settings.config.limits.step_cpu_request,
         "skip_on_exit_code": FINAL_EXIT_CODES,
         # The step's JSON line, read from a file in the finished container: in its log, stdout and
         # stderr interleave, so the last log line need not be the last stdout line.
@@ -389,7 +391,9 @@ def _kubernetes_operator(
             return pod_out_of_memory(self.remote_pod, self.base_container_name)
 
     secret = [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.k8s_secret))]
-    memory = {"memory": k8s_quantity(settings.config.limits.step_memory)}
+    limits = settings.config.limits
+    memory = {"memory": k8s_quantity(limits.step_memory)}
+    cpu = {"cpu": f"{round(limits.step_cpu_request * 1000)}m"}  # requested, never limited: idle cores are the step's
     kwargs = {
         **common,
         "name": f"tagifai-{common['task_id']}",
@@ -401,7 +405,7 @@ def _kubernetes_operator(
         "env_vars": env,
         # Secrets come from a Kubernetes Secret (TAGIFAI_K8S_SECRET), never from the DAG.
         "env_from": secret if settings.k8s_secret else None,
-        "container_resources": k8s.V1ResourceRequirements(requests=memory, limits=memory),
+        "container_resources": k8s.V1ResourceRequirements(requests={**memory, **cpu}, limits=memory),
         "container_security_context": k8s.V1SecurityContext(
             allow_privilege_escalation=False, capabilities=k8s.V1Capabilities(drop=["ALL"]), run_as_non_root=True
         ),

@@ -32,12 +32,13 @@ def test_dag_run_succeeds_with_each_step_in_its_own_container(stack, first_run):
     # A container each; optimize in two.
     assert steps == sorted(["elt", "validate", "optimize", "optimize", "train", "evaluate", "register"])
     assert len({event["id"] for event in starts}) == 7
-    # The real containers, as Docker made them: no capabilities, no privilege escalation, the memory limit.
+    # The real containers, as Docker made them: no capabilities, no privilege escalation, memory limit, CPU weight.
     for event in starts:
         host = event["HostConfig"]
         assert host is not None, f"{event['id']} was gone before it could be inspected"
         assert host["CapDrop"] == ["ALL"] and "no-new-privileges" in host["SecurityOpt"], host
         assert host["Memory"] == 4 * 1024**3  # [limits] step_memory = "4g"
+        assert host["CpuShares"] == 128 and host["NanoCpus"] == 0  # step_cpu_request = 0.125: a weight, no cap
     print(f"DAG run {run_id}: {seconds:.0f}s")
 
 
