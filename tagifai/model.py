@@ -11,11 +11,13 @@ version is built with that copy, a package of its own name, not with the running
 from __future__ import annotations
 
 import copy
+import importlib
 import importlib.metadata
 import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import mlflow.artifacts
@@ -136,10 +138,8 @@ def save_fitted(model: TagifaiModel, path: Path) -> Path:
     Each TF-IDF part's vocabulary goes in packed (`pack_vocabularies`): skops writes a dict entry by entry, a
     file in its archive for each numpy integer, which took minutes for a vocabulary of a million n-grams.
     """
-    import skops.io  # here, not at the top: importing it takes seconds, and most steps save no model
-
     vectorizer, vocabularies = pack_vocabularies(model.vectorizer)
-    skops.io.dump({**model.parts(), "vectorizer": vectorizer, VOCABULARIES: vocabularies}, path)
+    skops_io().dump({**model.parts(), "vectorizer": vectorizer, VOCABULARIES: vocabularies}, path)
     return path
 
 
@@ -149,15 +149,32 @@ def load_fitted(path: str | Path) -> dict[str, Any]:
     Raises:
         UntrustedTypesFoundException: the file holds any other type; nothing of it was constructed.
     """
-    import skops.io
-
-    parts = skops.io.load(path, trusted=list(TRUSTED))
+    parts = skops_io().load(path, trusted=list(TRUSTED))
     vocabularies = parts.pop(VOCABULARIES, {})  # none in a file saved before they were packed
     for name, part in getattr(parts["vectorizer"], "transformer_list", []):
         if name in vocabularies:
             terms, columns = vocabularies[name]["terms"], vocabularies[name]["columns"]
             part.vocabulary_ = dict(zip(terms.split(TERM_SEPARATOR) if terms else [], columns.tolist(), strict=True))
     return parts
+
+
+def skops_io() -> ModuleType:
+    """`skops.io`, imported here, not at the top (it takes seconds, and most steps load no model), without torch.
+
+    Importing skops lists scikit-learn's estimators (`sklearn.utils.all_estimators`), which imports every package
+    of scikit-learn, its array API wrapper of torch among them: with torch installed (snorkel's), about 170 MB in
+    every process that loads a model and never uses torch (`serve`, each batch scorer). Torch is hidden while skops
+    is imported: the walk passes over a package it cannot import, and that one holds no estimator. A torch
+    imported before (evaluate's snorkel) or after is left alone.
+    """
+    if "skops.io" in sys.modules or "torch" in sys.modules:
+        return importlib.import_module("skops.io")
+    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError meanwhile
+    try:
+        return importlib.import_module("skops.io")
+    finally:
+        if "torch" in sys.modules and sys.modules["torch"] is None:
+            del sys.modules["torch"]
 
 
 # Where a saved model keeps its vectorizers' vocabularies, and what separates the terms: cleaned text
@@ -230,6 +247,7 @@ def load(uri: str, dst_path: str | None = None, **kwargs: Any) -> Any:
         if not (Path(local) / "MLmodel").is_file():
             reason = f"{uri} cannot be loaded: it has no MLmodel (its files are gone, or it is not a model)"
         elif (reason := refusal(uri, Model.load(local).flavors)) is None:
+            skops_io()  # now, without torch, whichever copy of this code the version brings imports it then
             return mlflow.pyfunc.load_model(local, **kwargs)
     except untrusted_types_error() as exc:
         reason = f"{uri}: its fitted parts hold types this deployment does not load: {exc}"

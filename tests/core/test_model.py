@@ -176,7 +176,7 @@ def test_a_model_whose_fitted_parts_hold_an_untrusted_type_is_refused(tmp_path):
 
 
 def test_skops_is_imported_only_to_save_or_read_fitted_parts(tmp_path):
-    # Importing skops takes seconds (it lists every scikit-learn type, and pulls in torch): a step that saves
+    # Importing skops takes seconds (it lists every scikit-learn type): a step that saves
     # no model (elt, validate, optimize, decide) does not pay for it, and a tampered model is still refused
     # by a process that had not imported skops before loading it.
     path = save_from_code(fitted_model(), tmp_path)
@@ -195,6 +195,35 @@ def test_skops_is_imported_only_to_save_or_read_fitted_parts(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "fitted parts hold types" in done.stdout and "builtins.eval" in done.stdout, done.stdout
+
+
+def test_loading_a_model_does_not_import_torch_and_trusts_the_same_types(tmp_path):
+    # skops lists scikit-learn's estimators by importing each of its packages, torch's array API wrapper among
+    # them: ~170 MB in every scoring process, which never uses torch. Hidden while skops is imported; the types
+    # skops trusts are the ones it lists with torch, and torch still imports afterwards.
+    path = save_from_code(fitted_model(), tmp_path)
+    names = "from skops.io._trusted_types import SKLEARN_ESTIMATOR_TYPE_NAMES as names; print(*sorted(names))\n"
+    loaded = (
+        "import sys\n"
+        "from tagifai import model\n"
+        f"model.load({str(path)!r}).predict(model.texts_frame(['image pixels']))\n"
+        "assert 'torch' not in sys.modules, 'loading the model imported torch'\n"
+        f"{names}"
+        "import torch\n"
+        "print(torch.tensor([1]).sum().item())\n"
+    )
+    with_torch = f"import torch\n{names}"
+    done, reference = (
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+        for script in (loaded, with_torch)
+    )
+    assert done.returncode == 0 and reference.returncode == 0, (done.stderr + reference.stderr)[-3000:]
+    types, one = done.stdout.splitlines()[-2:]
+    assert (
+        types == reference.stdout.splitlines()[-1]
+        and "sklearn.linear_model._stochastic_gradient.SGDClassifier" in types
+    )
+    assert one == "1"
 
 
 @pytest.mark.parametrize(
