@@ -173,7 +173,7 @@ def skops_io() -> ModuleType:
     try:
         return importlib.import_module("skops.io")
     finally:
-        if "torch" in sys.modules and sys.modules["torch"] is None:
+        if sys.modules.get("torch", ...) is None:  # still the placeholder: nothing imported torch meanwhile
             del sys.modules["torch"]
 
 
