@@ -265,6 +265,38 @@ def command_lines(interval: float = 0.5) -> Iterator[list[str]]:
 
 
 @contextlib.contextmanager
+def step_starts() -> Iterator[list[dict]]:
+    """Each step container started while the block runs: its `docker events` start, with its HostConfig inspected
+    while it runs (`None` if it was gone first). Watched live: the daemon keeps only its last few hundred events."""
+    watcher = subprocess.Popen(
+        ["docker", "events", "--format", "{{json .}}", "--filter", "type=container", "--filter", "event=start",
+         "--filter", "label=org.tagifai.step"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    events: list[dict] = []
+
+    def read() -> None:
+        for line in watcher.stdout:
+            if line.strip():
+                event = json.loads(line)
+                inspected = subprocess.run(
+                    ["docker", "inspect", "--format", "{{json .HostConfig}}", event["id"]],
+                    capture_output=True,
+                    text=True,
+                )
+                event["HostConfig"] = json.loads(inspected.stdout) if inspected.returncode == 0 else None
+                events.append(event)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        yield events
+    finally:
+        watcher.terminate()
+        reader.join(timeout=60)
+
+
+@contextlib.contextmanager
 def running_stack(root: Path) -> Iterator[Stack]:
     """`make up` a test stack on the real data beside the repo (else synthetic); `make clean` it afterwards.
 

@@ -151,7 +151,8 @@ class Limits(Section):
     step_minutes: dict[Literal[STEPS], Positive]  # type: ignore[valid-type]
     run_minutes: Positive
     step_memory: Annotated[str, Field(pattern=r"^[1-9][0-9]*[kmg]?$")]
-    step_cpu_request: Annotated[float, Field(ge=0.01, le=64)]
+    # Steps not listed ask for one CPU.
+    step_cpu_request: dict[Literal[STEPS], Annotated[float, Field(ge=0.01, le=64)]]  # type: ignore[valid-type]
 
 
 class Retry(Section):

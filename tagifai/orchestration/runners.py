@@ -174,6 +174,10 @@ class RunnerSettings:
         minutes = self.config.limits.step_minutes.get(step)
         return timedelta(minutes=minutes) if minutes else None
 
+    def cpu_request(self, step: str) -> float:
+        """The CPUs `step` asks for: its weight under contention, never a cap (`[limits] step_cpu_request`, else 1)."""
+        return self.config.limits.step_cpu_request.get(step, 1.0)
+
 
 def fromjson(value: Any) -> dict[str, Any]:
     """Template filter: the JSON object a step printed last, as the line (local) or already parsed (docker, kubernetes).
@@ -353,7 +357,7 @@ def _operator(
         "force_pull": False,
         "mem_limit": settings.config.limits.step_memory,
         # A weight under contention, not a cap: the operator's `cpus` becomes the container's CPU shares (x 1024).
-        "cpus": settings.config.limits.step_cpu_request,
+        "cpus": settings.cpu_request(command[0]),
         "skip_on_exit_code": FINAL_EXIT_CODES,
         # The step's JSON line, read from a file in the finished container: in its log, stdout and
         # stderr interleave, so the last log line need not be the last stdout line.
@@ -391,9 +395,9 @@ def _kubernetes_operator(
             return pod_out_of_memory(self.remote_pod, self.base_container_name)
 
     secret = [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=settings.k8s_secret))]
-    limits = settings.config.limits
-    memory = {"memory": k8s_quantity(limits.step_memory)}
-    cpu = {"cpu": f"{round(limits.step_cpu_request * 1000)}m"}  # requested, never limited: idle cores are the step's
+    memory = {"memory": k8s_quantity(settings.config.limits.step_memory)}
+    # Requested, never limited: idle cores are the step's.
+    cpu = {"cpu": f"{round(settings.cpu_request(command[0]) * 1000)}m"}
     kwargs = {
         **common,
         "name": f"tagifai-{common['task_id']}",

@@ -53,6 +53,8 @@ def test_bad_override_is_named(tmp_path, monkeypatch, content, message):
         ("[optimize]\nalpha = [1e-6]\n", r"\[optimize\] alpha: list should have at least 2 items"),
         ("[limits]\nstep_minutes = { train = 0 }\n", r"\[limits\] step_minutes.train: input should be greater than 0"),
         ("[limits]\nstep_minutes = { trian = 5 }\n", r"\[limits\] step_minutes.trian"),
+        ('[limits]\nstep_cpu_request = { "predict_batch" = 0.5 }\n', r"\[limits\] step_cpu_request.predict_batch"),
+        ("[limits]\nstep_cpu_request = { train = 0 }\n", r"\[limits\] step_cpu_request.train: input should be greater"),
         ("[serve]\nport = true\n", r"\[serve\] port: input should be a valid integer"),
         ('[register]\napproval = "manual"\n', r"\[register\] approval: input should be 'auto' or 'human'"),
         ("[register]\napproval_timeout_hours = 0\n", r"\[register\] approval_timeout_hours: input should be greater"),

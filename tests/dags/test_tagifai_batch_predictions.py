@@ -26,6 +26,10 @@ def test_batch_predictions_run_one_step_on_the_champion_event_and_daily(parse_da
     task = render(dag.get_task("predict-batch"))
     assert rendered_command(task, runner) == ["tagifai", "predict-batch", "--source", "/srv/data/projects.csv"]
     assert task.retries >= 2 and task.execution_timeout == timedelta(minutes=30)
+    if runner == "docker":  # [limits] step_cpu_request: 128 CPU shares, so the services (serve) answer first
+        assert task.cpus == 0.125
+    elif runner == "kubernetes":
+        assert task.container_resources.requests["cpu"] == "125m"
 
 
 def test_batch_predictions_get_their_database_privately(parse_dags, render, monkeypatch):

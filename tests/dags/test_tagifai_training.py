@@ -487,7 +487,7 @@ def test_step_containers_are_bounded_and_unprivileged(load_dag, render):
 
     for task in step_operators(load_dag(), render):
         assert task.mem_limit == "4g"
-        assert task.cpus == 0.125  # [limits] step_cpu_request: 128 CPU shares, the services' 1024 go first
+        assert task.cpus == 1  # [limits] step_cpu_request lists no training step: 1024 CPU shares, the services' own
         assert task.execution_timeout is not None
         assert isinstance(task.cli, HardenedClient)
 
@@ -689,7 +689,7 @@ def test_kubernetes_pods_are_valid_v1pods_without_secrets(load_dag, render, monk
         assert base.image == "registry.example/tagifai:1.2.3"
         assert base.args[0] == task.task_id
         assert base.resources.limits == {"memory": "4Gi"}  # [limits] step_memory; the CPU is never capped
-        assert base.resources.requests == {"memory": "4Gi", "cpu": "125m"}  # and step_cpu_request
+        assert base.resources.requests == {"memory": "4Gi", "cpu": "1000m"}  # and one CPU (step_cpu_request)
         assert [source.secret_ref.name for source in base.env_from] == ["tagifai"]  # secrets: the Secret, only
         assert "s3cret" not in json.dumps(body)
         assert base.security_context.run_as_non_root is True

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import subprocess
 import threading
 import time
@@ -49,34 +48,11 @@ def stack(tmp_path_factory) -> Iterator[compose.Stack]:
 def first_run(stack):
     """One DAG run triggered through the REST API; returns (run id, run, seconds, container starts)."""
     client = stack.airflow()
-    # Watch container starts live: the daemon keeps only its last few hundred events for --since.
-    watcher = subprocess.Popen(
-        ["docker", "events", "--format", "{{json .}}", "--filter", "type=container", "--filter", "event=start",
-         "--filter", "label=org.tagifai.step"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    events: list[dict] = []
-
-    def read() -> None:  # each start as it happens: its container's HostConfig, inspected while it runs
-        for line in watcher.stdout:
-            if line.strip():
-                event = json.loads(line)
-                inspected = subprocess.run(
-                    ["docker", "inspect", "--format", "{{json .HostConfig}}", event["id"]],
-                    capture_output=True,
-                    text=True,
-                )
-                event["HostConfig"] = json.loads(inspected.stdout) if inspected.returncode == 0 else None
-                events.append(event)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    start = time.monotonic()
-    run_id = client.trigger({"num_trials": 3, "num_workers": 2})
-    run = client.wait(run_id, timeout=1800)
-    seconds = time.monotonic() - start
-    watcher.terminate()
-    reader.join(timeout=60)
+    with compose.step_starts() as events:
+        start = time.monotonic()
+        run_id = client.trigger({"num_trials": 3, "num_workers": 2})
+        run = client.wait(run_id, timeout=1800)
+        seconds = time.monotonic() - start
     # The tasks label their containers with the DAG run id (tagifai/orchestration/runners.py).
     starts = [e for e in events if e["Actor"]["Attributes"].get("org.tagifai.pipeline-run-id") == run_id]
     return run_id, run, seconds, starts

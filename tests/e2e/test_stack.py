@@ -38,7 +38,7 @@ def test_dag_run_succeeds_with_each_step_in_its_own_container(stack, first_run):
         assert host is not None, f"{event['id']} was gone before it could be inspected"
         assert host["CapDrop"] == ["ALL"] and "no-new-privileges" in host["SecurityOpt"], host
         assert host["Memory"] == 4 * 1024**3  # [limits] step_memory = "4g"
-        assert host["CpuShares"] == 128 and host["NanoCpus"] == 0  # step_cpu_request = 0.125: a weight, no cap
+        assert host["CpuShares"] == 1024 and host["NanoCpus"] == 0  # one CPU (step_cpu_request): a weight, no cap
     print(f"DAG run {run_id}: {seconds:.0f}s")
 
 

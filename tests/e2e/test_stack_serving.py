@@ -22,7 +22,7 @@ from urllib.request import Request, urlopen
 import pytest
 
 from harness import last_json, wait_for
-from harness.stack import PROJECT, SERVE_POLL_SECONDS, make, running_containers
+from harness.stack import PROJECT, SERVE_POLL_SECONDS, make, running_containers, step_starts
 from tagifai.contract.names import VERSION_HEADER
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.stack, pytest.mark.slow]
@@ -210,18 +210,21 @@ def test_the_batch_dag_scores_every_project_once_per_version_after_the_champion_
     counted = f"select count(*), count(distinct id) from predictions where model_version = {version}"
     assert stack.psql(counted) == f"{projects}|{projects}"
     # A second run with the same champion adds no row.
-    run_id = client.request(
-        "POST", "/api/v2/dags/tagifai_batch_predictions/dagRuns", {"logical_date": None, "conf": {}}
-    )["dag_run_id"]
-    deadline = time.monotonic() + 600
-    while (state := client.request("GET", f"/api/v2/dags/tagifai_batch_predictions/dagRuns/{run_id}")["state"]) not in (
-        "success",
-        "failed",
-    ):
-        assert time.monotonic() < deadline
-        time.sleep(5)
+    with step_starts() as starts:
+        run_id = client.request(
+            "POST", "/api/v2/dags/tagifai_batch_predictions/dagRuns", {"logical_date": None, "conf": {}}
+        )["dag_run_id"]
+        deadline = time.monotonic() + 600
+        while (
+            state := client.request("GET", f"/api/v2/dags/tagifai_batch_predictions/dagRuns/{run_id}")["state"]
+        ) not in ("success", "failed"):
+            assert time.monotonic() < deadline
+            time.sleep(5)
     assert state == "success"
     assert stack.psql(counted) == f"{projects}|{projects}"
+    # Its container yields the cores to the services, serve among them: CPU shares 128, never a cap.
+    (scored,) = [e for e in starts if e["Actor"]["Attributes"]["org.tagifai.pipeline-run-id"] == run_id]
+    assert scored["HostConfig"]["CpuShares"] == 128 and scored["HostConfig"]["NanoCpus"] == 0
     columns = stack.psql(
         "select id, tag, probability, model_version, pipeline_run_id, scored_at from predictions limit 1"
     )
