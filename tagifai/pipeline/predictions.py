@@ -49,6 +49,10 @@ SHOWN_IDS = 5
 MODEL_ROWS = 2_000
 # The most processes that score batches side by side (one per core; each holds a batch being scored).
 SCORING_WORKERS = 2
+# glibc's `mallopt` options: how much free memory on top of the heap it keeps, from what size a block gets a
+# mapping of its own. Blocks of at least RETURNED_BYTES are given back to the system when freed.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+RETURNED_BYTES = 1 << 20
 CONNECT_TIMEOUT_SECONDS = 10
 
 METADATA = sa.MetaData()
@@ -277,6 +281,24 @@ class Scoring:
     def counts(self) -> dict[str, int]:
         """Rows per tag so far, as `counts` orders them."""
         return ranked(self.tags)
+
+
+def return_freed_memory(threshold: int = RETURNED_BYTES) -> bool:
+    """Have glibc give blocks of at least `threshold` bytes back to the system as soon as they are freed.
+
+    By default glibc raises the size from which a block gets its own mapping each time such a block is freed
+    (up to 32 MB): after the first model call, each call's matrices come from the heap, and what is freed
+    there stays with the process. Fixed here (forks inherit it), a batch's matrices go back when it is
+    scored: scoring 200,000 rows with two forks and the 100k model, peak PSS 0.84 → 0.75 GB.
+
+    Returns:
+        Whether glibc took the setting (not glibc, e.g. musl or macOS: False, nothing changed).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return all(mallopt(option, threshold) == 1 for option in (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD))
 
 
 # The model a scoring process scores with: inherited at fork, never pickled.

@@ -626,6 +626,7 @@ def predict_batch(
         name, batch_rows = f"projects ({redact(source)})", settings.predict.batch_rows
         # The file's encoding, header and first batch are checked on entering, before a run starts.
         with downloaded.open("rb") as file, predictions.read_projects(file, name, batch_rows) as projects:
+            predictions.return_freed_memory()  # before the model: what scoring frees goes back (and the forks')
             model = models.load(f"models:/{model_name}/{version.version}")
             params = {"source": redact(source), "model_name": model_name, "model_version": version.version}
             with (

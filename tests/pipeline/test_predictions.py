@@ -434,3 +434,29 @@ def test_scoring_workers_are_at_most_the_cpus_this_process_may_use(monkeypatch):
     assert predictions.scoring_workers(2) == 2 and predictions.scoring_workers(8) == 4
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5})
     assert predictions.scoring_workers(2) == 1
+
+
+RETURNED = """
+import sys
+from tagifai.pipeline import predictions
+if sys.argv[1] == "fixed":
+    assert predictions.return_freed_memory()
+def resident():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096
+block = bytearray(16 << 20)  # freed, it raises glibc's own threshold to its size (up to 32 MB)
+del block
+before = resident()
+block = bytearray(16 << 20)
+del block
+print(resident() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt, /proc")
+@pytest.mark.parametrize(("setting", "kept_mb"), [("glibc's", (12, 20)), ("fixed", (0, 2))])
+def test_a_freed_block_goes_back_to_the_system_once_the_threshold_is_fixed(setting, kept_mb):
+    # A second large block comes from the heap by default and stays with the process when freed.
+    done = subprocess.run([sys.executable, "-c", RETURNED, setting], capture_output=True, text=True, check=True)
+    low, high = kept_mb
+    assert low << 20 <= int(done.stdout) <= high << 20, f"{int(done.stdout) / 2**20:.1f} MB stayed"
