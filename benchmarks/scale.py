@@ -18,6 +18,7 @@ TAGIFAI_BENCH_SCALE_PARTS (`steps`, `stack`, or both comma-separated: the defaul
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -122,7 +123,6 @@ def peak_memory(step: str) -> Iterator[dict[str, int]]:
     floor, so a spike of one process between samples is not missed.
     """
     seen: dict[str, int] = {"bytes": 0}
-    done = threading.Event()
 
     def sample(container: str) -> int:
         top = subprocess.run(["docker", "top", container, "-eo", "pid"], capture_output=True, text=True).stdout
@@ -138,19 +138,14 @@ def peak_memory(step: str) -> Iterator[dict[str, int]]:
             seen["bytes"] = max(seen["bytes"], *peak)
         return total
 
-    def watch() -> None:
+    def watch(done: threading.Event) -> None:
         while not done.is_set():
             for container in running_containers(**{"org.tagifai.step": step}):
                 seen["bytes"] = max(seen["bytes"], sample(container))
             done.wait(0.2)
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
+    with harness.while_running(watch):
         yield seen
-    finally:
-        done.set()
-        watcher.join()
 
 
 def serving(stack: Stack, timeout: float = 300) -> None:
@@ -210,14 +205,11 @@ def through_stack(projects: str, tags: str, scored: str, num_trials: int) -> dic
         serving(stack)
         out["idle_serve"] = latencies(stack, 30)
         for attempt in ("first", "second"):
-            stop, during = threading.Event(), {}
-            prober = threading.Thread(target=probe, args=(stack, stop, during), daemon=True)
-            with peak_memory("predict-batch") as peak:
-                prober.start()
+            during: dict[str, float] = {}
+            prober = functools.partial(probe, stack, into=during)
+            with peak_memory("predict-batch") as peak, harness.while_running(prober):
                 batch = client.trigger({"source": str(source)}, dag_id="tagifai_batch_predictions")
                 ended = client.wait(batch, timeout=3600, dag_id="tagifai_batch_predictions")
-                stop.set()
-                prober.join()
             if ended["state"] != "success":
                 raise RuntimeError(f"tagifai_batch_predictions ended {ended['state']}")
             task = client.task_instance(batch, "predict-batch", dag_id="tagifai_batch_predictions")

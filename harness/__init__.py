@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -59,6 +60,19 @@ def require(condition: bool, reason: str) -> None:
     if os.environ.get("TAGIFAI_REQUIRE_SERVICES") == "1":
         pytest.fail(f"{reason} (TAGIFAI_REQUIRE_SERVICES=1)")
     pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def while_running(work: Callable[[threading.Event], Any], join_seconds: float = 60) -> Iterator[threading.Event]:
+    """`work(stop)` in a daemon thread while the block runs; on leaving, `stop` is set and the thread joined."""
+    stop = threading.Event()
+    thread = threading.Thread(target=work, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield stop
+    finally:
+        stop.set()
+        thread.join(timeout=join_seconds)
 
 
 def free_port() -> int:

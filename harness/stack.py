@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from harness import REPO, docker_ok, free_port, require, synthetic, wait_for, world_readable
+from harness import REPO, docker_ok, free_port, require, synthetic, wait_for, while_running, world_readable
 from harness.dags import STEPS
 from scripts import stack as stack_script
 
@@ -248,20 +248,14 @@ def mail_text(message: mailbox.MaildirMessage) -> str:
 def command_lines(interval: float = 0.5) -> Iterator[list[str]]:
     """Snapshots of every process's command line on this host (`ps -eo args`) while the block runs."""
     seen: list[str] = []
-    stop = threading.Event()
 
-    def watch() -> None:
+    def watch(stop: threading.Event) -> None:
         while not stop.is_set():
             seen.append(subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout)
-            time.sleep(interval)
+            stop.wait(interval)
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
+    with while_running(watch, join_seconds=10):
         yield seen
-    finally:
-        stop.set()
-        watcher.join(timeout=10)
 
 
 @contextlib.contextmanager
@@ -275,7 +269,7 @@ def step_starts() -> Iterator[list[dict]]:
     )  # fmt: skip
     events: list[dict] = []
 
-    def read() -> None:
+    def read(_: threading.Event) -> None:  # ends with the watcher's output
         for line in watcher.stdout:
             if line.strip():
                 event = json.loads(line)
@@ -287,13 +281,11 @@ def step_starts() -> Iterator[list[dict]]:
                 event["HostConfig"] = json.loads(inspected.stdout) if inspected.returncode == 0 else None
                 events.append(event)
 
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        yield events
-    finally:
-        watcher.terminate()
-        reader.join(timeout=60)
+    with while_running(read):
+        try:
+            yield events
+        finally:
+            watcher.terminate()
 
 
 @contextlib.contextmanager

@@ -158,9 +158,8 @@ def injecting_faults(stack, client, run_id: str) -> Iterator[dict[str, str]]:
     """While the block runs: restart MLflow once an `optimize` task of `run_id` runs, kill its `train`
     container once there is one. Yields the faults injected (name -> what), filled as they happen."""
     faults: dict[str, str] = {}
-    stop = threading.Event()
 
-    def inject() -> None:
+    def inject(stop: threading.Event) -> None:
         while not stop.is_set() and len(faults) < 2:
             states = client.task_states(run_id)
             if "mlflow" not in faults and "running" in (states.get("optimize[0]"), states.get("optimize[1]")):
@@ -172,16 +171,11 @@ def injecting_faults(stack, client, run_id: str) -> Iterator[dict[str, str]]:
                     faults["train"] = container
             stop.wait(1)
 
-    def guarded() -> None:
+    def guarded(stop: threading.Event) -> None:
         try:
-            inject()
+            inject(stop)
         except Exception as exc:  # noqa: BLE001 — shown by the test's assertion, not lost with the thread
             faults["error"] = repr(exc)
 
-    injector = threading.Thread(target=guarded, daemon=True)
-    injector.start()
-    try:
+    with harness.while_running(guarded, join_seconds=30):
         yield faults
-    finally:
-        stop.set()
-        injector.join(timeout=30)
