@@ -134,8 +134,9 @@ def peak_memory(step: str) -> Iterator[dict[str, int]]:
             except OSError:  # ended meanwhile
                 continue
             total += sum(int(line.split()[1]) * 1024 for line in rollup if line.startswith("Pss:"))
+            # A process that has exited but is not yet reaped (a fork at the end) has no VmHWM line.
             peak = [int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:")]
-            seen["bytes"] = max(seen["bytes"], *peak)
+            seen["bytes"] = max([seen["bytes"], *peak])
         return total
 
     def watch(done: threading.Event) -> None:
