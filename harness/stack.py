@@ -391,12 +391,18 @@ def chromium() -> Iterator[Any]:
 
 
 def wait_for_text(browser: Any, *texts: str, timeout: float = 60) -> str:
-    """Wait until the page shows every one of `texts`; return the page's text."""
+    """Wait until the page shows every one of `texts`; return the page's text.
+
+    Chromium aborts its loads with ERR_NETWORK_CHANGED when an interface comes or goes (a container starting
+    on this host). Where that shows, on the page or in its console (a single-page app whose code chunk failed
+    to load shows only its own "Something went wrong"), the page is reloaded: what a person would do.
+    """
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     deadline = time.monotonic() + timeout
     body = ""
+    logged: list[dict[str, Any]] = []  # reading the console empties it: kept for the failure message
     while time.monotonic() < deadline:
         try:
             body = browser.find_element(By.TAG_NAME, "body").text
@@ -404,19 +410,26 @@ def wait_for_text(browser: Any, *texts: str, timeout: float = 60) -> str:
             continue
         if all(text in body for text in texts):
             return body
-        if "ERR_NETWORK_CHANGED" in body:  # Chromium aborts its loads when an interface comes or goes (a
-            browser.refresh()  # container starting on this host): what a person would do, reload
+        entries = console_entries(browser)
+        logged += entries
+        if "ERR_NETWORK_CHANGED" in body or any("ERR_NETWORK_CHANGED" in e.get("message", "") for e in entries):
+            browser.refresh()
         time.sleep(1)
     raise AssertionError(
-        f"page {browser.current_url} never showed {texts}; it shows:\n{body[:2000]}\nconsole:\n{console(browser)}"
+        f"page {browser.current_url} never showed {texts}; it shows:\n{body[:2000]}\n"
+        f"console:\n{console(logged + console_entries(browser))}"
     )
 
 
-def console(browser: Any, limit: int = 20) -> str:
-    """The page's last console warnings and errors (what a blank page says about itself)."""
+def console_entries(browser: Any) -> list[dict[str, Any]]:
+    """The page's console messages since they were last read; none from a driver that keeps no log."""
     try:
-        entries = browser.get_log("browser")
-    except Exception as exc:  # noqa: BLE001 - a driver without logs: say so, do not hide the test's own error
-        return f"(no console log: {exc})"
+        return list(browser.get_log("browser"))
+    except Exception:  # noqa: BLE001 - a driver without logs: the page's text is still the test's evidence
+        return []
+
+
+def console(entries: list[dict[str, Any]], limit: int = 20) -> str:
+    """The last warnings and errors among console `entries` (what a blank page says about itself)."""
     lines = [f"{e['level']} {e['message']}" for e in entries if e.get("level") in ("WARNING", "SEVERE")]
     return "\n".join(lines[-limit:]) or "(nothing)"
