@@ -211,20 +211,15 @@ def test_the_batch_dag_scores_every_project_once_per_version_after_the_champion_
     assert stack.psql(counted) == f"{projects}|{projects}"
     # A second run with the same champion adds no row.
     with step_starts() as starts:
-        run_id = client.request(
-            "POST", "/api/v2/dags/tagifai_batch_predictions/dagRuns", {"logical_date": None, "conf": {}}
-        )["dag_run_id"]
-        deadline = time.monotonic() + 600
-        while (
-            state := client.request("GET", f"/api/v2/dags/tagifai_batch_predictions/dagRuns/{run_id}")["state"]
-        ) not in ("success", "failed"):
-            assert time.monotonic() < deadline
-            time.sleep(5)
-    assert state == "success"
+        run_id = client.trigger({}, dag_id="tagifai_batch_predictions")
+        run = client.wait(run_id, timeout=600, dag_id="tagifai_batch_predictions")
+    assert run["state"] == "success"
     assert stack.psql(counted) == f"{projects}|{projects}"
     # Its container yields the cores to the services, serve among them: CPU shares 128, never a cap.
     (scored,) = [e for e in starts if e["Actor"]["Attributes"]["org.tagifai.pipeline-run-id"] == run_id]
-    assert scored["HostConfig"]["CpuShares"] == 128 and scored["HostConfig"]["NanoCpus"] == 0
+    host = scored["HostConfig"]
+    assert host is not None, f"{scored['id']} was gone before it could be inspected"
+    assert host["CpuShares"] == 128 and host["NanoCpus"] == 0, host
     columns = stack.psql(
         "select id, tag, probability, model_version, pipeline_run_id, scored_at from predictions limit 1"
     )
