@@ -82,8 +82,8 @@ test: ## Everything CI runs: the images, lint, unit, then the stack tests beside
 	beside_stack() { \
 		echo "the stack tests run beside the e2e and DAG tests (their output: build/test-stack.log, shown once those end)"; \
 		$(TIER) test-stack $(MAKE) --no-print-directory test-stack >build/test-stack.log 2>&1 & stack=$$!; \
-		$(TIER) test-e2e $(MAKE) --no-print-directory test-e2e; e2e=$$?; \
-		$(TIER) test-dags $(MAKE) --no-print-directory test-dags; dags=$$?; \
+		$(TIER) test-e2e mk/yield-cpu.sh $(MAKE) --no-print-directory test-e2e; e2e=$$?; \
+		$(TIER) test-dags mk/yield-cpu.sh $(MAKE) --no-print-directory test-dags; dags=$$?; \
 		echo; echo "==== the stack tests (build/test-stack.log), from their start, live until they end ===="; \
 		tail -n +1 -f build/test-stack.log & follow=$$!; wait $$stack; stack=$$?; sleep 1; kill $$follow; \
 		[ $$e2e -eq 0 ] && [ $$dags -eq 0 ] && [ $$stack -eq 0 ]; }; \

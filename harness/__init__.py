@@ -266,7 +266,9 @@ def running_mlflow_server(
             cwd=folder,
             # As in the stack: no server-side jobs (seven Huey consumers, each importing MLflow).
             env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})},
-            start_new_session=True,
+            # A process group of its own, for stop(), in the tests' session: the server's CPU weighs with its
+            # tests' (a session of its own would weigh as much as all of the stack's containers together).
+            process_group=0,
         )
         try:
             wait_for(lambda: answers(f"{url}/health"), "mlflow server", 120, server)
