@@ -64,12 +64,14 @@ test-stack: install ## The compose stack: make up, DAG runs via the REST API, bo
 # to a log that .ci/run began. The images are built first, on their own (log in build/images.log): on two
 # cores a build beside the unit tests made both slower than one after the other; with their layers cached
 # it takes seconds. Then lint and the unit tests, alone, and then the stack tests beside the e2e and DAG
-# tests. On two cores (2026-12-02), alone: unit 4.5 min, e2e 3.8, DAG 5.8, stack 30; the stack tests leave
-# half the CPU idle, waiting on the stack (its scheduler, its watch interval, retries, `make up`), and take
-# e2e and DAG in that half for about 5 min more (2026-12-01: stack 44 min, 8 of them a stalled run since
-# fixed, beside e2e 9.0 and DAG 7.8). With the unit tests beside them too, every tier took two to three
-# times as long (stack 65.6 min, 2026-12-01). The stack tests' output goes to build/test-stack.log, shown
-# from its start once the other two end, then live; each of the three runs to its end before `test` fails.
+# tests, which run at a low CPU weight (mk/yield-cpu.sh): the stack tests leave half the CPU idle, waiting on
+# the stack (its scheduler, its watch interval, retries, `make up`), and e2e and DAG take that half. In make's
+# session they took half of the stack's CPU instead (2026-12-02: stack 52 min beside e2e 9.2 and DAG 12.5;
+# 62 min in all). Yielding, on two cores (2026-12-02): images 3.7 min, unit 3.8, e2e 8.3 and DAG 6.2 beside
+# stack 24.1; CI on a new machine then took 35 min in all. With the unit tests beside them too, every tier
+# took two to three times as long (stack 65.6 min, 2026-12-01). The stack tests' output goes to
+# build/test-stack.log, shown from its start once the other two end, then live; each of the three runs to its
+# end before `test` fails.
 TIERS_LOG ?= build/tiers.tsv
 TIERS_KEEP ?=
 TIER = mk/tiers.sh $(TIERS_LOG)
