@@ -394,13 +394,17 @@ class InferenceLog:
 
 
 class Outage:
-    """The writer's failures since its last write: how many, since when, and what has been said of them."""
+    """The writer's failures since its last write: how many, since when, and what has been said of them.
+
+    The rows an outage lost are those dropped since the last write, not since the first failed attempt:
+    requests fill the queue while the writer waits, and may have dropped rows before it tries to write.
+    """
 
     def __init__(self) -> None:
         """No failure yet."""
         self.failures = 0
         self.since: float | None = None
-        self.dropped_before = 0
+        self.dropped_before = 0  # dropped rows counted at the last write
         self.refusals = 0
         self.said_refused = False
 
@@ -409,7 +413,6 @@ class Outage:
         self.failures += 1
         if self.since is None:
             self.since = time.monotonic()
-            self.dropped_before = sum(inference_log.dropped.values())
             inference_log.warn(f"{what}; retrying (rows past [monitor] queue_rows are dropped)", exc)
 
     def refused(self, inference_log: InferenceLog, exc: BaseException) -> bool:
@@ -425,13 +428,15 @@ class Outage:
 
     def ended(self, inference_log: InferenceLog) -> None:
         """A write succeeded: say so if it ends an outage."""
+        dropped = sum(inference_log.dropped.values())
         if self.since is not None:
-            lost = sum(inference_log.dropped.values()) - self.dropped_before
+            lost = dropped - self.dropped_before
             log.info(
                 "serve: inference log: writing again after %.0f s; %d rows dropped meanwhile",
                 time.monotonic() - self.since, lost,
             )  # fmt: skip
         self.failures, self.since, self.refusals, self.said_refused = 0, None, 0, False
+        self.dropped_before = dropped
 
 
 def _close(connection: Any) -> None:

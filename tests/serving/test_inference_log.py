@@ -416,3 +416,29 @@ def test_tagifai_serve_logs_to_the_database_its_environment_names_and_never_show
     stderr = ended["stderr"]
     assert "serve: inference log on" in stderr and "3 rows written, 0 dropped" in stderr
     assert SECRET not in stderr and url.split("@")[1] not in stderr
+
+
+class Dropping:
+    """What `Outage` reads of an inference log: its drop counts, and its warnings."""
+
+    def __init__(self) -> None:
+        self.dropped = {"queue_full": 0, "shutdown": 0}
+        self.warned: list[str] = []
+
+    def warn(self, what: str, exc: BaseException) -> None:
+        self.warned.append(what)
+
+
+def test_an_outage_counts_the_rows_dropped_since_the_last_write_also_before_its_first_failed_attempt(caplog):
+    caplog.set_level(logging.INFO, logger="tagifai")
+    log_, outage = Dropping(), inference.Outage()
+    log_.dropped["queue_full"] = 3
+    outage.ended(log_)  # a write: nothing to say, the 3 dropped before it are not this outage's
+    log_.dropped["queue_full"] += 50  # the queue filled while the writer waited, before it tried to write
+    outage.failed(log_, "cannot write to the database", ConnectionError("gone"))
+    log_.dropped["queue_full"] += 7
+    outage.failed(log_, "cannot write to the database", ConnectionError("gone"))
+    outage.ended(log_)
+    outage.ended(log_)  # the next write: no outage to end
+    said = [r.getMessage() for r in caplog.records if "writing again" in r.getMessage()]
+    assert len(log_.warned) == 1 and len(said) == 1 and "57 rows dropped meanwhile" in said[0], said
