@@ -67,6 +67,19 @@ def custom_predict(y_prob: np.ndarray, threshold: float, other_index: int) -> np
     return np.where(y_prob.max(axis=1) >= threshold, y_prob.argmax(axis=1), other_index)
 
 
+def lay_out_weights(classifier: Any) -> None:
+    """Keep a linear classifier's weights column by column: as `coef_.T`, by which it multiplies the features.
+
+    scikit-learn scores a sparse matrix of features by `X @ coef_.T`, and scipy's product wants that operand
+    laid out row by row: given the transpose of a row-major `coef_`, it copies the whole matrix on every call.
+    For the 100k model (4 classes x 1.5M features: 49 MB) that copy was 24 of a single row's 31 ms, and 60 of
+    2,000 rows' 197 ms (2026-12-03). The values are the same: so is every probability, to the bit.
+    """
+    weights = getattr(classifier, "coef_", None)
+    if isinstance(weights, np.ndarray) and weights.ndim == 2:
+        classifier.coef_ = np.asfortranarray(weights)
+
+
 class TagifaiModel(mlflow.pyfunc.PythonModel):
     """Raw `title`/`description` in, one tag (and its probability) per row out."""
 
@@ -104,7 +117,9 @@ class TagifaiModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         """Read the fitted parts of a logged model from its `FITTED` artifact (skops, no pickle)."""
         self.__init__(**load_fitted(context.artifacts[FITTED]))
-        prepare(self.vectorizer)  # before batch scoring forks: its processes share what this makes
+        # Before batch scoring forks: its processes share what these make.
+        prepare(self.vectorizer)
+        lay_out_weights(self.classifier)
 
     def clean(self, df: pd.DataFrame) -> list[str]:
         """Compose and clean the text of each row."""
