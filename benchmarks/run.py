@@ -49,6 +49,10 @@ TARGETS = {
     "scale_predict_rows_per_second": ("predict-batch of 1M rows into PostgreSQL (rows/s)", 5000.0, False),
     "scale_predict_peak_memory_gb": ("predict-batch of 1M rows, peak memory (PSS, GB)", 1.0, True),
     "scale_predict_second_inserted": ("predict-batch of 1M rows again: rows inserted", 0.0, True),
+    # `serve` unaffected while it runs: one-row latency within a few milliseconds of idle, nothing failing.
+    "scale_serve_p50_vs_idle": ("serve p50 while predict-batch runs / idle (worst)", 1.1, True),
+    "scale_serve_p99_vs_idle": ("serve p99 while predict-batch runs / idle (worst)", 1.25, True),
+    "scale_serve_errors": ("serve requests failed while predict-batch runs", 0.0, True),
 }
 
 

@@ -366,4 +366,8 @@ def figures(result: dict[str, Any]) -> dict[str, float]:
         out["scale_predict_rows_per_second"] = min(first["rows_per_second"], second["rows_per_second"])
         out["scale_predict_peak_memory_gb"] = max(first["peak_memory_bytes"], second["peak_memory_bytes"]) / GB
         out["scale_predict_second_inserted"] = second["inserted"]
+        idle, during = stack["idle_serve"], [first["serve_during"], second["serve_during"]]
+        out["scale_serve_p50_vs_idle"] = max(run["p50_ms"] for run in during) / idle["p50_ms"]
+        out["scale_serve_p99_vs_idle"] = max(run["p99_ms"] for run in during) / idle["p99_ms"]
+        out["scale_serve_errors"] = sum(run["errors"] for run in during)
     return out
