@@ -134,10 +134,10 @@ def peak_memory(step: str) -> Iterator[dict[str, int]]:
     `docker top` and a `docker ps` per sample, as this first did, cost ~40 ms more. Measured with the real
     scorers beside a server of the 100k model (2026-12-03; p99 of one-row requests, 14–19 ms unsampled), the
     first sampler (every 0.2 s) made it 37 ms, the PSS every 0.2 s without the `docker` commands 25 ms, this
-    one 18 ms (the same peak: 0.77–0.78 GB). So
-    the container's processes are found from its first process's children (/proc), `docker ps` runs only
-    while no container of the step is known, PSS is summed once a second, and the thread runs at nice
-    `SAMPLER_NICE`: its work waits for a core rather than taking one from `serve`.
+    one 18 ms (the same peak: 0.77–0.78 GB). So the container's processes are found from its first process's
+    children (/proc), `docker ps` runs only while no container of the step is known, PSS is summed once a
+    second, and the thread runs at nice `SAMPLER_NICE`: its work waits for a core rather than taking one
+    from `serve`.
     """
     seen: dict[str, int] = {"bytes": 0}
 
