@@ -159,17 +159,17 @@ def peak_memory(step: str) -> Iterator[dict[str, int]]:
         known: dict[str, int] = {}  # container id: its first process (ended ones stay, not looked up again)
         found = summed = 0.0
         while not done.is_set():
-            alive = [pid for pid in known.values() if Path(f"/proc/{pid}").exists()]
-            if not alive and time.monotonic() - found >= FIND_SECONDS:
+            trees = [tree for pid in known.values() if (tree := descendants(pid))]  # the containers still running
+            if not trees and time.monotonic() - found >= FIND_SECONDS:
                 found = time.monotonic()
                 for container in running_containers(**{"org.tagifai.step": step}):
                     if container not in known and (pid := first_process(container)):
                         known[container] = pid
-                        alive.append(pid)
+                        trees.append(descendants(pid))
             pss = time.monotonic() - summed >= PSS_SECONDS
-            for pid in alive:
-                sample(descendants(pid), pss)
-            summed = time.monotonic() if pss and alive else summed
+            for tree in trees:
+                sample(tree, pss)
+            summed = time.monotonic() if pss and trees else summed
             done.wait(PEAK_SECONDS)
 
     with harness.while_running(watch):
@@ -183,12 +183,15 @@ def first_process(container: str) -> int:
 
 
 def descendants(pid: int) -> list[int]:
-    """`pid` and every process it started, and they started (from each thread's /proc `children`)."""
+    """`pid` and every process it started, and they started (from each thread's /proc `children`); none gone."""
     out, todo = [], [pid]
     while todo:
         parent = todo.pop()
+        threads = list(Path(f"/proc/{parent}/task").glob("*/children"))
+        if not threads:  # ended
+            continue
         out.append(parent)
-        for children in Path(f"/proc/{parent}/task").glob("*/children"):
+        for children in threads:
             try:
                 todo += [int(child) for child in children.read_text().split()]
             except OSError:  # ended meanwhile

@@ -40,4 +40,4 @@ def test_the_memory_sampler_finds_every_process_a_container_s_first_one_started_
 def test_the_memory_sampler_finds_no_process_of_one_that_is_gone():
     gone = subprocess.Popen(["true"])
     gone.wait()
-    assert scale.descendants(gone.pid) == [gone.pid]
+    assert scale.descendants(gone.pid) == []
